@@ -1,0 +1,126 @@
+"""ASGI types and helpers that work on the raw header list.
+
+Every middleware in the package reads and rewrites headers on the ``[(bytes, bytes)]`` list
+that ASGI carries, without building a dict per request: a dict costs more than a linear scan
+of the ten-odd headers a typical message has, and it loses duplicates and order.
+
+Header names given to these helpers must be lowercase ``bytes``. Names in the list are
+compared case-insensitively, since ASGI only *recommends* lowercase names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "ASGIApp",
+    "Headers",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "append_header",
+    "get_header",
+    "get_header_values",
+    "header_tokens",
+    "merge_vary",
+    "problem_body",
+    "remove_headers",
+    "send_response",
+    "set_header",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+
+def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """Return the first value of ``name``, or ``None``."""
+    for key, value in headers:
+        if key == name or key.lower() == name:
+            return value
+    return None
+
+
+def get_header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """Return every value of ``name`` in order (fields that may repeat, like ``Vary``)."""
+    return [value for key, value in headers if key == name or key.lower() == name]
+
+
+def header_tokens(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """Split every ``name`` field on commas into lowercase, stripped, non-empty tokens.
+
+    RFC 9110 §5.3: a list-based field may be sent as several field lines; their values
+    combine with commas, so ``Vary: a`` + ``Vary: b`` is ``Vary: a, b``.
+    """
+    tokens: list[bytes] = []
+    for value in get_header_values(headers, name):
+        for part in value.split(b","):
+            token = part.strip().lower()
+            if token:
+                tokens.append(token)
+    return tokens
+
+
+def remove_headers(headers: Headers, *names: bytes) -> Headers:
+    """Return ``headers`` without any field named in ``names``."""
+    return [(k, v) for k, v in headers if k.lower() not in names]
+
+
+def set_header(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """Return ``headers`` with every ``name`` field replaced by one ``name: value``."""
+    out = [(k, v) for k, v in headers if k != name and k.lower() != name]
+    out.append((name, value))
+    return out
+
+
+def append_header(headers: Headers, name: bytes, value: bytes) -> Headers:
+    """Return ``headers`` with one more ``name: value`` field (existing ones kept)."""
+    return [*headers, (name, value)]
+
+
+def merge_vary(headers: Headers, token: bytes) -> Headers:
+    """Add ``token`` to ``Vary`` unless it is already there (or ``Vary: *``).
+
+    Several ``Vary`` lines are folded into one, so downstream caches see a single list.
+    """
+    present = header_tokens(headers, b"vary")
+    if token.lower() in present or b"*" in present:
+        return headers
+    others = [(k, v) for k, v in headers if k.lower() != b"vary"]
+    values = [v.strip() for v in get_header_values(headers, b"vary") if v.strip()]
+    values.append(token)
+    others.append((b"vary", b", ".join(values)))
+    return others
+
+
+def problem_body(
+    status: int, title: str, detail: str, type_: str = "about:blank", **extra: Any
+) -> bytes:
+    """An RFC 9457 ``application/problem+json`` document."""
+    doc: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    doc.update(extra)
+    return orjson.dumps(doc)
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes = b"",
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    content_type: bytes | None = None,
+) -> None:
+    """Send a complete response in two messages, with ``Content-Length`` set."""
+    out: Headers = list(headers)
+    if content_type is not None:
+        out.append((b"content-type", content_type))
+    out.append((b"content-length", str(len(body)).encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

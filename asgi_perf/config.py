@@ -1,0 +1,246 @@
+"""Option and environment parsing: one set of converters for keyword arguments and variables.
+
+Every converter takes the raw value and the *name* the user wrote (the keyword option or the
+environment variable), so a :class:`ConfigError` always says which setting was wrong, what
+was given and what is accepted. Nothing falls back to a default silently.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "EnvConfigurable",
+    "EnvVar",
+    "storage_url_from_env",
+    "to_bool",
+    "to_choice",
+    "to_duration",
+    "to_float",
+    "to_int",
+    "to_list",
+    "to_rates",
+    "to_size",
+]
+
+ENV_PREFIX = "ASGI_PERF_"
+
+
+class ConfigError(ValueError):
+    """A bad option or environment value, named, with what is accepted."""
+
+    def __init__(self, name: str, value: object, accepted: str) -> None:
+        self.name = name
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"{name}={value!r} is not valid: expected {accepted}")
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def to_bool(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    raise ConfigError(name, value, "a boolean: 1/0, true/false, yes/no, on/off (any case)")
+
+
+def _number(value: object, name: str, accepted: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(name, value, accepted)
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ConfigError(name, value, accepted) from None
+    else:
+        raise ConfigError(name, value, accepted)
+    if not math.isfinite(number):
+        raise ConfigError(name, value, accepted)
+    return number
+
+
+def to_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    lo = "" if minimum is None else f" >= {minimum}"
+    hi = "" if maximum is None else f" <= {maximum}"
+    accepted = f"a whole number{lo}{' and' if lo and hi else ''}{hi}"
+    number = _number(value, name, accepted)
+    if not number.is_integer():
+        raise ConfigError(name, value, accepted)
+    result = int(number)
+    if (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
+        raise ConfigError(name, value, accepted)
+    return result
+
+
+def to_float(value: object, name: str, minimum: float = 0.0) -> float:
+    accepted = f"a number >= {minimum:g}"
+    number = _number(value, name, accepted)
+    if number < minimum:
+        raise ConfigError(name, value, accepted)
+    return number
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def to_duration(value: object, name: str) -> float:
+    """Seconds from a number or a string like ``500ms``, ``5s``, ``2m``, ``1h``."""
+    accepted = "seconds >= 0 as a number or with a unit: 500ms, 5s, 2m, 1h"
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise ConfigError(name, value, accepted)
+        unit = (match.group(2) or "s").lower()
+        return float(match.group(1)) * _DURATION_UNITS[unit]
+    number = _number(value, name, accepted)
+    if number < 0:
+        raise ConfigError(name, value, accepted)
+    return number
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def to_size(value: object, name: str) -> int:
+    """Bytes from a number or a string like ``64MiB``, ``500KB``, ``1024``."""
+    accepted = "bytes >= 0 as a whole number or with a unit: B, KB, MB, GB, KiB, MiB, GiB"
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match is None:
+            raise ConfigError(name, value, accepted)
+        unit = (match.group(2) or "b").lower()
+        return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return to_int(value, name, minimum=0)
+
+
+def to_list(value: object, name: str) -> tuple[str, ...]:
+    """A comma-separated string or an iterable of strings, stripped, empties dropped."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, Iterable):
+        items = tuple(value)
+        if all(isinstance(item, str) for item in items):
+            return tuple(item.strip() for item in items if item.strip())
+    raise ConfigError(name, value, "a comma-separated string or a list of strings")
+
+
+def to_choice(value: object, name: str, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    if isinstance(value, str) and value.strip().lower() in options:
+        return value.strip().lower()
+    raise ConfigError(name, value, "one of " + ", ".join(options))
+
+
+def to_rates(value: object, name: str) -> tuple[Any, ...]:
+    """``limits`` rate strings (``"10/second;100/minute"``) into ``RateLimitItem`` objects."""
+    from limits import RateLimitItem, parse_many
+
+    accepted = "rates in `limits` syntax such as '100/minute' or '10/second;1000/hour'"
+    if isinstance(value, RateLimitItem):
+        return (value,)
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+        items = tuple(value)
+        if items and all(isinstance(i, RateLimitItem) for i in items):
+            return items
+        if not all(isinstance(i, str) for i in items):
+            raise ConfigError(name, value, accepted)
+        text = ";".join(items)
+    else:
+        raise ConfigError(name, value, accepted)
+    try:
+        parsed = tuple(parse_many(text.replace(",", ";")))
+    except ValueError:
+        raise ConfigError(name, value, accepted) from None
+    if not parsed or any(item.amount < 1 for item in parsed):
+        raise ConfigError(name, value, accepted)
+    return parsed
+
+
+def storage_url_from_env(environ: Mapping[str, str]) -> str:
+    """``ASGI_PERF_STORAGE_URL``, else ``REDIS_URL``, else ``memory://``."""
+    return environ.get(ENV_PREFIX + "STORAGE_URL") or environ.get("REDIS_URL") or "memory://"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    """One environment variable feeding one keyword option through one converter."""
+
+    name: str
+    option: str
+    convert: Callable[[str, str], Any]
+
+
+M = TypeVar("M", bound="EnvConfigurable")
+
+
+class EnvConfigurable:
+    """Mixin giving a middleware ``from_env``.
+
+    A middleware lists its variables in ``ENV_VARS``; ``ENV_ENABLED`` names the variable that
+    switches it on in :func:`asgi_perf.from_env` with its default; ``ENV_STORAGE`` says whether
+    it takes the shared store URL as its ``storage`` option.
+    """
+
+    ENV_VARS: ClassVar[tuple[EnvVar, ...]] = ()
+    ENV_ENABLED: ClassVar[tuple[str, bool] | None] = None
+    ENV_STORAGE: ClassVar[bool] = False
+
+    @classmethod
+    def options_from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        env = os.environ if environ is None else environ
+        options: dict[str, Any] = {}
+        if cls.ENV_STORAGE:
+            options["storage"] = storage_url_from_env(env)
+        for var in cls.ENV_VARS:
+            raw = env.get(var.name)
+            if raw is not None and raw.strip() != "":
+                options[var.option] = var.convert(raw, var.name)
+        return options
+
+    @classmethod
+    def enabled_in_env(cls, environ: Mapping[str, str] | None = None) -> bool:
+        if cls.ENV_ENABLED is None:
+            return False
+        env = os.environ if environ is None else environ
+        name, default = cls.ENV_ENABLED
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        return to_bool(raw, name)
+
+    @classmethod
+    def from_env(
+        cls: type[M], app: Any, environ: Mapping[str, str] | None = None, **options: Any
+    ) -> M:
+        """Build with options from the environment; keyword ``options`` win over it."""
+        merged = cls.options_from_env(environ)
+        merged.update(options)
+        return cls(app, **merged)  # type: ignore[call-arg]

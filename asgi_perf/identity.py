@@ -1,0 +1,199 @@
+"""Who sent a request: the client IP (behind trusted proxies) and the user key.
+
+Shared by rate limiting and deduplication, so both count the same client the same way.
+
+- The IP is ``scope["client"]``; ``X-Forwarded-For`` and RFC 7239 ``Forwarded`` are believed
+  only when the direct peer is a trusted proxy, and are walked right to left past trusted hops
+  (the leftmost entries are whatever the client chose to write).
+- IPv6 addresses are grouped by prefix (a /64 belongs to one host, who can rotate through it).
+- Anything malformed falls back to the peer address; nothing here raises on client input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+
+from .asgi import Scope, get_header_values
+from .config import ConfigError
+
+__all__ = [
+    "ClientIP",
+    "UserKey",
+    "default_user_key",
+    "hash_secret",
+    "header_user_key",
+    "parse_forwarded",
+    "parse_networks",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+UserKey = Callable[[Scope], "str | None"]
+
+MAX_HOPS = 64  # more X-Forwarded-For hops than this is not a real proxy chain
+MAX_KEY_LENGTH = 256
+
+
+def parse_networks(
+    value: Iterable[str] | str, name: str = "trusted_proxies"
+) -> tuple[IPNetwork, ...]:
+    """IPs and CIDRs (``10.0.0.0/8``, ``::1``) into networks; ``ConfigError`` on a bad one."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    networks: list[IPNetwork] = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(
+                name, text, "IP addresses or CIDR networks, comma-separated"
+            ) from None
+    return tuple(networks)
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    text = text.strip().strip('"')
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):  # RFC 7239 "[2001:db8::1]:4711"
+        end = text.find("]")
+        if end == -1:
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:  # "192.0.2.1:8080"
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def parse_forwarded(value: str) -> list[str]:
+    """The ``for=`` values of an RFC 7239 ``Forwarded`` field, in order."""
+    hops: list[str] = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            key, sep, val = pair.partition("=")
+            if sep and key.strip().lower() == "for":
+                hops.append(val.strip().strip('"'))
+    return hops
+
+
+class ClientIP:
+    """Resolve and group client addresses: ``ClientIP(trusted_proxies)(scope) -> str``."""
+
+    def __init__(self, trusted_proxies: Iterable[str] | str = (), ipv6_prefix: int = 64) -> None:
+        self.trusted = parse_networks(trusted_proxies)
+        if not 1 <= ipv6_prefix <= 128:
+            raise ConfigError("ipv6_prefix", ipv6_prefix, "a whole number from 1 to 128")
+        self.ipv6_prefix = ipv6_prefix
+        self._group = lru_cache(maxsize=4096)(self._group_uncached)
+
+    def _is_trusted(self, ip: IPAddress) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.trusted)
+
+    def _group_uncached(self, text: str) -> str:
+        ip = _parse_ip(text)
+        if ip is None:
+            return text[:MAX_KEY_LENGTH] or "unknown"
+        if ip.version == 6:
+            mapped = ip.ipv4_mapped  # type: ignore[union-attr]
+            if mapped is not None:
+                return str(mapped)
+            net = ipaddress.IPv6Network((int(ip), self.ipv6_prefix), strict=False)
+            return f"{net.network_address}/{self.ipv6_prefix}"
+        return str(ip)
+
+    def peer(self, scope: Scope) -> str:
+        client = scope.get("client")
+        if client:
+            return str(client[0])
+        return "unknown"
+
+    def resolve(self, scope: Scope) -> str:
+        """The address to count the client by, before grouping."""
+        peer = self.peer(scope)
+        if not self.trusted:
+            return peer
+        peer_ip = _parse_ip(peer)
+        if peer_ip is None or not self._is_trusted(peer_ip):
+            return peer
+        headers = scope.get("headers") or ()
+        hops = self._hops(headers)
+        if hops is None:
+            return peer
+        for hop in reversed(hops):
+            ip = _parse_ip(hop)
+            if ip is None:
+                return peer  # a garbled hop: the chain cannot be trusted past it
+            if not self._is_trusted(ip):
+                return str(ip)
+        return peer
+
+    def _hops(self, headers: Iterable[tuple[bytes, bytes]]) -> list[str] | None:
+        forwarded = get_header_values(headers, b"forwarded")
+        if forwarded:
+            text = ",".join(v.decode("latin-1") for v in forwarded)
+        else:
+            xff = get_header_values(headers, b"x-forwarded-for")
+            if not xff:
+                return None
+            text = ",".join(v.decode("latin-1") for v in xff)
+            if text.count(",") >= MAX_HOPS:
+                return None
+            return [h for h in (p.strip() for p in text.split(",")) if h]
+        if text.count(",") >= MAX_HOPS:
+            return None
+        return parse_forwarded(text)
+
+    def __call__(self, scope: Scope) -> str:
+        return self._group(self.resolve(scope))
+
+
+def hash_secret(value: str | bytes) -> str:
+    """A key that identifies a secret (an API key, a token) without storing it."""
+    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _clean(key: object) -> str | None:
+    if key is None:
+        return None
+    text = str(key)
+    if not text or len(text) > MAX_KEY_LENGTH or not text.isprintable():
+        return "h:" + hash_secret(text)  # never a raw control character in a store key
+    return text
+
+
+def default_user_key(scope: Scope) -> str | None:
+    """An authenticated ``scope["user"]``, else ``scope["state"]["user_id"]``, else ``None``."""
+    user: Any = scope.get("user")
+    if user is not None and getattr(user, "is_authenticated", False):
+        identity = getattr(user, "identity", None) or getattr(user, "display_name", None)
+        if identity:
+            return _clean(identity)
+    state = scope.get("state")
+    if isinstance(state, dict):
+        user_id = state.get("user_id")
+        if user_id is not None:
+            return _clean(user_id)
+    return None
+
+
+def header_user_key(header: str) -> UserKey:
+    """A user key from a request header (an API key, a bearer token), hashed before use."""
+    name = header.lower().encode("latin-1")
+
+    def key(scope: Scope) -> str | None:
+        for k, v in scope.get("headers") or ():
+            if k.lower() == name and v:
+                return "h:" + hash_secret(v)
+        return None
+
+    return key

@@ -1,0 +1,54 @@
+"""Stores for shared state, chosen by one URL.
+
+``memory://`` (embedded, one process, bounded LRU) or ``redis://``, ``rediss://``,
+``redis+cluster://h1:p1,h2:p2``, ``redis+sentinel://h:p/service`` (many workers and machines).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from ..config import ConfigError, to_int, to_size
+from .base import Store, StoreUnavailable, Subscription
+from .memory import MemoryStore
+
+__all__ = ["MemoryStore", "Store", "StoreUnavailable", "Subscription", "create_store"]
+
+
+def create_store(
+    url: str | Store,
+    *,
+    prefix: str = "asgi_perf:",
+    max_entries: int = 10_000,
+    max_bytes: int = 64 * 1024 * 1024,
+    timeout: float = 0.25,
+    name: str = "storage",
+) -> Store:
+    """A store for ``url`` (an existing :class:`Store` is returned as it is).
+
+    ``prefix`` namespaces a Redis store's keys (each middleware passes its own under it);
+    ``max_entries``/``max_bytes`` bound a memory store, and may be given in the URL as
+    ``memory://?max_entries=100&max_bytes=1MiB``.
+    """
+    if isinstance(url, Store):
+        return url
+    if not isinstance(url, str):
+        raise ConfigError(name, url, "a store URL (memory://, redis://…) or a Store")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        query = parse_qs(urlsplit(url).query)
+        if "max_entries" in query:
+            max_entries = to_int(query["max_entries"][0], name + " max_entries", minimum=1)
+        if "max_bytes" in query:
+            max_bytes = to_size(query["max_bytes"][0], name + " max_bytes")
+        return MemoryStore(max_entries=max_entries, max_bytes=max_bytes)
+    from .redis import RedisStore
+
+    if scheme not in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
+        raise ConfigError(
+            name,
+            url,
+            "memory://, redis://, rediss://, unix://, redis+cluster://h1:p1,h2:p2 or "
+            "redis+sentinel://host:port/service",
+        )
+    return RedisStore(url, prefix=prefix, timeout=timeout)

@@ -1,0 +1,96 @@
+"""The async store interface that caching and deduplication share.
+
+Keys are ``str`` chosen by the caller; the store adds its own prefix. Keys that one atomic
+operation touches together (``fulfil``'s claim and record) must share a Redis Cluster hash tag,
+written by the caller as ``{...}`` inside the key. Every failure to reach the backing service
+is raised as :class:`StoreUnavailable`, so callers handle one exception.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+__all__ = ["Store", "StoreUnavailable", "Subscription"]
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+class Subscription(ABC):
+    """A waiter's ear on one key, opened *before* the waiter reads the record."""
+
+    @abstractmethod
+    async def wait(self, timeout: float) -> bool:
+        """Wait until the key is notified (``True``) or ``timeout`` seconds pass (``False``).
+
+        A ``False`` is not proof that nothing happened (notifications may be lost on Redis
+        Cluster or a dropped connection): callers re-read the record and poll.
+        """
+
+
+class Store(ABC):
+    """get / set with TTL / claim / fulfil / invalidate / notify, one round trip each."""
+
+    kind: str = "abstract"
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        indexed: bool = False,
+    ) -> None:
+        """Store ``value``; ``tags`` and ``indexed`` (for prefix deletion) are recorded with it."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def claim(self, key: str, token: str, ttl: float) -> bool:
+        """Set ``key`` to ``token`` for ``ttl`` seconds only if absent; ``True`` if we won."""
+
+    @abstractmethod
+    async def renew(self, key: str, token: str, ttl: float) -> bool:
+        """Extend our claim (``token`` must still hold it)."""
+
+    @abstractmethod
+    async def release(self, key: str, token: str) -> bool:
+        """Drop our claim and notify waiters on ``key``; ``False`` if it was not ours."""
+
+    @abstractmethod
+    async def fulfil(self, key: str, token: str, record_key: str, value: bytes, ttl: float) -> None:
+        """Atomically store ``value`` at ``record_key``, release claim ``key``, notify waiters."""
+
+    @abstractmethod
+    def subscribe(self, key: str) -> AbstractAsyncContextManager[Subscription]:
+        """Listen for notifications on ``key`` (from ``release``/``fulfil``/``notify``)."""
+
+    @abstractmethod
+    async def notify(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every ``indexed`` key starting with ``prefix`` (never ``KEYS``/``SCAN``)."""
+
+    @abstractmethod
+    async def delete_tags(self, tags: Iterable[str]) -> int:
+        """Delete every key stored with any of ``tags``."""
+
+    @abstractmethod
+    async def clear(self) -> None:
+        """Delete everything under this store's prefix."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None:  # noqa: B027 - a no-op is right for stores without connections
+        """Release connections; the store may be used again afterwards (it reconnects)."""

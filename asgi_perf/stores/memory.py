@@ -1,0 +1,205 @@
+"""The embedded store: one process, bounded by entries and bytes, LRU, TTL, O(1) operations.
+
+Every operation runs without an ``await`` in the middle, so it is atomic with respect to
+other tasks of the event loop; no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .base import Store, Subscription
+
+__all__ = ["MemoryStore"]
+
+_OVERHEAD = 64  # bytes charged per entry beyond key and value, so tiny entries still count
+
+
+class _Entry:
+    __slots__ = ("expires", "size", "tags", "value")
+
+    def __init__(self, value: bytes, expires: float, tags: tuple[str, ...], size: int) -> None:
+        self.value = value
+        self.expires = expires
+        self.tags = tags
+        self.size = size
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+class MemoryStore(Store):
+    """``memory://?max_entries=10000&max_bytes=64MiB``."""
+
+    kind = "memory"
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[str, _Entry] = OrderedDict()
+        self._claims: dict[str, tuple[str, float]] = {}
+        self._tags: dict[str, set[str]] = {}
+        self._subs: dict[str, set[_MemorySubscription]] = {}
+        self.bytes = 0
+        self.evictions = 0
+
+    # -- records ---------------------------------------------------------------------------
+    def _drop(self, key: str) -> _Entry | None:
+        entry = self._data.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size
+            for tag in entry.tags:
+                keys = self._tags.get(tag)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._tags[tag]
+        return entry
+
+    def _get(self, key: str) -> bytes | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry.expires and entry.expires <= time.monotonic():
+            self._drop(key)
+            return None
+        self._data.move_to_end(key)
+        return entry.value
+
+    async def get(self, key: str) -> bytes | None:
+        return self._get(key)
+
+    def _set(self, key: str, value: bytes, ttl: float | None, tags: Iterable[str]) -> None:
+        self._drop(key)
+        size = len(key) + len(value) + _OVERHEAD
+        if size > self.max_bytes or self.max_entries < 1:
+            return  # could never fit: storing it would evict everything for nothing
+        tag_tuple = tuple(tags)
+        expires = time.monotonic() + ttl if ttl else 0.0
+        self._data[key] = _Entry(value, expires, tag_tuple, size)
+        self.bytes += size
+        for tag in tag_tuple:
+            self._tags.setdefault(tag, set()).add(key)
+        while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
+            oldest = next(iter(self._data))
+            self._drop(oldest)
+            self.evictions += 1
+
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        indexed: bool = False,
+    ) -> None:
+        self._set(key, value, ttl, tags)
+
+    async def delete(self, key: str) -> bool:
+        return self._drop(key) is not None
+
+    # -- claims ----------------------------------------------------------------------------
+    def _holder(self, key: str) -> str | None:
+        held = self._claims.get(key)
+        if held is None:
+            return None
+        if held[1] <= time.monotonic():
+            del self._claims[key]
+            return None
+        return held[0]
+
+    async def claim(self, key: str, token: str, ttl: float) -> bool:
+        if self._holder(key) is not None:
+            return False
+        self._claims[key] = (token, time.monotonic() + ttl)
+        return True
+
+    async def renew(self, key: str, token: str, ttl: float) -> bool:
+        if self._holder(key) != token:
+            return False
+        self._claims[key] = (token, time.monotonic() + ttl)
+        return True
+
+    def _release(self, key: str, token: str) -> bool:
+        if self._holder(key) != token:
+            return False
+        del self._claims[key]
+        return True
+
+    async def release(self, key: str, token: str) -> bool:
+        released = self._release(key, token)
+        self._notify(key)
+        return released
+
+    async def fulfil(self, key: str, token: str, record_key: str, value: bytes, ttl: float) -> None:
+        self._set(record_key, value, ttl, ())
+        self._release(key, token)
+        self._notify(key)
+
+    # -- notifications ---------------------------------------------------------------------
+    def _notify(self, key: str) -> None:
+        for sub in self._subs.get(key, ()):
+            sub.event.set()
+
+    async def notify(self, key: str) -> None:
+        self._notify(key)
+
+    @asynccontextmanager
+    async def _subscribe(self, key: str) -> AsyncIterator[Subscription]:
+        sub = _MemorySubscription()
+        subs = self._subs.setdefault(key, set())
+        subs.add(sub)
+        try:
+            yield sub
+        finally:
+            subs.discard(sub)
+            if not subs:
+                self._subs.pop(key, None)
+
+    def subscribe(self, key: str) -> Any:
+        return self._subscribe(key)
+
+    # -- invalidation ----------------------------------------------------------------------
+    async def delete_prefix(self, prefix: str) -> int:
+        doomed = [key for key in self._data if key.startswith(prefix)]
+        for key in doomed:
+            self._drop(key)
+        return len(doomed)
+
+    async def delete_tags(self, tags: Iterable[str]) -> int:
+        doomed: set[str] = set()
+        for tag in tags:
+            doomed |= self._tags.get(tag, set())
+        for key in doomed:
+            self._drop(key)
+        return len(doomed)
+
+    async def clear(self) -> None:
+        self._data.clear()
+        self._claims.clear()
+        self._tags.clear()
+        self.bytes = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "entries": len(self._data),
+            "bytes": self.bytes,
+            "evictions": self.evictions,
+            "max_entries": self.max_entries,
+            "max_bytes": self.max_bytes,
+        }

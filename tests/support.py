@@ -1,0 +1,332 @@
+"""Test harness: an in-process ASGI driver, real Redis servers, and a real uvicorn server.
+
+Imported by ``conftest.py`` and by test modules (``from tests.support import call``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# -- in-process ASGI driver -------------------------------------------------------------------
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode()
+        for k, v in self.headers:
+            if k.lower() == wanted:
+                return v.decode("latin-1")
+        return None
+
+    def header_list(self, name: str) -> list[str]:
+        wanted = name.lower().encode()
+        return [v.decode("latin-1") for k, v in self.headers if k.lower() == wanted]
+
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def make_scope(
+    method: str = "GET",
+    path: str = "/",
+    query: str = "",
+    headers: Iterable[tuple[str, str]] = (),
+    client: tuple[str, int] | None = ("127.0.0.1", 50000),
+    **extra: Any,
+) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": client,
+        "server": ("testserver", 80),
+        "state": {},
+        "extensions": {},
+    }
+    scope.update(extra)
+    return scope
+
+
+async def call(
+    app: Any,
+    method: str = "GET",
+    path: str = "/",
+    *,
+    query: str = "",
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes | Sequence[bytes] = b"",
+    client: tuple[str, int] | None = ("127.0.0.1", 50000),
+    scope: dict[str, Any] | None = None,
+    disconnect_after_body: bool = False,
+) -> Response:
+    """Call ``app`` once and collect what it sends. ``body`` may be a list of chunks."""
+    if scope is None:
+        scope = make_scope(method, path, query, headers, client)
+    chunks = [body] if isinstance(body, bytes) else list(body)
+    pending: list[dict[str, Any]] = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks or [b""])
+    ]
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        if not disconnect_after_body:
+            await done.wait()
+        return {"type": "http.disconnect"}
+
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    await app(scope, receive, send)
+    done.set()
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    body_chunks = [m.get("body", b"") for m in messages if m["type"] == "http.response.body"]
+    return Response(
+        status=start["status"],
+        headers=list(start.get("headers", [])),
+        body=b"".join(body_chunks),
+        messages=messages,
+        chunks=body_chunks,
+    )
+
+
+# -- free ports and real Redis ----------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port < 55000:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+class RedisServer:
+    """A ``redis-server`` this test run owns: start, stop (kill), start again on one port."""
+
+    def __init__(self, port: int | None = None, extra: Sequence[str] = ()) -> None:
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.dir = tempfile.mkdtemp(prefix="asgi-perf-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_server_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def ping(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason``; under CI a missing Redis suite is a failure, not a skip."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+def unique_prefix(label: str = "t") -> str:
+    return f"asgi_perf_test:{label}:{uuid.uuid4().hex[:12]}:"
+
+
+class RedisCluster:
+    """Three masters on free loopback ports, from ``redis-server --cluster-enabled yes``."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.servers = [
+            RedisServer(
+                port=cluster_port(),
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-config-file",
+                    f"nodes-{uuid.uuid4().hex[:6]}.conf",
+                ],
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def start(self) -> RedisCluster:
+        for server in self.servers:
+            server.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{s.port}" for s in self.servers],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        import redis
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ok = True
+            for server in self.servers:
+                client = redis.Redis(port=server.port)
+                info = client.execute_command("CLUSTER INFO")
+                client.close()
+                ok = ok and (info.get("cluster_state") if isinstance(info, dict) else None) == "ok"
+            if ok:
+                return self
+            time.sleep(0.1)
+        raise TimeoutError("cluster did not reach cluster_state:ok")
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.cleanup()
+
+
+# -- a real HTTP server -----------------------------------------------------------------------
+class UvicornThread:
+    """uvicorn serving ``app`` on a free loopback port in a thread of this process."""
+
+    def __init__(self, app: Any, **config: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        options = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "log_level": "warning",
+            "lifespan": "auto",
+        }
+        options.update(config)
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> UvicornThread:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def serve(app: Any, **config: Any) -> Iterator[str]:
+    """``with serve(app) as url:`` — the app under uvicorn for the block."""
+    with UvicornThread(app, **config) as server:
+        yield server.url

@@ -1,0 +1,217 @@
+"""One contract suite, run unchanged against memory, Redis and Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from asgi_perf import ConfigError, StoreUnavailable, create_store
+from asgi_perf.stores import MemoryStore, Store
+from tests.support import RedisServer, free_port
+
+
+@pytest.fixture
+async def store(store_url: str, key_prefix: str) -> AsyncIterator[Store]:
+    s = create_store(store_url, prefix=key_prefix)
+    yield s
+    await s.clear()
+    await s.close()
+
+
+async def test_get_set_delete(store: Store) -> None:
+    assert await store.get("{a}k") is None
+    await store.set("{a}k", b"v1")
+    assert await store.get("{a}k") == b"v1"
+    await store.set("{a}k", b"\x00binary\xff")
+    assert await store.get("{a}k") == b"\x00binary\xff"
+    assert await store.delete("{a}k") is True
+    assert await store.delete("{a}k") is False
+    assert await store.get("{a}k") is None
+
+
+async def test_ttl_is_honoured(store: Store) -> None:
+    await store.set("short", b"x", ttl=0.05)
+    await store.set("long", b"y", ttl=30)
+    assert await store.get("short") == b"x"
+    await asyncio.sleep(0.12)
+    assert await store.get("short") is None
+    assert await store.get("long") == b"y"
+
+
+async def test_claim_renew_release(store: Store) -> None:
+    assert await store.claim("{c}lock", "t1", ttl=5) is True
+    assert await store.claim("{c}lock", "t2", ttl=5) is False
+    assert await store.renew("{c}lock", "t2", ttl=5) is False
+    assert await store.renew("{c}lock", "t1", ttl=5) is True
+    assert await store.release("{c}lock", "t2") is False
+    assert await store.release("{c}lock", "t1") is True
+    assert await store.claim("{c}lock", "t2", ttl=5) is True
+
+
+async def test_claim_expires(store: Store) -> None:
+    assert await store.claim("{c}exp", "t1", ttl=0.05) is True
+    await asyncio.sleep(0.12)
+    assert await store.claim("{c}exp", "t2", ttl=5) is True
+
+
+async def test_hundred_concurrent_claims_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim("{c}race", f"t{i}", ttl=5) for i in range(100)))
+    assert results.count(True) == 1
+
+
+async def test_fulfil_stores_releases_and_wakes_waiters(store: Store) -> None:
+    assert await store.claim("{f}claim", "leader", ttl=5)
+    woke: list[bool] = []
+
+    async def waiter() -> bytes | None:
+        async with store.subscribe("{f}claim") as sub:
+            record = await store.get("{f}record")
+            while record is None:
+                woke.append(await sub.wait(0.05))
+                record = await store.get("{f}record")
+            return record
+
+    tasks = [asyncio.create_task(waiter()) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    await store.fulfil("{f}claim", "leader", "{f}record", b"done", ttl=5)
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [b"done"] * 5
+    assert await store.claim("{f}claim", "next", ttl=5), "fulfil released the claim"
+
+
+async def test_subscription_hears_notify(store: Store) -> None:
+    if getattr(store, "cluster", False):
+        pytest.skip("Redis Cluster's asyncio client has no pub/sub: waiters poll (documented)")
+    async with store.subscribe("{n}key") as sub:
+        asyncio.get_running_loop().call_later(
+            0.05, lambda: asyncio.ensure_future(store.notify("{n}key"))
+        )
+        assert await sub.wait(5) is True
+
+
+async def test_subscription_times_out(store: Store) -> None:
+    async with store.subscribe("{n}quiet") as sub:
+        assert await sub.wait(0.05) is False
+
+
+async def test_delete_by_prefix_only_indexed_keys(store: Store) -> None:
+    await store.set("/users/1", b"a", ttl=30, indexed=True)
+    await store.set("/users/2", b"b", ttl=30, indexed=True)
+    await store.set("/items/1", b"c", ttl=30, indexed=True)
+    assert await store.delete_prefix("/users/") == 2
+    assert await store.get("/users/1") is None
+    assert await store.get("/users/2") is None
+    assert await store.get("/items/1") == b"c"
+
+
+async def test_delete_by_tag(store: Store) -> None:
+    await store.set("{t}1", b"a", ttl=30, tags=["user:1"])
+    await store.set("{t}2", b"b", ttl=30, tags=["user:1", "user:2"])
+    await store.set("{t}3", b"c", ttl=30, tags=["user:2"])
+    assert await store.delete_tags(["user:1"]) == 2
+    assert await store.get("{t}1") is None
+    assert await store.get("{t}2") is None
+    assert await store.get("{t}3") == b"c"
+
+
+async def test_clear_only_touches_own_prefix(store_url: str, key_prefix: str) -> None:
+    mine = create_store(store_url, prefix=key_prefix + "a:")
+    other = create_store(store_url, prefix=key_prefix + "b:")
+    try:
+        await mine.set("k", b"1")
+        await other.set("k", b"2")
+        await mine.clear()
+        assert await mine.get("k") is None
+        if store_url != "memory://":
+            assert await other.get("k") == b"2"
+    finally:
+        await other.clear()
+        await mine.close()
+        await other.close()
+
+
+# -- memory-only bounds -----------------------------------------------------------------------
+async def test_memory_store_bounded_by_bytes_and_entries() -> None:
+    store = MemoryStore(max_entries=50, max_bytes=10_000)
+    for i in range(1000):  # 10x max_bytes in values alone
+        await store.set(f"k{i}", b"x" * 100)
+        assert store.bytes <= 10_000
+        assert store.stats()["entries"] <= 50
+    assert store.evictions > 0
+    assert await store.get("k999") == b"x" * 100
+    assert await store.get("k0") is None
+
+
+async def test_memory_store_is_lru() -> None:
+    store = MemoryStore(max_entries=3)
+    for key in ("a", "b", "c"):
+        await store.set(key, b"1")
+    await store.get("a")  # a is now most recent
+    await store.set("d", b"1")
+    assert await store.get("b") is None
+    assert await store.get("a") == b"1"
+
+
+async def test_memory_store_skips_values_that_cannot_fit() -> None:
+    store = MemoryStore(max_bytes=1000)
+    await store.set("small", b"1")
+    await store.set("huge", b"x" * 5000)
+    assert await store.get("huge") is None
+    assert await store.get("small") == b"1", "a value too big to store evicts nothing"
+
+
+def test_memory_url_parameters() -> None:
+    store = create_store("memory://?max_entries=7&max_bytes=1KiB")
+    assert isinstance(store, MemoryStore)
+    assert (store.max_entries, store.max_bytes) == (7, 1024)
+
+
+@pytest.mark.parametrize("url", ["mysql://x", "memory://?max_bytes=lots", "redis+cluster://nohost"])
+def test_bad_store_urls_name_the_setting(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_store(url, name="ASGI_PERF_STORAGE_URL")
+    assert "ASGI_PERF_STORAGE_URL" in str(info.value) or "storage" in str(info.value)
+
+
+# -- Redis failure mapping --------------------------------------------------------------------
+async def test_unreachable_redis_raises_store_unavailable() -> None:
+    store = create_store(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    with pytest.raises(StoreUnavailable):
+        await store.get("k")
+    with pytest.raises(StoreUnavailable):
+        await store.set("k", b"v", tags=["t"], indexed=True)
+    await store.close()
+
+
+async def test_redis_store_recovers_after_restart() -> None:
+    server = RedisServer().start()
+    store = create_store(server.url, prefix="recover:", timeout=0.3)
+    try:
+        await store.set("k", b"v")
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.get("k")
+        server.start()
+        assert await store.get("k") is None  # the server kept nothing; it answers again
+        await store.set("k", b"again")
+        assert await store.get("k") == b"again"
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+async def test_redis_store_one_round_trip_per_operation(redis_url: str, key_prefix: str) -> None:
+    store = create_store(redis_url, prefix=key_prefix)
+    try:
+        key = uuid.uuid4().hex
+        before = store.round_trips  # type: ignore[attr-defined]
+        await store.set(key, b"v", ttl=5, tags=["a", "b"], indexed=True)
+        await store.get(key)
+        await store.claim("c" + key, "t", ttl=5)
+        await store.fulfil("c" + key, "t", key, b"w", ttl=5)
+        assert store.round_trips - before == 4  # type: ignore[attr-defined]
+    finally:
+        await store.clear()
+        await store.close()
