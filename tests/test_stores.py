@@ -15,7 +15,7 @@ from tests.support import RedisServer, free_port
 
 @pytest.fixture
 async def store(store_url: str, key_prefix: str) -> AsyncIterator[Store]:
-    s = create_store(store_url, prefix=key_prefix)
+    s = create_store(store_url, prefix=key_prefix, timeout=2.0)
     yield s
     await s.clear()
     await s.close()
@@ -42,7 +42,9 @@ async def test_ttl_is_honoured(store: Store) -> None:
 
 
 async def test_claim_renew_release(store: Store) -> None:
+    assert await store.holder("{c}lock") is None
     assert await store.claim("{c}lock", "t1", ttl=5) is True
+    assert await store.holder("{c}lock") == "t1"
     assert await store.claim("{c}lock", "t2", ttl=5) is False
     assert await store.renew("{c}lock", "t2", ttl=5) is False
     assert await store.renew("{c}lock", "t1", ttl=5) is True

@@ -59,6 +59,10 @@ class Store(ABC):
         """Set ``key`` to ``token`` for ``ttl`` seconds only if absent; ``True`` if we won."""
 
     @abstractmethod
+    async def holder(self, key: str) -> str | None:
+        """The token holding claim ``key``, or ``None`` when it is free."""
+
+    @abstractmethod
     async def renew(self, key: str, token: str, ttl: float) -> bool:
         """Extend our claim (``token`` must still hold it)."""
 

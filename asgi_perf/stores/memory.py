@@ -125,8 +125,15 @@ class MemoryStore(Store):
     async def claim(self, key: str, token: str, ttl: float) -> bool:
         if self._holder(key) is not None:
             return False
+        if len(self._claims) >= 10_000:  # leaders that died without releasing: drop expired
+            now = time.monotonic()
+            for stale in [k for k, (_, exp) in self._claims.items() if exp <= now]:
+                del self._claims[stale]
         self._claims[key] = (token, time.monotonic() + ttl)
         return True
+
+    async def holder(self, key: str) -> str | None:
+        return self._holder(key)
 
     async def renew(self, key: str, token: str, ttl: float) -> bool:
         if self._holder(key) != token:

@@ -191,7 +191,7 @@ def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
 
     common: dict[str, Any] = {
         "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": max(timeout, 1.0),
         # One retry on a fresh connection: a pooled connection that Redis closed (restart,
         # idle timeout) fails once; more retries would only stretch an outage.
         "retry": Retry(NoBackoff(), 1),
@@ -248,6 +248,8 @@ class RedisStore(Store):
         self._scripts: dict[str, Any] = {}
         self._notifier: _Notifier | None = None
         self._errors = _unavailable_errors()
+        self._initialized = not self.cluster
+        self._init_lock = asyncio.Lock()
         self.round_trips = 0
 
     @staticmethod
@@ -262,6 +264,8 @@ class RedisStore(Store):
         if self._client is None or self._loop is not loop:
             self._client, _ = _make_client(self.url, self.timeout)
             self._loop = loop
+            self._initialized = not self.cluster
+            self._init_lock = asyncio.Lock()
             self._scripts = {}
             self._notifier = None
         return self._client
@@ -281,9 +285,19 @@ class RedisStore(Store):
         """Run one round trip, mapping every connection failure to ``StoreUnavailable``."""
         self.round_trips += 1
         try:
+            if not self._initialized:
+                await self._initialize()
             return await operation()
         except self._errors as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _initialize(self) -> None:
+        # redis-py's cluster client breaks connections when many tasks trigger its lazy
+        # initialisation at once (AttributeError on a closed writer): do it once, first.
+        async with self._init_lock:
+            if not self._initialized:
+                await self._client.initialize()
+                self._initialized = True
 
     def _channel(self, key: str) -> str:
         return self.prefix + "__notify__:" + key
@@ -348,6 +362,11 @@ class RedisStore(Store):
         px = max(1, int(ttl * 1000))
         won = await self.call(lambda: client.set(self.prefix + key, token, px=px, nx=True))
         return bool(won)
+
+    async def holder(self, key: str) -> str | None:
+        client = self.client
+        value: bytes | None = await self.call(lambda: client.get(self.prefix + key))
+        return None if value is None else value.decode("utf-8", "replace")
 
     async def renew(self, key: str, token: str, ttl: float) -> bool:
         script = self.script(_RENEW)

@@ -1,0 +1,127 @@
+"""Single flight over a store: one leader per key does the work, the others wait for its record.
+
+Shared by the cache (stampede protection) and deduplication (in-flight coalescing), on the
+memory store within one process and on Redis across processes and machines:
+
+1. the leader wins ``claim`` (``SET NX PX``) with a random token and a lease that it renews
+   while it works (:class:`Lease`), so a long handler is not taken over and a crashed
+   leader's claim simply expires;
+2. it ends with ``fulfil`` (record stored, claim released, waiters notified, atomically) or
+   ``release`` (nothing to share: waiters go and do their own work);
+3. a waiter subscribes *before* reading the record, so no wake-up is lost, and re-reads on
+   every wake-up and on a jittered, growing poll (the fallback where pub/sub is missing or
+   dropped) until the record appears, the claim is gone, or its deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+from .stores.base import Store
+
+__all__ = ["Lease", "Outcome", "SingleFlight"]
+
+
+class Lease:
+    """The leader's claim; ``async with lease:`` renews it in the background while working."""
+
+    def __init__(self, store: Store, key: str, token: str, ttl: float) -> None:
+        self.store = store
+        self.key = key
+        self.token = token
+        self.ttl = ttl
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            with contextlib.suppress(Exception):  # a failed renewal is retried; expiry is safe
+                await self.store.renew(self.key, self.token, self.ttl)
+
+    async def __aenter__(self) -> Lease:
+        self._renewer = asyncio.get_running_loop().create_task(self._renew())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+
+    async def fulfil(self, record_key: str, value: bytes, ttl: float) -> None:
+        """Publish the record and free the claim in one atomic step."""
+        await self.store.fulfil(self.key, self.token, record_key, value, ttl)
+
+    async def release(self) -> None:
+        """Free the claim without a record: waiters then do their own work."""
+        await self.store.release(self.key, self.token)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """``record``: the value is there; ``leader``: do the work and end the lease;
+    ``released``: the leader gave up, do your own work; ``timeout``: waited long enough."""
+
+    kind: Literal["record", "leader", "released", "timeout"]
+    value: bytes | None = None
+    lease: Lease | None = None
+
+
+class SingleFlight:
+    """``await flight.join(claim_key, record_key)`` → who does the work for this key."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lease_ttl: float = 10.0,
+        wait_timeout: float = 10.0,
+        poll_min: float = 0.005,
+        poll_max: float = 0.25,
+    ) -> None:
+        self.store = store
+        self.lease_ttl = lease_ttl
+        self.wait_timeout = wait_timeout
+        self.poll_min = poll_min
+        self.poll_max = poll_max
+
+    async def join(self, claim_key: str, record_key: str, check_first: bool = True) -> Outcome:
+        store = self.store
+        if check_first:
+            value = await store.get(record_key)
+            if value is not None:
+                return Outcome("record", value)
+        token = uuid.uuid4().hex
+        if await store.claim(claim_key, token, self.lease_ttl):
+            return Outcome("leader", lease=Lease(store, claim_key, token, self.lease_ttl))
+        deadline = time.monotonic() + self.wait_timeout
+        delay = self.poll_min
+        async with store.subscribe(claim_key) as subscription:
+            while True:
+                value = await store.get(record_key)
+                if value is not None:
+                    return Outcome("record", value)
+                if await store.holder(claim_key) is None:
+                    # The leader may have fulfilled between our two reads: look once more.
+                    value = await store.get(record_key)
+                    if value is not None:
+                        return Outcome("record", value)
+                    return Outcome("released")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Outcome("timeout")
+                await subscription.wait(min(remaining, delay * random.uniform(0.5, 1.5)))
+                delay = min(delay * 2, self.poll_max)
