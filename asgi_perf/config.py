@@ -136,7 +136,10 @@ def to_size(value: object, name: str) -> int:
             raise ConfigError(name, value, accepted)
         unit = (match.group(2) or "b").lower()
         return int(float(match.group(1)) * _SIZE_UNITS[unit])
-    return to_int(value, name, minimum=0)
+    number = _number(value, name, accepted)
+    if number < 0 or not number.is_integer():
+        raise ConfigError(name, value, accepted)
+    return int(number)
 
 
 def to_list(value: object, name: str) -> tuple[str, ...]:

@@ -1,0 +1,106 @@
+"""Header helpers on raw ASGI header lists, and the per-request context."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from asgi_perf import context
+from asgi_perf.asgi import (
+    get_header,
+    get_header_values,
+    header_tokens,
+    merge_vary,
+    problem_body,
+    remove_headers,
+    send_response,
+    set_header,
+)
+
+H = [(b"content-type", b"text/plain"), (b"Vary", b"Cookie"), (b"vary", b"Accept, Origin")]
+
+
+def test_get_header_is_case_insensitive() -> None:
+    assert get_header(H, b"vary") == b"Cookie"
+    assert get_header(H, b"missing") is None
+    assert get_header_values(H, b"vary") == [b"Cookie", b"Accept, Origin"]
+    assert header_tokens(H, b"vary") == [b"cookie", b"accept", b"origin"]
+
+
+def test_set_and_remove() -> None:
+    assert set_header(H, b"vary", b"*") == [(b"content-type", b"text/plain"), (b"vary", b"*")]
+    assert remove_headers(H, b"vary") == [(b"content-type", b"text/plain")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], b"Accept-Encoding"),
+        ([(b"vary", b"Cookie")], b"Cookie, Accept-Encoding"),
+        ([(b"vary", b"accept-encoding")], b"accept-encoding"),
+        ([(b"Vary", b"Cookie"), (b"vary", b"Origin")], b"Cookie, Origin, Accept-Encoding"),
+        ([(b"vary", b"*")], b"*"),
+        ([(b"vary", b"")], b"Accept-Encoding"),
+    ],
+)
+def test_merge_vary(headers: list[tuple[bytes, bytes]], expected: bytes) -> None:
+    merged = merge_vary(headers, b"Accept-Encoding")
+    assert get_header_values(merged, b"vary") == [expected]
+
+
+async def test_send_response_and_problem() -> None:
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    body = problem_body(429, "Too Many Requests", "slow down", "x#quota", retry_after=3)
+    await send_response(send, 429, body, [(b"retry-after", b"3")], b"application/problem+json")
+    assert sent[0]["status"] == 429
+    assert (b"content-length", str(len(body)).encode()) in sent[0]["headers"]  # type: ignore[operator]
+    assert orjson.loads(sent[1]["body"]) == {  # type: ignore[arg-type]
+        "type": "x#quota",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "slow down",
+        "retry_after": 3,
+    }
+
+
+def test_context_is_a_no_op_without_a_reader() -> None:
+    assert context.current() is None
+    context.add_timing("cache", desc="hit")
+    context.incr("db")
+    assert context.current() is None
+
+
+async def test_context_collects_for_its_request_only() -> None:
+    async def request(name: str) -> list[str]:
+        ctx, token = context.open_context()
+        try:
+            await asyncio.sleep(0)
+            context.add_timing(name, 1.5)
+            await asyncio.sleep(0)
+            context.incr("n")
+            return [e.name for e in ctx.timings] + [str(ctx.counters["n"])]
+        finally:
+            context.close_context(token)
+
+    assert await asyncio.gather(request("a"), request("b")) == [["a", "1"], ["b", "1"]]
+    assert context.current() is None
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ([context.TimingEntry("total", 12.3456)], b"total;dur=12.346"),
+        ([context.TimingEntry("cache", None, "hit")], b'cache;desc="hit"'),
+        ([context.TimingEntry("db", 4.0, '7 "q"')], b'db;dur=4;desc="7 \\"q\\""'),
+        ([context.TimingEntry("a b", 0.0), context.TimingEntry("c")], b"a-b;dur=0, c"),
+        ([context.TimingEntry("x", None, "line\nbreak")], b'x;desc="linebreak"'),
+    ],
+)
+def test_server_timing_format(entries: list[context.TimingEntry], expected: bytes) -> None:
+    assert context.format_server_timing(entries) == expected
