@@ -1,0 +1,1 @@
+"""Runnable example apps: Starlette, FastAPI and Litestar, each with the full asgi-perf stack."""
