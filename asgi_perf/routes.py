@@ -1,0 +1,98 @@
+"""The route template of a request: one statistics series per route, never per raw path.
+
+Raw paths as metric labels grow without bound (``/users/1``, ``/users/2``, … and every scanner's
+probe): the cardinality blow-up of ``starlette-exporter`` and ``prometheus-fastapi-instrumentator``
+with unmatched routes. The template is found, in order:
+
+1. Starlette / FastAPI: the router stores the matched route in ``scope["route"]`` while routing;
+   read after the app ran. Under a ``Mount`` the inner route's ``path`` is relative to the mount,
+   whose prefix the router appended to ``scope["root_path"]``, so the template is that prefix
+   (minus the app's own ``app_root_path``) plus the route's path. A ``Mount`` that is itself the
+   final match (static files, a foreign sub-app) gives ``<prefix>/{path}``.
+2. Litestar: ``scope["path_template"]``, set by its router.
+3. Otherwise the path itself with numeric, UUID and long hex segments collapsed to ``{id}``,
+   ``{uuid}``, ``{hex}``.
+
+A 404 that no framework route claimed is ``__unmatched__``: the paths of requests that matched
+nothing are the unbounded part.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .asgi import Scope
+
+__all__ = ["UNMATCHED", "collapse_path", "route_template"]
+
+UNMATCHED = "__unmatched__"
+MAX_TEMPLATE_LENGTH = 200
+
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+_HEX = re.compile(r"^(?=[a-fA-F]*[0-9])(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,}$")
+
+
+def _collapse_segment(segment: str) -> str:
+    if not segment:
+        return segment
+    if segment.isdigit():
+        return "{id}"
+    if len(segment) >= 32 and _UUID.match(segment):
+        return "{uuid}"
+    if len(segment) >= 16 and _HEX.match(segment):
+        return "{hex}"
+    return segment
+
+
+_cache: dict[str, str] = {}
+CACHE_SIZE = 4096
+
+
+def collapse_path(path: str) -> str:
+    """``/users/42/orders/7f3c…`` → ``/users/{id}/orders/{uuid}`` (bounded in length).
+
+    Memoised in a bounded dict (emptied when full): an app sees the same few paths again and
+    again, and splitting costs more than the rest of the request bookkeeping.
+    """
+    template = _cache.get(path)
+    if template is None:
+        template = "/".join(map(_collapse_segment, path.split("/")))[:MAX_TEMPLATE_LENGTH]
+        if len(_cache) >= CACHE_SIZE:
+            _cache.clear()
+        _cache[path] = template
+    return template
+
+
+def _framework_template(route: object, scope: Scope) -> str | None:
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        app_root = scope.get("app_root_path")  # only set once a Mount matched
+        prefix = "" if app_root is None else (scope.get("root_path") or "")[len(app_root) :]
+        if hasattr(route, "routes"):  # a Mount that was the final match
+            return prefix.rstrip("/") + "/{path}"
+        return prefix + path
+    template = scope.get("path_template")
+    if isinstance(template, str):
+        return template
+    return None
+
+
+def route_template(scope: Scope, status: int, from_scope: bool = True) -> tuple[str, bool]:
+    """``(template, from_framework)`` for a finished request with response ``status``.
+
+    ``from_framework`` says the template came from the framework's router (so it may be used
+    as OpenTelemetry's ``http.route``, which must not be guessed).
+    """
+    if from_scope:
+        route = scope.get("route")
+        if route is not None or "path_template" in scope:
+            template = _framework_template(route, scope)
+            if template is not None:
+                if status == 404 and hasattr(route, "routes"):
+                    return UNMATCHED, False  # a Mount matched but nothing inside it did
+                return template, True
+    if status == 404:
+        return UNMATCHED, False
+    return collapse_path(scope.get("path") or "/"), False

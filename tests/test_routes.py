@@ -1,0 +1,161 @@
+"""Route templates: real Starlette, FastAPI and Litestar routing collapse ``/users/1`` and
+``/users/2`` into one series; unmatched requests share ``__unmatched__``; bare apps get the
+path with ids collapsed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from litestar.params import FromPath
+
+from asgi_perf.routes import UNMATCHED, collapse_path, route_template
+from asgi_perf.timing import TimingMiddleware
+from tests.support import call, make_scope
+
+
+def series(mw: TimingMiddleware) -> dict[tuple[str, str], dict[str, int]]:
+    return {(r["method"], r["route"]): r["statuses"] for r in mw.stats()["routes"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/", "/"),
+        ("/users/1", "/users/{id}"),
+        ("/users/42/orders/7", "/users/{id}/orders/{id}"),
+        ("/items/123e4567-e89b-12d3-a456-426614174000", "/items/{uuid}"),
+        ("/items/123e4567e89b12d3a456426614174000", "/items/{uuid}"),
+        ("/blobs/9f86d081884c7d659a2feaa0c55ad015", "/blobs/{uuid}"),
+        ("/commits/3f786850e387550fdab836ed7e6dc881de23001b", "/commits/{hex}"),
+        ("/about/team", "/about/team"),
+        ("/v2/docs", "/v2/docs"),
+        ("/deadbeefdeadbeef", "/deadbeefdeadbeef"),  # all letters: a word, not an id
+        ("/users/1/", "/users/{id}/"),
+    ],
+)
+def test_collapse_path(path: str, template: str) -> None:
+    assert collapse_path(path) == template
+
+
+def test_collapse_is_bounded() -> None:
+    assert len(collapse_path("/a" * 1000)) == 200
+
+
+def test_bare_app_404_is_unmatched() -> None:
+    assert route_template(make_scope(path="/wp-login.php"), 404) == (UNMATCHED, False)
+    assert route_template(make_scope(path="/users/5"), 200) == ("/users/{id}", False)
+    # route_from_scope=False ignores what a framework left in the scope
+    scope = make_scope(path="/users/5", path_template="/users/{user_id:int}")
+    assert route_template(scope, 200, from_scope=False) == ("/users/{id}", False)
+    assert route_template(scope, 200) == ("/users/{user_id:int}", True)
+
+
+async def test_starlette_routes_mounts_and_unmatched() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("static")(scope, receive, send)
+
+    app = Starlette(
+        routes=[
+            Route("/users/{user_id:int}", endpoint),
+            Mount("/api", routes=[Route("/items/{item_id}", endpoint)]),
+            Mount("/static", app=raw),
+        ]
+    )
+    mw = TimingMiddleware(app)
+    for path in ("/users/1", "/users/2", "/api/items/a", "/api/items/b", "/static/x.css"):
+        assert (await call(mw, path=path)).status == 200
+    # behind a proxy that strips /edge (server root_path): the template stays app-relative
+    scope = make_scope(path="/edge/api/items/c", root_path="/edge")
+    assert (await call(mw, scope=scope)).status == 200
+    for path in ("/nope/1", "/nope/2", "/api/nothing/here"):
+        assert (await call(mw, path=path)).status == 404
+    assert (await call(mw, "POST", "/users/3")).status == 405
+    assert series(mw) == {
+        ("GET", "/users/{user_id:int}"): {"200": 2},
+        ("GET", "/api/items/{item_id}"): {"200": 3},
+        ("GET", "/static/{path}"): {"200": 1},
+        ("GET", UNMATCHED): {"404": 3},
+        ("POST", "/users/{user_id:int}"): {"405": 1},
+    }
+
+
+async def test_starlette_add_middleware_sees_route_after_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/users/{user_id}", endpoint)])
+    app.add_middleware(TimingMiddleware)
+    for path in ("/users/1", "/users/2"):
+        await call(app, path=path)
+    timing = app.middleware_stack
+    while not isinstance(timing, TimingMiddleware):
+        timing = timing.app  # type: ignore[union-attr]
+    assert series(timing) == {("GET", "/users/{user_id}"): {"200": 2}}
+
+
+async def test_fastapi_routes_and_routers() -> None:
+    from fastapi import APIRouter, FastAPI
+
+    app = FastAPI()
+    router = APIRouter(prefix="/v1")
+
+    @app.get("/users/{user_id}")
+    async def user(user_id: int) -> dict[str, int]:
+        return {"id": user_id}
+
+    @router.get("/orders/{order_id}")
+    async def order(order_id: str) -> dict[str, str]:
+        return {"id": order_id}
+
+    app.include_router(router)
+    mw = TimingMiddleware(app)
+    for path in ("/users/1", "/users/2", "/v1/orders/a", "/v1/orders/b"):
+        assert (await call(mw, path=path)).status == 200
+    assert (await call(mw, path="/users/abc")).status == 422
+    assert (await call(mw, path="/missing/1")).status == 404
+    assert series(mw) == {
+        ("GET", "/users/{user_id}"): {"200": 2, "422": 1},
+        ("GET", "/v1/orders/{order_id}"): {"200": 2},
+        ("GET", UNMATCHED): {"404": 1},
+    }
+
+
+async def test_litestar_path_template() -> None:
+    from litestar import Litestar, get
+    from litestar.middleware import DefineMiddleware
+
+    @get("/users/{user_id:int}")
+    async def user(user_id: FromPath[int]) -> dict[str, int]:
+        return {"id": user_id}
+
+    outside = TimingMiddleware(Litestar(route_handlers=[user]))
+    for path in ("/users/1", "/users/2"):
+        assert (await call(outside, path=path)).status == 200
+    assert (await call(outside, path="/nothing/3")).status == 404
+    assert series(outside) == {
+        ("GET", "/users/{user_id}"): {"200": 2},
+        ("GET", UNMATCHED): {"404": 1},
+    }
+
+    inner: list[TimingMiddleware] = []
+
+    def factory(app: Any) -> TimingMiddleware:
+        inner.append(TimingMiddleware(app))
+        return inner[-1]
+
+    inside = Litestar(route_handlers=[user], middleware=[DefineMiddleware(factory)])
+    for path in ("/users/1", "/users/2"):
+        assert (await call(inside, path=path)).status == 200
+    assert series(inner[0]) == {("GET", "/users/{user_id}"): {"200": 2}}
