@@ -1,0 +1,552 @@
+"""Response compression (zstd, brotli, gzip) negotiated per request, streaming-safe.
+
+Pure ASGI, in the shape of Starlette's ``GZipMiddleware``: ``send`` is wrapped per request;
+at ``http.response.start`` one pass over the response fields decides whether the response
+could be encoded at all. Only then is ``Accept-Encoding`` negotiated
+(:mod:`asgi_perf.negotiation`, memoised per header value) and a :class:`_Responder` made,
+which waits, when ``Content-Length`` does not tell the size, for the first body message.
+Codecs come prepared from :mod:`asgi_perf.codecs`; a response that is not encoded never
+creates a codec object.
+
+Options (keyword / environment variable, default):
+
+- ``encodings`` / ``ASGI_PERF_COMPRESSION_ENCODINGS``: server preference, ``zstd,br,gzip``
+- ``minimum_size`` / ``ASGI_PERF_COMPRESSION_MIN_SIZE``: bytes, ``500``
+- ``gzip_level`` / ``ASGI_PERF_GZIP_LEVEL`` (0-9, ``6``), ``brotli_quality`` /
+  ``ASGI_PERF_BROTLI_QUALITY`` (0-11, ``4``), ``zstd_level`` / ``ASGI_PERF_ZSTD_LEVEL``
+  (-131072..22, ``3``)
+- ``gzip_backend`` / ``ASGI_PERF_GZIP_BACKEND``: ``auto`` (zlib-ng if installed, else
+  stdlib zlib), ``zlib-ng``, ``isal``, ``zlib``; ``stats()["codecs"]`` says which is used
+- ``compressible_types`` / ``ASGI_PERF_COMPRESSION_TYPES``: exact types, ``type/*`` and
+  ``*+suffix`` patterns; default :data:`DEFAULT_COMPRESSIBLE_TYPES`
+- ``exclude_paths`` / ``ASGI_PERF_COMPRESSION_EXCLUDE_PATHS``: path prefixes, none
+- ``compress_event_stream`` / ``ASGI_PERF_COMPRESSION_SSE``: ``true``
+- ``thread_minimum_size`` / ``ASGI_PERF_COMPRESSION_THREAD_MIN_SIZE``: ``128KiB``
+- ``ASGI_PERF_COMPRESSION_ENABLED`` (for :func:`asgi_perf.from_env`): ``true``
+
+Choices where the spec is silent (documented for users):
+
+- ``Vary: Accept-Encoding`` is merged into every response that *would* be encoded for a
+  client accepting a coding (eligible status, type, headers and size), whatever this
+  client sent, and into HEAD responses to such resources. Responses left alone for any
+  other reason (too small, already encoded, ``no-transform``, 206, 1xx/204/205/304, a type
+  outside the set, ``pathsend``, excluded path) go out byte-for-byte unchanged, no ``Vary``.
+- A strong ``ETag`` of an encoded response is made weak (``W/"…"``, as nginx does), so
+  ``If-None-Match`` from either representation still matches with weak comparison.
+- Any ``Content-Encoding`` header set by the app (even ``identity``) means "leave it alone".
+- A body whose encoded form is not smaller than itself is sent unencoded (with ``Vary``).
+- HEAD responses are never encoded; their ``Content-Length`` stays the app's.
+- ``text/event-stream`` (when in the compressible set, as ``text/*`` is by default) has its
+  headers sent at once, encoded, and every event flushed; ``compress_event_stream=False``
+  leaves event streams unencoded. Every other stream is flushed per chunk too.
+- Chunks of ``thread_minimum_size`` (128 KiB) or more are compressed in the event loop's
+  default executor; without a running asyncio loop (trio) they are compressed inline.
+- ``exclude_paths`` are path prefixes matched on segment boundaries (``/metrics`` matches
+  ``/metrics`` and ``/metrics/x``, not ``/metricsx``).
+- ``encodings`` lists the server's preference; codings whose package is missing are dropped
+  (a warning is logged when they were asked for explicitly).
+- A codec failure before the headers leave sends the response unencoded; after they left
+  (mid-stream) the error propagates. Both are logged once per incident and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal
+
+from . import stats as _stats
+from .asgi import ASGIApp, Headers, Message, Receive, Scope, Send, merge_vary
+from .codecs import GZIP_BACKENDS, Codec, available_encodings, make_codec
+from .config import ConfigError, EnvConfigurable, EnvVar, to_bool, to_choice, to_int, to_list
+from .config import to_size as _to_size
+from .context import add_timing
+from .negotiation import IDENTITY, choose_encoding
+from .outage import Outage
+
+__all__ = [
+    "DEFAULT_COMPRESSIBLE_TYPES",
+    "CompressionMiddleware",
+]
+
+logger = logging.getLogger("asgi_perf.compression")
+
+DEFAULT_COMPRESSIBLE_TYPES = (
+    "text/*",
+    "application/json",
+    "*+json",
+    "application/javascript",
+    "*+xml",
+    "application/xml",
+    "image/svg+xml",
+    "application/wasm",
+    "application/x-ndjson",
+    "application/graphql-response+json",
+)
+_CODINGS = ("zstd", "br", "gzip")
+_EVENT_STREAM = "text/event-stream"
+_ZEROCOPY = "http.response.zerocopysend"
+_VARY_VALUE = b"Accept-Encoding"
+
+# Response fields the start-message scan looks at, by lowercase name.
+_TYPE, _ENCODING, _CACHE_CONTROL, _RANGE, _LENGTH, _VARY = range(6)
+_FIELDS = {
+    b"content-type": _TYPE,
+    b"content-encoding": _ENCODING,
+    b"cache-control": _CACHE_CONTROL,
+    b"content-range": _RANGE,
+    b"content-length": _LENGTH,
+    b"vary": _VARY,
+}
+_UNCHANGED_STATUS = frozenset((204, 205, 206, 304))
+# Content-type verdicts.
+_NO, _YES, _SSE = 0, 1, 2
+_TYPE_CACHE_SIZE = 512
+# Per-instance memo of Accept-Encoding value -> chosen coding: one dict lookup
+# per request for the handful of values real clients send; junk cannot grow it unbounded.
+_CHOICE_CACHE_SIZE = 1024
+_CHOICE_KEY_SIZE = 256
+_UNSEEN: Any = object()
+
+# Responder states.
+_HOLD, _STREAM, _PASS = 0, 1, 2
+
+
+def _encodings(value: object, name: str) -> tuple[str, ...]:
+    accepted = "a comma-separated list of zstd, br, gzip (server preference order)"
+    codings: list[str] = []
+    for item in to_list(value, name):
+        coding = item.lower()
+        if coding not in _CODINGS:
+            raise ConfigError(name, value, accepted)
+        if coding not in codings:
+            codings.append(coding)
+    if not codings:
+        raise ConfigError(name, value, accepted)
+    return tuple(codings)
+
+
+def _media_patterns(value: object, name: str) -> tuple[str, ...]:
+    accepted = "media types like text/html, type wildcards like text/*, suffixes like *+json"
+    patterns = tuple(item.lower() for item in to_list(value, name))
+    for pattern in patterns:
+        if pattern.startswith("*+"):
+            valid = len(pattern) > 2 and "/" not in pattern and "*" not in pattern[1:]
+        else:
+            kind, slash, sub = pattern.partition("/")
+            valid = (
+                bool(slash and kind and sub) and "*" not in kind and sub in ("*", sub.strip("*"))
+            )
+        if not valid:
+            raise ConfigError(name, value, accepted)
+    return patterns
+
+
+def _paths(value: object, name: str) -> tuple[str, ...]:
+    paths = to_list(value, name)
+    if not all(path.startswith("/") for path in paths):
+        raise ConfigError(name, value, "path prefixes starting with '/'")
+    return paths
+
+
+def _level(minimum: int, maximum: int) -> Any:
+    return lambda value, name: to_int(value, name, minimum=minimum, maximum=maximum)
+
+
+_GZIP_LEVEL = _level(0, 9)
+_BROTLI_QUALITY = _level(0, 11)
+_ZSTD_LEVEL = _level(-131072, 22)
+
+
+def _gzip_backend(value: object, name: str) -> str:
+    return to_choice(value, name, GZIP_BACKENDS)
+
+
+class CompressionMiddleware(EnvConfigurable):
+    """Encode responses with the best coding the client accepts (RFC 9110 §12.5.3)."""
+
+    ENV_ENABLED: ClassVar[tuple[str, bool] | None] = ("ASGI_PERF_COMPRESSION_ENABLED", True)
+    ENV_VARS: ClassVar[tuple[EnvVar, ...]] = (
+        EnvVar("ASGI_PERF_COMPRESSION_MIN_SIZE", "minimum_size", _to_size),
+        EnvVar("ASGI_PERF_COMPRESSION_ENCODINGS", "encodings", _encodings),
+        EnvVar("ASGI_PERF_GZIP_LEVEL", "gzip_level", _GZIP_LEVEL),
+        EnvVar("ASGI_PERF_BROTLI_QUALITY", "brotli_quality", _BROTLI_QUALITY),
+        EnvVar("ASGI_PERF_ZSTD_LEVEL", "zstd_level", _ZSTD_LEVEL),
+        EnvVar("ASGI_PERF_GZIP_BACKEND", "gzip_backend", _gzip_backend),
+        EnvVar("ASGI_PERF_COMPRESSION_TYPES", "compressible_types", _media_patterns),
+        EnvVar("ASGI_PERF_COMPRESSION_EXCLUDE_PATHS", "exclude_paths", _paths),
+        EnvVar("ASGI_PERF_COMPRESSION_SSE", "compress_event_stream", to_bool),
+        EnvVar("ASGI_PERF_COMPRESSION_THREAD_MIN_SIZE", "thread_minimum_size", _to_size),
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        encodings: Iterable[str] | str = _CODINGS,
+        minimum_size: int | str = 500,
+        gzip_level: int = 6,
+        brotli_quality: int = 4,
+        zstd_level: int = 3,
+        compressible_types: Iterable[str] | str = DEFAULT_COMPRESSIBLE_TYPES,
+        exclude_paths: Iterable[str] | str = (),
+        gzip_backend: str = "auto",
+        compress_event_stream: bool = True,
+        thread_minimum_size: int | str = 128 * 1024,
+    ) -> None:
+        self.app = app
+        installed = available_encodings()
+        wanted = _encodings(encodings, "encodings")
+        missing = [coding for coding in wanted if coding not in installed]
+        if missing and wanted != _CODINGS:
+            logger.warning("compression codings not installed, not offered: %s", missing)
+        self.encodings = tuple(coding for coding in wanted if coding in installed)
+        if not self.encodings:
+            raise ConfigError("encodings", encodings, "at least one installed coding: gzip")
+        self.minimum_size = _to_size(minimum_size, "minimum_size")
+        self.thread_minimum_size = _to_size(thread_minimum_size, "thread_minimum_size")
+        self.compress_event_stream = to_bool(compress_event_stream, "compress_event_stream")
+        self.compressible_types = _media_patterns(compressible_types, "compressible_types")
+        self.exclude_paths = _paths(exclude_paths, "exclude_paths")
+        levels = {
+            "gzip_level": _GZIP_LEVEL(gzip_level, "gzip_level"),
+            "gzip_backend": _gzip_backend(gzip_backend, "gzip_backend"),
+            "brotli_quality": _BROTLI_QUALITY(brotli_quality, "brotli_quality"),
+            "zstd_level": _ZSTD_LEVEL(zstd_level, "zstd_level"),
+        }
+        self.codecs: dict[str, Codec] = {
+            coding: make_codec(coding, **levels) for coding in self.encodings
+        }
+        self._tokens = {coding: coding.encode("ascii") for coding in self.encodings}
+        self._outages = {coding: Outage(logger, f"{coding} codec") for coding in self.encodings}
+        self._exact = frozenset(p for p in self.compressible_types if "*" not in p)
+        self._prefixes = tuple(p[:-1] for p in self.compressible_types if p.endswith("/*"))
+        self._suffixes = tuple(p[1:] for p in self.compressible_types if p.startswith("*+"))
+        self._types: dict[bytes, int] = {}
+        self._choices: dict[bytes, str] = {}
+        self._excluded = tuple(
+            (p.rstrip("/") or "/", p.rstrip("/") + "/") for p in self.exclude_paths
+        )
+        # Counters for stats().
+        self.compressed = dict.fromkeys(self.encodings, 0)
+        self.streams = 0
+        self.threaded = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        _stats.register("compression", self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self._excluded and self._is_excluded(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        codec = _UNSEEN  # negotiated lazily: most responses never need it
+        extensions = scope.get("extensions")
+        if extensions and _ZEROCOPY in extensions:
+            codec = self._codec_for(scope)
+            if codec is not None:
+                extensions = {k: v for k, v in extensions.items() if k != _ZEROCOPY}
+                scope = {**scope, "extensions": extensions}
+        # Before the start message: None; then False (passing through) or the responder
+        # that owns the rest of an eligible response. No object is made for the common case.
+        responder: _Responder | Literal[False] | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal responder
+            if responder is False:
+                await send(message)
+            elif responder is not None:
+                await responder.send(message)
+            elif message["type"] == "http.response.start":
+                decided = self._on_start(message, scope, codec, send)
+                if isinstance(decided, _Responder):
+                    responder = decided
+                    await decided.on_start(message)
+                else:
+                    responder = False
+                    await send(decided)
+            else:  # extension messages before the start (early hints)
+                await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    def _codec_for(self, scope: Scope) -> Codec | None:
+        """The codec to encode this request's response with, or None (identity, HEAD)."""
+        if scope["method"] == "HEAD":
+            return None
+        accept: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == b"accept-encoding" or (len(key) == 15 and key.lower() == b"accept-encoding"):
+                accept = value if accept is None else accept + b"," + value
+        if accept is None:
+            return None
+        coding = self._choices.get(accept)
+        if coding is None:
+            coding = choose_encoding(accept, self.encodings)
+            if len(self._choices) < _CHOICE_CACHE_SIZE and len(accept) <= _CHOICE_KEY_SIZE:
+                self._choices[accept] = coding
+        return None if coding == IDENTITY else self.codecs[coding]
+
+    def _on_start(
+        self, message: Message, scope: Scope, codec: Any, send: Send
+    ) -> Message | _Responder:
+        """The start message to forward when the response passes through (unchanged, or with
+        only ``Vary`` added), else the responder that owns the response from here on.
+
+        One pass over the response fields; returns early for everything left unchanged.
+        """
+        status = message["status"]
+        if status < 200 or status in _UNCHANGED_STATUS:
+            return message
+        content_type = None
+        length = -1
+        has_vary = False
+        for key, value in message.get("headers", ()):
+            field = _FIELDS.get(key)
+            if field is None:
+                if key.islower():
+                    continue
+                field = _FIELDS.get(key.lower())
+                if field is None:
+                    continue
+            if field == _TYPE:
+                content_type = value
+            elif field == _LENGTH:
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+            elif field == _VARY:
+                has_vary = True
+            elif field != _CACHE_CONTROL or b"no-transform" in value.lower():
+                return message  # Content-Encoding, Content-Range, no-transform
+        if content_type is None or 0 <= length < self.minimum_size:
+            return message
+        verdict = self._types.get(content_type)
+        if verdict is None:
+            verdict = self._classify(content_type)
+        if verdict == _NO:
+            return message
+        if codec is _UNSEEN:
+            codec = self._codec_for(scope)
+        if codec is None and (length >= 0 or verdict == _SSE or scope["method"] == "HEAD"):
+            # Not encoded for this client, but it would be for another: say so, send at once.
+            return _vary_start(message, has_vary)
+        return _Responder(self, codec, send, has_vary, verdict == _SSE)
+
+    def _is_excluded(self, path: str) -> bool:
+        return any(path == exact or path.startswith(prefix) for exact, prefix in self._excluded)
+
+    def _classify(self, content_type: bytes) -> int:
+        media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+        matched = (
+            media in self._exact
+            or media.startswith(self._prefixes)
+            or (bool(self._suffixes) and media.endswith(self._suffixes))
+        )
+        if not matched:
+            verdict = _NO
+        elif media == _EVENT_STREAM:
+            verdict = _SSE if self.compress_event_stream else _NO
+        else:
+            verdict = _YES
+        if len(self._types) < _TYPE_CACHE_SIZE:
+            self._types[content_type] = verdict
+        return verdict
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "encodings": list(self.encodings),
+            "codecs": {name: codec.description for name, codec in self.codecs.items()},
+            "compressed": dict(self.compressed),
+            "streams": self.streams,
+            "threaded": self.threaded,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "codec_errors": {name: outage.stats() for name, outage in self._outages.items()},
+        }
+
+
+def _with_vary(headers: Headers, has_vary: bool) -> Headers:
+    if has_vary:
+        return merge_vary(headers, _VARY_VALUE)
+    return [*headers, (b"vary", _VARY_VALUE)]
+
+
+def _vary_start(start: Message, has_vary: bool) -> Message:
+    headers = start.get("headers", ())
+    if has_vary:
+        return {**start, "headers": merge_vary(list(headers), _VARY_VALUE)}
+    return {**start, "headers": [*headers, (b"vary", _VARY_VALUE)]}
+
+
+def _encoded_start(start: Message, token: bytes, length: int | None, has_vary: bool) -> Message:
+    """The start message of the encoded representation (RFC 9110 §8.4, §8.6, §8.8.3)."""
+    headers: Headers = []
+    for key, value in start.get("headers", ()):
+        name = key.lower()
+        if name == b"content-length":
+            continue
+        if name == b"etag" and not value.startswith(b"W/"):
+            value = b"W/" + value
+        headers.append((key, value))
+    headers = _with_vary(headers, has_vary)
+    headers.append((b"content-encoding", token))
+    if length is not None:
+        headers.append((b"content-length", b"%d" % length))
+    return {**start, "headers": headers}
+
+
+def _recovered(outage: Outage) -> None:
+    if outage.down:
+        outage.ok()
+
+
+async def _in_thread(fn: Any, data: bytes) -> bytes:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio): compress inline
+        return bytes(fn(data))
+    return bytes(await loop.run_in_executor(None, fn, data))
+
+
+class _Responder:
+    """One response: decide at the start message (or the first body), then rewrite or pass."""
+
+    __slots__ = ("codec", "event_stream", "has_vary", "mw", "send_next", "start", "state",
+                 "stream")  # fmt: skip
+
+    def __init__(
+        self,
+        mw: CompressionMiddleware,
+        codec: Codec | None,
+        send: Send,
+        has_vary: bool,
+        event_stream: bool,
+    ) -> None:
+        self.mw = mw
+        self.codec = codec
+        self.send_next = send
+        self.has_vary = has_vary
+        self.event_stream = event_stream
+        self.state = _HOLD
+
+    async def on_start(self, message: Message) -> None:
+        """Hold the start message for the first body, or open an event stream at once."""
+        self.start = message
+        if self.event_stream:  # headers now (EventSource waits for them), events flushed
+            start, _ = self._open_stream(b"")
+            await self.send_next(start)
+
+    async def send(self, message: Message) -> None:
+        state = self.state
+        if state == _PASS:
+            await self.send_next(message)
+        elif message["type"] != "http.response.body":
+            if state == _HOLD:  # pathsend or another extension: the app's response, intact
+                self.state = _PASS
+                await self.send_next(self.start)
+            await self.send_next(message)
+        elif state == _HOLD:
+            await self._on_first_body(message)
+        else:
+            await self._on_stream_body(message)
+
+    async def _on_first_body(self, message: Message) -> None:
+        mw = self.mw
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        self.state = _PASS
+        if not more and len(body) < mw.minimum_size:
+            await self.send_next(self.start)
+            await self.send_next(message)
+            return
+        codec = self.codec
+        if codec is None:
+            await self.send_next(_vary_start(self.start, self.has_vary))
+            await self.send_next(message)
+            return
+        if more:
+            start, encoded = self._open_stream(body)
+            await self.send_next(start)
+            if encoded:
+                await self.send_next(
+                    {"type": "http.response.body", "body": encoded, "more_body": True}
+                )
+            return
+        began = time.perf_counter()
+        try:
+            if len(body) >= mw.thread_minimum_size:
+                mw.threaded += 1
+                encoded = await _in_thread(codec.compress, body)
+            else:
+                encoded = codec.compress(body)
+        except Exception as exc:
+            mw._outages[codec.name].failed(exc)
+            encoded = body
+        if len(encoded) >= len(body):
+            await self.send_next(_vary_start(self.start, self.has_vary))
+            await self.send_next(message)
+            return
+        _recovered(mw._outages[codec.name])
+        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
+        mw.compressed[codec.name] += 1
+        mw.bytes_in += len(body)
+        mw.bytes_out += len(encoded)
+        # With trailers coming, the body is framed as chunks: no Content-Length (as Starlette).
+        length = None if self.start.get("trailers") else len(encoded)
+        await self.send_next(
+            _encoded_start(self.start, mw._tokens[codec.name], length, self.has_vary)
+        )
+        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": False})
+
+    def _open_stream(self, body: bytes) -> tuple[Message, bytes]:
+        """Commit to an encoded stream: its start message and ``body`` encoded.
+
+        If the codec fails here, nothing has left yet: the response goes out unencoded.
+        """
+        mw = self.mw
+        codec = self.codec
+        assert codec is not None
+        began = time.perf_counter()
+        try:
+            self.stream = codec.stream()
+            encoded = self.stream.compress(body) if body else b""
+        except Exception as exc:
+            mw._outages[codec.name].failed(exc)
+            self.state = _PASS
+            return _vary_start(self.start, self.has_vary), body
+        _recovered(mw._outages[codec.name])
+        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
+        self.state = _STREAM
+        mw.compressed[codec.name] += 1
+        mw.streams += 1
+        mw.bytes_in += len(body)
+        mw.bytes_out += len(encoded)
+        return _encoded_start(self.start, mw._tokens[codec.name], None, self.has_vary), encoded
+
+    async def _on_stream_body(self, message: Message) -> None:
+        mw = self.mw
+        stream = self.stream
+        assert stream is not None and self.codec is not None
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if more and not body:
+            return
+        encode = stream.compress if more else stream.finish
+        try:
+            if len(body) >= mw.thread_minimum_size:
+                mw.threaded += 1
+                encoded = await _in_thread(encode, body)
+            else:
+                encoded = encode(body)
+        except Exception as exc:
+            mw._outages[self.codec.name].failed(exc)
+            raise
+        mw.bytes_in += len(body)
+        mw.bytes_out += len(encoded)
+        if not more:
+            self.state = _PASS
+            self.stream = None  # type: ignore[assignment]
+        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": more})
