@@ -23,6 +23,7 @@ from .config import ConfigError
 __all__ = [
     "ClientIP",
     "UserKey",
+    "clean_key",
     "default_user_key",
     "hash_secret",
     "header_user_key",
@@ -158,7 +159,7 @@ class ClientIP:
 
 def hash_secret(value: str | bytes) -> str:
     """A key that identifies a secret (an API key, a token) without storing it."""
-    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -169,6 +170,11 @@ def _clean(key: object) -> str | None:
     if not text or len(text) > MAX_KEY_LENGTH or not text.isprintable():
         return "h:" + hash_secret(text)  # never a raw control character in a store key
     return text
+
+
+def clean_key(key: object) -> str | None:
+    """A user key fit for a store key: as it is if short and printable, else hashed."""
+    return _clean(key)
 
 
 def default_user_key(scope: Scope) -> str | None:

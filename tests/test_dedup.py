@@ -1,0 +1,730 @@
+"""DedupMiddleware: coalescing, window replay, what is (not) merged or shared, Idempotency-Key."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from asgi_perf.config import ConfigError
+from asgi_perf.context import close_context, open_context
+from asgi_perf.dedup import DedupMiddleware
+from asgi_perf.stores import create_store
+from tests.support import Response, call, free_port, make_scope
+
+Scope = dict[str, Any]
+WAIT = 10  # seconds: every test that could hang is bounded by this
+
+
+class CountingApp:
+    """Reads the whole body, optionally sleeps, answers JSON naming its call number."""
+
+    def __init__(self, delay: float = 0.0, status: int = 200, size: int = 0) -> None:
+        self.delay = delay
+        self.status = status
+        self.size = size
+        self.calls = 0
+        self.received: list[list[dict[str, Any]]] = []
+        self.extra_headers: list[tuple[bytes, bytes]] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.calls += 1
+        n = self.calls
+        messages = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if not message.get("more_body", False):
+                break
+        self.received.append(messages)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        body = b"".join(m.get("body", b"") for m in messages)
+        payload = {"call": n, "sha": hashlib.sha256(body).hexdigest(), "pad": "x" * self.size}
+        data = orjson.dumps(payload)
+        headers = [(b"content-type", b"application/json"), *self.extra_headers]
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+
+async def many(n: int, fn: Callable[[], Any]) -> list[Response]:
+    return list(await asyncio.wait_for(asyncio.gather(*(fn() for _ in range(n))), WAIT))
+
+
+# -- coalescing and window replay ------------------------------------------------------------
+async def test_100_concurrent_identical_posts_run_once() -> None:
+    app = CountingApp(delay=0.05)
+    mw = DedupMiddleware(app)
+    responses = await many(100, lambda: call(mw, "POST", "/orders", body=b'{"item": 1}'))
+    assert app.calls == 1
+    assert {r.status for r in responses} == {200}
+    assert len({r.body for r in responses}) == 1
+    assert json.loads(responses[0].body)["call"] == 1
+    marks = sorted(str(r.header("x-dedup")) for r in responses)
+    assert marks.count("None") == 1  # the first carries nothing new
+    assert all(m in ("coalesced", "hit") for m in marks if m != "None")
+    for r in responses:  # a replay's Content-Length matches its body
+        assert r.header("content-length") == str(len(r.body))
+    assert mw.stats()["leaders"] == 1
+
+
+async def test_identical_gets_fan_out_once_then_hit_within_window() -> None:
+    app = CountingApp(delay=0.02)
+    mw = DedupMiddleware(app, window=5)
+    await many(10, lambda: call(mw, "GET", "/feed"))
+    later = await call(mw, "GET", "/feed")
+    assert app.calls == 1
+    assert later.header("x-dedup") == "hit"
+
+
+async def test_window_zero_coalesces_in_flight_only() -> None:
+    app = CountingApp(delay=0.05)
+    mw = DedupMiddleware(app, window=0)
+    responses = await many(5, lambda: call(mw, "GET", "/w"))
+    assert app.calls == 1
+    assert sum(r.header("x-dedup") == "coalesced" for r in responses) == 4
+    again = await call(mw, "GET", "/w")
+    assert again.header("x-dedup") is None
+    assert app.calls == 2
+
+
+async def test_replays_report_server_timing_entries() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+    await call(mw, "GET", "/t")
+    ctx, token = open_context()
+    try:
+        await call(mw, "GET", "/t")
+    finally:
+        close_context(token)
+    assert [(t.name, t.desc) for t in ctx.timings] == [("dedup", "hit")]
+
+
+# -- what is merged and what is not ----------------------------------------------------------
+def _scope(**kw: Any) -> Scope:
+    return make_scope(**kw)
+
+
+PAIRS = [
+    # (first request, second request, merged?)
+    ({"query": "a=1&b=2"}, {"query": "b=2&a=1"}, True),
+    ({"query": "a=1&a=2"}, {"query": "a=2&a=1"}, False),
+    ({"query": "a=1"}, {"query": "a=2"}, False),
+    ({"body": b"one"}, {"body": b"two"}, False),
+    ({"body": [b"on", b"e"]}, {"body": b"one"}, True),  # chunking is not content
+    ({"client": ("10.0.0.1", 1)}, {"client": ("10.0.0.2", 1)}, False),
+    ({"client": ("10.0.0.1", 1)}, {"client": ("10.0.0.1", 2)}, True),  # same IP, other port
+    ({"user": "alice"}, {"user": "bob"}, False),
+    (
+        {"headers": [("Authorization", "Bearer a")]},
+        {"headers": [("Authorization", "Bearer b")]},
+        False,
+    ),
+    ({"headers": [("Cookie", "s=1")]}, {"headers": [("Cookie", "s=2")]}, False),
+    ({"headers": [("Accept", "text/html")]}, {"headers": [("Accept", "application/json")]}, False),
+    ({"headers": [("Accept-Encoding", "gzip")]}, {"headers": [("Accept-Encoding", "br")]}, False),
+    ({"headers": [("X-Other", "1")]}, {"headers": [("X-Other", "2")]}, True),
+    ({"method": "GET"}, {"method": "HEAD"}, False),
+    ({"path": "/a"}, {"path": "/b"}, False),
+]
+
+
+@pytest.mark.parametrize(("first", "second", "merged"), PAIRS)
+async def test_which_requests_are_merged(
+    first: dict[str, Any], second: dict[str, Any], merged: bool
+) -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+
+    async def send(spec: dict[str, Any]) -> Response:
+        spec = dict(spec)
+        method = spec.pop("method", "POST")
+        path = spec.pop("path", "/p")
+        body = spec.pop("body", b"")
+        user = spec.pop("user", None)
+        scope = make_scope(method, path, spec.pop("query", ""), spec.pop("headers", ()), **spec)
+        if user is not None:
+            scope["state"]["user_id"] = user
+        return await call(mw, method, path, body=body, scope=scope)
+
+    await send(first)
+    second_response = await send(second)
+    assert app.calls == (1 if merged else 2)
+    assert (second_response.header("x-dedup") == "hit") is merged
+
+
+async def test_methods_not_listed_pass_through() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, methods="GET")
+    for _ in range(2):
+        await call(mw, "POST", "/x", body=b"b")
+        await call(mw, "OPTIONS", "/x")
+    assert app.calls == 4
+
+
+async def test_lifespan_and_websocket_pass_through_untouched() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    mw = DedupMiddleware(app)
+    await mw({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    await mw({"type": "websocket"}, None, None)  # type: ignore[arg-type]
+    assert seen == ["lifespan", "websocket"]
+
+
+async def test_odd_client_input_never_crashes() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+    scope = make_scope("POST", "/a\x00b", headers=[("Accept", "\xff\xfe")])
+    del scope["raw_path"]
+    scope["state"]["user_id"] = "\ud800"
+    assert (await call(mw, "POST", scope=scope, body=b"\x00")).status == 200
+    raw = make_scope("POST", "/k", client=None)
+    raw["headers"] = [(b"idempotency-key", b"\xff\xfe")]
+    assert (await call(mw, "POST", scope=raw)).status == 400
+
+
+# -- the request body ------------------------------------------------------------------------
+async def test_chunked_body_and_disconnect_reach_the_app_unchanged() -> None:
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            got.append(message)
+            if message["type"] == "http.disconnect":
+                break
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = DedupMiddleware(app)
+    await call(mw, "POST", "/c", body=[b"ab", b"", b"cd"], disconnect_after_body=True)
+    assert got == [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+
+async def test_body_larger_than_limit_reaches_the_app_intact_and_is_not_buffered() -> None:
+    chunks = [bytes([i]) * 400 for i in range(10)]
+    seen: list[list[bytes]] = []
+    pulled = app_got = max_ahead = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal app_got
+        got = []
+        while True:
+            message = await receive()
+            app_got += 1
+            got.append(message["body"])
+            if not message.get("more_body", False):
+                break
+        seen.append(got)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    pending: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled, max_ahead
+        pulled += 1
+        max_ahead = max(max_ahead, pulled - app_got)  # messages held by the middleware
+        return pending.pop(0)
+
+    mw = DedupMiddleware(app, max_body_size=1000)
+    for _ in range(2):
+        pending[:] = [
+            {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+            for i, c in enumerate(chunks)
+        ]
+        pulled = app_got = 0
+        await mw(make_scope("POST", "/big"), receive, _discard)
+    assert seen == [chunks, chunks]  # both ran (never merged), each body intact
+    assert max_ahead == 3  # 1200 B: the first chunk past the 1000 B limit stops the read
+    assert mw.stats()["passed_through"] == 2
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    pass
+
+
+# -- the leader fails or does not produce a shareable response -------------------------------
+async def _leader_and_waiters(mw: DedupMiddleware, n: int = 10, **kw: Any) -> list[Any]:
+    leader = asyncio.create_task(call(mw, "POST", "/f", body=b"same", **kw))
+    await asyncio.sleep(0.02)  # the leader holds the claim
+    waiters = [asyncio.create_task(call(mw, "POST", "/f", body=b"same")) for _ in range(n)]
+    done = await asyncio.wait_for(asyncio.gather(leader, *waiters, return_exceptions=True), WAIT)
+    return list(done)
+
+
+async def test_leader_raises_waiters_run_their_own() -> None:
+    calls = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await receive()
+        if calls == 1:
+            await asyncio.sleep(0.1)
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"own"})
+
+    mw = DedupMiddleware(app)
+    results = await _leader_and_waiters(mw)
+    assert isinstance(results[0], RuntimeError)
+    assert [r.body for r in results[1:]] == [b"own"] * 10
+    assert all(r.header("x-dedup") is None for r in results[1:])
+    assert calls == 11
+
+
+async def test_leader_client_disconnects_mid_response_waiters_get_full_responses() -> None:
+    calls = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if calls == 1:
+            await asyncio.sleep(0.1)  # headers sent, body not yet: the client goes away
+            message = await receive()
+            assert message["type"] == "http.disconnect"
+            return  # the app stops: the response is never completed
+        await send({"type": "http.response.body", "body": b"whole"})
+
+    mw = DedupMiddleware(app)
+
+    async def disconnected_leader() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        msgs = [{"type": "http.request", "body": b"same"}, {"type": "http.disconnect"}]
+
+        async def receive() -> dict[str, Any]:
+            return msgs.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await mw(make_scope("POST", "/f"), receive, send)
+        return sent
+
+    leader = asyncio.create_task(disconnected_leader())
+    await asyncio.sleep(0.02)
+    waiters = [asyncio.create_task(call(mw, "POST", "/f", body=b"same")) for _ in range(5)]
+    results = await asyncio.wait_for(asyncio.gather(*waiters), WAIT)
+    await asyncio.wait_for(leader, WAIT)
+    assert [r.body for r in results] == [b"whole"] * 5
+    assert calls == 6
+
+
+async def test_cancelled_leader_releases_waiters() -> None:
+    app = CountingApp(delay=0.2)
+    mw = DedupMiddleware(app)
+    leader = asyncio.create_task(call(mw, "GET", "/c"))
+    await asyncio.sleep(0.02)
+    waiters = [asyncio.create_task(call(mw, "GET", "/c")) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    leader.cancel()  # what a server may do when the client goes away
+    results = await asyncio.wait_for(asyncio.gather(*waiters), WAIT)
+    assert [r.status for r in results] == [200] * 3
+    assert all(r.header("x-dedup") is None for r in results)
+    assert app.calls == 4 and mw.stats()["released"] == 3
+
+
+async def test_streaming_leader_releases_waiters_before_its_stream_ends() -> None:
+    stream_may_end = asyncio.Event()
+    calls = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        first = calls == 1
+        await receive()
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        if first:  # the leader's stream only ends after every waiter has its own answer
+            await asyncio.wait_for(stream_may_end.wait(), WAIT)
+        await send({"type": "http.response.body", "body": b"b"})
+
+    mw = DedupMiddleware(app)
+    leader = asyncio.create_task(call(mw, "GET", "/s"))
+    await asyncio.sleep(0.01)
+    waiters = await many(5, lambda: call(mw, "GET", "/s"))
+    stream_may_end.set()
+    first = await asyncio.wait_for(leader, WAIT)
+    assert first.chunks == [b"a", b"b"]
+    assert [r.body for r in waiters] == [b"ab"] * 5
+    assert all(r.header("x-dedup") is None for r in waiters)
+    assert calls == 6
+
+
+async def test_response_larger_than_limit_is_not_shared() -> None:
+    app = CountingApp(delay=0.05, size=5000)
+    mw = DedupMiddleware(app, max_body_size=1000)
+    results = await many(5, lambda: call(mw, "GET", "/big"))
+    assert app.calls == 5
+    assert all(len(r.body) > 5000 for r in results)
+    assert len({r.body for r in results}) == 5  # each its own, none truncated
+
+
+@pytest.mark.parametrize("status", [429, 500, 503, 408])
+async def test_refusals_and_server_errors_are_not_shared(status: int) -> None:
+    app = CountingApp(delay=0.05, status=status)
+    mw = DedupMiddleware(app)
+    results = await many(4, lambda: call(mw, "GET", "/e"))
+    await call(mw, "GET", "/e")
+    assert app.calls == 5
+    assert all(r.header("x-dedup") is None for r in results)
+
+
+async def test_client_errors_are_shared() -> None:
+    app = CountingApp(status=404)
+    mw = DedupMiddleware(app)
+    await call(mw, "GET", "/missing")
+    again = await call(mw, "GET", "/missing")
+    assert app.calls == 1 and again.status == 404 and again.header("x-dedup") == "hit"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [(b"set-cookie", b"session=abc"), (b"Cache-Control", b"private, No-Store")],
+)
+async def test_private_responses_are_not_shared(header: tuple[bytes, bytes]) -> None:
+    app = CountingApp()
+    app.extra_headers = [header]
+    mw = DedupMiddleware(app)
+    await call(mw, "GET", "/login")
+    await call(mw, "GET", "/login")
+    assert app.calls == 2
+
+
+async def test_store_outage_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="asgi_perf.dedup")
+    app = CountingApp()
+    dead = create_store(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    mw = DedupMiddleware(app, storage=dead)
+    for _ in range(3):
+        r = await call(mw, "POST", "/o", body=b"x")
+        assert r.status == 200
+    r = await call(mw, "POST", "/o", body=b"x", headers=[("Idempotency-Key", "k1")])
+    assert r.status == 200
+    assert app.calls == 4
+    outage = mw.stats()["outage"]
+    assert outage["incidents"] == 1 and outage["failures"] == 4
+    assert len([r for r in caplog.records if r.name == "asgi_perf.dedup"]) == 1  # logged once
+
+
+# -- across stores (memory, Redis, Redis Cluster) --------------------------------------------
+@pytest.fixture
+async def store_mw(store_url: str, key_prefix: str) -> AsyncIterator[tuple[DedupMiddleware, Any]]:
+    app = CountingApp(delay=0.1)
+    mw = DedupMiddleware(app, storage=store_url, key_prefix=key_prefix)
+    yield mw, app
+    await mw.store.clear()
+    await mw.store.close()
+
+
+async def test_coalescing_on_every_store(store_mw: tuple[DedupMiddleware, CountingApp]) -> None:
+    mw, app = store_mw
+    responses = await many(20, lambda: call(mw, "POST", "/s", body=b"same"))
+    assert app.calls == 1
+    assert len({r.body for r in responses}) == 1
+    again = await call(mw, "POST", "/s", body=b"same")
+    assert again.header("x-dedup") == "hit"
+    key = [("Idempotency-Key", '"k-1"')]
+    first = await call(mw, "POST", "/k", body=b"p", headers=key)
+    replay = await call(mw, "POST", "/k", body=b"p", headers=key)
+    mismatch = await call(mw, "POST", "/k", body=b"q", headers=key)
+    assert (first.status, replay.status, mismatch.status) == (200, 200, 422)
+    assert replay.body == first.body and replay.header("idempotent-replayed") == "true"
+    assert app.calls == 2
+
+
+async def test_failed_leader_releases_waiters_on_every_store(
+    store_url: str, key_prefix: str
+) -> None:
+    calls = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await receive()
+        if calls == 1:
+            await asyncio.sleep(0.2)
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"own"})
+
+    mw = DedupMiddleware(app, storage=store_url, key_prefix=key_prefix, window=0)
+    try:
+        results = await _leader_and_waiters(mw, n=5)
+    finally:
+        await mw.store.clear()
+        await mw.store.close()
+    assert isinstance(results[0], RuntimeError)
+    assert all(r.body == b"own" for r in results[1:])  # each a whole response
+    assert calls == 6  # released: each waiter ran its own request
+
+
+# -- Idempotency-Key -------------------------------------------------------------------------
+def keyed(key: str = '"key-1"', user: str | None = None, **kw: Any) -> dict[str, Any]:
+    scope = make_scope("POST", kw.pop("path", "/pay"), headers=[("Idempotency-Key", key)])
+    if user is not None:
+        scope["state"]["user_id"] = user
+    return {"scope": scope, **kw}
+
+
+async def test_idempotency_semantics_table() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, require_idempotency_key=["/pay", "/v1/*"])
+
+    first = await call(mw, "POST", body=b"amount=1", **keyed())
+    assert first.status == 200 and first.header("idempotent-replayed") is None
+
+    replay = await call(mw, "POST", body=b"amount=1", **keyed())
+    assert replay.status == 200 and replay.body == first.body
+    assert replay.header("idempotent-replayed") == "true"
+
+    bare = await call(mw, "POST", body=b"amount=1", **keyed("key-1"))  # bare token == sf-string
+    assert bare.header("idempotent-replayed") == "true"
+
+    mismatch = await call(mw, "POST", body=b"amount=2", **keyed())
+    assert mismatch.status == 422
+    assert mismatch.header("content-type") == "application/problem+json"
+    assert json.loads(mismatch.body)["status"] == 422
+
+    other_user = await call(mw, "POST", body=b"amount=1", **keyed(user="mallory"))
+    assert other_user.status == 200 and other_user.header("idempotent-replayed") is None
+
+    missing = await call(mw, "POST", "/pay", body=b"amount=1")
+    assert missing.status == 400
+    assert "Idempotency-Key header is required" in json.loads(missing.body)["detail"]
+    missing_prefix = await call(mw, "POST", "/v1/charges", body=b"amount=1")
+    assert missing_prefix.status == 400
+
+    malformed = await call(mw, "POST", body=b"amount=1", **keyed('"unterminated'))
+    too_long = await call(mw, "POST", body=b"amount=1", **keyed("k" * 256))
+    assert malformed.status == too_long.status == 400
+    assert malformed.header("content-type") == "application/problem+json"
+
+    not_required = await call(mw, "POST", "/other", body=b"amount=1")
+    assert not_required.status == 200
+
+    safe = await call(mw, "GET", "/pay")  # GET is never required to carry a key
+    assert safe.status == 200
+    assert app.calls == 4  # first, other user, /other, GET
+    stats = mw.stats()
+    assert (stats["idempotent_replays"], stats["mismatches"], stats["rejected"]) == (2, 1, 4)
+
+
+async def test_same_key_in_flight_is_409_or_422() -> None:
+    app = CountingApp(delay=0.2)
+    mw = DedupMiddleware(app)
+    first = asyncio.create_task(call(mw, "POST", body=b"a", **keyed()))
+    await asyncio.sleep(0.05)
+    conflict = await call(mw, "POST", body=b"a", **keyed())
+    other_payload = await call(mw, "POST", body=b"b", **keyed())
+    assert (await asyncio.wait_for(first, WAIT)).status == 200
+    assert conflict.status == 409
+    assert json.loads(conflict.body)["title"] == "Request in progress"
+    assert other_payload.status == 422
+    assert app.calls == 1
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_error_outcomes_are_replayed(status: int) -> None:
+    app = CountingApp(status=status)
+    mw = DedupMiddleware(app)
+    await call(mw, "POST", body=b"a", **keyed())
+    replay = await call(mw, "POST", body=b"a", **keyed())
+    assert replay.status == status and replay.header("idempotent-replayed") == "true"
+    assert app.calls == 1
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_unprocessed_refusals_leave_the_key_free(status: int) -> None:
+    app = CountingApp(status=status)
+    mw = DedupMiddleware(app)
+    await call(mw, "POST", body=b"a", **keyed())
+    again = await call(mw, "POST", body=b"a", **keyed())
+    assert again.header("idempotent-replayed") is None
+    assert app.calls == 2
+
+
+async def test_failure_before_a_response_leaves_the_key_free() -> None:
+    calls = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await receive()
+        if calls == 1:
+            raise RuntimeError("db down")
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"created"})
+
+    mw = DedupMiddleware(app)
+    with pytest.raises(RuntimeError):
+        await call(mw, "POST", body=b"a", **keyed())
+    retry = await call(mw, "POST", body=b"a", **keyed())
+    assert retry.status == 201 and retry.header("idempotent-replayed") is None
+    replay = await call(mw, "POST", body=b"a", **keyed())
+    assert replay.status == 201 and replay.header("idempotent-replayed") == "true"
+
+
+async def test_too_large_response_marks_the_key_used() -> None:
+    app = CountingApp(size=5000)
+    mw = DedupMiddleware(app, max_body_size=1000)
+    first = await call(mw, "POST", body=b"a", **keyed())
+    assert first.status == 200 and len(first.body) > 5000
+    retry = await call(mw, "POST", body=b"a", **keyed())
+    assert retry.status == 409
+    assert app.calls == 1
+
+
+async def test_large_body_with_key_is_still_protected_and_reaches_app_intact() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, max_body_size=100)
+    chunks = [b"x" * 80, b"y" * 80, b"z" * 80]
+    first = await call(mw, "POST", body=chunks, **keyed())
+    replay = await call(mw, "POST", body=chunks, **keyed())
+    assert [m["body"] for m in app.received[0]] == chunks
+    assert replay.header("idempotent-replayed") == "true" and replay.body == first.body
+    assert app.calls == 1
+
+
+async def test_keyed_requests_skip_the_dedup_window() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+    await call(mw, "POST", body=b"a", **keyed("k1"))
+    second = await call(mw, "POST", body=b"a", **keyed("k2"))  # a new key is a new operation
+    assert second.header("x-dedup") is None and app.calls == 2
+
+
+async def test_idempotency_can_be_switched_off() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, idempotency_header=None, window=0)
+    await call(mw, "POST", body=b"a", **keyed())
+    await call(mw, "POST", body=b"a", **keyed())
+    assert app.calls == 2
+
+
+# -- configuration ---------------------------------------------------------------------------
+def test_from_env() -> None:
+    env = {
+        "ASGI_PERF_DEDUP_WINDOW": "2s",
+        "ASGI_PERF_DEDUP_METHODS": "post, put",
+        "ASGI_PERF_DEDUP_MAX_BODY_SIZE": "64KiB",
+        "ASGI_PERF_DEDUP_VARY_HEADERS": "accept,x-tenant",
+        "ASGI_PERF_DEDUP_WAIT_TIMEOUT": "500ms",
+        "ASGI_PERF_IDEMPOTENCY_TTL": "1h",
+        "ASGI_PERF_IDEMPOTENCY_REQUIRED": "/pay,/v1/*",
+        "ASGI_PERF_IDEMPOTENCY_HEADER": "X-Request-Key",
+        "ASGI_PERF_TRUSTED_PROXIES": "10.0.0.0/8",
+    }
+    mw = DedupMiddleware.from_env(CountingApp(), environ=env)
+    assert mw.window == 2.0
+    assert mw.methods == {"POST", "PUT"}
+    assert mw.max_body_size == 64 * 1024
+    assert mw.vary_headers == (b"accept", b"x-tenant")
+    assert mw.wait_timeout == 0.5
+    assert mw.idempotency_ttl == 3600.0
+    assert mw.require_idempotency_key == ("/pay", "/v1/*")
+    assert mw.idempotency_header == b"x-request-key"
+    assert mw.store.kind == "memory"
+    assert not DedupMiddleware.enabled_in_env({})
+    assert DedupMiddleware.enabled_in_env({"ASGI_PERF_DEDUP_ENABLED": "yes"})
+    assert DedupMiddleware.from_env(CountingApp(), environ={}).window == 5.0
+    assert DedupMiddleware.from_env(CountingApp(), environ=env, window=1).window == 1.0
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("ASGI_PERF_DEDUP_WINDOW", "soon"),
+        ("ASGI_PERF_DEDUP_MAX_BODY_SIZE", "lots"),
+        ("ASGI_PERF_IDEMPOTENCY_TTL", "0"),
+        ("ASGI_PERF_IDEMPOTENCY_REQUIRED", "pay"),
+        ("ASGI_PERF_DEDUP_METHODS", "GET,P0ST"),
+        ("ASGI_PERF_IDEMPOTENCY_HEADER", "Bad Header"),
+        ("ASGI_PERF_DEDUP_WAIT_TIMEOUT", "0"),
+    ],
+)
+def test_bad_env_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        DedupMiddleware.from_env(CountingApp(), environ={var: value})
+    assert var in str(info.value) and repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("window", -1),
+        ("methods", 5),
+        ("identity", "user"),
+        ("max_body_size", -5),
+        ("vary_headers", 3),
+        ("key_prefix", 3),
+    ],
+)
+def test_bad_options_name_the_option(option: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=option):
+        DedupMiddleware(CountingApp(), **{option: value})
+
+
+async def test_waiters_give_up_after_wait_timeout_and_run_their_own() -> None:
+    app = CountingApp(delay=0.3)
+    mw = DedupMiddleware(app, wait_timeout=0.05)
+    results = await many(3, lambda: call(mw, "GET", "/slow"))
+    assert app.calls == 3
+    assert all(r.status == 200 and r.header("x-dedup") is None for r in results)
+    assert mw.stats()["timeouts"] == 2
+
+
+async def test_works_as_starlette_middleware() -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    calls = 0
+
+    async def create(request: Request) -> JSONResponse:
+        nonlocal calls
+        calls += 1
+        payload = await request.json()
+        await asyncio.sleep(0.05)
+        return JSONResponse({"created": payload, "n": calls}, status_code=201)
+
+    app = Starlette(
+        routes=[Route("/orders", create, methods=["POST"])],
+        middleware=[Middleware(DedupMiddleware)],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        responses = await asyncio.wait_for(
+            asyncio.gather(*(client.post("/orders", json={"item": 1}) for _ in range(10))), WAIT
+        )
+        keyed_first = await client.post(
+            "/orders", json={"item": 2}, headers={"Idempotency-Key": '"abc"'}
+        )
+        keyed_retry = await client.post(
+            "/orders", json={"item": 2}, headers={"Idempotency-Key": '"abc"'}
+        )
+    assert calls == 2
+    assert {r.json()["n"] for r in responses} == {1}
+    assert keyed_retry.json() == keyed_first.json()
+    assert keyed_retry.headers["idempotent-replayed"] == "true"

@@ -1,0 +1,149 @@
+"""Dedup across processes: 4 workers x 25 concurrent identical POSTs on Redis run the app once."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+from typing import Any
+
+import pytest
+
+PROCESSES = 4
+PER_PROCESS = 25
+
+
+async def _run(
+    url: str, prefix: str, barrier: Any, fail_first: bool
+) -> tuple[int, list[bytes], list[str | None]]:
+    from asgi_perf.dedup import DedupMiddleware
+    from tests.support import call
+
+    calls = 0
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        first = calls == 1
+        await receive()
+        await asyncio.sleep(0.3)  # long enough for every process's requests to arrive
+        if fail_first and first and await mw.store.claim("first", "me", 60):
+            raise RuntimeError("the leader fails")  # in whichever process leads
+        body = b'{"order": 1, "pid": %d}' % multiprocessing.current_process().pid
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    mw = DedupMiddleware(app, storage=url, key_prefix=prefix, window=5)
+    await mw.store.get("warm-up")  # connect before the start line, not after
+    await asyncio.to_thread(barrier.wait, 30)
+    done = await asyncio.wait_for(
+        asyncio.gather(
+            *(call(mw, "POST", "/orders", body=b'{"item": 7}') for _ in range(PER_PROCESS)),
+            return_exceptions=True,
+        ),
+        30,
+    )
+    await mw.store.close()
+    responses = [r for r in done if not isinstance(r, BaseException)]
+    failed = [b"<raised>" for r in done if isinstance(r, RuntimeError)]
+    return calls, [r.body for r in responses] + failed, [r.header("x-dedup") for r in responses]
+
+
+def _worker(url: str, prefix: str, barrier: Any, results: Any, fail_first: bool) -> None:
+    results.put(asyncio.run(_run(url, prefix, barrier, fail_first)))
+
+
+def _spawn(url: str, prefix: str, fail_first: bool) -> list[Any]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(PROCESSES)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_worker, args=(url, prefix, barrier, results, fail_first))
+        for _ in range(PROCESSES)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        return [results.get(timeout=90) for _ in workers]
+    except queue.Empty:  # a worker hung or died: the caller's count assertion fails
+        return []
+    finally:
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():  # pragma: no cover
+                w.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+def test_identical_posts_across_processes_run_once(
+    backend: str, key_prefix: str, request: pytest.FixtureRequest
+) -> None:
+    url = str(request.getfixturevalue("redis_url" if backend == "redis" else "redis_cluster_url"))
+    outcomes = _spawn(url, key_prefix, fail_first=False)
+    assert len(outcomes) == PROCESSES, "a worker did not report"
+    assert sum(calls for calls, _, _ in outcomes) == 1
+    bodies = {body for _, process_bodies, _ in outcomes for body in process_bodies}
+    assert len(bodies) == 1  # 100 identical responses, made by one process
+    marks = [m for _, _, process_marks in outcomes for m in process_marks]
+    assert len(marks) == PROCESSES * PER_PROCESS
+    assert marks.count(None) == 1
+    assert set(marks) - {None} <= {"coalesced", "hit"}
+
+
+@pytest.mark.slow
+def test_failed_leader_releases_waiters_in_every_process(redis_url: str, key_prefix: str) -> None:
+    outcomes = _spawn(redis_url, key_prefix, fail_first=True)
+    assert len(outcomes) == PROCESSES, "a worker did not report"
+    bodies = [body for _, process_bodies, _ in outcomes for body in process_bodies]
+    assert len(bodies) == PROCESSES * PER_PROCESS  # nobody hung
+    assert bodies.count(b"<raised>") == 1  # only the failed leader's own client saw the error
+    assert sum(calls for calls, _, _ in outcomes) == PROCESSES * PER_PROCESS
+    marks = [m for _, _, process_marks in outcomes for m in process_marks]
+    assert marks == [None] * (PROCESSES * PER_PROCESS - 1)  # no replay of a failure
+
+
+@pytest.mark.slow
+async def test_over_a_real_server_with_chunked_uploads() -> None:
+    import httpx
+
+    from asgi_perf.dedup import DedupMiddleware
+    from tests.support import serve
+
+    calls = 0
+    seen: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal calls
+        if scope["type"] != "http":
+            return
+        calls += 1
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        seen.append(body)
+        await asyncio.sleep(0.2)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"len=%d" % len(body)})
+
+    big = bytes(range(256)) * 1024  # 256 KiB, larger than max_body_size: passed through
+    mw = DedupMiddleware(app, max_body_size=64 * 1024)
+
+    async def chunks() -> Any:
+        for i in range(0, len(big), 10_000):
+            yield big[i : i + 10_000]
+
+    with serve(mw) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+            same = await asyncio.gather(
+                *(client.post("/o", content=b"x" * 5000) for _ in range(20))
+            )
+            large = await client.post("/o", content=chunks())
+    assert [r.text for r in same] == ["len=5000"] * 20
+    assert sum(r.headers.get("x-dedup") is None for r in same) == 1
+    assert large.text == f"len={len(big)}"
+    assert seen[-1] == big  # streamed to the app intact
+    assert calls == 2
