@@ -187,9 +187,23 @@ def to_rates(value: object, name: str) -> tuple[Any, ...]:
     return parsed
 
 
+STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+
+
 def storage_url_from_env(environ: Mapping[str, str]) -> str:
-    """``ASGI_PERF_STORAGE_URL``, else ``REDIS_URL``, else ``memory://``."""
-    return environ.get(ENV_PREFIX + "STORAGE_URL") or environ.get("REDIS_URL") or "memory://"
+    """``ASGI_PERF_STORAGE_URL``, else ``REDIS_URL``, else ``memory://``.
+
+    The scheme is checked here so that a bad URL is reported under the variable it came from.
+    """
+    for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL"):
+        url = environ.get(name, "").strip()
+        if url:
+            scheme = url.partition("://")[0].lower() if "://" in url else ""
+            if scheme not in STORE_SCHEMES:
+                accepted = "a URL starting with " + ", ".join(s + "://" for s in STORE_SCHEMES)
+                raise ConfigError(name, url, accepted)
+            return url
+    return "memory://"
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,3 +180,10 @@ def test_enabled_in_env() -> None:
     assert _Thing.enabled_in_env({"ASGI_PERF_THING_ENABLED": "yes"}) is True
     with pytest.raises(ConfigError, match="ASGI_PERF_THING_ENABLED"):
         _Thing.enabled_in_env({"ASGI_PERF_THING_ENABLED": "sometimes"})
+
+
+def test_bad_storage_url_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match="ASGI_PERF_STORAGE_URL='ftp://x'"):
+        storage_url_from_env({"ASGI_PERF_STORAGE_URL": "ftp://x"})
+    with pytest.raises(ConfigError, match="REDIS_URL='localhost:6379'"):
+        storage_url_from_env({"REDIS_URL": "localhost:6379"})
