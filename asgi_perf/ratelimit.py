@@ -272,6 +272,7 @@ class RateLimitMiddleware(EnvConfigurable):
         ),
         EnvVar("ASGI_PERF_RATE_LIMIT_STORAGE_TIMEOUT", "storage_timeout", to_duration),
         EnvVar("ASGI_PERF_RATE_LIMIT_DEFER", "defer", to_bool),
+        EnvVar("ASGI_PERF_KEY_PREFIX", "key_prefix", lambda v, n: v.strip()),
     )
 
     def __init__(
