@@ -1,0 +1,798 @@
+"""CacheMiddleware behaviour: serving, validation, directives, safety, stampedes, stores."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi import Response as FastAPIResponse
+
+from asgi_perf.cache import CacheMiddleware
+from asgi_perf.config import ConfigError
+from asgi_perf.context import close_context, open_context
+from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
+from tests.support import RedisServer, Response, call, redis_server_available
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class App:
+    """Answers ``routes[path]`` = (status, headers, body or list of chunks); counts calls."""
+
+    def __init__(self, routes: dict[str, tuple[int, list[tuple[str, str]], Any]] | None = None):
+        self.routes = routes or {}
+        self.calls = 0
+        self.seen: list[dict[str, Any]] = []
+        self.delay = 0.0
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        self.calls += 1
+        self.seen.append(scope)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status, headers, body = self.routes.get(scope["path"], (200, [], b"default body"))
+        if callable(body):
+            body = body(scope)
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        if isinstance(body, list):
+            for i, chunk in enumerate(body):
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": i < len(body) - 1}
+                )
+                if self.gate is not None and i == 0:
+                    await self.gate.wait()
+        else:
+            await send({"type": "http.response.body", "body": body})
+
+
+def x_cache(response: Response) -> str | None:
+    return response.header("x-cache")
+
+
+async def test_miss_then_hit_without_calling_the_app() -> None:
+    app = App({"/a": (200, [("content-type", "text/plain")], b"hello")})
+    mw = CacheMiddleware(app)
+    first = await call(mw, "GET", "/a")
+    second = await call(mw, "GET", "/a")
+    assert (first.status, first.body, x_cache(first)) == (200, b"hello", "MISS")
+    assert (second.status, second.body, x_cache(second)) == (200, b"hello", "HIT")
+    assert app.calls == 1
+    assert second.header("age") == "0"
+    assert second.header("etag") is not None
+    assert second.header("etag") == first.header("etag")  # one-message body: ETag on the miss
+    stats = mw.stats()
+    assert (stats["hits"], stats["misses"], stats["stores"]) == (1, 1, 1)
+    assert stats["hit_ratio"] == 0.5
+
+
+async def test_app_etag_is_kept_and_streamed_body_gets_a_hash_etag() -> None:
+    app = App(
+        {
+            "/own": (200, [("etag", '"v1"')], b"x"),
+            "/stream": (200, [], [b"a", b"b"]),
+        }
+    )
+    mw = CacheMiddleware(app)
+    await call(mw, "GET", "/own")
+    assert (await call(mw, "GET", "/own")).header("etag") == '"v1"'
+    first = await call(mw, "GET", "/stream")
+    assert first.chunks == [b"a", b"b"] and first.header("etag") is None
+    hit = await call(mw, "GET", "/stream")
+    assert hit.body == b"ab" and x_cache(hit) == "HIT" and hit.header("etag") is not None
+    assert hit.header("content-length") == "2"  # the stored body is complete: its length is known
+
+
+async def test_head_is_answered_from_the_get_entry_and_fills_it() -> None:
+    app = App({"/h": (200, [("content-length", "4")], b"body")})
+    mw = CacheMiddleware(app)
+    head = await call(mw, "HEAD", "/h")
+    assert (head.status, head.body, head.header("content-length")) == (200, b"", "4")
+    assert app.seen[0]["method"] == "GET"  # the fill asks for the full response
+    get = await call(mw, "GET", "/h")
+    assert (get.body, x_cache(get)) == (b"body", "HIT")
+    head2 = await call(mw, "HEAD", "/h")
+    assert (head2.body, x_cache(head2), head2.header("content-length")) == (b"", "HIT", "4")
+    assert app.calls == 1
+
+
+async def test_if_none_match_and_if_modified_since_answer_304() -> None:
+    last = "Tue, 14 Nov 2023 22:13:20 GMT"
+    app = App({"/c": (200, [("last-modified", last), ("cache-control", "max-age=60")], b"c")})
+    mw = CacheMiddleware(app)
+    etag = (await call(mw, "GET", "/c")).header("etag")
+    assert etag is not None
+    for headers in (
+        [("if-none-match", etag)],
+        [("if-none-match", f'"other", W/{etag}')],
+        [("if-modified-since", last)],
+        [("if-modified-since", "Wed, 15 Nov 2023 00:00:00 GMT")],
+    ):
+        r = await call(mw, "GET", "/c", headers=headers)
+        assert (r.status, r.body, x_cache(r)) == (304, b"", "HIT"), headers
+        assert r.header("etag") == etag and r.header("content-length") is None
+        assert r.header("cache-control") == "max-age=60"
+    changed = await call(mw, "GET", "/c", headers=[("if-none-match", '"nope"')])
+    older = await call(
+        mw, "GET", "/c", headers=[("if-modified-since", "Mon, 13 Nov 2023 0:0:0 GMT")]
+    )
+    assert (changed.status, older.status) == (200, 200)
+    assert app.calls == 1
+    assert mw.stats()["not_modified"] == 4
+
+
+async def test_conditional_miss_hides_the_condition_from_the_app_and_answers_304() -> None:
+    app = App({"/m": (200, [("etag", '"e1"')], b"m")})
+    mw = CacheMiddleware(app)
+    r = await call(mw, "GET", "/m", headers=[("if-none-match", '"e1"')])
+    assert (r.status, r.body, x_cache(r)) == (304, b"", "MISS")
+    assert all(k != b"if-none-match" for k, _ in app.seen[0]["headers"])
+    full = await call(mw, "GET", "/m")
+    assert (full.status, full.body, x_cache(full)) == (200, b"m", "HIT")
+
+
+async def test_request_directives() -> None:
+    app = App({"/d": (200, [], lambda scope: f"v{app.calls}".encode())})
+    mw = CacheMiddleware(app)
+    only = await call(mw, "GET", "/d", headers=[("cache-control", "only-if-cached")])
+    assert (only.status, x_cache(only)) == (504, "MISS") and app.calls == 0
+    assert (await call(mw, "GET", "/d")).body == b"v1"
+    # no-store: straight to the app, not stored, entry untouched
+    nostore = await call(mw, "GET", "/d", headers=[("cache-control", "no-store")])
+    assert (nostore.body, x_cache(nostore)) == (b"v2", "BYPASS")
+    assert (await call(mw, "GET", "/d")).body == b"v1"
+    # no-cache / max-age=0 / Pragma: revalidate with the app and refresh the entry
+    for headers in ([("cache-control", "no-cache")], [("cache-control", "max-age=0")],
+                    [("pragma", "no-cache")]):  # fmt: skip
+        calls = app.calls
+        r = await call(mw, "GET", "/d", headers=headers)
+        assert (r.body, x_cache(r)) == (f"v{calls + 1}".encode(), "MISS")
+        assert (await call(mw, "GET", "/d")).body == f"v{calls + 1}".encode()
+    warm = await call(mw, "GET", "/d", headers=[("cache-control", "only-if-cached")])
+    assert (warm.status, x_cache(warm)) == (200, "HIT")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (200, [("set-cookie", "session=abc")]),
+        (200, [("cache-control", "private")]),
+        (200, [("cache-control", "no-store")]),
+        (200, [("cache-control", "no-cache")]),
+        (200, [("vary", "*")]),
+        (200, [("cache-control", "max-age=0")]),
+        (429, [("retry-after", "1")]),
+        (500, []),
+        (302, [("location", "/x")]),
+    ],
+)
+async def test_never_stored(status: int, headers: list[tuple[str, str]]) -> None:
+    app = App({"/n": (status, headers, b"n")})
+    mw = CacheMiddleware(app)
+    for _ in range(3):
+        r = await call(mw, "GET", "/n")
+        assert r.status == status and x_cache(r) == "MISS"
+    assert app.calls == 3
+    assert mw.stats()["stores"] == 0
+
+
+async def test_hit_for_miss_lets_requests_skip_the_queue() -> None:
+    app = App({"/p": (200, [("cache-control", "private"), ("cache-tag", "secret")], b"p")})
+    app.delay = 0.05
+    mw = CacheMiddleware(app)
+    await call(mw, "GET", "/p")  # the fill learns it is uncacheable
+    results = await asyncio.gather(*(call(mw, "GET", "/p") for _ in range(20)))
+    assert all(r.body == b"p" and r.header("cache-tag") is None for r in results)
+    assert mw.stats()["hit_for_miss"] == 20
+    assert mw.stats()["coalesced"] == 0
+    assert app.calls == 21
+
+
+async def test_a_path_that_never_caches_passes_through_for_any_query() -> None:
+    app = App(
+        {
+            "/nostore": (200, [("cache-control", "no-store")], b"n"),
+            "/ok": (200, [], lambda scope: scope["query_string"]),
+        }
+    )
+    mw = CacheMiddleware(app)
+    for i in range(10):
+        r = await call(mw, "GET", "/nostore", query=f"n={i}")
+        assert (r.body, x_cache(r)) == (b"n", "MISS")
+    stats = mw.stats()
+    assert stats["uncacheable"] == {"no-store": 3}  # three fills, then the path is known
+    assert stats["hit_for_miss"] == 7
+    assert stats["entries"] == 3  # three hit-for-miss markers, no more
+    for i in range(3):  # other paths are unaffected
+        assert x_cache(await call(mw, "GET", "/ok", query=f"q={i}")) == "MISS"
+        assert x_cache(await call(mw, "GET", "/ok", query=f"q={i}")) == "HIT"
+
+
+async def test_two_hundred_concurrent_cold_requests_run_the_app_once() -> None:
+    app = App({"/hot": (200, [], b"hot")})
+    app.delay = 0.05
+    mw = CacheMiddleware(app)
+    results = await asyncio.gather(*(call(mw, "GET", "/hot") for _ in range(200)))
+    assert app.calls == 1
+    assert all(r.status == 200 and r.body == b"hot" for r in results)
+    assert sorted(x_cache(r) for r in results).count("MISS") == 1
+    assert mw.stats()["coalesced"] == 199
+
+
+async def test_a_cancelled_fill_frees_its_key_at_once() -> None:
+    app = App({"/c": (200, [], b"done")})
+    app.gate = asyncio.Event()
+    blocked = asyncio.Event()
+
+    async def hanging(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if app.gate is not None and not app.gate.is_set():
+            blocked.set()
+            await app.gate.wait()
+        await app(scope, receive, send)
+
+    mw = CacheMiddleware(hanging, lock_timeout=60)
+    first = asyncio.create_task(call(mw, "GET", "/c"))
+    await asyncio.wait_for(blocked.wait(), 5)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    app.gate = None  # the app answers from now on
+    r = await asyncio.wait_for(call(mw, "GET", "/c"), 5)  # would wait 60 s behind a stale claim
+    assert (r.body, x_cache(r)) == (b"done", "MISS")
+
+
+def personal(scope: dict[str, Any]) -> bytes:
+    headers = dict(scope["headers"])
+    return b"hello " + (headers.get(b"cookie") or headers.get(b"authorization") or b"anonymous")
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+@pytest.mark.parametrize("credential", ["cookie", "authorization"])
+async def test_two_users_never_see_each_others_response(
+    authenticated: bool, credential: str
+) -> None:
+    app = App({"/me": (200, [("cache-control", "max-age=60")], personal)})
+    mw = CacheMiddleware(app, cache_authenticated=authenticated)
+    for _ in range(3):
+        for user in ("alice", "bob"):
+            r = await call(mw, "GET", "/me", headers=[(credential, user)])
+            assert r.body == b"hello " + user.encode()
+        anon = await call(mw, "GET", "/me")
+        assert anon.body == b"hello anonymous"
+    if authenticated:
+        assert app.calls == 3  # one entry per identity, one shared
+    else:
+        assert app.calls == 7  # users always reach the app; anonymous is cached
+        assert mw.stats()["bypasses"] == 6
+
+
+async def test_public_responses_are_shared_with_credentialed_requests() -> None:
+    app = App({"/pub": (200, [("cache-control", "public, max-age=60")], b"same for all")})
+    mw = CacheMiddleware(app)
+    first = await call(mw, "GET", "/pub", headers=[("cookie", "a=1")])
+    assert x_cache(first) == "BYPASS"
+    for headers in ([("cookie", "b=2")], [("authorization", "Bearer x")], []):
+        r = await call(mw, "GET", "/pub", headers=headers)
+        assert (r.body, x_cache(r)) == (b"same for all", "HIT")
+    assert app.calls == 1
+
+
+async def test_anonymous_entry_is_not_served_to_credentialed_requests() -> None:
+    app = App({"/a": (200, [], personal)})
+    mw = CacheMiddleware(app)
+    await call(mw, "GET", "/a")
+    r = await call(mw, "GET", "/a", headers=[("cookie", "s=1")])
+    assert (r.body, x_cache(r)) == (b"hello s=1", "BYPASS")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Forwarded-Host",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Forwarded-Scheme",
+        "X-HTTP-Method-Override",
+    ],
+)
+async def test_poisoning_headers_bypass_the_cache(header: str) -> None:
+    def render(scope: dict[str, Any]) -> bytes:
+        headers = {k.decode(): v for k, v in scope["headers"]}
+        return b"link to " + headers.get(header.lower(), b"good")
+
+    app = App({"/page": (200, [("cache-tag", "page")], render)})
+    mw = CacheMiddleware(app)
+    evil = await call(mw, "GET", "/page", headers=[(header, "evil")])
+    assert (evil.body, x_cache(evil)) == (b"link to evil", "BYPASS")
+    assert evil.header("cache-tag") is None
+    for _ in range(2):
+        assert (await call(mw, "GET", "/page")).body == b"link to good"
+    assert app.calls == 2
+    assert mw.stats()["stores"] == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    [("range", "bytes=0-1"), ("if-range", '"x"'), ("if-match", '"x"'),
+     ("if-unmodified-since", "Tue, 14 Nov 2023 22:13:20 GMT")],
+)  # fmt: skip
+async def test_ranges_and_preconditions_go_to_the_app(header: tuple[str, str]) -> None:
+    app = App({"/r": (200, [], b"full")})
+    mw = CacheMiddleware(app)
+    await call(mw, "GET", "/r")
+    r = await call(mw, "GET", "/r", headers=[header])
+    assert x_cache(r) == "BYPASS" and app.calls == 2
+    assert x_cache(await call(mw, "GET", "/r")) == "HIT"
+
+
+async def test_a_host_that_could_fake_key_separators_bypasses() -> None:
+    app = App({"/h": (200, [], lambda s: dict(s["headers"]).get(b"host", b"-"))})
+    mw = CacheMiddleware(app)
+    # "example.com?a" + query "b" must not share a key with "example.com" + query "a?b"
+    evil = await call(mw, "GET", "/h", query="b", headers=[("host", "example.com?a")])
+    assert (evil.body, x_cache(evil)) == (b"example.com?a", "BYPASS")
+    good = await call(mw, "GET", "/h", query="a?b", headers=[("host", "example.com")])
+    assert (good.body, x_cache(good)) == (b"example.com", "MISS")
+    upper = await call(mw, "GET", "/h", query="a?b", headers=[("host", "EXAMPLE.com")])
+    assert (upper.body, x_cache(upper)) == (b"example.com", "HIT")  # host is case-insensitive
+
+
+async def test_a_keyed_header_is_not_a_bypass_header() -> None:
+    app = App({"/k": (200, [], lambda s: dict(s["headers"]).get(b"x-forwarded-host", b"-"))})
+    mw = CacheMiddleware(app, key_headers=["X-Forwarded-Host"])
+    for host in ("a.example", "b.example", "a.example"):
+        r = await call(mw, "GET", "/k", headers=[("x-forwarded-host", host)])
+        assert r.body == host.encode()
+    assert app.calls == 2
+
+
+async def test_key_uses_host_canonical_query_and_learned_vary() -> None:
+    def lang(scope: dict[str, Any]) -> bytes:
+        return dict(scope["headers"])[b"accept-language"]
+
+    app = App(
+        {
+            "/q": (200, [], lambda s: s["query_string"]),
+            "/lang": (200, [("vary", "Accept-Language")], lang),
+        }
+    )
+    mw = CacheMiddleware(app)
+    assert (await call(mw, "GET", "/q", query="a=1&b=2")).body == b"a=1&b=2"
+    r = await call(mw, "GET", "/q", query="b=2&a=1")
+    assert (r.body, x_cache(r)) == (b"a=1&b=2", "HIT")
+    other_host = await call(mw, "GET", "/q", query="a=1&b=2", headers=[("host", "other")])
+    assert x_cache(other_host) == "MISS"
+    for lang in ("en", "fr", "en", "fr"):
+        r = await call(mw, "GET", "/lang", headers=[("accept-language", lang)])
+        assert r.body == lang.encode()
+    assert app.calls == 2 + 2
+
+
+async def test_cache_tag_is_stripped_and_invalidation_works() -> None:
+    app = App(
+        {
+            "/users/1": (200, [("cache-tag", "user:1, users")], b"u1"),
+            "/users/2": (200, [("cache-tag", "user:2 users")], b"u2"),
+            "/other": (200, [], b"o"),
+        }
+    )
+    mw = CacheMiddleware(app)
+    for path in ("/users/1", "/users/2", "/other"):
+        r = await call(mw, "GET", path)
+        assert r.header("cache-tag") is None
+        assert (await call(mw, "GET", path)).header("cache-tag") is None
+    assert app.calls == 3
+    assert await mw.invalidate(tags=["user:1"]) == 1
+    assert x_cache(await call(mw, "GET", "/users/1")) == "MISS"
+    assert x_cache(await call(mw, "GET", "/users/2")) == "HIT"
+    assert await mw.invalidate(path_prefix="/users/") == 2
+    assert x_cache(await call(mw, "GET", "/users/2")) == "MISS"
+    assert x_cache(await call(mw, "GET", "/other")) == "HIT"
+    await mw.clear()
+    assert x_cache(await call(mw, "GET", "/other")) == "MISS"
+
+
+async def test_memory_store_stays_within_max_bytes() -> None:
+    max_bytes = 64 * 1024
+    app = App({})
+    app.routes = {f"/{i}": (200, [], bytes(1024)) for i in range(640)}  # 10x max_bytes
+    mw = CacheMiddleware(app, max_bytes=max_bytes, max_entries=100_000)
+    assert isinstance(mw.store, MemoryStore)
+    for i in range(640):
+        await call(mw, "GET", f"/{i}")
+        assert mw.store.bytes <= max_bytes
+        assert mw._decoded_bytes <= max_bytes // 4  # decoded copies kept in process
+    stats = mw.stats()
+    assert stats["bytes"] <= max_bytes and stats["evictions"] > 500
+    assert x_cache(await call(mw, "GET", "/639")) == "HIT"  # recent entries survive (LRU)
+
+
+async def test_large_and_streaming_responses_pass_through_unstored() -> None:
+    app = App({"/big": (200, [], [b"x" * 600, b"y" * 600]), "/live": (200, [], [b"1", b"2"])})
+    mw = CacheMiddleware(app, max_body_size=1000)
+    for _ in range(2):
+        r = await call(mw, "GET", "/big")
+        assert r.chunks == [b"x" * 600, b"y" * 600] and x_cache(r) == "MISS"
+    stats = mw.stats()
+    assert (stats["uncacheable"], stats["hit_for_miss"], stats["stores"]) == (
+        {"too-large": 1},
+        1,
+        0,
+    )
+    # a stream reaches the client chunk by chunk, before the app finishes
+    app.gate = asyncio.Event()
+    received: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            received.append(message["body"])
+            app.gate.set() if message["body"] == b"1" else None  # type: ignore[union-attr]
+
+    from tests.support import make_scope
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    await asyncio.wait_for(mw(make_scope("GET", "/live"), receive, send), 5)
+    assert received == [b"1", b"2"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[("content-type", "text/event-stream")], [("cache-control", "no-store")], []],
+)
+async def test_waiters_are_freed_while_an_unstorable_stream_still_runs(
+    headers: list[tuple[str, str]],
+) -> None:
+    release = asyncio.Event()
+    first_chunk_sent = asyncio.Event()
+    calls = 0
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        raw = [(k.encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": b"x" * 600, "more_body": True})
+        if calls == 1:  # the first stream lasts until the test ends it
+            first_chunk_sent.set()
+            await release.wait()
+        await send({"type": "http.response.body", "body": b"end"})
+
+    mw = CacheMiddleware(app, lock_timeout=60, max_body_size=500)
+    stream = asyncio.create_task(call(mw, "GET", "/live"))
+    await asyncio.wait_for(first_chunk_sent.wait(), 5)
+    others = await asyncio.wait_for(
+        asyncio.gather(*(call(mw, "GET", "/live") for _ in range(3))), 5
+    )  # would wait 60 s behind the stream's claim
+    assert all(r.body == b"x" * 600 + b"end" and x_cache(r) == "MISS" for r in others)
+    release.set()
+    assert (await stream).body == b"x" * 600 + b"end"
+    assert calls == 4
+
+
+async def test_stale_while_revalidate_serves_stale_and_refreshes_once() -> None:
+    cc = "max-age=0, stale-while-revalidate=60"
+    app = App({"/s": (200, [("cache-control", cc)], lambda s: f"v{app.calls}".encode())})
+    mw = CacheMiddleware(app)
+    assert (await call(mw, "GET", "/s")).body == b"v1"
+    results = await asyncio.gather(*(call(mw, "GET", "/s") for _ in range(10)))
+    assert {(r.body, x_cache(r)) for r in results} == {(b"v1", "STALE")}
+    await asyncio.gather(*mw._tasks)
+    assert app.calls == 2  # one background refresh for ten stale hits
+    r = await call(mw, "GET", "/s")
+    assert (r.body, x_cache(r)) == (b"v2", "STALE")
+    assert mw.stats()["stale_hits"] == 11
+
+
+@pytest.mark.parametrize("failure", ["status", "exception"])
+async def test_stale_if_error_serves_the_stale_entry(failure: str) -> None:
+    app = App({"/e": (200, [("cache-control", "max-age=0, stale-if-error=60")], b"good")})
+    mw = CacheMiddleware(app)
+    assert (await call(mw, "GET", "/e")).body == b"good"
+    if failure == "status":
+        app.routes["/e"] = (503, [], b"down")
+    else:
+
+        def boom(scope: dict[str, Any]) -> bytes:
+            raise RuntimeError("app crashed")
+
+        app.routes["/e"] = (200, [], boom)
+    r = await call(mw, "GET", "/e")
+    assert (r.status, r.body, x_cache(r)) == (200, b"good", "STALE")
+    assert mw.stats()["stale_if_error"] == 1
+    # without stale-if-error the failure reaches the client
+    plain = App({"/f": (200, [("cache-control", "max-age=0, stale-while-revalidate=5")], b"ok")})
+    mw2 = CacheMiddleware(plain)
+    await call(mw2, "GET", "/f")
+    plain.routes["/f"] = (503, [], b"down")
+    await asyncio.gather(*mw2._tasks)  # the stale hit's background refresh
+    r = await call(mw2, "GET", "/f", headers=[("cache-control", "no-cache")])
+    assert (r.status, r.body) == (503, b"down")
+
+
+async def test_server_timing_entry_before_the_start_message() -> None:
+    app = App({"/t": (200, [], b"t")})
+    mw = CacheMiddleware(app)
+    descs = []
+    for _ in range(2):
+        ctx, token = open_context()
+        try:
+            await call(mw, "GET", "/t")
+        finally:
+            close_context(token)
+        descs.append([(t.name, t.desc) for t in ctx.timings])
+    assert descs == [[("cache", "miss")], [("cache", "hit")]]
+
+
+async def test_other_methods_and_scopes_pass_through_untouched() -> None:
+    app = App({"/x": (200, [], b"x")})
+    mw = CacheMiddleware(app)
+    r = await call(mw, "POST", "/x")
+    assert x_cache(r) is None
+    seen: list[str] = []
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    wrapped = CacheMiddleware(inner)
+    for kind in ("lifespan", "websocket"):
+        await wrapped({"type": kind}, None, None)  # type: ignore[arg-type]
+    assert seen == ["lifespan", "websocket"]
+
+
+class FailingStore(MemoryStore):
+    async def get(self, key: str) -> bytes | None:
+        raise StoreUnavailable("down")
+
+
+async def test_store_outage_bypasses_and_serves_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = App({"/o": (200, [], b"o")})
+    mw = CacheMiddleware(app, storage=FailingStore())
+    for _ in range(3):
+        r = await call(mw, "GET", "/o")
+        assert (r.status, r.body, x_cache(r)) == (200, b"o", "BYPASS")
+    outage = mw.stats()["outage"]
+    assert outage == {"down": True, "failures": 3, "incidents": 1}
+    assert sum("unavailable" in rec.message for rec in caplog.records) == 1
+
+
+def test_options_and_env() -> None:
+    env = {
+        "ASGI_PERF_CACHE_TTL": "2m",
+        "ASGI_PERF_CACHE_MAX_ENTRIES": "50",
+        "ASGI_PERF_CACHE_MAX_BYTES": "1MiB",
+        "ASGI_PERF_CACHE_MAX_BODY_SIZE": "10KB",
+        "ASGI_PERF_CACHE_AUTHENTICATED": "yes",
+        "ASGI_PERF_CACHE_KEY_HEADERS": "X-Tenant, Accept-Language",
+        "ASGI_PERF_CACHE_STALE_WHILE_REVALIDATE": "30s",
+        "ASGI_PERF_CACHE_STALE_IF_ERROR": "1h",
+        "ASGI_PERF_STORAGE_URL": "memory://",
+    }
+    mw = CacheMiddleware.from_env(App(), environ=env, ttl=5)
+    assert mw.ttl == 5  # code wins
+    assert (mw.max_entries, mw.max_bytes, mw.max_body_size) == (50, 1024 * 1024, 10_000)
+    assert mw.cache_authenticated is True
+    assert mw.key_headers == (b"x-tenant", b"accept-language")
+    assert (mw.stale_while_revalidate, mw.stale_if_error) == (30.0, 3600.0)
+    assert isinstance(mw.store, MemoryStore) and mw.store.max_bytes == 1024 * 1024
+    assert CacheMiddleware.enabled_in_env({}) is False
+    assert CacheMiddleware.enabled_in_env({"ASGI_PERF_CACHE_ENABLED": "on"}) is True
+    with pytest.raises(ConfigError, match="ASGI_PERF_CACHE_TTL"):
+        CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_TTL": "soon"})
+    with pytest.raises(ConfigError, match="ASGI_PERF_CACHE_AUTHENTICATED"):
+        CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_AUTHENTICATED": "maybe"})
+    for option, value in [
+        ("methods", ["POST"]),
+        ("max_entries", 0),
+        ("key_headers", ["bad header"]),
+        ("lock_timeout", 0),
+        ("storage", "ftp://x"),
+        ("max_bytes", "lots"),
+    ]:
+        with pytest.raises(ConfigError, match=option if option != "storage" else "storage"):
+            CacheMiddleware(App(), **{option: value})
+
+
+# -- composition with CompressionMiddleware ------------------------------------------------
+BODY = b'{"items": "' + b"abcdefghij" * 300 + b'"}'
+
+
+def decode(response: Response) -> bytes:
+    coding = response.header("content-encoding")
+    if coding is None:
+        return response.body
+    if coding == "gzip":
+        return gzip.decompress(response.body)
+    if coding == "br":
+        import brotli
+
+        return bytes(brotli.decompress(response.body))
+    if coding == "zstd":
+        import zstandard
+
+        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(response.body))
+    raise AssertionError(coding)
+
+
+@pytest.mark.parametrize("cache_outside", [True, False])
+async def test_composition_with_compression_both_orders(cache_outside: bool) -> None:
+    compression = pytest.importorskip("asgi_perf.compression")
+    app = App({"/j": (200, [("content-type", "application/json")], BODY)})
+    if cache_outside:
+        mw: Any = CacheMiddleware(compression.CompressionMiddleware(app))
+    else:
+        mw = compression.CompressionMiddleware(CacheMiddleware(app))
+    clients = [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("identity", None),
+        (None, None),
+        ("gzip;q=0, br", "br"),
+        ("gzip, deflate, br, zstd", "zstd"),
+        ("*;q=0, identity", None),
+    ]
+    for _ in range(2):
+        for accept, expected in clients:
+            headers = [] if accept is None else [("accept-encoding", accept)]
+            r = await call(mw, "GET", "/j", headers=headers)
+            assert r.header("content-encoding") == expected, (accept, r.headers)
+            assert decode(r) == BODY
+            length = r.header("content-length")
+            assert length is None or int(length) == len(r.body)
+            assert "accept-encoding" in (r.header("vary") or "").lower()
+    # cache outside: one entry per negotiated coding; inside: one entry for all
+    assert app.calls == (4 if cache_outside else 1)
+
+
+# -- Redis -----------------------------------------------------------------------------------
+@pytest.fixture
+async def redis_mw(redis_url: str, key_prefix: str) -> AsyncIterator[tuple[CacheMiddleware, App]]:
+    app = App({"/r": (200, [("cache-tag", "r")], b"from redis")})
+    mw = CacheMiddleware(
+        app,
+        storage=create_store(redis_url, prefix=key_prefix + "cache:", timeout=2.0),
+        key_prefix=key_prefix,
+    )
+    yield mw, app
+    await mw.clear()
+    await mw.store.close()
+
+
+@pytest.mark.redis
+async def test_redis_hit_costs_one_round_trip(redis_mw: tuple[CacheMiddleware, App]) -> None:
+    mw, app = redis_mw
+    assert x_cache(await call(mw, "GET", "/r")) == "MISS"
+    store: Any = mw.store
+    for _ in range(3):
+        before = store.round_trips
+        r = await call(mw, "GET", "/r")
+        assert (r.body, x_cache(r)) == (b"from redis", "HIT")
+        assert store.round_trips - before == 1
+    assert app.calls == 1
+
+
+@pytest.mark.redis
+async def test_redis_stampede_and_invalidation(redis_mw: tuple[CacheMiddleware, App]) -> None:
+    mw, app = redis_mw
+    app.delay = 0.1
+    results = await asyncio.gather(*(call(mw, "GET", "/r") for _ in range(50)))
+    assert all(r.body == b"from redis" for r in results)
+    assert app.calls == 1
+    assert await mw.invalidate(tags=["r"]) == 1
+    assert x_cache(await call(mw, "GET", "/r")) == "MISS"
+    assert await mw.invalidate(path_prefix="/") == 1
+    assert x_cache(await call(mw, "GET", "/r")) == "MISS"
+
+
+@pytest.mark.cluster
+async def test_redis_cluster_hit_stampede_and_invalidation(
+    redis_cluster_url: str, key_prefix: str
+) -> None:
+    app = App({"/c/{x}": (200, [("cache-tag", "t")], b"cluster"), "/d": (200, [], b"d")})
+    app.delay = 0.05
+    mw = CacheMiddleware(app, storage=redis_cluster_url, key_prefix=key_prefix)
+    try:
+        for path in ("/c/{x}", "/d"):
+            results = await asyncio.gather(*(call(mw, "GET", path) for _ in range(20)))
+            assert all(r.status == 200 for r in results)
+        assert app.calls == 2
+        assert x_cache(await call(mw, "GET", "/c/{x}")) == "HIT"
+        assert await mw.invalidate(tags=["t"]) == 1
+        assert await mw.invalidate(path_prefix="/d") == 1
+        assert x_cache(await call(mw, "GET", "/c/{x}")) == "MISS"
+    finally:
+        await mw.clear()
+        await mw.store.close()
+
+
+@pytest.mark.redis
+async def test_redis_local_ttl_serves_without_a_round_trip(redis_url: str, key_prefix: str) -> None:
+    app = App({"/l": (200, [], b"l")})
+    mw = CacheMiddleware(app, storage=redis_url, key_prefix=key_prefix, local_ttl=60)
+    try:
+        await call(mw, "GET", "/l")
+        store: Any = mw.store
+        before = store.round_trips
+        assert x_cache(await call(mw, "GET", "/l")) == "HIT"
+        assert store.round_trips == before
+    finally:
+        await mw.clear()
+        await mw.store.close()
+
+
+async def test_fastapi_app_with_add_middleware() -> None:
+    api = FastAPI()
+    calls = 0
+
+    @api.get("/items/{item_id}")
+    async def item(item_id: int, response: FastAPIResponse) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        response.headers["Cache-Tag"] = f"item:{item_id}"
+        return {"id": item_id}
+
+    api.add_middleware(CacheMiddleware, ttl=60)
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        first = await client.get("/items/1?b=2&a=1")
+        second = await client.get("/items/1?a=1&b=2")
+        assert first.json() == second.json() == {"id": 1}
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+        assert "cache-tag" not in second.headers
+        etag = second.headers["etag"]
+        revalidated = await client.get("/items/1?a=1&b=2", headers={"If-None-Match": etag})
+        assert revalidated.status_code == 304
+    assert calls == 1
+
+
+@pytest.mark.redis
+async def test_redis_outage_bypasses_then_recovers(key_prefix: str) -> None:
+    if not redis_server_available():
+        pytest.skip("no redis-server to stop and restart")
+    server = RedisServer().start()
+    try:
+        app = App({"/o": (200, [], b"o")})
+        mw = CacheMiddleware(app, storage=server.url, key_prefix=key_prefix)
+        assert x_cache(await call(mw, "GET", "/o")) == "MISS"
+        assert x_cache(await call(mw, "GET", "/o")) == "HIT"
+        server.stop()
+        for _ in range(3):
+            r = await call(mw, "GET", "/o")
+            assert (r.status, r.body, x_cache(r)) == (200, b"o", "BYPASS")
+        assert mw.stats()["outage"]["down"] is True
+        server.start()
+        r = await call(mw, "GET", "/o")
+        assert (r.status, r.body) == (200, b"o")
+        assert x_cache(await call(mw, "GET", "/o")) == "HIT"
+        assert mw.stats()["outage"] == {"down": False, "failures": 3, "incidents": 1}
+        await mw.store.close()
+    finally:
+        server.cleanup()
+
+
+async def test_store_keys_are_escaped_and_bounded() -> None:
+    app = App()
+    mw = CacheMiddleware(app)
+    assert isinstance(mw.store, MemoryStore)
+    hostile = [("/a\nb c", b"x=\r\n"), ("/é/{tag}?", b"q=%00&\xff=1"), ("/" + "p" * 100_000, b"")]
+    for path, query in hostile:
+        for _ in range(2):
+            scope_query = query.decode("latin-1")
+            r = await call(mw, "GET", path, query=scope_query)
+            assert r.status == 200
+        assert x_cache(r) == "HIT"
+    keys = list(mw.store._data)
+    assert len(keys) == len(hostile)  # one entry each (in one process no Vary record is needed)
+    for key in keys:
+        assert key.isascii() and key.isprintable() and " " not in key and len(key) <= 1024, key
