@@ -1,0 +1,81 @@
+"""The full asgi-perf stack (every middleware on, memory store) around a bare ASGI app whose
+responses carry ``X-Checksum`` (sha256 of the uncompressed body), for real-server tests.
+
+Served as ``tests.apps.fullstack:app`` by uvicorn, hypercorn and granian subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any
+
+import orjson
+
+import asgi_perf
+
+BODIES = {
+    "/small": b"small body",
+    "/large": orjson.dumps([{"id": i, "name": f"item {i}"} for i in range(600)]),
+    "/private": b"per user " * 80,
+}
+STREAM = [f"event {i}\n".encode() * 50 for i in range(4)]
+
+
+def checksum(body: bytes) -> bytes:
+    return hashlib.sha256(body).hexdigest().encode()
+
+
+async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/stream":
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/plain"),
+                    (b"x-checksum", checksum(b"".join(STREAM))),
+                ],
+            }
+        )
+        for chunk in STREAM:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await asyncio.sleep(0.001)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = BODIES.get(path, b"not found")
+    cache = b"private" if path == "/private" else b"public, max-age=30"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200 if path in BODIES else 404,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", cache),
+                (b"x-checksum", checksum(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+ENV = {
+    "ASGI_PERF_STORAGE_URL": os.environ.get("FULLSTACK_STORAGE_URL", "memory://"),
+    "ASGI_PERF_RATE_LIMIT_ENABLED": "true",
+    "ASGI_PERF_RATE_LIMIT": "1000000/minute",
+    "ASGI_PERF_DEDUP_ENABLED": "true",
+    "ASGI_PERF_CACHE_ENABLED": "true",
+    "ASGI_PERF_QUERIES_ENABLED": "true",
+}
+app = asgi_perf.from_env(bare, environ=ENV)

@@ -1,0 +1,90 @@
+"""Each example app starts under uvicorn (as the README says) and answers its documented routes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+@pytest.fixture(params=["fastapi_app", "starlette_app", "litestar_app"])
+def example(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    env = dict(os.environ, EXAMPLE_DB=os.path.join(str(tmp_path), "example.db"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"examples.{request.param}:app",
+            "--port",
+            str(port),
+            "--env-file",
+            "examples/.env.example",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        yield request.param, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]
+
+
+def test_example_routes(example: tuple[str, str]) -> None:
+    name, url = example
+    with httpx.Client(base_url=url, timeout=10) as client:
+        r = client.get("/")
+        assert r.status_code == 200 and r.json() == {"hello": "world"}
+        assert "total;dur=" in r.headers.get("server-timing", "")
+        assert r.headers.get("ratelimit-policy")
+
+        r = client.get("/items", headers={"accept-encoding": "gzip"})
+        assert r.status_code == 200 and len(r.json()) == 200
+        assert r.headers.get("content-encoding") == "gzip"
+        again = client.get("/items", headers={"accept-encoding": "gzip"})
+        # Answered without the app: by the cache, or (inside the 5 s dedup window, since
+        # Dedup sits outside Cache) by the dedup record of the first response.
+        assert again.headers.get("x-cache") == "HIT" or again.headers.get("x-dedup") in (
+            "hit",
+            "coalesced",
+        )
+        assert again.json() == r.json()
+
+        r = client.get("/users/7")
+        assert r.status_code == 200 and r.json()["user_id"] == 7
+
+        lazy = client.get("/authors")
+        eager = client.get("/authors/eager")
+        assert lazy.json() == eager.json() and len(lazy.json()) == 8
+        assert int(lazy.headers["x-n-plus-one"]) >= 1
+        assert eager.headers.get("x-n-plus-one", "0") == "0"
+
+        if name != "litestar_app":
+            with client.stream("GET", "/events") as stream:
+                first = next(stream.iter_lines())
+                assert first == "data: event 0"
+            report = client.get("/__perf__/").json()
+            assert {"timing", "cache", "ratelimit", "dedup", "compression", "queries"} <= set(
+                report["stats"]
+            )
