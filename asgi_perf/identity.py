@@ -18,9 +18,10 @@ from functools import lru_cache
 from typing import Any
 
 from .asgi import Scope, get_header_values
-from .config import ConfigError
+from .config import ConfigError, EnvVar, to_choice
 
 __all__ = [
+    "PROXY_HEADER_ENV",
     "ClientIP",
     "UserKey",
     "clean_key",
@@ -35,6 +36,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UserKey = Callable[[Scope], "str | None"]
 
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
+#: The variable every middleware that resolves client IPs reads for its ``proxy_header``.
+PROXY_HEADER_ENV = EnvVar(
+    "ASGI_PERF_PROXY_HEADER", "proxy_header", lambda v, n: to_choice(v, n, PROXY_HEADERS)
+)
 MAX_HOPS = 64  # more X-Forwarded-For hops than this is not a real proxy chain
 MAX_KEY_LENGTH = 256
 
@@ -89,8 +95,20 @@ def parse_forwarded(value: str) -> list[str]:
 class ClientIP:
     """Resolve and group client addresses: ``ClientIP(trusted_proxies)(scope) -> str``."""
 
-    def __init__(self, trusted_proxies: Iterable[str] | str = (), ipv6_prefix: int = 64) -> None:
+    def __init__(
+        self,
+        trusted_proxies: Iterable[str] | str = (),
+        ipv6_prefix: int = 64,
+        proxy_header: str = "x-forwarded-for",
+    ) -> None:
         self.trusted = parse_networks(trusted_proxies)
+        header = proxy_header.strip().lower() if isinstance(proxy_header, str) else proxy_header
+        if header not in PROXY_HEADERS:
+            raise ConfigError("proxy_header", proxy_header, "x-forwarded-for or forwarded")
+        # Only the header the trusted proxy writes is read: a proxy that appends to
+        # X-Forwarded-For passes a client's own Forwarded through untouched, so reading both
+        # would let the client choose its address.
+        self.proxy_header = header.encode("latin-1")
         if not 1 <= ipv6_prefix <= 128:
             raise ConfigError("ipv6_prefix", ipv6_prefix, "a whole number from 1 to 128")
         self.ipv6_prefix = ipv6_prefix
@@ -138,20 +156,15 @@ class ClientIP:
         return peer
 
     def _hops(self, headers: Iterable[tuple[bytes, bytes]]) -> list[str] | None:
-        forwarded = get_header_values(headers, b"forwarded")
-        if forwarded:
-            text = ",".join(v.decode("latin-1") for v in forwarded)
-        else:
-            xff = get_header_values(headers, b"x-forwarded-for")
-            if not xff:
-                return None
-            text = ",".join(v.decode("latin-1") for v in xff)
-            if text.count(",") >= MAX_HOPS:
-                return None
-            return [h for h in (p.strip() for p in text.split(",")) if h]
+        values = get_header_values(headers, self.proxy_header)
+        if not values:
+            return None
+        text = ",".join(v.decode("latin-1") for v in values)
         if text.count(",") >= MAX_HOPS:
             return None
-        return parse_forwarded(text)
+        if self.proxy_header == b"forwarded":
+            return parse_forwarded(text)
+        return [h for h in (p.strip() for p in text.split(",")) if h]
 
     def __call__(self, scope: Scope) -> str:
         return self._group(self.resolve(scope))

@@ -68,7 +68,14 @@ from .config import (
     to_rates,
 )
 from .context import add_timing
-from .identity import ClientIP, UserKey, clean_key, default_user_key, header_user_key
+from .identity import (
+    PROXY_HEADER_ENV,
+    ClientIP,
+    UserKey,
+    clean_key,
+    default_user_key,
+    header_user_key,
+)
 from .limiter import Decision, Limiter, MemoryLimiter, Window, create_limiter, to_strategy
 from .outage import Outage
 from .ratelimit_headers import delta_seconds, policy_field, ratelimit_template, retry_after
@@ -260,6 +267,7 @@ class RateLimitMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_RATE_LIMIT_USER", "user_limit", to_rates),
         EnvVar("ASGI_PERF_RATE_LIMIT_STRATEGY", "strategy", to_strategy),
         EnvVar("ASGI_PERF_TRUSTED_PROXIES", "trusted_proxies", to_list),
+        PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_RATE_LIMIT_RULES", "rules", parse_rules),
         EnvVar("ASGI_PERF_RATE_LIMIT_EXEMPT_PATHS", "exempt_paths", to_list),
         EnvVar("ASGI_PERF_RATE_LIMIT_USER_HEADER", "user_key", lambda v, n: v.strip()),
@@ -285,6 +293,7 @@ class RateLimitMiddleware(EnvConfigurable):
         storage: str | Store = "memory://",
         user_key: UserKey | str | None = None,
         trusted_proxies: Iterable[str] | str = (),
+        proxy_header: str = "x-forwarded-for",
         rules: Any = (),
         exempt_paths: Iterable[str] | str = (),
         headers: bool = True,
@@ -306,7 +315,9 @@ class RateLimitMiddleware(EnvConfigurable):
         )
         self.user_key = _user_key(user_key)
         self.client_ip = ClientIP(
-            trusted_proxies, to_int(ipv6_prefix, "ipv6_prefix", minimum=1, maximum=128)
+            trusted_proxies,
+            to_int(ipv6_prefix, "ipv6_prefix", minimum=1, maximum=128),
+            proxy_header,
         )
         self.headers = to_bool(headers, "headers")
         self.fail_open = to_bool(fail_open, "fail_open")

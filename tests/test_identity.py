@@ -27,13 +27,8 @@ def scope(peer: str, **headers: str) -> dict[str, object]:
         (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "garbage"}, "10.0.0.1"),
         (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": ", ,"}, "10.0.0.1"),
         (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "1.1.1.1," * 10_000}, "10.0.0.1"),
-        (
-            ("10.0.0.0/8",),
-            "10.0.0.1",
-            {"forwarded": 'for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"'},
-            "2001:db8::/64",
-        ),
-        (("10.0.0.0/8",), "10.0.0.1", {"forwarded": "for=unknown"}, "10.0.0.1"),
+        # the proxy appends to X-Forwarded-For: a client's own Forwarded is not read
+        (("10.0.0.0/8",), "10.0.0.1", {"forwarded": "for=6.6.6.6"}, "10.0.0.1"),
         (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "1.2.3.4:5678"}, "1.2.3.4"),
         (("::1",), "::1", {"x_forwarded_for": "2001:db8:1:2:3:4:5:6"}, "2001:db8:1:2::/64"),
         ((), "2001:db8:aa:bb:1::1", {}, "2001:db8:aa:bb::/64"),
@@ -47,6 +42,20 @@ def test_client_ip(
     assert ClientIP(trusted)(scope(peer, **headers)) == expected
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"forwarded": 'for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"'}, "2001:db8::/64"),
+        ({"forwarded": "for=unknown"}, "10.0.0.1"),
+        ({"forwarded": "for=192.0.2.60", "x_forwarded_for": "6.6.6.6"}, "192.0.2.60"),
+        ({"x_forwarded_for": "6.6.6.6"}, "10.0.0.1"),
+    ],
+)
+def test_client_ip_behind_a_forwarded_proxy(headers: dict[str, str], expected: str) -> None:
+    resolve = ClientIP("10.0.0.0/8", proxy_header="Forwarded")
+    assert resolve(scope("10.0.0.1", **headers)) == expected
+
+
 def test_no_client_in_scope() -> None:
     assert ClientIP()(make_scope(client=None)) == "unknown"
 
@@ -56,6 +65,8 @@ def test_bad_trusted_proxy_is_a_config_error() -> None:
         ClientIP("10.0.0.300")
     with pytest.raises(ConfigError, match="ipv6_prefix"):
         ClientIP(ipv6_prefix=0)
+    with pytest.raises(ConfigError, match="proxy_header"):
+        ClientIP(proxy_header="x-real-ip")
 
 
 def test_parse_forwarded() -> None:

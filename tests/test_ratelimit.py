@@ -620,3 +620,28 @@ async def test_litestar_app() -> None:
     r = await call(inner, path="/hello")
     assert r.status == 200 and r.body == b"hi" and r.header("ratelimit") == '"default";r=0;t=60'
     assert (await call(inner, path="/hello")).status == 429
+
+
+async def test_proxy_header_forwarded_is_read_only_when_configured() -> None:
+    """A proxy that appends X-Forwarded-For passes a client's Forwarded through: never read it
+    unless the deployment says its proxy writes Forwarded (ASGI_PERF_PROXY_HEADER)."""
+    calls: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    spoof = [("forwarded", "for=6.6.6.6"), ("x-forwarded-for", "203.0.113.7")]
+    xff = RateLimitMiddleware.from_env(
+        app, environ={"ASGI_PERF_TRUSTED_PROXIES": "10.0.0.0/8"}, limit="1/minute"
+    )
+    assert xff.client_ip(make_scope(headers=spoof, client=("10.0.0.1", 1))) == "203.0.113.7"
+    fwd = RateLimitMiddleware.from_env(
+        app,
+        environ={"ASGI_PERF_TRUSTED_PROXIES": "10.0.0.0/8", "ASGI_PERF_PROXY_HEADER": "forwarded"},
+        limit="1/minute",
+    )
+    assert fwd.client_ip(make_scope(headers=spoof, client=("10.0.0.1", 1))) == "6.6.6.6"
+    with pytest.raises(ConfigError, match="ASGI_PERF_PROXY_HEADER"):
+        RateLimitMiddleware.from_env(app, environ={"ASGI_PERF_PROXY_HEADER": "x-real-ip"})
