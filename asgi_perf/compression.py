@@ -2,7 +2,8 @@
 
 Pure ASGI, in the shape of Starlette's ``GZipMiddleware``: ``send`` is wrapped per request;
 at ``http.response.start`` one pass over the response fields decides whether the response
-could be encoded at all. Only then is ``Accept-Encoding`` negotiated
+could be encoded at all (a ``Content-Length`` below ``minimum_size`` ends it at once; field
+names and lengths are memoised, bounded). Only then is ``Accept-Encoding`` negotiated
 (:mod:`asgi_perf.negotiation`, memoised per header value) and a :class:`_Responder` made,
 which waits, when ``Content-Length`` does not tell the size, for the first body message.
 Codecs come prepared from :mod:`asgi_perf.codecs`; a response that is not encoded never
@@ -33,6 +34,8 @@ Choices where the spec is silent (documented for users):
   outside the set, ``pathsend``, excluded path) go out byte-for-byte unchanged, no ``Vary``.
 - A strong ``ETag`` of an encoded response is made weak (``W/"…"``, as nginx does), so
   ``If-None-Match`` from either representation still matches with weak comparison.
+- ``Vary`` is added by giving the start message a new header list (the message dict is
+  updated, the app's list is never mutated), as Timing does for its headers.
 - Any ``Content-Encoding`` header set by the app (even ``identity``) means "leave it alone".
 - A body whose encoded form is not smaller than itself is sent unencoded (with ``Vary``).
 - HEAD responses are never encoded; their ``Content-Length`` stays the app's.
@@ -91,7 +94,7 @@ _ZEROCOPY = "http.response.zerocopysend"
 _VARY_VALUE = b"Accept-Encoding"
 
 # Response fields the start-message scan looks at, by lowercase name.
-_TYPE, _ENCODING, _CACHE_CONTROL, _RANGE, _LENGTH, _VARY = range(6)
+_OTHER, _TYPE, _ENCODING, _CACHE_CONTROL, _RANGE, _LENGTH, _VARY = range(7)
 _FIELDS = {
     b"content-type": _TYPE,
     b"content-encoding": _ENCODING,
@@ -100,10 +103,15 @@ _FIELDS = {
     b"content-length": _LENGTH,
     b"vary": _VARY,
 }
-_UNCHANGED_STATUS = frozenset((204, 205, 206, 304))
+# Statuses whose response is never encoded: 1xx (and anything below), 204, 205, 206, 304.
+_UNCHANGED_STATUS = frozenset((*range(200), 204, 205, 206, 304))
 # Content-type verdicts.
 _NO, _YES, _SSE = 0, 1, 2
 _TYPE_CACHE_SIZE = 512
+# Memos of the start-message scan (response field name -> field above, Content-Length
+# value -> int), bounded: names come from the app, lengths are few distinct sizes mostly.
+_NAME_CACHE_SIZE = 256
+_LENGTH_CACHE_SIZE = 1024
 # Per-instance memo of Accept-Encoding value -> chosen coding: one dict lookup
 # per request for the handful of values real clients send; junk cannot grow it unbounded.
 _CHOICE_CACHE_SIZE = 1024
@@ -225,6 +233,8 @@ class CompressionMiddleware(EnvConfigurable):
         self._prefixes = tuple(p[:-1] for p in self.compressible_types if p.endswith("/*"))
         self._suffixes = tuple(p[1:] for p in self.compressible_types if p.startswith("*+"))
         self._types: dict[bytes, int] = {}
+        self._names: dict[bytes, int] = dict(_FIELDS)
+        self._lengths: dict[bytes, int] = {}
         self._choices: dict[bytes, str] = {}
         self._excluded = tuple(
             (p.rstrip("/") or "/", p.rstrip("/") + "/") for p in self.exclude_paths
@@ -244,6 +254,7 @@ class CompressionMiddleware(EnvConfigurable):
         codec = _UNSEEN  # negotiated lazily: most responses never need it
         extensions = scope.get("extensions")
         if extensions and _ZEROCOPY in extensions:
+            # it would bypass this middleware: hidden when the response may be encoded
             codec = self._codec_for(scope)
             if codec is not None:
                 extensions = {k: v for k, v in extensions.items() if k != _ZEROCOPY}
@@ -256,18 +267,68 @@ class CompressionMiddleware(EnvConfigurable):
             nonlocal responder
             if responder is False:
                 await send(message)
-            elif responder is not None:
+                return
+            if responder is not None:
                 await responder.send(message)
-            elif message["type"] == "http.response.start":
-                decided = self._on_start(message, scope, codec, send)
-                if isinstance(decided, _Responder):
-                    responder = decided
-                    await decided.on_start(message)
-                else:
-                    responder = False
-                    await send(decided)
-            else:  # extension messages before the start (early hints)
+                return
+            if message["type"] != "http.response.start":  # extensions before it (early hints)
                 await send(message)
+                return
+            responder = False
+            # The pass over the response fields, inline: for a small body it settles the
+            # request (Content-Length below minimum_size: unchanged, whatever else is there).
+            status = message["status"]
+            if status in _UNCHANGED_STATUS:
+                await send(message)
+                return
+            content_type = None
+            length = -1
+            has_vary = False
+            names = self._names
+            for key, value in message.get("headers", ()):
+                try:
+                    field = names[key]
+                except KeyError:
+                    field = self._learn_name(key)
+                if not field:
+                    continue
+                if field == _LENGTH:
+                    try:
+                        length = self._lengths[value]
+                    except KeyError:
+                        length = self._parse_length(value)
+                    if 0 <= length < self.minimum_size:
+                        await send(message)  # too small: nothing else matters, no Vary
+                        return
+                elif field == _TYPE:
+                    content_type = value
+                elif field == _VARY:
+                    has_vary = True
+                elif field != _CACHE_CONTROL or b"no-transform" in value.lower():
+                    await send(message)  # Content-Encoding, Content-Range, no-transform
+                    return
+            if content_type is None:
+                await send(message)
+                return
+            verdict = self._types.get(content_type)
+            if verdict is None:
+                verdict = self._classify(content_type)
+            if verdict == _NO:
+                await send(message)
+                return
+            chosen = self._codec_for(scope) if codec is _UNSEEN else codec
+            if chosen is None and (length >= 0 or verdict == _SSE or scope["method"] == "HEAD"):
+                # Not encoded for this client, but it would be for another: say so, send at
+                # once (a new header list: the app's is left as it was).
+                headers = message.get("headers", ())
+                if has_vary:
+                    message["headers"] = merge_vary(list(headers), _VARY_VALUE)
+                else:
+                    message["headers"] = [*headers, (b"vary", _VARY_VALUE)]
+                await send(message)
+                return
+            responder = _Responder(self, chosen, send, has_vary, verdict == _SSE)
+            await responder.on_start(message)
 
         await self.app(scope, receive, send_wrapper)
 
@@ -288,52 +349,21 @@ class CompressionMiddleware(EnvConfigurable):
                 self._choices[accept] = coding
         return None if coding == IDENTITY else self.codecs[coding]
 
-    def _on_start(
-        self, message: Message, scope: Scope, codec: Any, send: Send
-    ) -> Message | _Responder:
-        """The start message to forward when the response passes through (unchanged, or with
-        only ``Vary`` added), else the responder that owns the response from here on.
+    def _learn_name(self, name: bytes) -> int:
+        field = _FIELDS.get(name.lower(), _OTHER)
+        if len(self._names) < _NAME_CACHE_SIZE:
+            self._names[name] = field
+        return field
 
-        One pass over the response fields; returns early for everything left unchanged.
-        """
-        status = message["status"]
-        if status < 200 or status in _UNCHANGED_STATUS:
-            return message
-        content_type = None
-        length = -1
-        has_vary = False
-        for key, value in message.get("headers", ()):
-            field = _FIELDS.get(key)
-            if field is None:
-                if key.islower():
-                    continue
-                field = _FIELDS.get(key.lower())
-                if field is None:
-                    continue
-            if field == _TYPE:
-                content_type = value
-            elif field == _LENGTH:
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = -1
-            elif field == _VARY:
-                has_vary = True
-            elif field != _CACHE_CONTROL or b"no-transform" in value.lower():
-                return message  # Content-Encoding, Content-Range, no-transform
-        if content_type is None or 0 <= length < self.minimum_size:
-            return message
-        verdict = self._types.get(content_type)
-        if verdict is None:
-            verdict = self._classify(content_type)
-        if verdict == _NO:
-            return message
-        if codec is _UNSEEN:
-            codec = self._codec_for(scope)
-        if codec is None and (length >= 0 or verdict == _SSE or scope["method"] == "HEAD"):
-            # Not encoded for this client, but it would be for another: say so, send at once.
-            return _vary_start(message, has_vary)
-        return _Responder(self, codec, send, has_vary, verdict == _SSE)
+    def _parse_length(self, value: bytes) -> int:
+        """``Content-Length`` as an int; -1 (unknown) when malformed."""
+        try:
+            length = int(value)
+        except ValueError:
+            return -1
+        if len(self._lengths) < _LENGTH_CACHE_SIZE:
+            self._lengths[value] = length
+        return length
 
     def _is_excluded(self, path: str) -> bool:
         return any(path == exact or path.startswith(prefix) for exact, prefix in self._excluded)

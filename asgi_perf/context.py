@@ -7,13 +7,18 @@ nothing, so layers may always write.
 
 Inner layers must add their Server-Timing entries before they forward
 ``http.response.start``: the header leaves with that message (W3C Server-Timing).
+
+A reader opens a context for every request, so opening one is kept to the bare minimum: a
+``RequestContext`` makes its ``timings`` list and ``counters`` dict only when something is
+reported, and a reader on a hot path may subclass it (keeping its own per-request state in
+the same object) and bind it with :func:`enter_context` (``ContextVar.set`` itself).
 """
 
 from __future__ import annotations
 
 import re
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "RequestContext",
@@ -21,6 +26,7 @@ __all__ = [
     "add_timing",
     "close_context",
     "current",
+    "enter_context",
     "format_server_timing",
     "incr",
     "open_context",
@@ -36,15 +42,53 @@ class TimingEntry:
     desc: str | None = None
 
 
-@dataclass(slots=True)
 class RequestContext:
-    """What inner layers reported about one request."""
+    """What inner layers reported about one request.
 
-    timings: list[TimingEntry] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
+    ``timings`` and ``counters`` are made on first use: most requests report nothing, and
+    the reader (Timing) opens a context for every request, so an empty one must cost
+    nothing but the object itself. A reader may subclass it to keep its own per-request
+    state in the same object (one allocation per request).
+    """
+
+    # class-level defaults: the instance stores a value only once something is reported
+    _timings: list[TimingEntry] | None = None
+    _counters: dict[str, int] | None = None
+
+    def __init__(
+        self, timings: list[TimingEntry] | None = None, counters: dict[str, int] | None = None
+    ) -> None:
+        if timings is not None:
+            self._timings = timings
+        if counters is not None:
+            self._counters = counters
+
+    def __repr__(self) -> str:
+        return f"RequestContext(timings={self._timings or []!r}, counters={self._counters or {}!r})"
+
+    @property
+    def timings(self) -> list[TimingEntry]:
+        timings = self._timings
+        if timings is None:
+            timings = self._timings = []
+        return timings
+
+    @property
+    def counters(self) -> dict[str, int]:
+        counters = self._counters
+        if counters is None:
+            counters = self._counters = {}
+        return counters
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("asgi_perf_request", default=None)
+
+#: Make ``ctx`` the current request's context; returns the token for :func:`close_context`.
+#: (The bound method itself: a reader on a hot path saves a call layer.)
+enter_context = _current.set
+#: Restore what was current before the matching :func:`open_context` / :func:`enter_context`.
+close_context = _current.reset
+_get = _current.get
 
 
 def open_context() -> tuple[RequestContext, Token[RequestContext | None]]:
@@ -53,27 +97,24 @@ def open_context() -> tuple[RequestContext, Token[RequestContext | None]]:
     return ctx, _current.set(ctx)
 
 
-def close_context(token: Token[RequestContext | None]) -> None:
-    _current.reset(token)
-
-
 def current() -> RequestContext | None:
     """The context an outer layer opened for this request, if any."""
-    return _current.get()
+    return _get()
 
 
 def add_timing(name: str, dur: float | None = None, desc: str | None = None) -> None:
     """Contribute a Server-Timing entry (``dur`` in milliseconds); a no-op with no reader."""
-    ctx = _current.get()
+    ctx = _get()
     if ctx is not None:
         ctx.timings.append(TimingEntry(name, dur, desc))
 
 
 def incr(name: str, amount: int = 1) -> None:
     """Add to a per-request counter; a no-op with no reader."""
-    ctx = _current.get()
+    ctx = _get()
     if ctx is not None:
-        ctx.counters[name] = ctx.counters.get(name, 0) + amount
+        counters = ctx.counters
+        counters[name] = counters.get(name, 0) + amount
 
 
 _TOKEN_RE = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")

@@ -7,8 +7,9 @@ point of that interval whose relative distance to both ends is ``a``. So any qua
 relative error ``a`` of the true value of that rank, whatever the distribution.
 
 Why this one: latency percentiles are read as *relative* figures (p99 of 2 ms vs 200 ms), which is
-exactly what the log buckets guarantee; recording is one ``log`` and one array increment (no
-sorting, no merging step like t-digest, no reservoir that loses the tail); and memory is bounded
+exactly what the log buckets guarantee; recording is a ``list.append``, folded into the buckets
+every :data:`BATCH` values (or when read) at the cost of one ``log`` per bucket present in the
+batch (no merging step like t-digest, no reservoir that loses the tail); and memory is bounded
 by the value range, not by the number of requests. With ``a = 0.5%`` and the range 1 µs - 1 h
 clamped, a sketch holds at most 2,200 eight-byte counters (17.6 KB) and in practice only the few
 hundred buckets between its fastest and slowest request. Values outside the range are clamped to
@@ -19,31 +20,43 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_right
 
-__all__ = ["LatencyHistogram"]
+__all__ = ["BATCH", "LatencyHistogram"]
 
 _ceil, _log = math.ceil, math.log  # module globals: one lookup each on the hot path
 
 DEFAULT_ACCURACY = 0.005
 MIN_VALUE = 1e-6  # seconds; faster is clamped (an in-process call takes longer)
 MAX_VALUE = 3600.0  # seconds; slower is clamped
+BATCH = 256  # values held before they are folded (a bounded list: 256 floats, ~8 KB)
 
 
 class LatencyHistogram:
-    """Log-bucket sketch of positive durations (seconds); quantiles within ``accuracy``."""
+    """Log-bucket sketch of positive durations (seconds); quantiles within ``accuracy``.
+
+    Values are folded into the buckets in batches: :meth:`record` appends to :attr:`pending`
+    and every reader (:meth:`quantile`, :attr:`count`, :attr:`sum`, :attr:`min`,
+    :attr:`max`, …) folds what is pending first, so readers always see every value. A
+    batch costs about half of recording its values one by one (the bucket indices are
+    computed in one comprehension and counted in C), and it is what a request pays on the
+    hot path: one ``list.append``. A hot path may append to :attr:`pending` itself if it
+    calls :meth:`flush` once it holds :data:`BATCH` values, which bounds the list.
+    """
 
     __slots__ = (
         "_bins",
+        "_count",
         "_gamma",
         "_hi",
         "_inv_log_gamma",
         "_lo",
+        "_max",
+        "_min",
         "_offset",
-        "count",
-        "max",
-        "min",
+        "_sum",
+        "pending",
         "relative_accuracy",
-        "sum",
     )
 
     def __init__(self, relative_accuracy: float = DEFAULT_ACCURACY) -> None:
@@ -56,32 +69,69 @@ class LatencyHistogram:
         self._hi = math.ceil(math.log(MAX_VALUE) * self._inv_log_gamma)
         self._bins: array[int] = array("Q")
         self._offset = 0  # bucket index of _bins[0]
-        self.count = 0
-        self.sum = 0.0
-        self.min = math.inf
-        self.max = 0.0
+        self._count = 0
+        self._sum = 0.0
+        self._min = math.inf
+        self._max = 0.0
+        self.pending: list[float] = []
 
     def record(self, value: float) -> None:
         """Add one duration in seconds (clamped into 1 µs - 1 h)."""
-        self.count += 1
-        self.sum += value
-        if value > self.max:
-            self.max = value
-        if value < self.min:
-            self.min = value
-        if value > MIN_VALUE:
-            index = _ceil(_log(value) * self._inv_log_gamma)
-            if index > self._hi:
-                index = self._hi
-        else:
-            index = self._lo
-        position = index - self._offset
-        bins = self._bins
-        if 0 <= position < len(bins):
-            bins[position] += 1
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the pending values into the buckets.
+
+        The batch is sorted, then each bucket takes its whole run of values at once (one
+        ``bisect`` for the bucket's upper end), so the ``log`` is paid per bucket present,
+        not per value: a route's latencies sit in a few dozen neighbouring buckets.
+        """
+        values = self.pending
+        if not values:
             return
-        self._grow(index)
-        self._bins[index - self._offset] += 1
+        self.pending = []
+        total = sum(values)
+        if total != total:  # a NaN (an odd injected clock): kept in the count, bucketed lowest
+            values = [value if value == value else 0.0 for value in values]
+        values.sort()
+        size = len(values)
+        self._count += size
+        self._sum += total
+        if values[0] < self._min:
+            self._min = values[0]
+        if values[-1] > self._max:
+            self._max = values[-1]
+        gamma, inv = self._gamma, self._inv_log_gamma
+        i = 0
+        if values[0] <= MIN_VALUE:
+            i = bisect_right(values, MIN_VALUE)
+            self._add(self._lo, i)
+        bins, offset = self._bins, self._offset
+        while i < size:
+            value = values[i]
+            if value >= MAX_VALUE:
+                self._add(self._hi, size - i)
+                return
+            index = _ceil(_log(value) * inv)
+            # lo=i+1: a rounding of gamma**index below value cannot stall the loop
+            j = bisect_right(values, gamma**index, i + 1)
+            position = index - offset
+            if 0 <= position < len(bins):
+                bins[position] += j - i
+            else:
+                self._add(index, j - i)
+                bins, offset = self._bins, self._offset
+            i = j
+
+    def _add(self, index: int, n: int) -> None:
+        position = index - self._offset
+        if not 0 <= position < len(self._bins):
+            self._grow(index)
+            position = index - self._offset
+        self._bins[position] += n
 
     def _grow(self, index: int) -> None:
         bins = self._bins
@@ -94,33 +144,57 @@ class LatencyHistogram:
         else:
             bins.frombytes(bytes(8 * (index - self._offset - len(bins) + 1)))
 
+    @property
+    def count(self) -> int:
+        return self._count + len(self.pending)
+
+    @property
+    def sum(self) -> float:
+        self.flush()
+        return self._sum
+
+    @property
+    def min(self) -> float:
+        """The smallest value recorded (``inf`` when empty)."""
+        self.flush()
+        return self._min
+
+    @property
+    def max(self) -> float:
+        """The largest value recorded (``0.0`` when empty)."""
+        self.flush()
+        return self._max
+
     def quantile(self, q: float) -> float | None:
         """The value at quantile ``q`` (0..1), or ``None`` when empty.
 
         Rank convention: the ``floor(q * (count - 1))``-th smallest value, the lower of the two
         order statistics numpy's default linear interpolation blends.
         """
-        if self.count == 0:
+        self.flush()
+        if self._count == 0:
             return None
         if q <= 0.0:
-            return self.min
+            return self._min
         if q >= 1.0:
-            return self.max
-        rank = math.floor(q * (self.count - 1))
+            return self._max
+        rank = math.floor(q * (self._count - 1))
         seen = 0
         for position, n in enumerate(self._bins):
             seen += n
             if seen > rank:
                 index = position + self._offset
                 value = 2.0 * self._gamma**index / (self._gamma + 1.0)
-                return min(max(value, self.min), self.max)
-        return self.max  # pragma: no cover - counts always sum to count
+                return min(max(value, self._min), self._max)
+        return self._max  # pragma: no cover - counts always sum to count
 
     @property
     def mean(self) -> float | None:
-        return self.sum / self.count if self.count else None
+        self.flush()
+        return self._sum / self._count if self._count else None
 
     @property
     def buckets(self) -> int:
         """How many counters the sketch holds (its memory is 8 bytes each)."""
+        self.flush()
         return len(self._bins)

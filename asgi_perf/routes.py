@@ -23,7 +23,7 @@ import re
 
 from .asgi import Scope
 
-__all__ = ["UNMATCHED", "collapse_path", "route_template"]
+__all__ = ["UNMATCHED", "collapse_path", "route_template", "template_of"]
 
 UNMATCHED = "__unmatched__"
 MAX_TEMPLATE_LENGTH = 200
@@ -79,6 +79,12 @@ def _framework_template(route: object, scope: Scope) -> str | None:
     return None
 
 
+# id(route) -> (route, its template, whether it is a Mount), for routes outside any Mount
+# (whose template depends on the route alone). The entry holds the route, so its id
+# cannot be reused by another object while cached. Bounded like the path memo.
+_by_route: dict[int, tuple[object, str, bool]] = {}
+
+
 def route_template(scope: Scope, status: int, from_scope: bool = True) -> tuple[str, bool]:
     """``(template, from_framework)`` for a finished request with response ``status``.
 
@@ -87,6 +93,21 @@ def route_template(scope: Scope, status: int, from_scope: bool = True) -> tuple[
     """
     if from_scope:
         route = scope.get("route")
+        if route is not None and "app_root_path" not in scope:
+            cached = _by_route.get(id(route))
+            if cached is None or cached[0] is not route:
+                template = _framework_template(route, scope)
+                if template is None or not isinstance(getattr(route, "path", None), str):
+                    cached = None  # from path_template: depends on the scope, not cached
+                else:
+                    cached = (route, template, hasattr(route, "routes"))
+                    if len(_by_route) >= CACHE_SIZE:
+                        _by_route.clear()
+                    _by_route[id(route)] = cached
+            if cached is not None:
+                if status == 404 and cached[2]:
+                    return UNMATCHED, False  # a Mount matched but nothing inside it did
+                return cached[1], True
         if route is not None or "path_template" in scope:
             template = _framework_template(route, scope)
             if template is not None:
@@ -95,4 +116,26 @@ def route_template(scope: Scope, status: int, from_scope: bool = True) -> tuple[
                 return template, True
     if status == 404:
         return UNMATCHED, False
-    return collapse_path(scope.get("path") or "/"), False
+    path = scope.get("path") or "/"
+    return _cache.get(path) or collapse_path(path), False
+
+
+def template_of(scope: Scope, status: int, from_scope: bool = True) -> str:
+    """Just the template of :func:`route_template`: what the statistics are keyed on.
+
+    The per-request path of ``TimingMiddleware``: a cached route or a memoised path costs
+    a dictionary lookup here, without building the pair.
+    """
+    if from_scope:
+        route = scope.get("route")
+        if route is not None:
+            cached = _by_route.get(id(route))
+            if cached is not None and cached[0] is route and "app_root_path" not in scope:
+                return UNMATCHED if status == 404 and cached[2] else cached[1]
+            return route_template(scope, status)[0]
+        if "path_template" in scope:
+            return route_template(scope, status)[0]
+    if status == 404:
+        return UNMATCHED
+    path = scope.get("path") or "/"
+    return _cache.get(path) or collapse_path(path)

@@ -42,6 +42,12 @@ provider set later); ``"off"`` never.
 Recording happens after the response is gone; if it ever fails, the request is unaffected and
 the failure is logged once and counted (``record_failures``).
 
+Cost (the spec asks for near zero without OpenTelemetry): one object per request is at once
+the context inner layers write into and the state of the ``send``/``receive`` wrappers; the
+two headers are formatted once (one ``%.3f``) onto one new list; the series is found through
+a ``template -> method`` index (no key tuple), the route template is cached per route object
+(:mod:`asgi_perf.routes`), and a duration is appended to the sketch's pending batch.
+
 Environment (``from_env``): ``ASGI_PERF_TIMING_ENABLED`` (default true),
 ``ASGI_PERF_SLOW_REQUEST_THRESHOLD`` (seconds or ``500ms``; ``off``), ``ASGI_PERF_SERVER_TIMING``
 (bool), ``ASGI_PERF_SERVER_TIMING_TRUSTED`` (IPs/CIDRs allowed to see Server-Timing),
@@ -55,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -63,14 +70,15 @@ from typing import TYPE_CHECKING, Any
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send
 from .config import ConfigError, EnvConfigurable, EnvVar, to_bool, to_choice, to_duration, to_int
-from .context import RequestContext, close_context, format_server_timing, open_context
-from .histogram import LatencyHistogram
+from .context import RequestContext, close_context, enter_context, format_server_timing
+from .histogram import BATCH, LatencyHistogram
 from .identity import ClientIP, parse_networks
-from .routes import route_template
+from .routes import route_template, template_of
 from .stats import register
 
 if TYPE_CHECKING:
     from .otel import Telemetry
+    from .otel import _Request as _OtelRequest
 
 __all__ = ["RouteStats", "TimingMiddleware"]
 
@@ -83,6 +91,13 @@ KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 _UNRESOLVED: Any = object()
+
+
+_new = object.__new__
+
+
+def _method(method: str) -> str:
+    return method if method in KNOWN_METHODS else "_OTHER"
 
 
 def _off_or(convert: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
@@ -107,15 +122,19 @@ def _header_name(value: object, name: str) -> bytes | None:
 class RouteStats:
     """What one ``(method, route)`` series has seen."""
 
-    __slots__ = ("count", "duration", "errors", "slow", "statuses", "ttfb")
+    __slots__ = ("duration", "errors", "slow", "statuses", "ttfb")
 
     def __init__(self) -> None:
-        self.count = 0
         self.errors = 0
         self.slow = 0
         self.statuses: dict[int, int] = {}
         self.duration = LatencyHistogram()
         self.ttfb = LatencyHistogram()
+
+    @property
+    def count(self) -> int:
+        """Every request has exactly one status: counting them again would cost a request."""
+        return sum(self.statuses.values())
 
     def as_dict(self, method: str, route: str) -> dict[str, Any]:
         def summary(hist: LatencyHistogram) -> dict[str, float | None]:
@@ -199,6 +218,8 @@ class TimingMiddleware(EnvConfigurable):
         self._expose = expose if self.server_timing else False
         self._adds_headers = self._expose is not False or self.response_time_header is not None
         self._routes: dict[tuple[str, str], RouteStats] = {}
+        # template -> raw method -> series: the per-request lookup, without building a key
+        self._index: dict[str, dict[str, RouteStats]] = {}
         self.in_flight = 0
         self.overflowed = 0
         self.record_failures = 0
@@ -211,6 +232,15 @@ class TimingMiddleware(EnvConfigurable):
         register("timing", self)
 
     # -- configuration ------------------------------------------------------------------------
+    @property
+    def slow_threshold(self) -> float | None:
+        """Seconds from which a request is logged as slow; ``None``: never."""
+        return None if self._slow_after == math.inf else self._slow_after
+
+    @slow_threshold.setter
+    def slow_threshold(self, seconds: float | None) -> None:
+        self._slow_after = math.inf if seconds is None else seconds  # one compare per request
+
     def _exposure(self, value: object) -> Callable[[Scope], bool] | bool:
         accepted = "True, False, IPs/CIDRs (a comma-separated string or a list) or callable(scope)"
         if isinstance(value, bool):
@@ -264,57 +294,26 @@ class TimingMiddleware(EnvConfigurable):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        clock = self._clock
-        start = clock()
-        if self._telemetry is _UNRESOLVED:
-            self._resolve_telemetry()
-        ctx, token = open_context()
-        # per-request state lives in this frame; the wrappers below close over it
-        status = 0  # 0: no response started yet
-        disconnected = False
-        ttfb: float | None = None
-        end: float | None = None
-
-        async def receive_wrapper() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect" and not status:
-                disconnected = True
-            return message
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, ttfb, end
-            kind = message["type"]
-            if kind == "http.response.body":
-                if message.get("more_body", False):
-                    if ttfb is None:
-                        ttfb = clock() - start
-                    await send(message)
-                    return
-                await send(message)
-                if end is None:
-                    end = clock()
-                return
-            if kind == "http.response.start":
-                status = message["status"]
-                if self._adds_headers:
-                    self._add_headers(message, scope, ctx, clock() - start)
-            elif kind == "http.response.pathsend":  # the file is the whole body
-                await send(message)
-                if end is None:
-                    end = clock()
-                return
-            await send(message)
-
-        method = scope.get("method") or "GET"
-        if method not in KNOWN_METHODS:
-            method = "_OTHER"
-        telemetry = self._telemetry
-        otel_request = None if telemetry is None else telemetry.start(scope, method)
+        # one object per request: the context inner layers write into, the wrappers' state
+        # (made without running an __init__: every slot is set right here)
+        ex = _new(_Exchange)
+        ex.mw = self
+        ex.scope = scope
+        ex.send_next = send
+        ex.receive_next = receive
+        ex.status = 0
+        ex.disconnected = False
+        ex.ttfb = None
+        ex.end = None
+        ex.start = start = self._clock()
+        token = enter_context(ex)
+        otel_request = None
+        if self._telemetry is not None:
+            otel_request = self._start_telemetry(scope)
         self.in_flight += 1
         exc: BaseException | None = None
         try:
-            await self.app(scope, receive_wrapper, send_wrapper)
+            await self.app(scope, ex.receive, ex.send)
         except BaseException as error:
             exc = error
             raise
@@ -323,34 +322,42 @@ class TimingMiddleware(EnvConfigurable):
             if otel_request is not None:
                 otel_request.detach()
             self.in_flight -= 1
-            if disconnected or (not status and isinstance(exc, asyncio.CancelledError)):
-                status = 499
-            elif not status:
-                status = 500
+            status = ex.status
+            if ex.disconnected or not status:
+                status = 499 if ex.disconnected or isinstance(exc, asyncio.CancelledError) else 500
             try:
-                duration = (clock() if end is None else end) - start
-                template, from_framework = route_template(scope, status, self.route_from_scope)
-                stats = self._routes.get((method, template))
-                if stats is None:
-                    stats = self._new_series((method, template))
-                stats.count += 1
-                stats.statuses[status] = stats.statuses.get(status, 0) + 1
-                failed = status >= 500 or (
-                    exc is not None and not isinstance(exc, asyncio.CancelledError)
-                )
-                if failed:
-                    stats.errors += 1
-                stats.duration.record(duration)
-                if ttfb is not None:
-                    stats.ttfb.record(ttfb)
-                if self.slow_threshold is not None and duration >= self.slow_threshold:
-                    stats.slow += 1
-                    self._log_slow(method, template, status, duration, ctx)
+                end = ex.end
+                duration = (self._clock() if end is None else end) - start
+                template = template_of(scope, status, self.route_from_scope)
+                try:
+                    series = self._index[template][scope["method"]]
+                except KeyError:
+                    series = self._series(scope.get("method") or "GET", template)
+                statuses = series.statuses
+                try:
+                    statuses[status] += 1
+                except KeyError:
+                    statuses[status] = 1
+                pending = series.duration.pending
+                pending.append(duration)
+                if len(pending) >= BATCH:
+                    series.duration.flush()
+                if ex.ttfb is not None:
+                    series.ttfb.record(ex.ttfb)
+                failed = False
+                if status >= 500 or exc is not None:
+                    failed = status >= 500 or not isinstance(exc, asyncio.CancelledError)
+                    if failed:
+                        series.errors += 1
+                if duration >= self._slow_after:
+                    series.slow += 1
+                    self._log_slow(scope, template, status, duration, ex)
                 if otel_request is not None:
+                    route, from_framework = route_template(scope, status, self.route_from_scope)
                     otel_request.finish(
-                        method,
+                        _method(scope.get("method") or "GET"),
                         status,
-                        template if from_framework else None,
+                        route if from_framework else None,
                         duration,
                         scope.get("http_version") or "1.1",
                         exc if failed else None,
@@ -360,36 +367,39 @@ class TimingMiddleware(EnvConfigurable):
                 if self.record_failures == 1:
                     logger.exception("recording a request failed (logged once, then counted)")
 
-    def _add_headers(
-        self, message: Message, scope: Scope, ctx: RequestContext, elapsed: float
-    ) -> None:
-        """Server-Timing and X-Response-Time onto the start message (a new header list)."""
-        ms = b"%.3f" % (elapsed * 1000.0)
-        headers = list(message.get("headers", ()))
-        expose = self._expose
-        if expose is True or (expose is not False and expose(scope)):
-            value = b"total;dur=" + ms.rstrip(b"0").rstrip(b".")
-            if ctx.timings:
-                value += b", " + format_server_timing(ctx.timings)
-            headers.append((b"server-timing", value))
-        if self.response_time_header is not None:
-            headers.append((self.response_time_header, ms + b"ms"))
-        # a new list, not an in-place append: a recorder inside may hold the old one
-        message["headers"] = headers
+    def _start_telemetry(self, scope: Scope) -> _OtelRequest | None:
+        if self._telemetry is _UNRESOLVED:
+            self._resolve_telemetry()
+        telemetry = self._telemetry
+        if telemetry is None:
+            return None
+        return telemetry.start(scope, _method(scope.get("method") or "GET"))
 
-    def _new_series(self, key: tuple[str, str]) -> RouteStats:
-        if len(self._routes) >= self.max_routes:
-            self.overflowed += 1
-            key = (key[0], OVERFLOW)
-            existing = self._routes.get(key)
-            if existing is not None:
-                return existing
-        stats = self._routes[key] = RouteStats()
-        return stats
+    def _series(self, method: str, template: str) -> RouteStats:
+        """The series of a request that missed the index: found or made in the table.
+
+        Only known methods of templates that have their own series enter the index, so
+        neither raw methods nor overflowing paths can grow it.
+        """
+        normalised = _method(method)
+        key = (normalised, template)
+        series = self._routes.get(key)
+        if series is None:
+            if len(self._routes) >= self.max_routes:
+                self.overflowed += 1
+                key = (normalised, OVERFLOW)
+                series = self._routes.get(key)
+                if series is not None:
+                    return series
+            series = self._routes[key] = RouteStats()
+        if key[1] == template and method == normalised:
+            self._index.setdefault(template, {})[method] = series
+        return series
 
     def _log_slow(
-        self, method: str, route: str, status: int, duration: float, ctx: RequestContext
+        self, scope: Scope, route: str, status: int, duration: float, ctx: RequestContext
     ) -> None:
+        method = _method(scope.get("method") or "GET")
         entries = format_server_timing(ctx.timings).decode("latin-1")
         logger.warning(
             "slow request: %s %s -> %d in %.3fs%s",
@@ -421,3 +431,86 @@ class TimingMiddleware(EnvConfigurable):
                 for (method, route), stats in sorted(self._routes.items())
             ],
         }
+
+
+class _Exchange(RequestContext):
+    """One request: the context inner layers write into, and the ``send``/``receive`` wrappers.
+
+    One object instead of a context plus closures: a request allocates it and two bound
+    methods. Every slot is set by :meth:`TimingMiddleware.__call__`.
+    """
+
+    __slots__ = (
+        "disconnected",
+        "end",
+        "mw",
+        "receive_next",
+        "scope",
+        "send_next",
+        "start",
+        "status",
+        "ttfb",
+    )
+
+    mw: TimingMiddleware
+    scope: Scope
+    send_next: Send
+    receive_next: Receive
+    start: float
+    status: int  # 0 until the response starts
+    disconnected: bool
+    ttfb: float | None
+    end: float | None
+
+    async def receive(self) -> Message:
+        message = await self.receive_next()
+        if message["type"] == "http.disconnect" and not self.status:
+            self.disconnected = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if message.get("more_body", False):
+                if self.ttfb is None:
+                    self.ttfb = self.mw._clock() - self.start
+                await self.send_next(message)
+                return
+            await self.send_next(message)
+            if self.end is None:
+                self.end = self.mw._clock()
+            return
+        if kind == "http.response.start":
+            self.status = message["status"]
+            mw = self.mw
+            if mw._adds_headers:
+                # Server-Timing and X-Response-Time on a new header list (the app's, which a
+                # recorder inside may hold, is left alone), built in one go: inline, as this
+                # is most of Timing's own cost.
+                ms = b"%.3f" % ((mw._clock() - self.start) * 1000.0)
+                name = mw.response_time_header
+                expose = mw._expose
+                if expose is True or (expose is not False and expose(self.scope)):
+                    # 48 is b"0": strip trailing zeros only when there are some
+                    value = b"total;dur=" + (ms.rstrip(b"0").rstrip(b".") if ms[-1] == 48 else ms)
+                    if self._timings:
+                        value += b", " + format_server_timing(self._timings)
+                    if name is not None:
+                        message["headers"] = [
+                            *message.get("headers", ()),
+                            (b"server-timing", value),
+                            (name, ms + b"ms"),
+                        ]
+                    else:
+                        message["headers"] = [
+                            *message.get("headers", ()),
+                            (b"server-timing", value),
+                        ]
+                elif name is not None:
+                    message["headers"] = [*message.get("headers", ()), (name, ms + b"ms")]
+        elif kind == "http.response.pathsend":  # the file is the whole body
+            await self.send_next(message)
+            if self.end is None:
+                self.end = self.mw._clock()
+            return
+        await self.send_next(message)

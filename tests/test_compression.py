@@ -721,3 +721,27 @@ def test_make_codec_names() -> None:
 
 async def _never_called() -> Any:
     raise AssertionError("receive should not be called")
+
+
+async def test_field_name_and_length_memos_stay_bounded_and_exact() -> None:
+    """The start-message scan memoises field names and Content-Length values: many distinct
+    ones (an app sending every size, odd header names) neither grow it nor confuse it."""
+    sizes = iter(range(10, 5000, 3))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        size = next(sizes)
+        headers = [
+            (f"X-Custom-{size}".encode(), b"1"),
+            (b"Content-Type", b"application/json"),
+            (b"Content-LENGTH", str(size).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{" + b" " * (size - 2) + b"}"})
+
+    mw = CompressionMiddleware(app, minimum_size=500)
+    for _ in range(1600):
+        res = await get(mw, ("accept-encoding", "gzip"))
+        size = len(decode(res.header("content-encoding"), res.body))
+        # below minimum_size: byte-for-byte unchanged; from it on: encoded
+        assert (res.header("content-encoding") == "gzip") is (size >= 500), size
+    assert len(mw._names) <= 256 and len(mw._lengths) <= 1024

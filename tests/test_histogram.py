@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from asgi_perf.histogram import MAX_VALUE, MIN_VALUE, LatencyHistogram
+from asgi_perf.histogram import BATCH, MAX_VALUE, MIN_VALUE, LatencyHistogram
 
 
 def distributions() -> dict[str, np.ndarray]:
@@ -84,3 +84,40 @@ def test_accuracy_option_is_validated() -> None:
         LatencyHistogram(0.0)
     with pytest.raises(ValueError):
         LatencyHistogram(1.5)
+
+
+def _bucket_counts(sketch: LatencyHistogram) -> dict[int, int]:
+    return {
+        position + sketch._offset: n for position, n in enumerate(sketch._bins) if n
+    }  # the sketch's own buckets (private: this test is about how values are folded)
+
+
+def test_batches_fold_like_one_value_at_a_time_and_stay_bounded() -> None:
+    rng = np.random.default_rng(11)
+    values = rng.lognormal(mean=-6.0, sigma=0.8, size=3 * BATCH + 17).tolist()
+    values += [0.0, -1.0, MIN_VALUE, MAX_VALUE, 1e9, math.inf]  # every clamp
+    batched, single = LatencyHistogram(), LatencyHistogram()
+    gamma = (1 + single.relative_accuracy) / (1 - single.relative_accuracy)
+    for value in values:
+        batched.record(value)
+        assert len(batched.pending) < BATCH  # folded as soon as a batch is full
+        single.record(value)
+        single.flush()  # a batch of one: the bucket of each value computed on its own
+    assert batched.count == single.count == len(values)
+    assert batched.max == single.max == math.inf and batched.min == single.min == -1.0
+    # a value on a bucket edge may land in either neighbour (float rounding): compare the
+    # counts up to one edge move per bucket, and every quantile within the sketch's accuracy
+    a, b = _bucket_counts(batched), _bucket_counts(single)
+    assert sum(a.values()) == sum(b.values()) == len(values)
+    assert sum(abs(a.get(i, 0) - b.get(i, 0)) for i in a.keys() | b.keys()) <= 2
+    for q in (0.01, 0.25, 0.5, 0.9, 0.99):
+        x, y = batched.quantile(q), single.quantile(q)
+        assert x is not None and y is not None and abs(x - y) <= (gamma - 1) * y
+
+
+def test_nan_is_counted_not_fatal() -> None:
+    sketch = LatencyHistogram()
+    for value in (0.001, math.nan, 0.002):
+        sketch.record(value)
+    assert sketch.count == 3 and sketch.max == 0.002
+    assert sketch.quantile(0.5) is not None

@@ -159,3 +159,20 @@ async def test_litestar_path_template() -> None:
     for path in ("/users/1", "/users/2"):
         assert (await call(inside, path=path)).status == 200
     assert series(inner[0]) == {("GET", "/users/{user_id}"): {"200": 2}}
+
+
+def test_route_templates_are_cached_per_route_object_never_per_reused_id() -> None:
+    from asgi_perf.routes import template_of
+
+    class Route:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+    # each route is dropped right after use, so CPython hands its id to the next one:
+    # a cache keyed on the id alone would answer with an earlier route's template
+    for n in range(200):
+        scope = make_scope(path=f"/p{n}")
+        scope["route"] = Route(f"/route-{n}")
+        assert template_of(scope, 200) == f"/route-{n}"
+        assert route_template(scope, 200) == (f"/route-{n}", True)
+        assert template_of(scope, 404) == f"/route-{n}"  # a matched route keeps its name
