@@ -72,7 +72,7 @@ from .asgi import ASGIApp, Message, Receive, Scope, Send
 from .config import ConfigError, EnvConfigurable, EnvVar, to_bool, to_choice, to_duration, to_int
 from .context import RequestContext, close_context, enter_context, format_server_timing
 from .histogram import BATCH, LatencyHistogram
-from .identity import ClientIP, parse_networks
+from .identity import PROXY_HEADER_ENV, ClientIP, parse_networks
 from .routes import route_template, template_of
 from .stats import register
 
@@ -177,6 +177,7 @@ class TimingMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_SLOW_REQUEST_THRESHOLD", "slow_threshold", _off_or(to_duration)),
         EnvVar("ASGI_PERF_OTEL", "otel", lambda v, n: to_choice(v, n, ("auto", "on", "off"))),
         EnvVar("ASGI_PERF_TRUSTED_PROXIES", "trusted_proxies", lambda v, n: parse_networks(v, n)),
+        PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_TIMING_MAX_ROUTES", "max_routes", lambda v, n: to_int(v, n, minimum=1)),
         EnvVar("ASGI_PERF_TIMING_ROUTE_FROM_SCOPE", "route_from_scope", to_bool),
     )
@@ -193,6 +194,7 @@ class TimingMiddleware(EnvConfigurable):
         route_from_scope: bool = True,
         expose_server_timing: bool | str | Iterable[Any] | Callable[[Scope], bool] = True,
         trusted_proxies: Iterable[Any] | str = (),
+        proxy_header: str = "x-forwarded-for",
         otel: str = "auto",
         max_routes: int = 500,
         clock: Callable[[], float] = time.perf_counter,
@@ -212,7 +214,8 @@ class TimingMiddleware(EnvConfigurable):
         self._client_ip = ClientIP(
             [str(n) for n in trusted_proxies]
             if not isinstance(trusted_proxies, str)
-            else trusted_proxies
+            else trusted_proxies,
+            proxy_header=proxy_header,
         )
         expose = self._exposure(expose_server_timing)
         self._expose = expose if self.server_timing else False
