@@ -5,14 +5,15 @@ A middleware that must see the body before the app does (to fingerprint it) read
 same messages (chunking, ``more_body`` and any ``http.disconnect`` included) and, after them,
 whatever the server still has. Reading stops as soon as the body exceeds the limit, so at most
 ``limit`` bytes plus the one message that crossed it are held; the rest streams to the app
-as the client sends it.
+as the client sends it. When the first message holds the whole body (most requests),
+:func:`prepend` hands it over more cheaply than a :class:`BufferedBody`.
 """
 
 from __future__ import annotations
 
 from .asgi import Message, Receive
 
-__all__ = ["BufferedBody", "read_body"]
+__all__ = ["BufferedBody", "prepend", "read_body"]
 
 
 class BufferedBody:
@@ -48,12 +49,31 @@ class BufferedBody:
         return await self._receive()
 
 
-async def read_body(receive: Receive, limit: int) -> BufferedBody:
-    """Read until the body ends, exceeds ``limit`` bytes, or the client disconnects."""
+def prepend(message: Message, receive: Receive) -> Receive:
+    """``receive`` that first returns ``message`` (already received), then reads on: the
+    cheapest hand-over when that one message held the whole body."""
+    pending: Message | None = message
+
+    async def receive_again() -> Message:
+        nonlocal pending
+        if pending is not None:
+            first, pending = pending, None
+            return first
+        return await receive()
+
+    return receive_again
+
+
+async def read_body(receive: Receive, limit: int, first: Message | None = None) -> BufferedBody:
+    """Read until the body ends, exceeds ``limit`` bytes, or the client disconnects
+    (``first``: a message already received, the first of the body)."""
     messages: list[Message] = []
     size = 0
     while True:
-        message = await receive()
+        if first is None:
+            message = await receive()
+        else:
+            message, first = first, None
         messages.append(message)
         if message["type"] != "http.request":
             return BufferedBody(receive, messages, size, False)

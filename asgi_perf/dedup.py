@@ -44,9 +44,26 @@ is a new operation). ``idempotency_header=None`` switches this job off.
 
 Beyond the spec's options: ``trusted_proxies`` (as in rate limiting, for the client IP),
 ``wait_timeout`` (how long a waiter waits for a leader before running its own request, 10 s)
-and ``key_prefix``. ``window=0`` coalesces in-flight duplicates only. On Redis a non-duplicate
-costs three round trips (read record, ``SET NX`` claim, the fulfil script); a memory store's
-claim is not renewed (it cannot outlive its process, and the leader always releases it).
+and ``key_prefix``. ``window=0`` coalesces in-flight duplicates only.
+
+**Cost.** Every request is fingerprinted and every shareable response recorded, so the
+non-duplicate path is written for speed (``benchmarks``: dedup-memory, dedup-redis):
+
+- the record is read and the claim taken in one step (:meth:`Store.get_or_claim`): on Redis a
+  non-duplicate costs two round trips (that script, then the fulfil script), a hit one, a
+  first request with an Idempotency-Key two;
+- on the memory store (exactly :class:`~asgi_perf.stores.MemoryStore`) the store's sync
+  operations run inline: no coroutine, lease or outcome object per step, a process-unique
+  counter as the claim token; the claim is not renewed (it cannot outlive its process, and
+  the leader always releases it), and a request without a body is keyed by its fingerprint's
+  injective encoding itself, not a digest of it;
+- a GET or HEAD on HTTP/1.x without ``Content-Length`` or ``Transfer-Encoding`` has no body
+  (RFC 9112 §6.3): it is not read before the app (which gets the server's ``receive``);
+  any other request's body is read first, as it is part of the fingerprint;
+- the leader keeps only the start message's headers and the single body message, decides at
+  the start message whether the response can be shared (status, ``Set-Cookie``,
+  ``no-store``: if not, it keeps nothing and releases the waiters at once) and encodes the
+  record without an intermediate object.
 
 **Store outages** fail open: the request runs un-deduplicated, logged once per outage, counted.
 """
@@ -54,6 +71,7 @@ claim is not renewed (it cannot outlive its process, and the leader always relea
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -61,8 +79,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import stats as _stats
-from .asgi import ASGIApp, Message, Receive, Scope, Send, problem_body, send_response
-from .body import BufferedBody, read_body
+from .asgi import ASGIApp, Headers, Message, Receive, Scope, Send, problem_body, send_response
+from .body import BufferedBody, prepend, read_body
 from .config import (
     ConfigError,
     EnvConfigurable,
@@ -84,9 +102,9 @@ from .idempotency import (
 )
 from .identity import ClientIP, default_user_key
 from .outage import Outage
-from .recording import RecordedResponse, ResponseRecorder
+from .recording import RecordedResponse, ResponseRecorder, encode_response
 from .singleflight import Lease, SingleFlight
-from .stores import Store, StoreUnavailable, create_store
+from .stores import MemoryStore, Store, StoreUnavailable, create_store
 
 __all__ = ["DedupMiddleware"]
 
@@ -100,6 +118,13 @@ NOT_KEPT_FOR_KEY = frozenset({429, 503})
 _PROBLEM = b"application/problem+json"
 _CREDENTIALS = (b"authorization", b"cookie")
 _NO_RENEWAL = contextlib.nullcontext()
+_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
+_FIXED = 4  # fingerprint parts before the headers: method, path, query, identity
+_FRAMING = -2  # header slot: says the request has a body
+_IGNORED = -1  # header slot: not part of the fingerprint
+_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
+_HTTP1 = frozenset({"1.0", "1.1"})
+_TOKENS = map(str, itertools.count())  # claim tokens of the in-process fast path: unique here
 
 
 def _positive_duration(value: object, name: str) -> float:
@@ -131,40 +156,6 @@ def _header_name(value: object, name: str) -> str | None:
     return value.strip()
 
 
-class _Leader(ResponseRecorder):
-    """``send`` of the request that runs: forwards at once, keeps a copy while it can be shared,
-    and releases the waiters the moment it cannot (streaming, too large, status, cookie)."""
-
-    __slots__ = ("flight_lease", "middleware")
-
-    def __init__(self, send: Send, lease: Lease, middleware: DedupMiddleware) -> None:
-        super().__init__(send, middleware.max_body_size)
-        self.flight_lease: Lease | None = lease
-        self.middleware = middleware
-
-    async def give_up(self) -> None:
-        self.overflow = True  # nothing more is kept
-        lease, self.flight_lease = self.flight_lease, None
-        if lease is not None:
-            self.middleware.not_shared += 1
-            await self.middleware.release(lease)
-
-    async def __call__(self, message: Message) -> None:
-        if self.overflow:
-            await self.send(message)
-            return
-        kind = message["type"]
-        if kind == "http.response.start":
-            status = message["status"]
-            if status >= 500 or status in NOT_SHARED or _private(message):
-                await self.give_up()
-        elif kind != "http.response.body" or message.get("more_body", False):
-            await self.give_up()
-        await ResponseRecorder.__call__(self, message)
-        if self.overflow and self.flight_lease is not None:
-            await self.give_up()
-
-
 def _path(scope: Scope) -> bytes:
     raw = scope.get("raw_path")
     if isinstance(raw, bytes):
@@ -176,10 +167,11 @@ def _path(scope: Scope) -> bytes:
 def _private(message: Message) -> bool:
     """The response sets a cookie or says ``Cache-Control: no-store``: not to be shared."""
     for name, value in message.get("headers", ()):
-        lowered = name.lower()
-        if lowered == b"set-cookie" or (
-            lowered == b"cache-control" and b"no-store" in value.lower()
-        ):
+        size = len(name)  # lower() only the names that can match: 10 and 13 bytes
+        if size == 10:
+            if name.lower() == b"set-cookie":
+                return True
+        elif size == 13 and name.lower() == b"cache-control" and b"no-store" in value.lower():
             return True
     return False
 
@@ -221,6 +213,7 @@ class DedupMiddleware(EnvConfigurable):
     ) -> None:
         self.app = app
         self.window = to_duration(window, "window")
+        self._record_ttl = self.window + RECORD_GRACE
         self.methods = _methods(methods, "methods")
         if identity is not None and not callable(identity):
             raise ConfigError("identity", identity, "a callable scope -> str | None, or None")
@@ -241,13 +234,20 @@ class DedupMiddleware(EnvConfigurable):
         # A memory store's claim cannot outlive its process and the leader always releases it
         # (``finally``): no renewal task, whose start and cancel would cost a loop iteration.
         self._renew = self.store.kind != "memory"
+        # The memory store itself (not a subclass that may override its async methods): its
+        # sync operations skip a coroutine per step.
+        self._memory = self.store if type(self.store) is MemoryStore else None
         self.lease_ttl = LEASE_TTL if self._renew else MEMORY_LEASE_TTL
         self.flight = SingleFlight(
             self.store, lease_ttl=self.lease_ttl, wait_timeout=self.wait_timeout
         )
         # Every header the fingerprint reads, with its slot: one pass over the request headers.
         names = dict.fromkeys((*vary, *_CREDENTIALS))
-        self._slots = {name: i for i, name in enumerate(names)}
+        self._slots = {name: _FIXED + i for i, name in enumerate(names)}  # index in parts
+        self._no_headers = [b""] * len(self._slots)
+        # Any spelling of a header name seen -> its slot, _FRAMING or _IGNORED.
+        self._names: dict[bytes, int] = {**dict.fromkeys(_FRAMING_NAMES, _FRAMING), **self._slots}
+        self._peers: dict[str, bytes] = {}  # peer address -> identity part (no proxies)
         self.outage = Outage(logger, f"{self.store.kind} store")
         self.requests = 0
         self.leaders = 0
@@ -269,7 +269,7 @@ class DedupMiddleware(EnvConfigurable):
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        if self.idempotency_header is not None and method in UNSAFE_METHODS:
+        if method in UNSAFE_METHODS and self.idempotency_header is not None:
             values = [v for k, v in scope["headers"] if k.lower() == self.idempotency_header]
             if values or (
                 self.require_idempotency_key
@@ -280,7 +280,115 @@ class DedupMiddleware(EnvConfigurable):
         if method not in self.methods:
             await self.app(scope, receive, send)
             return
-        await self._deduplicated(scope, receive, send)
+        # Duplicate suppression. The hot path (one body message, memory store, first of its
+        # fingerprint) is written out here: every call and allocation saved is measurable.
+        self.requests += 1
+        parts, framed = self._request_parts(scope)
+        if not framed and method in _NO_BODY_METHODS and scope.get("http_version") in _HTTP1:
+            # RFC 9112 §6.3: no Content-Length nor Transfer-Encoding, no body. Nothing to
+            # read before the app: it gets the server's ``receive`` itself.
+            data = b""
+            app_receive = receive
+        else:
+            message = await receive()
+            if (
+                message["type"] == "http.request"
+                and not message.get("more_body", False)
+                and len(data := message.get("body", b"")) <= self.max_body_size
+            ):
+                app_receive = prepend(message, receive)
+            else:
+                body = await read_body(receive, self.max_body_size, message)
+                app_receive = body.receive
+                if not body.complete:
+                    self.passed_through += 1
+                    await self.app(scope, app_receive, send)
+                    return
+                data = body.data
+        memory = self._memory
+        fp = fingerprint(parts, data, memory is not None)
+        claim_key = "{" + fp + "}c"
+        record_key = "{" + fp + "}r"
+        lease: Lease | None = None
+        if memory is not None:  # in-process: no coroutine and no allocation per store step
+            token = next(_TOKENS)
+            value, won = memory.get_or_claim_nowait(record_key, claim_key, token, self.lease_ttl)
+        else:
+            token = os.urandom(16).hex()
+            try:
+                value, won = await self.store.get_or_claim(
+                    record_key, claim_key, token, self.lease_ttl
+                )
+            except StoreUnavailable as exc:
+                self.outage.failed(exc)
+                await self.app(scope, app_receive, send)
+                return
+            if self.outage.down:
+                self.outage.ok()
+            if won:
+                lease = Lease(self.store, claim_key, token, self.lease_ttl)
+        if not won:
+            lease = await self._follow(scope, app_receive, send, claim_key, record_key, value)
+            if lease is None:
+                return  # answered
+            token = lease.token
+            memory = None
+
+        # The leader: run the app, forwarding every message at once; keep a copy of a
+        # response that can be shared and publish it, or release the waiters the moment it
+        # cannot be (streaming, too large, status, cookie). ``memory``: the memory store's
+        # sync operations, no lease and no renewal; else ``lease``.
+        self.leaders += 1
+        max_body = self.max_body_size
+        held = True  # the claim is ours and the waiters still wait for our record
+        status = 0
+        kept: Headers | None = None
+        content: bytes | None = None
+
+        async def leader_send(message: Message) -> None:
+            nonlocal held, status, kept, content
+            if held:
+                kind = message["type"]
+                if kind == "http.response.start" and kept is None:
+                    status = message["status"]
+                    if status < 500 and status not in NOT_SHARED and not _private(message):
+                        kept = list(message.get("headers", ()))
+                    else:
+                        held = False
+                        await self._give_up(claim_key, token, lease)
+                elif (
+                    kind == "http.response.body"
+                    and kept is not None
+                    and content is None
+                    and not message.get("more_body", False)
+                    and len(chunk := message.get("body", b"")) <= max_body
+                ):
+                    content = chunk
+                else:  # streaming, too large, a second body, pathsend, trailers...
+                    held = False
+                    await self._give_up(claim_key, token, lease)
+            await send(message)
+
+        try:
+            if lease is not None and self._renew:
+                async with lease:
+                    await self.app(scope, app_receive, leader_send)
+            else:
+                await self.app(scope, app_receive, leader_send)
+            if held and content is not None and kept is not None:
+                held = False
+                record = encode_response(status, kept, content, time.time())
+                if memory is not None:
+                    memory.fulfil_nowait(claim_key, token, record_key, record, self._record_ttl)
+                elif lease is not None:
+                    try:
+                        await lease.fulfil(record_key, record, self._record_ttl)
+                    except StoreUnavailable as exc:
+                        self.outage.failed(exc)
+        finally:
+            # Exception, disconnect, incomplete response: waiters run their own request.
+            if held:
+                await self._give_up(claim_key, token, lease)
 
     # -- shared pieces ---------------------------------------------------------------------
     def _who(self, scope: Scope) -> bytes:
@@ -288,19 +396,48 @@ class DedupMiddleware(EnvConfigurable):
         user = self.identity(scope)
         if user is not None:
             return b"u:" + str(user).encode("utf-8", "surrogatepass")
-        return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
+        if self.client_ip.trusted:  # the address may come from the request's headers
+            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
+        # Else it depends on the peer address alone: remember the last few thousand.
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if type(peer) is not str:
+            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
+        who = self._peers.get(peer)
+        if who is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            who = b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
+            self._peers[peer] = who
+        return who
 
-    def _header_parts(self, scope: Scope) -> list[bytes]:
-        slots = self._slots
-        values = [b""] * len(slots)
+    def _request_parts(self, scope: Scope) -> tuple[list[bytes], bool]:
+        """The fingerprint's parts but the body: method, raw path, canonical query, identity
+        (:data:`_FIXED` parts), then the fingerprinted headers, each in its slot (repeats
+        comma-joined); and whether the request says how its body is framed (Content-Length
+        or Transfer-Encoding). One pass over the request headers."""
+        query = scope.get("query_string", b"")
+        if b"&" in query:
+            query = canonical_query(query)
+        path = scope.get("raw_path")
+        if type(path) is not bytes:
+            path = _path(scope)
+        parts = [scope["method"].encode("ascii"), path, query, self._who(scope)]
+        parts += self._no_headers
+        names = self._names
+        framed = False
         for name, value in scope["headers"]:
-            i = slots.get(name)
-            if i is None:
-                i = slots.get(name.lower())
-                if i is None:
-                    continue
-            values[i] = value if not values[i] else values[i] + b"," + value
-        return values
+            i = names.get(name)
+            if i is None:  # a spelling not seen yet: learn it (a bounded number of them)
+                lowered = name.lower()
+                i = self._slots.get(lowered, _FRAMING if lowered in _FRAMING_NAMES else _IGNORED)
+                if len(names) < 1024:
+                    names[name] = i
+            if i >= 0:
+                parts[i] = value if not parts[i] else parts[i] + b"," + value
+            elif i == _FRAMING:
+                framed = True
+        return parts, framed
 
     async def release(self, lease: Lease) -> None:
         try:
@@ -313,77 +450,60 @@ class DedupMiddleware(EnvConfigurable):
         await send_response(send, status, body, content_type=_PROBLEM)
 
     # -- duplicate suppression -------------------------------------------------------------
-    async def _deduplicated(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.requests += 1
-        body = await read_body(receive, self.max_body_size)
-        if not body.complete:
-            self.passed_through += 1
-            await self.app(scope, body.receive, send)
-            return
-        fp = fingerprint(
-            (
-                scope["method"].encode("ascii"),
-                _path(scope),
-                canonical_query(scope.get("query_string", b"")),
-                self._who(scope),
-                *self._header_parts(scope),
-            ),
-            body.data,
-        )
-        claim_key = "{" + fp + "}c"
-        record_key = "{" + fp + "}r"
-        store = self.store
+    async def _follow(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        claim_key: str,
+        record_key: str,
+        value: bytes | None,
+    ) -> Lease | None:
+        """Another request has (or had) this fingerprint: replay its record, or wait for it
+        and answer. A lease returned: the claim is ours after all, lead with it."""
         try:
-            value = await store.get(record_key)
             if value is not None:
                 response = RecordedResponse.decode(value)
                 if response is not None and time.time() - response.created <= self.window:
                     self.hits += 1
                     add_timing("dedup", desc="hit")
                     await response.replay(send, ((b"x-dedup", b"hit"),))
-                    return
-                await store.delete(record_key)  # kept only for waiters' grace: too old to replay
-            outcome = await self.flight.join(claim_key, record_key, check_first=False)
+                    return None
+                # Kept only for waiters' grace: too old to replay. Lead, or wait for a leader.
+                await self.store.delete(record_key)
+                outcome = await self.flight.join(claim_key, record_key, check_first=False)
+            else:
+                outcome = await self.flight.wait(claim_key, record_key)
         except StoreUnavailable as exc:
             self.outage.failed(exc)
-            await self.app(scope, body.receive, send)
-            return
-        self.outage.ok()
+            await self.app(scope, receive, send)
+            return None
+        if self.outage.down:
+            self.outage.ok()
         if outcome.kind == "record":
             response = RecordedResponse.decode(outcome.value or b"")
             if response is not None:
                 self.coalesced += 1
                 add_timing("dedup", desc="coalesced")
                 await response.replay(send, ((b"x-dedup", b"coalesced"),))
-                return
+                return None
         elif outcome.kind == "leader" and outcome.lease is not None:
-            await self._lead(scope, body, send, outcome.lease, record_key)
-            return
+            return outcome.lease
         elif outcome.kind == "timeout":
             self.timeouts += 1
         else:
             self.released += 1
-        await self.app(scope, body.receive, send)
+        await self.app(scope, receive, send)
+        return None
 
-    async def _lead(
-        self, scope: Scope, body: BufferedBody, send: Send, lease: Lease, record_key: str
-    ) -> None:
-        self.leaders += 1
-        leader = _Leader(send, lease, self)
-        try:
-            async with lease if self._renew else _NO_RENEWAL:
-                await self.app(scope, body.receive, leader)
-            response = leader.result()
-            if response is not None:
-                leader.flight_lease = None
-                try:
-                    await lease.fulfil(record_key, response.encode(), self.window + RECORD_GRACE)
-                except StoreUnavailable as exc:
-                    self.outage.failed(exc)
-        finally:
-            # Exception, disconnect, incomplete response: waiters run their own request.
-            if leader.flight_lease is not None:
-                await leader.give_up()
+    async def _give_up(self, claim_key: str, token: str, lease: Lease | None) -> None:
+        """The leader's response will not be shared: release the waiters now."""
+        self.not_shared += 1
+        if lease is None:
+            if self._memory is not None:
+                self._memory.release_nowait(claim_key, token)
+        else:
+            await self.release(lease)
 
     # -- Idempotency-Key -------------------------------------------------------------------
     async def _idempotent(
@@ -410,25 +530,19 @@ class DedupMiddleware(EnvConfigurable):
             self.passed_through += 1
             await self.app(scope, body.receive, send)
             return
-        payload = fingerprint(
-            (
-                scope["method"].encode("ascii"),
-                _path(scope),
-                canonical_query(scope.get("query_string", b"")),
-                b"" if body.complete else b"truncated",
-            ),
-            body.data,
-        )
-        auth = self._header_parts(scope)[self._slots[b"authorization"]]
-        scoped = fingerprint((self._who(scope), auth, key.encode("ascii")))
+        parts, _ = self._request_parts(scope)
+        method_path_query = parts[:3]
+        truncated = b"" if body.complete else b"truncated"
+        payload = fingerprint((*method_path_query, truncated), body.data)
+        auth = parts[self._slots[b"authorization"]]
+        scoped = fingerprint((parts[3], auth, key.encode("ascii")))
         claim_key = "{i" + scoped + "}c"
         record_key = "{i" + scoped + "}r"
         token = payload + "." + os.urandom(16).hex()
         store = self.store
         holder = None
         try:
-            value = await store.get(record_key)
-            won = value is None and await store.claim(claim_key, token, self.lease_ttl)
+            value, won = await store.get_or_claim(record_key, claim_key, token, self.lease_ttl)
             if value is None and not won:
                 holder = await store.holder(claim_key)
                 if holder is None:  # it completed between our reads

@@ -18,11 +18,23 @@ from collections.abc import Iterable
 
 from .asgi import Headers, Message, Send
 
-__all__ = ["RecordedResponse", "ResponseRecorder"]
+__all__ = ["RecordedResponse", "ResponseRecorder", "encode_response"]
 
 _MAGIC = b"AP1"
 _HEAD = struct.Struct("!3sHdH")  # magic, status, created (unix time), header count
 _FIELD = struct.Struct("!HI")  # name length, value length
+
+
+def encode_response(status: int, headers: Headers, body: bytes, created: float) -> bytes:
+    """``RecordedResponse(status, headers, body, created).encode()`` without making the
+    object first (a hot path that records every response it passes on)."""
+    parts = [_HEAD.pack(_MAGIC, status, created, len(headers))]
+    for name, value in headers:
+        parts.append(_FIELD.pack(len(name), len(value)))
+        parts.append(name)
+        parts.append(value)
+    parts.append(body)
+    return b"".join(parts)
 
 
 class RecordedResponse:
@@ -37,13 +49,7 @@ class RecordedResponse:
         self.created = time.time() if created is None else created
 
     def encode(self) -> bytes:
-        parts = [_HEAD.pack(_MAGIC, self.status, self.created, len(self.headers))]
-        for name, value in self.headers:
-            parts.append(_FIELD.pack(len(name), len(value)))
-            parts.append(name)
-            parts.append(value)
-        parts.append(self.body)
-        return b"".join(parts)
+        return encode_response(self.status, self.headers, self.body, self.created)
 
     @classmethod
     def decode(cls, data: bytes) -> RecordedResponse | None:

@@ -5,7 +5,8 @@ memory store within one process and on Redis across processes and machines:
 
 1. the leader wins ``claim`` (``SET NX PX``) with a random token and a lease that it renews
    while it works (:class:`Lease`), so a long handler is not taken over and a crashed
-   leader's claim simply expires;
+   leader's claim simply expires; ``join(check_first=True)`` reads an existing record and
+   claims in one step (``get_or_claim``, one round trip);
 2. it ends with ``fulfil`` (record stored, claim released, waiters notified, atomically) or
    ``release`` (nothing to share: waiters go and do their own work);
 3. a waiter subscribes *before* reading the record, so no wake-up is lost, and re-reads on
@@ -91,7 +92,10 @@ class Outcome:
 
 
 class SingleFlight:
-    """``await flight.join(claim_key, record_key)`` → who does the work for this key."""
+    """``await flight.join(claim_key, record_key)`` → who does the work for this key.
+
+    A caller that read and claimed by itself (a store's in-process fast path) and lost the
+    claim calls :meth:`wait` instead."""
 
     def __init__(
         self,
@@ -109,14 +113,23 @@ class SingleFlight:
         self.poll_max = poll_max
 
     async def join(self, claim_key: str, record_key: str, check_first: bool = True) -> Outcome:
+        """Lead, or wait for the leader. ``check_first``: a record already there is the
+        outcome (read and claimed in one step: :meth:`Store.get_or_claim`)."""
         store = self.store
+        token = os.urandom(16).hex()  # as unique as uuid4().hex, a third of the cost
         if check_first:
-            value = await store.get(record_key)
+            value, won = await store.get_or_claim(record_key, claim_key, token, self.lease_ttl)
             if value is not None:
                 return Outcome("record", value)
-        token = os.urandom(16).hex()  # as unique as uuid4().hex, a third of the cost
-        if await store.claim(claim_key, token, self.lease_ttl):
+        else:
+            won = await store.claim(claim_key, token, self.lease_ttl)
+        if won:
             return Outcome("leader", lease=Lease(store, claim_key, token, self.lease_ttl))
+        return await self.wait(claim_key, record_key)
+
+    async def wait(self, claim_key: str, record_key: str) -> Outcome:
+        """Wait for the holder of ``claim_key`` (a claim we just lost) to end its lease."""
+        store = self.store
         deadline = time.monotonic() + self.wait_timeout
         delay = self.poll_min
         async with store.subscribe(claim_key) as subscription:

@@ -14,7 +14,7 @@ import pytest
 from asgi_perf.config import ConfigError
 from asgi_perf.context import close_context, open_context
 from asgi_perf.dedup import DedupMiddleware
-from asgi_perf.stores import create_store
+from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
 from tests.support import Response, call, free_port, make_scope
 
 Scope = dict[str, Any]
@@ -213,6 +213,55 @@ async def test_chunked_body_and_disconnect_reach_the_app_unchanged() -> None:
         {"type": "http.request", "body": b"cd", "more_body": False},
         {"type": "http.disconnect"},
     ]
+
+
+async def test_http1_get_without_framing_headers_is_not_read_before_the_app() -> None:
+    """RFC 9112 §6.3: no Content-Length nor Transfer-Encoding on HTTP/1.x means no body, so
+    the app gets the server's own ``receive``; otherwise the body is read and fingerprinted."""
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+    pulled_before_app: list[int] = []
+    pulled = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def start(message: dict[str, Any]) -> None:
+        pass
+
+    original = app.__call__
+
+    async def counting(scope: Scope, receive_: Any, send: Any) -> None:
+        pulled_before_app.append(pulled)
+        await original(scope, receive_, send)
+
+    mw.app = counting
+    await mw(make_scope("GET", "/plain", query="a=1"), receive, start)
+    await mw(
+        make_scope("GET", "/plain", query="a=2", headers=[("Content-Length", "0")]), receive, start
+    )
+    h2 = make_scope("GET", "/plain", query="a=3", http_version="2")
+    await mw(h2, receive, start)
+    # the 1st: the app read it itself; the 2nd and 3rd: read by the middleware first
+    assert pulled_before_app == [0, 2, 3]
+    assert app.calls == 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "http_version"),
+    [([("Content-Length", "3")], "1.1"), ([("Transfer-Encoding", "chunked")], "1.1"), ([], "2")],
+)
+async def test_get_bodies_are_fingerprinted_when_the_request_has_one(
+    headers: list[tuple[str, str]], http_version: str
+) -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+    for body in (b"one", b"two", b"one"):
+        scope = make_scope("GET", "/g", headers=headers, http_version=http_version)
+        await call(mw, "GET", body=body, scope=scope)
+    assert app.calls == 2
 
 
 async def test_body_larger_than_limit_reaches_the_app_intact_and_is_not_buffered() -> None:
@@ -423,6 +472,81 @@ async def test_store_outage_fails_open(caplog: pytest.LogCaptureFixture) -> None
     outage = mw.stats()["outage"]
     assert outage["incidents"] == 1 and outage["failures"] == 4
     assert len([r for r in caplog.records if r.name == "asgi_perf.dedup"]) == 1  # logged once
+
+
+class UnreachableStore(MemoryStore):
+    """A store whose every call fails (a subclass of the memory store: the in-process fast
+    path must not bypass its overrides)."""
+
+    async def get_or_claim(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        raise StoreUnavailable("down")
+
+    async def get(self, key: str) -> bytes | None:
+        raise StoreUnavailable("down")
+
+
+async def test_failing_memory_store_subclass_fails_open() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, storage=UnreachableStore())
+    for _ in range(2):
+        assert (await call(mw, "GET", "/u")).status == 200
+        r = await call(mw, "POST", "/u", body=b"x", headers=[("Idempotency-Key", "k")])
+        assert r.status == 200
+    assert app.calls == 4
+    assert mw.stats()["outage"]["failures"] == 4
+
+
+async def test_header_names_in_any_case_are_fingerprinted() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+    for name in (b"Accept", b"ACCEPT", b"accept"):
+        for value in (b"text/html", b"application/json"):
+            scope = make_scope("GET", "/h")
+            scope["headers"] = [(name, value), (b"X-Other", b"1")]
+            await call(mw, "GET", scope=scope)
+    assert app.calls == 2  # one per Accept value, whatever the spelling of the name
+
+
+async def test_client_behind_trusted_proxy_is_told_apart() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, trusted_proxies="10.0.0.0/8")
+    direct = DedupMiddleware(CountingApp())
+    for who in ("192.0.2.1", "192.0.2.2", "192.0.2.1"):
+        headers = [("X-Forwarded-For", who)]
+        await call(mw, "GET", "/p", headers=headers, client=("10.0.0.1", 1))
+        await call(direct, "GET", "/p", headers=headers, client=("10.0.0.1", 1))
+    assert app.calls == 2  # the two clients behind the proxy
+    assert direct.app.calls == 1  # type: ignore[attr-defined]  # untrusted: the proxy's IP
+
+
+async def test_remembered_peer_identities_are_bounded() -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, window=0)
+    for i in range(4200):
+        await call(mw, "GET", "/b", client=(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 1))
+    assert app.calls == 4200
+    assert len(mw._peers) <= 4096
+
+
+async def test_redis_round_trips(redis_url: str, key_prefix: str) -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, storage=redis_url, key_prefix=key_prefix)
+    store: Any = mw.store
+    try:
+        counts = []
+        for method, headers in (("GET", []), ("POST", [("Idempotency-Key", "rt-1")])):
+            for _ in range(2):
+                before = store.round_trips
+                await call(mw, method, "/rt", headers=headers, body=b"b")
+                counts.append(store.round_trips - before)
+    finally:
+        await store.clear()
+        await store.close()
+    # non-duplicate: read-or-claim, fulfil; a hit: one read; the same with a key
+    assert counts == [2, 1, 2, 1]
+    assert app.calls == 2
 
 
 # -- across stores (memory, Redis, Redis Cluster) --------------------------------------------

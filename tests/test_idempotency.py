@@ -104,6 +104,32 @@ def test_fingerprint_parts_cannot_collide_by_concatenation() -> None:
     assert len(fingerprint([b"x"])) == 32
 
 
+RAW_PAIRS = [
+    ([b"ab", b"c"], [b"a", b"bc"]),
+    ([b"a", b""], [b"a"]),
+    ([b"a\0b", b"c"], [b"a", b"b\0c"]),
+    ([b"a\0", b"b"], [b"a", b"\0b"]),
+    ([b"\xff", b"x"], [b"\xc3\xbf", b"x"]),  # latin-1 text keeps every byte distinct
+]
+
+
+@pytest.mark.parametrize(("one", "other"), RAW_PAIRS)
+def test_raw_keys_are_injective(one: list[bytes], other: list[bytes]) -> None:
+    assert fingerprint(one, raw=True) != fingerprint(other, raw=True)
+    assert fingerprint(one, raw=True) == fingerprint(list(one), raw=True)
+
+
+@given(st.lists(st.binary(max_size=6), max_size=4), st.binary(max_size=4))
+def test_raw_key_never_equals_a_digest(parts: list[bytes], body: bytes) -> None:
+    raw = fingerprint(parts, body, raw=True)
+    digest = fingerprint(parts, body)
+    if body:  # a body is always hashed: the key stays small whatever the body's size
+        assert raw == digest
+    else:
+        assert raw != digest and raw[0] in "jr" and len(digest) == 32
+        assert all(c in "0123456789abcdef" for c in digest)
+
+
 @pytest.mark.parametrize(
     ("path", "patterns", "matches"),
     [

@@ -83,9 +83,39 @@ async def test_fulfil_stores_releases_and_wakes_waiters(store: Store) -> None:
     assert await store.claim("{f}claim", "next", ttl=5), "fulfil released the claim"
 
 
+async def test_get_or_claim_reads_the_record_or_claims_in_one_step(store: Store) -> None:
+    rounds = getattr(store, "round_trips", 0)
+    assert await store.get_or_claim("{g}rec", "{g}claim", "t1", ttl=5) == (None, True)
+    assert await store.holder("{g}claim") == "t1"
+    assert await store.get_or_claim("{g}rec", "{g}claim", "t2", ttl=5) == (None, False)
+    assert await store.holder("{g}claim") == "t1", "a lost claim leaves the holder alone"
+    if hasattr(store, "round_trips"):
+        assert store.round_trips - rounds == 4, "one round trip per get_or_claim"
+    await store.fulfil("{g}claim", "t1", "{g}rec", b"", ttl=5)  # an empty record is a record
+    assert await store.get_or_claim("{g}rec", "{g}claim", "t3", ttl=5) == (b"", False)
+    assert await store.holder("{g}claim") is None, "a record found claims nothing"
+    await store.set("{g}rec", b"1", ttl=5)  # a record that looks like the script's integers
+    assert await store.get_or_claim("{g}rec", "{g}claim", "t3", ttl=5) == (b"1", False)
+
+
+async def test_get_or_claim_claim_expires(store: Store) -> None:
+    assert await store.get_or_claim("{ge}rec", "{ge}claim", "t1", ttl=0.05) == (None, True)
+    await asyncio.sleep(0.12)
+    assert await store.get_or_claim("{ge}rec", "{ge}claim", "t2", ttl=5) == (None, True)
+
+
+async def test_hundred_concurrent_get_or_claims_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.get_or_claim("{gr}rec", "{gr}race", f"t{i}", ttl=5) for i in range(100))
+    )
+    assert [won for _, won in results].count(True) == 1
+    assert all(value is None for value, _ in results)
+
+
+# Not on Redis Cluster: its asyncio client has no pub/sub, so waiters there poll (documented;
+# test_subscription_times_out and the single-flight tests cover that path on the cluster).
+@pytest.mark.parametrize("store_url", ["memory", "redis"], indirect=True)
 async def test_subscription_hears_notify(store: Store) -> None:
-    if getattr(store, "cluster", False):
-        pytest.skip("Redis Cluster's asyncio client has no pub/sub: waiters poll (documented)")
     async with store.subscribe("{n}key") as sub:
         asyncio.get_running_loop().call_later(
             0.05, lambda: asyncio.ensure_future(store.notify("{n}key"))
@@ -135,6 +165,39 @@ async def test_clear_only_touches_own_prefix(store_url: str, key_prefix: str) ->
 
 
 # -- memory-only bounds -----------------------------------------------------------------------
+async def test_default_get_or_claim_for_stores_without_their_own() -> None:
+    store = MemoryStore()
+    get_or_claim = Store.get_or_claim  # the interface's default: get, then claim
+    assert await get_or_claim(store, "{d}rec", "{d}claim", "t1", 5) == (None, True)
+    assert await get_or_claim(store, "{d}rec", "{d}claim", "t2", 5) == (None, False)
+    await store.fulfil("{d}claim", "t1", "{d}rec", b"r", ttl=5)
+    assert await get_or_claim(store, "{d}rec", "{d}claim", "t3", 5) == (b"r", False)
+    assert await store.holder("{d}claim") is None
+
+
+async def test_memory_sync_operations_match_the_async_ones() -> None:
+    store = MemoryStore()
+    assert store.get_or_claim_nowait("{s}rec", "{s}claim", "t1", 5) == (None, True)
+    assert store.claim_nowait("{s}claim", "t2", 5) is False
+    assert store.release_nowait("{s}claim", "t2") is False
+    assert store.release_nowait("{s}claim", "t1") is True
+    assert store.claim_nowait("{s}claim", "t3", 5) is True
+    woke: list[bool] = []
+
+    async def waiter() -> None:
+        async with store.subscribe("{s}claim") as sub:
+            woke.append(await sub.wait(5))
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0.01)
+    store.fulfil_nowait("{s}claim", "t3", "{s}rec", b"v", ttl=5)
+    await asyncio.wait_for(task, 5)
+    assert woke == [True]
+    assert store.get_nowait("{s}rec") == b"v" and store._holder("{s}claim") is None
+    store.fulfil_nowait("{s}other", "nobody", "{s}rec2", b"w", ttl=5)  # no claim: still stored
+    assert store.get_or_claim_nowait("{s}rec2", "{s}other", "t4", 5) == (b"w", False)
+
+
 async def test_memory_store_bounded_by_bytes_and_entries() -> None:
     store = MemoryStore(max_entries=50, max_bytes=10_000)
     for i in range(1000):  # 10x max_bytes in values alone

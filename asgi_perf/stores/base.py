@@ -58,6 +58,22 @@ class Store(ABC):
     async def claim(self, key: str, token: str, ttl: float) -> bool:
         """Set ``key`` to ``token`` for ``ttl`` seconds only if absent; ``True`` if we won."""
 
+    async def get_or_claim(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        """The record at ``record_key`` if there is one (``(value, False)``), else try to
+        :meth:`claim` ``claim_key``: ``(None, True)`` if we won, ``(None, False)`` if not.
+
+        One atomic step and one round trip where the store can do it (a Lua script on
+        Redis: both keys must share a hash tag); this default is :meth:`get` then
+        :meth:`claim`, which is just as correct (a record appears only after its claim is
+        released, so a lost claim still means "wait for the record").
+        """
+        value = await self.get(record_key)
+        if value is not None:
+            return value, False
+        return None, await self.claim(claim_key, token, ttl)
+
     @abstractmethod
     async def holder(self, key: str) -> str | None:
         """The token holding claim ``key``, or ``None`` when it is free."""

@@ -2,6 +2,10 @@
 
 Every operation runs without an ``await`` in the middle, so it is atomic with respect to
 other tasks of the event loop; no lock is needed.
+
+The ``*_nowait`` methods (``get_nowait``, ``claim_nowait``, ``get_or_claim_nowait``,
+``release_nowait``, ``fulfil_nowait``) are those operations without the coroutine, for hot
+paths that know their store is this one.
 """
 
 from __future__ import annotations
@@ -62,13 +66,17 @@ class MemoryStore(Store):
         entry = self._data.pop(key, None)
         if entry is not None:
             self.bytes -= entry.size
-            for tag in entry.tags:
-                keys = self._tags.get(tag)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del self._tags[tag]
+            if entry.tags:
+                self._untag(key, entry.tags)
         return entry
+
+    def _untag(self, key: str, tags: tuple[str, ...]) -> None:
+        for tag in tags:
+            keys = self._tags.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._tags[tag]
 
     def _get(self, key: str) -> bytes | None:
         entry = self._data.get(key)
@@ -83,20 +91,27 @@ class MemoryStore(Store):
     async def get(self, key: str) -> bytes | None:
         return self._get(key)
 
+    #: ``get`` without the coroutine, for hot paths that know the store is in-process.
+    get_nowait = _get
+
     def _set(self, key: str, value: bytes, ttl: float | None, tags: Iterable[str]) -> None:
-        self._drop(key)
+        data = self._data
+        if key in data:
+            self._drop(key)
         size = len(key) + len(value) + _OVERHEAD
         if size > self.max_bytes or self.max_entries < 1:
             return  # could never fit: storing it would evict everything for nothing
-        tag_tuple = tuple(tags)
+        tag_tuple = tuple(tags) if tags else ()
         expires = time.monotonic() + ttl if ttl else 0.0
-        self._data[key] = _Entry(value, expires, tag_tuple, size)
+        data[key] = _Entry(value, expires, tag_tuple, size)
         self.bytes += size
         for tag in tag_tuple:
             self._tags.setdefault(tag, set()).add(key)
-        while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
-            oldest = next(iter(self._data))
-            self._drop(oldest)
+        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+            oldest, entry = data.popitem(last=False)  # the least recently used
+            self.bytes -= entry.size
+            if entry.tags:
+                self._untag(oldest, entry.tags)
             self.evictions += 1
 
     async def set(
@@ -122,15 +137,36 @@ class MemoryStore(Store):
             return None
         return held[0]
 
-    async def claim(self, key: str, token: str, ttl: float) -> bool:
-        if self._holder(key) is not None:
+    def claim_nowait(self, key: str, token: str, ttl: float) -> bool:
+        """:meth:`claim` without the coroutine (in-process hot paths)."""
+        claims = self._claims
+        now = time.monotonic()
+        held = claims.get(key)
+        if held is not None and held[1] > now:
             return False
-        if len(self._claims) >= 10_000:  # leaders that died without releasing: drop expired
-            now = time.monotonic()
-            for stale in [k for k, (_, exp) in self._claims.items() if exp <= now]:
-                del self._claims[stale]
-        self._claims[key] = (token, time.monotonic() + ttl)
+        if len(claims) >= 10_000:  # leaders that died without releasing: drop expired
+            for stale in [k for k, (_, exp) in claims.items() if exp <= now]:
+                del claims[stale]
+        claims[key] = (token, now + ttl)
         return True
+
+    async def claim(self, key: str, token: str, ttl: float) -> bool:
+        return self.claim_nowait(key, token, ttl)
+
+    def get_or_claim_nowait(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        """:meth:`get_or_claim` without the coroutine."""
+        if record_key in self._data:
+            value = self._get(record_key)
+            if value is not None:
+                return value, False
+        return None, self.claim_nowait(claim_key, token, ttl)
+
+    async def get_or_claim(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        return self.get_or_claim_nowait(record_key, claim_key, token, ttl)
 
     async def holder(self, key: str) -> str | None:
         return self._holder(key)
@@ -147,15 +183,28 @@ class MemoryStore(Store):
         del self._claims[key]
         return True
 
-    async def release(self, key: str, token: str) -> bool:
+    def release_nowait(self, key: str, token: str) -> bool:
+        """:meth:`release` without the coroutine."""
         released = self._release(key, token)
         self._notify(key)
         return released
 
-    async def fulfil(self, key: str, token: str, record_key: str, value: bytes, ttl: float) -> None:
+    async def release(self, key: str, token: str) -> bool:
+        return self.release_nowait(key, token)
+
+    def fulfil_nowait(
+        self, key: str, token: str, record_key: str, value: bytes, ttl: float
+    ) -> None:
+        """:meth:`fulfil` without the coroutine."""
         self._set(record_key, value, ttl, ())
-        self._release(key, token)
-        self._notify(key)
+        held = self._claims.get(key)
+        if held is not None and held[0] == token:
+            del self._claims[key]
+        if key in self._subs:
+            self._notify(key)
+
+    async def fulfil(self, key: str, token: str, record_key: str, value: bytes, ttl: float) -> None:
+        self.fulfil_nowait(key, token, record_key, value, ttl)
 
     # -- notifications ---------------------------------------------------------------------
     def _notify(self, key: str) -> None:

@@ -1,7 +1,8 @@
 """The distributed store on Redis or Valkey (``redis.asyncio``): one round trip per operation.
 
-- Compound operations are Lua scripts (``release``, ``renew``, ``fulfil``) or one pipeline
-  (``set`` with its tag and prefix indexes), so each costs one round trip on a single node.
+- Compound operations are Lua scripts (``get_or_claim``, ``release``, ``renew``, ``fulfil``)
+  or one pipeline (``set`` with its tag and prefix indexes), so each costs one round trip on
+  a single node.
 - The client is created lazily, on first use inside the running event loop, and every
   connection error or timeout becomes :class:`StoreUnavailable`.
 - Waiters hear ``fulfil``/``release`` through one shared pub/sub connection per store, and
@@ -20,7 +21,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..config import ConfigError
 from .base import Store, StoreUnavailable, Subscription
@@ -53,6 +54,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 redis.call('PUBLISH', ARGV[2], '1')
 return 1
+"""
+
+# The record if there is one, else 1 (claim won) or 0 (claim held by another): one round trip.
+_GET_OR_CLAIM = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  return value
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX') then
+  return 1
+end
+return 0
 """
 
 _URL_SCHEMES = ("redis", "rediss", "redis+cluster", "redis+sentinel", "unix")
@@ -199,7 +212,15 @@ def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
-        return aredis.Redis.from_url(url, **common), False
+        # A blocking pool: past ``max_connections`` (default 200, or ``?max_connections=`` in
+        # the URL) a call queues for a connection, as long as a connect may take. redis-py's
+        # default pool raises at once at 100, which turns a burst of traffic into an "outage".
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "prefix"]
+        client_url = urlunsplit(parts._replace(query=urlencode(query)))
+        pool = aredis.BlockingConnectionPool.from_url(
+            client_url, max_connections=200, timeout=common["socket_connect_timeout"], **common
+        )
+        return aredis.Redis.from_pool(pool), False  # the client owns (and closes) the pool
     hosts = _parse_hosts(url)
     password = unquote(parts.password) if parts.password else None
     username = unquote(parts.username) if parts.username else None
@@ -362,6 +383,17 @@ class RedisStore(Store):
         px = max(1, int(ttl * 1000))
         won = await self.call(lambda: client.set(self.prefix + key, token, px=px, nx=True))
         return bool(won)
+
+    async def get_or_claim(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        script = self.script(_GET_OR_CLAIM)
+        keys = [self.prefix + record_key, self.prefix + claim_key]
+        args = [token, max(1, int(ttl * 1000))]
+        result = await self.call(lambda: script(keys=keys, args=args))
+        if isinstance(result, bytes):
+            return result, False
+        return None, result == 1
 
     async def holder(self, key: str) -> str | None:
         client = self.client
