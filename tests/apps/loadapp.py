@@ -1,0 +1,121 @@
+"""The app ``tests/test_load.py`` puts under load: every middleware on, store from the environment.
+
+Served as ``tests.apps.loadapp:app`` by ``uvicorn --workers 2``. Environment:
+
+- ``LOADAPP_STORAGE_URL`` (else ``REDIS_URL``, else ``memory://``): the shared store;
+- ``LOADAPP_KEY_PREFIX`` (default ``asgi_perf_load:``): every Redis key goes under it.
+
+Routes, one per kind of traffic the middlewares treat differently. Every response the app
+makes carries ``X-Checksum``, the sha256 of its *uncompressed* body, computed before any
+middleware touched it, so the client can verify every byte it decodes:
+
+- ``GET /cache/<n>``: 2 KB JSON, ``public, max-age=60``: served from the cache after the first;
+- ``GET /limited``: limited to 50 per second per client by a rate-limit rule (429s expected);
+- ``GET /dedup/<n>``: takes 20 ms, ``no-cache`` (the cache does not keep it), so identical
+  requests in flight are collapsed by dedup;
+- ``GET /compress``: 12 KB JSON, ``no-store``: compressed on every request;
+- ``GET /stream``: five chunks with a pause between them (compressed chunk by chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any
+
+import orjson
+
+import asgi_perf
+
+DOCS = {
+    n: orjson.dumps({"doc": n, "items": [{"id": i, "name": f"item {n}-{i}"} for i in range(60)]})
+    for n in range(50)
+}
+LARGE = orjson.dumps([{"id": i, "name": f"row {i}", "tags": ["a", "b", "c"]} for i in range(300)])
+STREAM = [(f"event {i}: " + "x" * 400 + "\n").encode() for i in range(5)]
+STREAM_SUM = hashlib.sha256(b"".join(STREAM)).hexdigest().encode()
+
+
+def checksum(body: bytes) -> bytes:
+    return hashlib.sha256(body).hexdigest().encode()
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _respond(send: Any, body: bytes, cache_control: bytes, status: int = 200) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", cache_control),
+                (b"x-checksum", checksum(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    path: str = scope["path"]
+    head, _, tail = path[1:].partition("/")
+    if head == "cache" and tail.isdigit() and int(tail) in DOCS:
+        await _respond(send, DOCS[int(tail)], b"public, max-age=60")
+    elif head == "limited":
+        await _respond(send, b'{"limited": true}', b"no-store")
+    elif head == "dedup" and tail.isdigit():
+        await asyncio.sleep(0.02)
+        await _respond(send, DOCS[int(tail) % 50], b"no-cache")
+    elif head == "compress":
+        await _respond(send, LARGE, b"no-store")
+    elif head == "stream":
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/plain"),
+                    (b"cache-control", b"no-store"),
+                    (b"x-checksum", STREAM_SUM),
+                ],
+            }
+        )
+        for chunk in STREAM:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await asyncio.sleep(0.001)
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await _respond(send, b'{"error": "not found"}', b"no-store", 404)
+
+
+ENV = {
+    "ASGI_PERF_STORAGE_URL": os.environ.get("LOADAPP_STORAGE_URL")
+    or os.environ.get("REDIS_URL")
+    or "memory://",
+    "ASGI_PERF_KEY_PREFIX": os.environ.get("LOADAPP_KEY_PREFIX", "asgi_perf_load:"),
+    "ASGI_PERF_RATE_LIMIT_ENABLED": "true",
+    "ASGI_PERF_RATE_LIMIT": "100000000/minute",
+    "ASGI_PERF_RATE_LIMIT_RULES": "GET /limited=50/second",
+    # The load generator saturates this machine's cores itself: a 50 ms store deadline (the
+    # production default) would turn CPU starvation into "outages". Real ones still show.
+    "ASGI_PERF_RATE_LIMIT_STORAGE_TIMEOUT": "1s",
+    "ASGI_PERF_DEDUP_ENABLED": "true",
+    "ASGI_PERF_CACHE_ENABLED": "true",
+    "ASGI_PERF_QUERIES_ENABLED": "true",
+    "ASGI_PERF_SLOW_REQUEST_THRESHOLD": "30",
+}
+app = asgi_perf.from_env(bare, environ=ENV)
