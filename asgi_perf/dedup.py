@@ -100,7 +100,7 @@ from .idempotency import (
     parse_idempotency_key,
     path_matches,
 )
-from .identity import ClientIP, default_user_key
+from .identity import PROXY_HEADER_ENV, ClientIP, default_user_key
 from .outage import Outage
 from .recording import RecordedResponse, ResponseRecorder, encode_response
 from .singleflight import Lease, SingleFlight
@@ -191,6 +191,7 @@ class DedupMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_IDEMPOTENCY_TTL", "idempotency_ttl", _positive_duration),
         EnvVar("ASGI_PERF_IDEMPOTENCY_REQUIRED", "require_idempotency_key", _paths),
         EnvVar("ASGI_PERF_TRUSTED_PROXIES", "trusted_proxies", to_list),
+        PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_KEY_PREFIX", "key_prefix", lambda v, n: v.strip()),
     )
 
@@ -203,6 +204,7 @@ class DedupMiddleware(EnvConfigurable):
         storage: str | Store = "memory://",
         identity: Callable[[Scope], str | None] | None = None,
         trusted_proxies: Iterable[str] | str = (),
+        proxy_header: str = "x-forwarded-for",
         idempotency_header: str | None = "Idempotency-Key",
         require_idempotency_key: Iterable[str] | str = (),
         idempotency_ttl: float | str = 86400.0,
@@ -218,7 +220,7 @@ class DedupMiddleware(EnvConfigurable):
         if identity is not None and not callable(identity):
             raise ConfigError("identity", identity, "a callable scope -> str | None, or None")
         self.identity = identity or default_user_key
-        self.client_ip = ClientIP(trusted_proxies)
+        self.client_ip = ClientIP(trusted_proxies, proxy_header=proxy_header)
         label = _header_name(idempotency_header, "idempotency_header")
         self.header_label = label or "Idempotency-Key"
         self.idempotency_header = None if label is None else label.lower().encode("ascii")
