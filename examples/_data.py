@@ -10,7 +10,14 @@ import os
 import tempfile
 
 from sqlalchemy import ForeignKey, String, create_engine, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+)
 
 from asgi_perf.queries import instrument_sqlalchemy
 
@@ -36,7 +43,9 @@ class Book(Base):
     author: Mapped[Author] = relationship(back_populates="books")
 
 
-_path = os.environ.get("EXAMPLE_DB") or os.path.join(tempfile.gettempdir(), f"asgi-perf-example-{os.getpid()}.db")
+_path = os.environ.get("EXAMPLE_DB") or os.path.join(
+    tempfile.gettempdir(), f"asgi-perf-example-{os.getpid()}.db"
+)
 engine = create_engine(f"sqlite:///{_path}", connect_args={"check_same_thread": False})
 instrument_sqlalchemy(engine)
 Base.metadata.drop_all(engine)

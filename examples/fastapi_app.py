@@ -22,7 +22,9 @@ from examples._auth import BearerUser
 from examples._data import authors_eager, authors_lazy
 
 api = FastAPI(title="asgi-perf example")
-ITEMS = [{"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 1.25} for i in range(200)]
+ITEMS = [
+    {"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 1.25} for i in range(200)
+]
 
 
 def current_user(request: Request) -> str | None:
@@ -68,7 +70,9 @@ async def events() -> StreamingResponse:
 
 
 @api.post("/orders")
-async def orders(order: dict[str, Any], me: Annotated[str | None, Depends(current_user)]) -> dict[str, Any]:
+async def orders(
+    order: dict[str, Any], me: Annotated[str | None, Depends(current_user)]
+) -> dict[str, Any]:
     await asyncio.sleep(0.05)  # work worth not doing twice
     return {"created": True, "order": order, "by": me}
 

@@ -17,7 +17,9 @@ from asgi_perf import CompressionMiddleware
 from asgi_perf.contrib.litestar import AsgiPerfPlugin
 from examples._data import authors_eager, authors_lazy
 
-ITEMS = [{"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 1.25} for i in range(200)]
+ITEMS = [
+    {"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 1.25} for i in range(200)
+]
 
 
 @get("/")

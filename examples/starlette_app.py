@@ -1,6 +1,6 @@
 """Starlette with the full asgi-perf stack from the environment.
 
-    uvicorn examples.starlette_app:app --env-file examples/.env.example
+uvicorn examples.starlette_app:app --env-file examples/.env.example
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import asgi_perf
 from examples._auth import BearerUser
 from examples._data import authors_eager, authors_lazy
 
-ITEMS = [{"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 1.25} for i in range(200)]
+ITEMS = [
+    {"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 1.25} for i in range(200)
+]
 
 
 async def index(request: Request) -> JSONResponse:

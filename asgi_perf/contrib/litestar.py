@@ -18,7 +18,7 @@ __all__ = ["AsgiPerfPlugin"]
 
 
 class AsgiPerfPlugin:
-    """An ``InitPluginProtocol`` plugin adding the ``from_env`` stack as the outermost middleware."""
+    """An ``InitPluginProtocol`` plugin: the ``from_env`` stack as the outermost middleware."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = environ
