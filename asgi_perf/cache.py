@@ -124,6 +124,7 @@ from .cache_rules import (
     vary_names,
 )
 from .config import (
+    KEY_PREFIX_ENV,
     ConfigError,
     EnvConfigurable,
     EnvVar,
@@ -476,7 +477,7 @@ class CacheMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_CACHE_HIT_FOR_MISS_TTL", "hit_for_miss_ttl", _positive),
         EnvVar("ASGI_PERF_CACHE_LOCAL_TTL", "local_ttl", to_duration),
         EnvVar("ASGI_PERF_CACHE_BYPASS_HEADERS", "bypass_headers", to_list),
-        EnvVar("ASGI_PERF_KEY_PREFIX", "key_prefix", lambda v, n: v.strip()),
+        KEY_PREFIX_ENV,
     )
 
     def __init__(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
+    "KEY_PREFIX_ENV",
     "ConfigError",
     "EnvConfigurable",
     "EnvVar",
@@ -214,6 +215,9 @@ class EnvVar:
     option: str
     convert: Callable[[str, str], Any]
 
+
+#: The variable every store-backed middleware reads for its ``key_prefix``.
+KEY_PREFIX_ENV = EnvVar("ASGI_PERF_KEY_PREFIX", "key_prefix", lambda v, n: v.strip())
 
 M = TypeVar("M", bound="EnvConfigurable")
 

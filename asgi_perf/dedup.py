@@ -82,6 +82,7 @@ from . import stats as _stats
 from .asgi import ASGIApp, Headers, Message, Receive, Scope, Send, problem_body, send_response
 from .body import BufferedBody, prepend, read_body
 from .config import (
+    KEY_PREFIX_ENV,
     ConfigError,
     EnvConfigurable,
     EnvVar,
@@ -192,7 +193,7 @@ class DedupMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_IDEMPOTENCY_REQUIRED", "require_idempotency_key", _paths),
         EnvVar("ASGI_PERF_TRUSTED_PROXIES", "trusted_proxies", to_list),
         PROXY_HEADER_ENV,
-        EnvVar("ASGI_PERF_KEY_PREFIX", "key_prefix", lambda v, n: v.strip()),
+        KEY_PREFIX_ENV,
     )
 
     def __init__(

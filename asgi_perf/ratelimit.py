@@ -58,6 +58,7 @@ import orjson
 from . import stats
 from .asgi import ASGIApp, Headers, Message, Receive, Scope, Send, problem_body, send_response
 from .config import (
+    KEY_PREFIX_ENV,
     ConfigError,
     EnvConfigurable,
     EnvVar,
@@ -280,7 +281,7 @@ class RateLimitMiddleware(EnvConfigurable):
         ),
         EnvVar("ASGI_PERF_RATE_LIMIT_STORAGE_TIMEOUT", "storage_timeout", to_duration),
         EnvVar("ASGI_PERF_RATE_LIMIT_DEFER", "defer", to_bool),
-        EnvVar("ASGI_PERF_KEY_PREFIX", "key_prefix", lambda v, n: v.strip()),
+        KEY_PREFIX_ENV,
     )
 
     def __init__(
