@@ -1,0 +1,155 @@
+"""The in-process ASGI driver: calls an app directly, no network, no server.
+
+Sequential requests on one event loop; what is timed is the whole ``await app(scope, receive,
+send)`` including building the scope, so the bare app pays the same driver cost as every
+middleware and the difference is the middleware's own cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Request", "Response", "count_redis_round_trips", "one", "timed"]
+
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the driver sends; ``unique`` appends ``n=<counter>`` so no two requests share a key."""
+
+    method: str = "GET"
+    path: str = "/r"
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    unique: bool = False
+    client: tuple[str, int] = ("10.1.2.3", 40000)
+
+    def scope_factory(self) -> Callable[[int], dict[str, Any]]:
+        """A function ``n -> scope`` that does as little as possible per call."""
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
+        base: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": self.method,
+            "scheme": "http",
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "query_string": self.query.encode(),
+            "root_path": "",
+            "client": self.client,
+            "server": ("bench", 80),
+        }
+        query = self.query.encode()
+        sep = b"&" if query else b""
+        unique = self.unique
+
+        def make(n: int) -> dict[str, Any]:
+            scope = base.copy()
+            scope["headers"] = headers.copy()
+            scope["state"] = {}
+            scope["extensions"] = {}
+            if unique:
+                scope["query_string"] = b"%s%sn=%d" % (query, sep, n)
+            return scope
+
+        return make
+
+
+@dataclass
+class Response:
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    chunks: int = 0
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode()
+        for k, v in self.headers:
+            if k.lower() == wanted:
+                return v.decode("latin-1")
+        return None
+
+
+def _receiver(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # a client that stays connected; never returns
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+async def one(app: ASGIApp, request: Request, n: int = 0) -> Response:
+    """One request with everything the response held (for checks, not for timing)."""
+    response = Response()
+    parts: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            response.status = message["status"]
+            response.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            parts.append(bytes(message.get("body", b"")))
+            response.chunks += 1
+
+    await app(request.scope_factory()(n), _receiver(request.body), send)
+    response.body = b"".join(parts)
+    return response
+
+
+async def timed(
+    app: ASGIApp, request: Request, count: int, start: int = 0, collect: bool = True
+) -> float:
+    """Seconds per request over ``count`` sequential requests."""
+    make = request.scope_factory()
+    body = request.body
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    if collect:
+        gc.collect()  # garbage of the previous segment is not this one's cost
+    t0 = time.perf_counter()
+    for n in range(start, start + count):
+        await app(make(n), _receiver(body), send)
+    return (time.perf_counter() - t0) / count
+
+
+class count_redis_round_trips:
+    """Counts redis-py asyncio round trips (one per ``send_packed_command``: a pipeline is one)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: Any = None
+
+    def __enter__(self) -> count_redis_round_trips:
+        from redis.asyncio.connection import AbstractConnection
+
+        self._saved = AbstractConnection.send_packed_command
+        original = self._saved
+        counter = self
+
+        async def send_packed_command(conn: Any, command: Any, check_health: bool = True) -> None:
+            counter.count += 1
+            await original(conn, command, check_health)
+
+        AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from redis.asyncio.connection import AbstractConnection
+
+        AbstractConnection.send_packed_command = self._saved  # type: ignore[method-assign]

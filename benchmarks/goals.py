@@ -1,0 +1,363 @@
+"""The goal table of ``spec/benchmarks.md``, one row per checkable figure, and how each is
+computed from the measurements of the same run.
+
+Kinds of figure:
+- ``overhead_ratio``: our overhead (time added to the bare app) / the peer's overhead;
+- ``time_ratio``: our total time per request / the peer's;
+- ``floors``: our overhead / the floor middleware's overhead (in-process, same scenario);
+- ``ping``: our overhead / the ``PING`` floor's overhead (one Redis round trip), same scenario;
+- ``round_trips``: Redis round trips per request;
+- ``size_ratio``: our output bytes / the peer's;
+- ``rps_ratio``: requests/second over HTTP / the bare app's, same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .http import HTTPResult
+from .inprocess import VariantResult
+
+__all__ = ["GOALS", "Goal", "GoalResult", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Goal:
+    id: str
+    scenario: str  # the row of the spec's table
+    goal: str
+    kind: str
+    limit: float
+    at_most: bool  # measured ≤ limit (else ≥)
+    where: str  # in-process scenario id, or "http"
+    ours: str  # variant / config name
+    other: str = ""  # the peer or reference variant
+
+
+@dataclass
+class GoalResult:
+    id: str
+    scenario: str
+    goal: str
+    measured: float | None
+    unit: str
+    met: bool | None  # None: could not be measured
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+G, B, Z = "asgi_perf gzip", "asgi_perf br", "asgi_perf zstd"
+GOALS: list[Goal] = [
+    Goal(
+        "gzip-time",
+        "compression, 12 KB JSON, gzip",
+        "≤ 0.6 x Starlette GZipMiddleware(6) time",
+        "overhead_ratio",
+        0.6,
+        True,
+        "compress-12k-gzip",
+        G,
+        "Starlette GZipMiddleware(6)",
+    ),
+    Goal(
+        "gzip-size",
+        "compression, 12 KB JSON, gzip",
+        "output within 3% of GZipMiddleware(6)'s size",
+        "size_ratio",
+        1.03,
+        True,
+        "compress-12k-gzip",
+        G,
+        "Starlette GZipMiddleware(6)",
+    ),
+    Goal(
+        "zstd-time",
+        "compression, 12 KB JSON, zstd",
+        "≤ 0.9 x starlette-compress, zstd level 3",
+        "overhead_ratio",
+        0.9,
+        True,
+        "compress-12k-zstd",
+        Z,
+        "starlette-compress zstd",
+    ),
+    Goal(
+        "br-time",
+        "compression, 12 KB JSON, br",
+        "≤ 0.9 x starlette-compress, brotli quality 4",
+        "overhead_ratio",
+        0.9,
+        True,
+        "compress-12k-br",
+        B,
+        "starlette-compress br",
+    ),
+    Goal(
+        "compress-skip-tiny",
+        "compression not applied (200 B body), in-process",
+        "overhead ≤ 1.5 floors",
+        "floors",
+        1.5,
+        True,
+        "compress-skip-tiny",
+        "asgi_perf compression",
+    ),
+    Goal(
+        "compress-skip-noae",
+        "compression not applied (no Accept-Encoding), in-process",
+        "overhead ≤ 1.5 floors",
+        "floors",
+        1.5,
+        True,
+        "compress-skip-noae",
+        "asgi_perf compression",
+    ),
+    Goal(
+        "ratelimit-vs-asgi-ratelimit",
+        "rate limit, memory store, in-process",
+        "≤ 0.5 x asgi-ratelimit (memory backend)",
+        "overhead_ratio",
+        0.5,
+        True,
+        "ratelimit-allow-raw",
+        "asgi_perf fixed-window",
+        "asgi-ratelimit",
+    ),
+    Goal(
+        "ratelimit-vs-slowapi",
+        "rate limit, memory store, in-process",
+        "≤ 0.25 x slowapi",
+        "overhead_ratio",
+        0.25,
+        True,
+        "ratelimit-allow-memory",
+        "asgi_perf fixed-window",
+        "slowapi (ASGI middleware)",
+    ),
+    Goal(
+        "ratelimit-redis-time",
+        "rate limit, Redis store",
+        "≤ 1.3 x one Redis PING round trip over the bare app",
+        "ping",
+        1.3,
+        True,
+        "ratelimit-allow-redis",
+        "asgi_perf fixed-window",
+        "Redis PING floor",
+    ),
+    Goal(
+        "ratelimit-redis-trips",
+        "rate limit, Redis store",
+        "exactly 1 round trip per check",
+        "round_trips",
+        1.0,
+        True,
+        "ratelimit-allow-redis",
+        "asgi_perf fixed-window",
+    ),
+    Goal(
+        "cache-hit-floors",
+        "cache hit, memory store, in-process",
+        "total ≤ bare trivial app + 2 floors",
+        "floors",
+        2.0,
+        True,
+        "cache-hit-memory",
+        "asgi_perf cache hit",
+    ),
+    Goal(
+        "cache-hit-vs-fastapi-cache2",
+        "cache hit, memory store, in-process",
+        "≤ 0.5 x fastapi-cache2 hit, same FastAPI route",
+        "time_ratio",
+        0.5,
+        True,
+        "cache-hit-fastapi",
+        "asgi_perf cache hit",
+        "fastapi-cache2 hit (InMemoryBackend)",
+    ),
+    Goal(
+        "cache-hit-redis-trips",
+        "cache hit, Redis store",
+        "one round trip",
+        "round_trips",
+        1.0,
+        True,
+        "cache-hit-redis",
+        "asgi_perf cache hit",
+    ),
+    Goal(
+        "dedup-floors",
+        "dedup, non-duplicate request, memory store, in-process",
+        "overhead ≤ 4 floors",
+        "floors",
+        4.0,
+        True,
+        "dedup-memory",
+        "asgi_perf dedup",
+    ),
+    Goal(
+        "timing-floors",
+        "timing without OpenTelemetry, in-process",
+        "overhead ≤ 2 floors",
+        "floors",
+        2.0,
+        True,
+        "timing",
+        "asgi_perf timing",
+    ),
+    Goal(
+        "timing-otel",
+        "timing with OpenTelemetry SDK on",
+        "overhead ≤ 0.25 x opentelemetry-instrumentation-asgi",
+        "overhead_ratio",
+        0.25,
+        True,
+        "timing-otel",
+        "asgi_perf timing + OTel SDK",
+        "opentelemetry-instrumentation-asgi",
+    ),
+    Goal(
+        "queries-floors",
+        "query middleware, request with no queries, in-process",
+        "overhead ≤ 2 floors",
+        "floors",
+        2.0,
+        True,
+        "queries",
+        "asgi_perf queries",
+    ),
+    *[
+        Goal(
+            f"http-{name}",
+            f"{name} alone, passthrough, over HTTP (uvicorn, 200 B)",
+            "≥ 0.95 x bare requests/s",
+            "rps_ratio",
+            0.95,
+            False,
+            "http",
+            name,
+        )
+        for name in ("compression", "ratelimit", "dedup", "cache", "timing", "queries")
+    ],
+    Goal(
+        "http-stack",
+        "full stack, recommended order, memory store, over HTTP (uvicorn, 200 B)",
+        "≥ 0.8 x bare requests/s",
+        "rps_ratio",
+        0.8,
+        False,
+        "http",
+        "stack",
+    ),
+]
+
+UNITS = {
+    "overhead_ratio": "x peer overhead",
+    "time_ratio": "x peer time",
+    "floors": "floors",
+    "ping": "x PING",
+    "round_trips": "round trips",
+    "size_ratio": "x peer size",
+    "rps_ratio": "x bare req/s",
+}
+
+
+def evaluate(
+    goals: list[Goal], variants: list[VariantResult], http: list[HTTPResult]
+) -> list[GoalResult]:
+    index = {(v.scenario, v.name): v for v in variants}
+    http_index = {r.config: r for r in http if r.server == "uvicorn"}
+    out = []
+    for goal in goals:
+        try:
+            value, detail = _measure(goal, index, http_index)
+        except _Missing as exc:
+            value, detail = None, str(exc)
+        met = (
+            None
+            if value is None
+            else (value <= goal.limit if goal.at_most else value >= goal.limit)
+        )
+        if goal.kind == "round_trips" and value is not None:
+            met = abs(value - goal.limit) < 0.05
+        out.append(
+            GoalResult(goal.id, goal.scenario, goal.goal, value, UNITS[goal.kind], met, detail)
+        )
+    return out
+
+
+class _Missing(Exception):
+    pass
+
+
+def _get(index: dict[Any, Any], key: Any, label: str) -> Any:
+    item = index.get(key)
+    if item is None:
+        raise _Missing(f"{label}: not run")
+    if item.status != "ok":
+        raise _Missing(f"{label}: {item.status}" + (f" ({item.reason})" if item.reason else ""))
+    return item
+
+
+def _measure(
+    goal: Goal, index: dict[Any, VariantResult], http: dict[str, HTTPResult]
+) -> tuple[float, str]:
+    if goal.kind == "rps_ratio":
+        r = _get(http, goal.ours, goal.ours)
+        if r.ratio is None:
+            raise _Missing("no HTTP rounds")
+        flag = (
+            " (load generator CPU-bound: ratio understates the cost)"
+            if (r.client_cpu or 0) > 0.9
+            else ""
+        )
+        return r.ratio, f"{r.rps:.0f} vs {r.bare_rps:.0f} req/s{flag}"
+    ours: VariantResult = _get(index, (goal.where, goal.ours), goal.ours)
+    fns: dict[str, Callable[[], tuple[float, str]]] = {
+        "overhead_ratio": lambda: _ratio(
+            ours, _get(index, (goal.where, goal.other), goal.other), True
+        ),
+        "time_ratio": lambda: _ratio(
+            ours, _get(index, (goal.where, goal.other), goal.other), False
+        ),
+        "size_ratio": lambda: _size(ours, _get(index, (goal.where, goal.other), goal.other)),
+        "floors": lambda: _floors(ours),
+        "ping": lambda: _ratio(ours, _get(index, (goal.where, goal.other), goal.other), True),
+        "round_trips": lambda: _trips(ours),
+    }
+    return fns[goal.kind]()
+
+
+def _ratio(ours: VariantResult, other: VariantResult, overhead: bool) -> tuple[float, str]:
+    a, b = (ours.overhead_us, other.overhead_us) if overhead else (ours.us, other.us)
+    if a is None or b is None:
+        raise _Missing("not timed")
+    if b <= 0:
+        raise _Missing(f"{other.name}: overhead {b:.2f} µs, too small to divide by")
+    what = "overhead" if overhead else "per request"
+    return a / b, f"{what} {a:.1f} µs vs {b:.1f} µs"
+
+
+def _size(ours: VariantResult, other: VariantResult) -> tuple[float, str]:
+    if not ours.body_bytes or not other.body_bytes:
+        raise _Missing("no body sizes")
+    return ours.body_bytes / other.body_bytes, f"{ours.body_bytes} vs {other.body_bytes} bytes"
+
+
+def _floors(ours: VariantResult) -> tuple[float, str]:
+    if ours.overhead_us is None:
+        raise _Missing("not timed")
+    if ours.floors is None or ours.floor_us is None:
+        raise _Missing("floor overhead not measured")
+    return ours.floors, f"overhead {ours.overhead_us:.2f} µs, floor {ours.floor_us:.2f} µs"
+
+
+def _trips(ours: VariantResult) -> tuple[float, str]:
+    if ours.round_trips is None:
+        raise _Missing("round trips not counted")
+    return ours.round_trips, f"{ours.round_trips:.2f} per request (redis-py commands sent)"

@@ -1,0 +1,991 @@
+"""The in-process scenarios: for each, a bare app and the variants measured against it.
+
+Every asgi_perf middleware and every peer is imported lazily when its variant is built, so a
+module that is missing (not written yet, extra not installed) turns its rows into "not available"
+instead of stopping the run. Each variant has a ``check``: the benchmark sends one request and
+verifies the variant really does the job it is timed for (the body was compressed, the hit was a
+hit, the refusal a 429) before timing it; a failed check is reported, never timed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import inspect
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import apps
+from .apps import BODIES
+from .driver import Request, Response
+from .floor import FloorMiddleware, PingMiddleware
+
+__all__ = [
+    "Context",
+    "Scenario",
+    "Unavailable",
+    "Variant",
+    "build_scenarios",
+    "from_env",
+    "stack_environ",
+]
+
+Check = Callable[[Response], "str | None"]
+Builder = Callable[["Context"], Any]
+
+HUGE = "1000000000/hour"  # a limit the benchmark never reaches: every request is allowed
+ALL_CODINGS = "gzip, deflate, br, zstd"
+NO_STORE = ((b"cache-control", b"no-store"),)  # the HTTP mode's passthrough response
+
+
+class Unavailable(Exception):
+    """A variant that cannot be built here (module missing, peer not installed, no Redis)."""
+
+
+@dataclass
+class Context:
+    redis_url: str | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    scenario: str = ""  # set by the runner: each scenario gets its own keys
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        """Every Redis key the benchmark writes contains this (cleanup deletes ``*<run_id>*``)."""
+        return f"asgi_perf_bench:{self.run_id}:{self.scenario}:"
+
+    def redis_client(self) -> Any:
+        if not self.redis_url:
+            raise Unavailable("no --redis URL")
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(self.redis_url)
+        self.closers.append(client.aclose)
+        return client
+
+
+@dataclass
+class Variant:
+    name: str
+    role: str  # bare | floor | ping | ours | peer
+    build: Builder
+    check: Check | None = None
+    prime: int = 0  # requests sent before the check (fill a cache, use up a limit)
+    round_trips: bool = False  # count Redis round trips per request
+    note: str = ""
+
+
+@dataclass
+class Scenario:
+    id: str
+    title: str
+    request: Request
+    variants: list[Variant]  # variants[0] is the bare app
+    needs_redis: bool = False
+
+
+# -- building blocks ------------------------------------------------------------------------------
+def _import(module: str, name: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise Unavailable(f"{module}.{name} not importable: {exc}") from exc
+
+
+def ours(module: str, cls: str, app: Builder, **options: Any) -> Builder:
+    """An asgi_perf middleware around ``app``; options it does not accept are an API mismatch."""
+
+    def build(ctx: Context) -> Any:
+        klass = _import(f"asgi_perf.{module}", cls)
+        return klass(app(ctx), **_options(ctx, klass, options))
+
+    return build
+
+
+def _options(ctx: Context, klass: Any, options: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(klass).parameters
+    opts = dict(options)
+    if opts.get("storage") == "redis":
+        opts["storage"] = _redis_url(ctx)
+        opts["key_prefix"] = ctx.prefix
+    if "otel" in opts and "otel" not in params:
+        del opts["otel"]  # a signature without it: OpenTelemetry is off unless providers are given
+    unknown = [k for k in opts if k not in params and not _has_var_kw(params)]
+    if unknown:
+        raise Unavailable(f"{klass.__name__} does not accept {', '.join(unknown)}")
+    return opts
+
+
+def _has_var_kw(params: Any) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _redis_url(ctx: Context) -> str:
+    if not ctx.redis_url:
+        raise Unavailable("no --redis URL")
+    return ctx.redis_url
+
+
+def peer(factory: Callable[[Context], Any], requirement: str) -> Builder:
+    def build(ctx: Context) -> Any:
+        try:
+            return factory(ctx)
+        except ImportError as exc:
+            raise Unavailable(f"{requirement} not installed: {exc}") from exc
+
+    return build
+
+
+def raw(body: str = "200B", extra: tuple[tuple[bytes, bytes], ...] = ()) -> Builder:
+    return lambda ctx: apps.bytes_app(BODIES[body], extra=extra)
+
+
+def stream() -> Builder:
+    return lambda ctx: apps.stream_app()
+
+
+def floor(app: Builder) -> Builder:
+    return lambda ctx: FloorMiddleware(app(ctx))
+
+
+def ping(app: Builder) -> Builder:
+    return lambda ctx: PingMiddleware(app(ctx), ctx.redis_client())
+
+
+def full_stack(app: Builder, storage: str = "memory://") -> Builder:
+    """``asgi_perf.from_env`` with every middleware enabled (the recommended order)."""
+
+    def build(ctx: Context) -> Any:
+        from_env_ = from_env()
+        env = stack_environ(storage if storage != "redis" else _redis_url(ctx))
+        env["ASGI_PERF_KEY_PREFIX"] = ctx.prefix
+        return from_env_(app(ctx), environ=env)
+
+    return build
+
+
+def from_env() -> Any:
+    """``asgi_perf.from_env`` (or ``asgi_perf.stack.from_env`` until the package exports it)."""
+    try:
+        return _import("asgi_perf", "from_env")
+    except Unavailable:
+        return _import("asgi_perf.stack", "from_env")  # before the package exports it
+
+
+def stack_environ(storage: str) -> dict[str, str]:
+    return {
+        "ASGI_PERF_STORAGE_URL": storage,
+        "ASGI_PERF_TIMING_ENABLED": "true",
+        "ASGI_PERF_OTEL": "off",
+        "ASGI_PERF_RATE_LIMIT_ENABLED": "true",
+        "ASGI_PERF_RATE_LIMIT": HUGE,
+        "ASGI_PERF_RATE_LIMIT_STRATEGY": "fixed-window",
+        "ASGI_PERF_DEDUP_ENABLED": "true",
+        "ASGI_PERF_CACHE_ENABLED": "true",
+        "ASGI_PERF_COMPRESSION_ENABLED": "true",
+        "ASGI_PERF_QUERIES_ENABLED": "true",
+    }
+
+
+def in_starlette(middleware: Callable[[Context, Any], None], body: str = "200B") -> Builder:
+    """A Starlette app with a middleware added the Starlette way (``add_middleware``)."""
+
+    def build(ctx: Context) -> Any:
+        app = apps.starlette_app(BODIES[body])
+        middleware(ctx, app)
+        return app
+
+    return build
+
+
+# -- checks ---------------------------------------------------------------------------------------
+def status(code: int) -> Check:
+    return lambda r: None if r.status == code else f"status {r.status}, expected {code}"
+
+
+def encoded(coding: str, original: bytes) -> Check:
+    def check(r: Response) -> str | None:
+        if r.status != 200:
+            return f"status {r.status}"
+        got = r.header("content-encoding")
+        if got != coding:
+            return f"Content-Encoding {got!r}, expected {coding!r}"
+        if _decode(coding, r.body) != original:
+            return "decoded body differs from the app's body"
+        return None
+
+    return check
+
+
+def _decode(coding: str, body: bytes) -> bytes:
+    if coding == "gzip":
+        return gzip.decompress(body)
+    if coding == "br":
+        import brotli
+
+        return bytes(brotli.decompress(body))
+    if coding == "zstd":
+        import zstandard
+
+        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(body))
+    return zlib.decompress(body)
+
+
+def identity(original: bytes) -> Check:
+    def check(r: Response) -> str | None:
+        if r.status != 200 or r.body != original:
+            return f"status {r.status}, body of {len(r.body)} bytes: not the app's response"
+        if r.header("content-encoding"):
+            return f"unexpectedly encoded: {r.header('content-encoding')}"
+        return None
+
+    return check
+
+
+def header_is(name: str, *values: str) -> Check:
+    def check(r: Response) -> str | None:
+        got = r.header(name)
+        if r.status != 200:
+            return f"status {r.status}"
+        if got is None or got.split(",")[0].strip().upper() not in {v.upper() for v in values}:
+            return f"{name}: {got!r}, expected {' or '.join(values)}"
+        return None
+
+    return check
+
+
+def header_absent(name: str) -> Check:
+    def check(r: Response) -> str | None:
+        if r.status != 200:
+            return f"status {r.status}"
+        if r.header(name) is not None:
+            return f"{name}: {r.header(name)!r} on a request that should be new"
+        return None
+
+    return check
+
+
+def has_header(name: str) -> Check:
+    def check(r: Response) -> str | None:
+        if r.status != 200:
+            return f"status {r.status}"
+        return None if r.header(name) is not None else f"no {name} header"
+
+    return check
+
+
+def span_recorded(recorder: dict[str, int], key: str) -> Check:
+    def check(r: Response) -> str | None:
+        if r.status != 200:
+            return f"status {r.status}"
+        return None if recorder.get(key, 0) > 0 else "no span was recorded"
+
+    return check
+
+
+# -- peers ----------------------------------------------------------------------------------------
+def starlette_gzip(app: Builder, level: int = 6) -> Builder:
+    def factory(ctx: Context) -> Any:
+        from starlette.middleware.gzip import GZipMiddleware
+
+        return GZipMiddleware(app(ctx), minimum_size=500, compresslevel=level)
+
+    return peer(factory, "starlette")
+
+
+def starlette_compress(app: Builder, coding: str, level: int) -> Builder:
+    def factory(ctx: Context) -> Any:
+        from starlette_compress import CompressMiddleware, add_compress_type
+
+        add_compress_type("application/x-ndjson", streaming=True)  # not in its default set
+
+        opts: dict[str, Any] = {"minimum_size": 500, "zstd": False, "brotli": False, "gzip": False}
+        if coding == "all":
+            opts.update(zstd=True, brotli=True, gzip=True)
+        else:
+            opts[{"br": "brotli"}.get(coding, coding)] = True
+            opts[{"gzip": "gzip_level", "br": "brotli_quality", "zstd": "zstd_level"}[coding]] = (
+                level
+            )
+        return CompressMiddleware(app(ctx), **opts)
+
+    return peer(factory, "starlette-compress")
+
+
+def brotli_asgi(app: Builder, quality: int) -> Builder:
+    def factory(ctx: Context) -> Any:
+        from brotli_asgi import BrotliMiddleware
+
+        return BrotliMiddleware(app(ctx), quality=quality, minimum_size=500, gzip_fallback=False)
+
+    return peer(factory, "brotli-asgi")
+
+
+def _asgi_ratelimit_options(ctx: Context, per_hour: int, redis: bool) -> dict[str, Any]:
+    from ratelimit import Rule
+
+    if redis:
+        from ratelimit.backends.redis import RedisBackend
+
+        backend: Any = RedisBackend(ctx.redis_client())
+    else:
+        from ratelimit.backends.simple import MemoryBackend
+
+        backend = MemoryBackend()  # type: ignore[no-untyped-call]
+    user = ctx.prefix
+
+    async def authenticate(scope: Any) -> tuple[str, str]:
+        return user + scope["client"][0], "default"
+
+    return {
+        "authenticate": authenticate,
+        "backend": backend,
+        "config": {r"^/r": [Rule(hour=per_hour)]},
+    }
+
+
+def _asgi_ratelimit(per_hour: int, redis: bool) -> Callable[[Context, Any], None]:
+    def add(ctx: Context, app: Any) -> None:
+        from ratelimit import RateLimitMiddleware
+
+        app.add_middleware(RateLimitMiddleware, **_asgi_ratelimit_options(ctx, per_hour, redis))
+
+    return add
+
+
+def asgi_ratelimit(app: Builder, per_hour: int) -> Builder:
+    """asgi-ratelimit around a bare app (it is pure ASGI), memory backend."""
+
+    def factory(ctx: Context) -> Any:
+        from ratelimit import RateLimitMiddleware
+
+        return RateLimitMiddleware(app(ctx), **_asgi_ratelimit_options(ctx, per_hour, False))
+
+    return peer(factory, "asgi-ratelimit")
+
+
+def _slowapi(limit: str, redis: bool) -> Callable[[Context, Any], None]:
+    def add(ctx: Context, app: Any) -> None:
+        from slowapi import Limiter, _rate_limit_exceeded_handler
+        from slowapi.errors import RateLimitExceeded
+        from slowapi.middleware import SlowAPIASGIMiddleware
+        from slowapi.util import get_remote_address
+
+        app.state.limiter = Limiter(
+            key_func=get_remote_address,
+            default_limits=[limit],
+            storage_uri=_redis_url(ctx) if redis else "memory://",
+            strategy="fixed-window",
+            headers_enabled=True,
+            key_prefix=ctx.prefix,
+        )
+        app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
+        app.add_middleware(SlowAPIASGIMiddleware)
+
+    return add
+
+
+def _ours_in_starlette(module: str, cls: str, **options: Any) -> Callable[[Context, Any], None]:
+    def add(ctx: Context, app: Any) -> None:
+        klass = _import(f"asgi_perf.{module}", cls)
+        app.add_middleware(klass, **_options(ctx, klass, options))
+
+    return add
+
+
+def _fastapi_cache(ctx: Context, redis: bool) -> Any:
+    from fastapi_cache import FastAPICache
+    from fastapi_cache.decorator import cache
+
+    if redis:
+        from fastapi_cache.backends.redis import RedisBackend
+
+        backend: Any = RedisBackend(ctx.redis_client())
+    else:
+        from fastapi_cache.backends.inmemory import InMemoryBackend
+
+        backend = InMemoryBackend()
+    FastAPICache.reset()
+    FastAPICache.init(backend, prefix=ctx.prefix + "fastapi-cache")
+    return apps.fastapi_app(cache(expire=300))
+
+
+class _Otel:
+    """One SDK tracer and meter provider shared by both OpenTelemetry variants."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, int] = {}
+        self._providers: tuple[Any, Any] | None = None
+
+    def providers(self) -> tuple[Any, Any]:
+        if self._providers is None:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+            from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+            spans = self.spans
+
+            class Count(SpanProcessor):
+                def on_end(self, span: Any) -> None:
+                    scope = span.instrumentation_scope
+                    name = scope.name if scope is not None else "?"
+                    key = "theirs" if "instrumentation" in name else "ours"
+                    spans[key] = spans.get(key, 0) + 1
+
+            tracer_provider = TracerProvider()
+            tracer_provider.add_span_processor(Count())
+            meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+            self._providers = (tracer_provider, meter_provider)
+        return self._providers
+
+    def ours(self, app: Builder) -> Builder:
+        def build(ctx: Context) -> Any:
+            tracer_provider, meter_provider = self.providers()
+            make = ours(
+                "timing",
+                "TimingMiddleware",
+                app,
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                otel="on",
+            )
+            return make(ctx)
+
+        return build
+
+    def theirs(self, app: Builder) -> Builder:
+        def factory(ctx: Context) -> Any:
+            from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+            tracer_provider, meter_provider = self.providers()
+            return OpenTelemetryMiddleware(
+                app(ctx), tracer_provider=tracer_provider, meter_provider=meter_provider
+            )
+
+        return peer(factory, "opentelemetry-instrumentation-asgi")
+
+
+# -- the scenarios --------------------------------------------------------------------------------
+def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
+    """Every in-process scenario; peer variants only with ``peers``, Redis ones with ``redis``."""
+    b200, b12k, b1m = BODIES["200B"], BODIES["12KB"], BODIES["1MB"]
+    streamed = b"".join(apps.STREAM_CHUNKS)
+    get = Request()
+    unique = Request(unique=True)
+    otel = _Otel()
+
+    def bare(app: Builder) -> Variant:
+        return Variant("bare app", "bare", app)
+
+    scenarios = [
+        Scenario(
+            "floor",
+            "floor: trivial 200 B app vs the send-forwarding floor middleware",
+            get,
+            [bare(raw()), Variant("floor middleware", "floor", floor(raw()), identity(b200))],
+        ),
+    ]
+
+    def compression(
+        sid: str, title: str, body: str, coding: str, app: Builder, data: bytes
+    ) -> None:
+        level = {"gzip": 6, "br": 4, "zstd": 3}[coding]
+        option = {"gzip": "gzip_level", "br": "brotli_quality", "zstd": "zstd_level"}[coding]
+        variants = [
+            bare(app),
+            Variant(
+                f"asgi_perf {coding}",
+                "ours",
+                ours(
+                    "compression",
+                    "CompressionMiddleware",
+                    app,
+                    encodings=(coding,),
+                    minimum_size=500,
+                    **{option: level},
+                ),
+                encoded(coding, data),
+            ),
+        ]
+        if peers and coding == "gzip":
+            variants.append(
+                Variant(
+                    "Starlette GZipMiddleware(6)",
+                    "peer",
+                    starlette_gzip(app),
+                    encoded("gzip", data),
+                )
+            )
+        if peers:
+            variants.append(
+                Variant(
+                    f"starlette-compress {coding}",
+                    "peer",
+                    starlette_compress(app, coding, level),
+                    encoded(coding, data),
+                )
+            )
+        if peers and coding == "br":
+            variants.append(
+                Variant("brotli-asgi", "peer", brotli_asgi(app, level), encoded("br", data))
+            )
+        scenarios.append(
+            Scenario(sid, title, Request(headers=(("accept-encoding", coding),)), variants)
+        )
+
+    compression(
+        "compress-12k-gzip",
+        "compression, 12 KB JSON, gzip level 6",
+        "12KB",
+        "gzip",
+        raw("12KB"),
+        b12k,
+    )
+    compression(
+        "compress-12k-zstd",
+        "compression, 12 KB JSON, zstd level 3",
+        "12KB",
+        "zstd",
+        raw("12KB"),
+        b12k,
+    )
+    compression(
+        "compress-12k-br",
+        "compression, 12 KB JSON, brotli quality 4",
+        "12KB",
+        "br",
+        raw("12KB"),
+        b12k,
+    )
+    compression(
+        "compress-1m-gzip", "compression, 1 MB JSON, gzip level 6", "1MB", "gzip", raw("1MB"), b1m
+    )
+    compression(
+        "compress-stream-gzip",
+        "compression, streaming NDJSON (16 x 4 KB), gzip 6",
+        "stream",
+        "gzip",
+        stream(),
+        streamed,
+    )
+
+    def skip(sid: str, title: str, body: str, request: Request) -> None:
+        data = BODIES[body]
+        variants = [
+            bare(raw(body)),
+            Variant("floor middleware", "floor", floor(raw(body)), identity(data)),
+            Variant(
+                "asgi_perf compression",
+                "ours",
+                ours("compression", "CompressionMiddleware", raw(body)),
+                identity(data),
+            ),
+        ]
+        if peers:
+            variants += [
+                Variant(
+                    "Starlette GZipMiddleware(6)", "peer", starlette_gzip(raw(body)), identity(data)
+                ),
+                Variant(
+                    "starlette-compress",
+                    "peer",
+                    starlette_compress(raw(body), "all", 0),
+                    identity(data),
+                ),
+            ]
+        scenarios.append(Scenario(sid, title, request, variants))
+
+    skip(
+        "compress-skip-tiny",
+        "compression not applied: 200 B body (Accept-Encoding: all)",
+        "200B",
+        Request(headers=(("accept-encoding", ALL_CODINGS),)),
+    )
+    skip(
+        "compress-skip-noae", "compression not applied: 12 KB JSON, no Accept-Encoding", "12KB", get
+    )
+
+    # rate limiting, on a one-route Starlette app (slowapi needs one), fixed window like the peers
+    def ratelimit(
+        sid: str, title: str, limit: str, per_hour: int, refuse: bool, redis_store: bool
+    ) -> None:
+        check = status(429) if refuse else status(200)
+        prime = 1 if refuse else 0
+        store = "redis" if redis_store else "memory://"
+        variants = [bare(in_starlette(lambda ctx, app: None))]
+        if redis_store:
+            variants.append(
+                Variant(
+                    "Redis PING floor",
+                    "ping",
+                    ping(in_starlette(lambda ctx, app: None)),
+                    status(200),
+                    round_trips=True,
+                )
+            )
+        variants.append(
+            Variant(
+                "asgi_perf fixed-window",
+                "ours",
+                in_starlette(
+                    _ours_in_starlette(
+                        "ratelimit",
+                        "RateLimitMiddleware",
+                        limit=limit,
+                        strategy="fixed-window",
+                        storage=store,
+                    )
+                ),
+                check,
+                prime,
+                round_trips=redis_store,
+            )
+        )
+        if not refuse:
+            variants.append(
+                Variant(
+                    "asgi_perf gcra",
+                    "ours",
+                    in_starlette(
+                        _ours_in_starlette(
+                            "ratelimit",
+                            "RateLimitMiddleware",
+                            limit=limit,
+                            strategy="gcra",
+                            storage=store,
+                        )
+                    ),
+                    check,
+                    prime,
+                    round_trips=redis_store,
+                )
+            )
+        if peers:
+            variants.append(
+                Variant(
+                    "asgi-ratelimit",
+                    "peer",
+                    peer(in_starlette(_asgi_ratelimit(per_hour, redis_store)), "asgi-ratelimit"),
+                    check,
+                    prime,
+                    round_trips=redis_store,
+                )
+            )
+            variants.append(
+                Variant(
+                    "slowapi (ASGI middleware)",
+                    "peer",
+                    peer(in_starlette(_slowapi(limit, redis_store)), "slowapi"),
+                    check,
+                    prime,
+                    round_trips=False,
+                )
+            )
+        scenarios.append(Scenario(sid, title, get, variants, needs_redis=redis_store))
+
+    ratelimit(
+        "ratelimit-allow-memory",
+        "rate limit, allowed, memory store (Starlette route)",
+        HUGE,
+        10**9,
+        False,
+        False,
+    )
+    raw_variants = [
+        bare(raw()),
+        Variant("floor middleware", "floor", floor(raw()), identity(b200)),
+        Variant(
+            "asgi_perf fixed-window",
+            "ours",
+            ours("ratelimit", "RateLimitMiddleware", raw(), limit=HUGE, strategy="fixed-window"),
+            status(200),
+        ),
+    ]
+    if peers:
+        raw_variants.append(
+            Variant("asgi-ratelimit", "peer", asgi_ratelimit(raw(), 10**9), status(200))
+        )
+    scenarios.append(
+        Scenario(
+            "ratelimit-allow-raw",
+            "rate limit, allowed, memory store (bare ASGI app: no framework noise)",
+            get,
+            raw_variants,
+        )
+    )
+    ratelimit(
+        "ratelimit-refuse-memory",
+        "rate limit, refused (429), memory store (Starlette route)",
+        "1/hour",
+        1,
+        True,
+        False,
+    )
+
+    # caching
+    scenarios.append(
+        Scenario(
+            "cache-hit-memory",
+            "cache hit, memory store, trivial app",
+            get,
+            [
+                bare(raw()),
+                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
+                Variant(
+                    "asgi_perf cache hit",
+                    "ours",
+                    ours("cache", "CacheMiddleware", raw(), ttl=300),
+                    header_is("x-cache", "HIT"),
+                    prime=1,
+                ),
+            ],
+        )
+    )
+    fastapi_variants = [
+        bare(lambda ctx: apps.fastapi_app()),
+        Variant(
+            "asgi_perf cache hit",
+            "ours",
+            ours("cache", "CacheMiddleware", lambda ctx: apps.fastapi_app(), ttl=300),
+            header_is("x-cache", "HIT"),
+            prime=1,
+        ),
+    ]
+    if peers:
+        fastapi_variants.append(
+            Variant(
+                "fastapi-cache2 hit (InMemoryBackend)",
+                "peer",
+                peer(lambda ctx: _fastapi_cache(ctx, False), "fastapi-cache2"),
+                status(200),
+                prime=1,
+            )
+        )
+    scenarios.append(
+        Scenario(
+            "cache-hit-fastapi", "cache hit, memory store, FastAPI route", get, fastapi_variants
+        )
+    )
+    scenarios.append(
+        Scenario(
+            "cache-miss-memory",
+            "cache miss (then store), memory store, 200 B",
+            unique,
+            [
+                bare(raw()),
+                Variant(
+                    "asgi_perf cache miss",
+                    "ours",
+                    ours("cache", "CacheMiddleware", raw(), ttl=300),
+                    header_is("x-cache", "MISS"),
+                ),
+            ],
+        )
+    )
+
+    # dedup, timing, queries
+    scenarios.append(
+        Scenario(
+            "dedup-memory",
+            "dedup, non-duplicate request, memory store",
+            unique,
+            [
+                bare(raw()),
+                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
+                Variant(
+                    "asgi_perf dedup",
+                    "ours",
+                    ours("dedup", "DedupMiddleware", raw(), window=5.0),
+                    header_absent("x-dedup"),
+                ),
+            ],
+        )
+    )
+    scenarios.append(
+        Scenario(
+            "timing",
+            "timing, OpenTelemetry off",
+            get,
+            [
+                bare(raw()),
+                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
+                Variant(
+                    "asgi_perf timing",
+                    "ours",
+                    ours("timing", "TimingMiddleware", raw(), otel="off"),
+                    has_header("server-timing"),
+                ),
+            ],
+        )
+    )
+    otel_variants = [
+        bare(raw()),
+        Variant(
+            "asgi_perf timing + OTel SDK",
+            "ours",
+            otel.ours(raw()),
+            span_recorded(otel.spans, "ours"),
+        ),
+    ]
+    if peers:
+        otel_variants.append(
+            Variant(
+                "opentelemetry-instrumentation-asgi",
+                "peer",
+                otel.theirs(raw()),
+                span_recorded(otel.spans, "theirs"),
+            )
+        )
+    scenarios.append(
+        Scenario(
+            "timing-otel", "timing with the OpenTelemetry SDK (spans + metrics)", get, otel_variants
+        )
+    )
+    scenarios.append(
+        Scenario(
+            "queries",
+            "query middleware, request with no queries",
+            get,
+            [
+                bare(raw()),
+                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
+                Variant(
+                    "asgi_perf queries",
+                    "ours",
+                    ours("queries", "QueryMiddleware", raw()),
+                    status(200),
+                ),
+            ],
+        )
+    )
+    scenarios.append(
+        Scenario(
+            "stack-memory",
+            "full stack (from_env, all enabled), memory store: the HTTP passthrough request",
+            Request(unique=True, headers=(("accept-encoding", ALL_CODINGS),)),
+            [
+                bare(raw(extra=NO_STORE)),
+                Variant("floor middleware", "floor", floor(raw(extra=NO_STORE)), identity(b200)),
+                Variant(
+                    "asgi_perf full stack", "ours", full_stack(raw(extra=NO_STORE)), status(200)
+                ),
+            ],
+        )
+    )
+
+    if redis:
+        ratelimit(
+            "ratelimit-allow-redis",
+            "rate limit, allowed, Redis store (Starlette route)",
+            HUGE,
+            10**9,
+            False,
+            True,
+        )
+        ratelimit(
+            "ratelimit-refuse-redis",
+            "rate limit, refused (429), Redis store (Starlette route)",
+            "1/hour",
+            1,
+            True,
+            True,
+        )
+        scenarios.append(
+            Scenario(
+                "cache-hit-redis",
+                "cache hit, Redis store, trivial app",
+                get,
+                [
+                    bare(raw()),
+                    Variant("Redis PING floor", "ping", ping(raw()), status(200), round_trips=True),
+                    Variant(
+                        "asgi_perf cache hit",
+                        "ours",
+                        ours("cache", "CacheMiddleware", raw(), ttl=300, storage="redis"),
+                        header_is("x-cache", "HIT"),
+                        prime=1,
+                        round_trips=True,
+                    ),
+                ],
+            )
+        )
+        redis_fastapi = [
+            bare(lambda ctx: apps.fastapi_app()),
+            Variant(
+                "asgi_perf cache hit",
+                "ours",
+                ours(
+                    "cache",
+                    "CacheMiddleware",
+                    lambda ctx: apps.fastapi_app(),
+                    ttl=300,
+                    storage="redis",
+                ),
+                header_is("x-cache", "HIT"),
+                prime=1,
+                round_trips=True,
+            ),
+        ]
+        if peers:
+            redis_fastapi.append(
+                Variant(
+                    "fastapi-cache2 hit (RedisBackend)",
+                    "peer",
+                    peer(lambda ctx: _fastapi_cache(ctx, True), "fastapi-cache2"),
+                    status(200),
+                    prime=1,
+                    round_trips=True,
+                )
+            )
+        scenarios.append(
+            Scenario(
+                "cache-hit-redis-fastapi",
+                "cache hit, Redis store, FastAPI route",
+                get,
+                redis_fastapi,
+                needs_redis=True,
+            )
+        )
+        scenarios[-2].needs_redis = True
+        scenarios.append(
+            Scenario(
+                "cache-miss-redis",
+                "cache miss (then store), Redis store, 200 B",
+                unique,
+                [
+                    bare(raw()),
+                    Variant("Redis PING floor", "ping", ping(raw()), status(200), round_trips=True),
+                    Variant(
+                        "asgi_perf cache miss",
+                        "ours",
+                        ours("cache", "CacheMiddleware", raw(), ttl=300, storage="redis"),
+                        header_is("x-cache", "MISS"),
+                        round_trips=True,
+                    ),
+                ],
+                needs_redis=True,
+            )
+        )
+        scenarios.append(
+            Scenario(
+                "dedup-redis",
+                "dedup, non-duplicate request, Redis store",
+                unique,
+                [
+                    bare(raw()),
+                    Variant("Redis PING floor", "ping", ping(raw()), status(200), round_trips=True),
+                    Variant(
+                        "asgi_perf dedup",
+                        "ours",
+                        ours("dedup", "DedupMiddleware", raw(), window=5.0, storage="redis"),
+                        header_absent("x-dedup"),
+                        round_trips=True,
+                    ),
+                ],
+                needs_redis=True,
+            )
+        )
+    return scenarios

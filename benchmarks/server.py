@@ -1,0 +1,166 @@
+"""The HTTP-mode server, run in its own process so the load generator does not share its CPU.
+
+``python -m benchmarks.server --server uvicorn --port P [--peers]`` serves one app that dispatches
+on the first path segment (``/bare``, ``/compression``, ``/stack`` …) to each configuration; the
+dispatch costs the same for all of them. Every configuration wraps the same 200 B JSON app whose
+response says ``Cache-Control: no-store``, and the load generator gives every request a new query
+string: the passthrough path of every middleware (nothing cached, nothing deduplicated, no body
+large enough to compress, every request allowed). The first line on stdout is a JSON object
+naming each configuration and whether it could be built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .apps import BODIES, bytes_app
+from .floor import FloorMiddleware
+from .scenarios import HUGE, from_env, stack_environ
+
+__all__ = ["CONFIGS", "build_dispatcher", "main"]
+
+MIDDLEWARES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "compression": ("asgi_perf.compression", "CompressionMiddleware", {}),
+    "ratelimit": (
+        "asgi_perf.ratelimit",
+        "RateLimitMiddleware",
+        {"limit": HUGE, "strategy": "fixed-window"},
+    ),
+    "dedup": ("asgi_perf.dedup", "DedupMiddleware", {}),
+    "cache": ("asgi_perf.cache", "CacheMiddleware", {}),
+    "timing": ("asgi_perf.timing", "TimingMiddleware", {}),
+    "queries": ("asgi_perf.queries", "QueryMiddleware", {}),
+}
+CONFIGS = ["bare", "floor", *MIDDLEWARES, "stack", "starlette-gzip"]
+
+
+def _base() -> Any:
+    return bytes_app(BODIES["200B"], extra=((b"cache-control", b"no-store"),))
+
+
+def _middleware(name: str) -> Callable[[], Any]:
+    module, cls, options = MIDDLEWARES[name]
+
+    def build() -> Any:
+        import importlib
+        import inspect
+
+        klass = getattr(importlib.import_module(module), cls)
+        opts = dict(options)
+        if name == "timing" and "otel" in inspect.signature(klass).parameters:
+            opts["otel"] = "off"
+        return klass(_base(), **opts)
+
+    return build
+
+
+def _stack() -> Any:
+    return from_env()(_base(), environ=stack_environ("memory://"))
+
+
+def _starlette_gzip() -> Any:
+    from starlette.middleware.gzip import GZipMiddleware
+
+    return GZipMiddleware(_base(), minimum_size=500, compresslevel=6)
+
+
+def build_dispatcher(peers: bool) -> tuple[Any, dict[str, str]]:
+    builders: dict[str, Callable[[], Any]] = {
+        "bare": _base,
+        "floor": lambda: FloorMiddleware(_base()),
+        **{name: _middleware(name) for name in MIDDLEWARES},
+        "stack": _stack,
+    }
+    if peers:
+        builders["starlette-gzip"] = _starlette_gzip
+    routes: dict[str, Any] = {}
+    status: dict[str, str] = {}
+    for name, build in builders.items():
+        try:
+            routes[name] = build()
+            status[name] = "ok"
+        except Exception as exc:
+            status[name] = f"not available: {exc!r}"
+    missing = _base()
+
+    async def dispatch(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            app = routes.get(scope["path"][1:].partition("/")[0], missing)
+            await app(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await missing(scope, receive, send)
+
+    return dispatch, status
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.server")
+    parser.add_argument("--server", default="uvicorn", choices=("uvicorn", "granian", "hypercorn"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--peers", action="store_true")
+    args = parser.parse_args(argv)
+    app, status = build_dispatcher(args.peers)
+    print(json.dumps(status), flush=True)
+    if args.server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            loop="auto",
+            http="auto",
+            lifespan="on",
+        )
+    elif args.server == "hypercorn":
+        import asyncio
+
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{args.port}"]
+        config.loglevel = "WARNING"
+        config.accesslog = None
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(serve(app, config))
+    else:
+        import os
+
+        from granian.constants import HTTPModes, Interfaces
+        from granian.server import Server
+
+        os.environ["ASGI_PERF_BENCH_PEERS"] = "1" if args.peers else ""
+        Server(
+            f"{__name__}:granian_app",
+            address="127.0.0.1",
+            port=args.port,
+            interface=Interfaces.ASGI,
+            http=HTTPModes.http1,
+            workers=1,
+            factory=True,
+            log_enabled=False,
+        ).serve()
+    sys.exit(0)
+
+
+def granian_app() -> Any:
+    """Granian builds the app in its worker process, from this factory."""
+    import os
+
+    return build_dispatcher(bool(os.environ.get("ASGI_PERF_BENCH_PEERS")))[0]
+
+
+if __name__ == "__main__":
+    main()

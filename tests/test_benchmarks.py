@@ -1,0 +1,235 @@
+"""The bundled benchmark: the harness runs end to end and its output is complete and parseable.
+
+No timing is asserted anywhere (the machine is shared): the smoke run checks that every goal row
+and every scenario is reported, that the floor and the peers were really measured, and that
+Redis keys are cleaned up; the pure parts (HTTP framing, wrk output, goal evaluation, the
+driver, the floor) are checked by tables.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import driver
+from benchmarks.floor import FloorMiddleware
+from benchmarks.goals import GOALS, Goal, evaluate
+from benchmarks.http import HTTPResult, complete_response, parse_wrk
+from benchmarks.inprocess import VariantResult
+from benchmarks.progress import Progress
+from benchmarks.scenarios import build_scenarios
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_smoke_run_reports_every_goal_and_scenario(tmp_path, redis_url):
+    out = tmp_path / "bench.json"
+    chart = tmp_path / "bench.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--smoke",
+            "--peers",
+            "--redis",
+            redis_url,
+            "--json",
+            str(out),
+            "--plot",
+            str(chart),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+
+    assert [g["id"] for g in doc["goals"]] == [g.id for g in GOALS]
+    for goal in doc["goals"]:
+        assert set(goal) >= {"id", "scenario", "goal", "measured", "unit", "met", "detail"}
+        assert goal["id"] in proc.stdout  # the terminal table has the row too
+
+    expected = {s.id for s in build_scenarios(peers=True, redis=True)}
+    assert {v["scenario"] for v in doc["in_process"]} == expected
+    by_name = {(v["scenario"], v["name"]): v for v in doc["in_process"]}
+    floor = by_name[("floor", "floor middleware")]
+    assert floor["status"] == "ok" and floor["us"] > 0
+    assert doc["meta"]["floor_us"] == floor["overhead_us"]
+    for peer in ["Starlette GZipMiddleware(6)", "starlette-compress gzip"]:
+        assert by_name[("compress-12k-gzip", peer)]["status"] == "ok"
+    assert by_name[("ratelimit-allow-memory", "asgi-ratelimit")]["status"] == "ok"
+    assert by_name[("timing-otel", "opentelemetry-instrumentation-asgi")]["status"] == "ok"
+    ping = by_name[("ratelimit-allow-redis", "Redis PING floor")]
+    assert ping["status"] == "ok" and ping["round_trips"] == 1.0
+
+    http = {(r["server"], r["config"]): r for r in doc["http"]}
+    assert http[("uvicorn", "bare")]["status"] == "ok" and http[("uvicorn", "bare")]["rps"] > 0
+    assert http[("uvicorn", "floor")]["ratio"] is not None
+    assert chart.stat().st_size > 0
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        left = list(client.scan_iter(match=f"*asgi_perf_bench:{doc['meta']['run_id']}*"))
+    finally:
+        client.close()
+    assert left == []
+
+
+def test_help_is_the_console_entry_point():
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", 41),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", None),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n", None),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\naHTTP/1.1", 39),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 60),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n", None),
+        (b"HTTP/1.1 204 No Content\r\nserver: x\r\n\r\n", 38),
+    ],
+)
+def test_http_framing(data, expected):
+    assert complete_response(bytearray(data)) == expected
+
+
+WRK = """Running 1s test @ http://127.0.0.1:8000/bare
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.02ms  340.12us   5.81ms   89.50%
+    Req/Sec    15.20k     1.20k   16.30k    70.50%
+  Latency Distribution
+     50%  950.00us
+     75%    1.10ms
+     90%    1.40ms
+     99%    2.50ms
+  15234 requests in 1.00s, 4.10MB read
+  Non-2xx or 3xx responses: 7
+Requests/sec:  15190.42
+Transfer/sec:      4.09MB
+"""
+
+
+def test_wrk_output_is_parsed():
+    seg = parse_wrk(WRK, 1)
+    assert seg.requests == 15234
+    assert seg.rps == pytest.approx(15190.42)
+    assert seg.percentile(50) == pytest.approx(0.95)
+    assert seg.percentile(99) == pytest.approx(2.5)
+    assert seg.errors == 7
+    with pytest.raises(RuntimeError):
+        parse_wrk("unable to connect", 1)
+
+
+def _variant(scenario, name, role="ours", **kw):
+    return VariantResult(scenario, name, role, **kw)
+
+
+def test_goal_evaluation():
+    goals = [
+        Goal("a", "s", "g", "floors", 2.0, True, "x", "ours"),
+        Goal("b", "s", "g", "overhead_ratio", 0.5, True, "x", "ours", "peer"),
+        Goal("c", "s", "g", "round_trips", 1.0, True, "x", "ours"),
+        Goal("d", "s", "g", "rps_ratio", 0.95, False, "http", "cache"),
+        Goal("e", "s", "g", "size_ratio", 1.03, True, "x", "gone", "peer"),
+    ]
+    variants = [
+        _variant(
+            "x",
+            "ours",
+            overhead_us=3.0,
+            floors=3.0,
+            floor_us=1.0,
+            round_trips=2.0,
+            us=4.0,
+            body_bytes=100,
+        ),
+        _variant("x", "peer", role="peer", overhead_us=5.0, us=6.0, body_bytes=100),
+        _variant("x", "gone", status="not available", reason="no module"),
+    ]
+    http = [HTTPResult("uvicorn", "cache", rps=960.0, bare_rps=1000.0, ratio=0.96)]
+    results = {g.id: g for g in evaluate(goals, variants, http)}
+    assert (results["a"].measured, results["a"].met) == (3.0, False)
+    assert (results["b"].measured, results["b"].met) == (0.6, False)
+    assert (results["c"].measured, results["c"].met) == (2.0, False)
+    assert (results["d"].measured, results["d"].met) == (0.96, True)
+    assert results["e"].met is None and "not available" in results["e"].detail
+
+
+def test_every_spec_goal_row_has_a_goal():
+    rows = {g.scenario.split(",")[0].split(" (")[0] for g in GOALS}
+    assert {
+        "compression",
+        "rate limit",
+        "cache hit",
+        "dedup",
+        "timing without OpenTelemetry",
+        "timing with OpenTelemetry SDK on",
+        "query middleware",
+        "full stack",
+    } <= rows
+    assert len({g.id for g in GOALS}) == len(GOALS)
+
+
+async def test_floor_forwards_every_message_and_driver_sees_them():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"a", b"1")]})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b"y"})
+
+    request = driver.Request(unique=True)
+    response = await driver.one(FloorMiddleware(app), request, n=7)
+    assert (response.status, response.body, response.chunks) == (201, b"xy", 2)
+    assert response.header("A") == "1"
+    assert request.scope_factory()(7)["query_string"] == b"n=7"
+    assert await driver.timed(FloorMiddleware(app), request, 3) > 0
+
+
+async def test_round_trips_are_counted(redis_url):
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await client.ping()
+        with driver.count_redis_round_trips() as counter:
+            await client.ping()
+            async with client.pipeline(transaction=False) as pipe:
+                await pipe.ping().ping().execute()
+        assert counter.count == 2  # a pipeline is one round trip
+    finally:
+        await client.aclose()
+
+
+def test_progress_writes_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(4, stream=stream)
+    progress.step("one", 2)
+    progress.step("one")
+    progress.step("two")
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "50%" in lines[0] and "100%" in lines[1] and "two" in lines[1]
+
+
+def test_scenarios_without_peers_or_redis_have_no_peer_rows():
+    scenarios = build_scenarios(peers=False, redis=False)
+    assert all(v.role in ("bare", "floor", "ours") for s in scenarios for v in s.variants)
+    assert not any(s.needs_redis for s in scenarios)
+    assert all(s.variants[0].role == "bare" for s in scenarios)
