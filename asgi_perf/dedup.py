@@ -25,7 +25,12 @@ What is shared (the choices where the spec is silent):
   or ``Cache-Control: no-store`` (the app's way to say "always fresh", e.g. a balance read
   right after a transfer within the window);
 - requests whose body exceeds ``max_body_size`` (or whose client disconnects mid-body) are
-  passed through untouched, their body streamed to the app as it arrives.
+  passed through untouched, their body streamed to the app as it arrives;
+- when a leader's response turns out not shareable (by status, headers, streaming or size),
+  its fingerprint is remembered as such for ``window`` seconds (at least one; Varnish's
+  "hit-for-pass"): identical requests then go straight to the app instead of queueing behind
+  a leader whose answer they could not use. Without it, identical concurrent polls of a
+  ``no-store`` endpoint would run one after another.
 
 **Idempotency-Key** (draft-ietf-httpapi-idempotency-key-header) for POST/PUT/PATCH/DELETE
 carrying the header: the key is scoped by identity and ``Authorization``; the first request
@@ -115,6 +120,8 @@ LEASE_TTL = 10.0  # seconds; renewed while the leader works, so only a crashed l
 MEMORY_LEASE_TTL = 3600.0  # a memory claim is only a guard against a leaked one
 RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can still read it
 NOT_SHARED = frozenset({408, 425, 429})
+#: The record of a fingerprint whose responses are not shared ("hit-for-pass").
+PASS = b"asgi-perf:pass"
 NOT_KEPT_FOR_KEY = frozenset({429, 503})
 _PROBLEM = b"application/problem+json"
 _CREDENTIALS = (b"authorization", b"cookie")
@@ -217,6 +224,7 @@ class DedupMiddleware(EnvConfigurable):
         self.app = app
         self.window = to_duration(window, "window")
         self._record_ttl = self.window + RECORD_GRACE
+        self._pass_ttl = max(self.window, 1.0)
         self.methods = _methods(methods, "methods")
         if identity is not None and not callable(identity):
             raise ConfigError("identity", identity, "a callable scope -> str | None, or None")
@@ -259,6 +267,7 @@ class DedupMiddleware(EnvConfigurable):
         self.released = 0
         self.timeouts = 0
         self.not_shared = 0
+        self.passes = 0
         self.passed_through = 0
         self.replayed = 0
         self.conflicts = 0
@@ -358,7 +367,7 @@ class DedupMiddleware(EnvConfigurable):
                         kept = list(message.get("headers", ()))
                     else:
                         held = False
-                        await self._give_up(claim_key, token, lease)
+                        await self._give_up(claim_key, token, lease, record_key)
                 elif (
                     kind == "http.response.body"
                     and kept is not None
@@ -369,7 +378,7 @@ class DedupMiddleware(EnvConfigurable):
                     content = chunk
                 else:  # streaming, too large, a second body, pathsend, trailers...
                     held = False
-                    await self._give_up(claim_key, token, lease)
+                    await self._give_up(claim_key, token, lease, record_key)
             await send(message)
 
         try:
@@ -465,6 +474,10 @@ class DedupMiddleware(EnvConfigurable):
         """Another request has (or had) this fingerprint: replay its record, or wait for it
         and answer. A lease returned: the claim is ours after all, lead with it."""
         try:
+            if value == PASS:
+                self.passes += 1
+                await self.app(scope, receive, send)
+                return None
             if value is not None:
                 response = RecordedResponse.decode(value)
                 if response is not None and time.time() - response.created <= self.window:
@@ -483,7 +496,9 @@ class DedupMiddleware(EnvConfigurable):
             return None
         if self.outage.down:
             self.outage.ok()
-        if outcome.kind == "record":
+        if outcome.kind == "record" and outcome.value == PASS:
+            self.released += 1
+        elif outcome.kind == "record":
             response = RecordedResponse.decode(outcome.value or b"")
             if response is not None:
                 self.coalesced += 1
@@ -499,14 +514,26 @@ class DedupMiddleware(EnvConfigurable):
         await self.app(scope, receive, send)
         return None
 
-    async def _give_up(self, claim_key: str, token: str, lease: Lease | None) -> None:
-        """The leader's response will not be shared: release the waiters now."""
+    async def _give_up(
+        self, claim_key: str, token: str, lease: Lease | None, pass_key: str | None = None
+    ) -> None:
+        """The leader's response will not be shared: release the waiters now, and with
+        ``pass_key`` remember the fingerprint as not shared (waiters see the marker and run
+        their own request; later duplicates skip the queue)."""
         self.not_shared += 1
         if lease is None:
             if self._memory is not None:
-                self._memory.release_nowait(claim_key, token)
-        else:
+                if pass_key is None:
+                    self._memory.release_nowait(claim_key, token)
+                else:
+                    self._memory.fulfil_nowait(claim_key, token, pass_key, PASS, self._pass_ttl)
+        elif pass_key is None:
             await self.release(lease)
+        else:
+            try:
+                await lease.fulfil(pass_key, PASS, self._pass_ttl)
+            except StoreUnavailable as exc:
+                self.outage.failed(exc)
 
     # -- Idempotency-Key -------------------------------------------------------------------
     async def _idempotent(
@@ -633,6 +660,7 @@ class DedupMiddleware(EnvConfigurable):
             "released": self.released,
             "timeouts": self.timeouts,
             "not_shared": self.not_shared,
+            "passes": self.passes,
             "passed_through": self.passed_through,
             "idempotent_replays": self.replayed,
             "conflicts": self.conflicts,

@@ -852,3 +852,47 @@ async def test_works_as_starlette_middleware() -> None:
     assert {r.json()["n"] for r in responses} == {1}
     assert keyed_retry.json() == keyed_first.json()
     assert keyed_retry.headers["idempotent-replayed"] == "true"
+
+
+async def test_unshareable_fingerprint_is_remembered_so_duplicates_do_not_queue() -> None:
+    """Hit-for-pass: once a leader's response is known not to be shared (no-store here), the
+    waiters run at once and, within the window, later identical requests skip the queue."""
+    running = 0
+    peak = 0
+    calls = 0
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal running, peak, calls
+        calls += 1
+        running += 1
+        peak = max(peak, running)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"cache-control", b"no-store")],
+            }
+        )
+        await gate.wait()
+        await send({"type": "http.response.body", "body": b"fresh"})
+        running -= 1
+
+    mw = DedupMiddleware(app, window=30)
+    first = [asyncio.create_task(call(mw, "GET", "/poll")) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    assert peak == 10, "waiters were released as soon as the start message said no-store"
+    gate.set()
+    assert [r.body for r in await asyncio.gather(*first)] == [b"fresh"] * 10
+
+    passes_before = mw.stats()["passes"]
+    gate.clear()
+    peak = 0
+    second = [asyncio.create_task(call(mw, "GET", "/poll")) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    assert peak == 10
+    gate.set()
+    responses = await asyncio.gather(*second)
+    assert all(r.header("x-dedup") is None and r.body == b"fresh" for r in responses)
+    assert calls == 20
+    assert mw.stats()["passes"] - passes_before == 10, "the second burst skipped the queue"

@@ -213,12 +213,15 @@ def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
         # A blocking pool: past ``max_connections`` (default 200, or ``?max_connections=`` in
-        # the URL) a call queues for a connection, as long as a connect may take. redis-py's
-        # default pool raises at once at 100, which turns a burst of traffic into an "outage".
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "prefix"]
+        # the URL) a call queues for a free connection up to ``pool_timeout`` (default 2 s, or
+        # ``?pool_timeout=``). redis-py's default pool raises at once at 100 connections, which
+        # turns a burst of traffic into an "outage" (rate limits failing open under a burst).
+        query = dict(parse_qsl(parts.query))
+        query.pop("prefix", None)
+        wait = float(query.pop("pool_timeout", 2.0))
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
         pool = aredis.BlockingConnectionPool.from_url(
-            client_url, max_connections=200, timeout=common["socket_connect_timeout"], **common
+            client_url, max_connections=200, timeout=max(wait, timeout), **common
         )
         return aredis.Redis.from_pool(pool), False  # the client owns (and closes) the pool
     hosts = _parse_hosts(url)
