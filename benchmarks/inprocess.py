@@ -98,6 +98,9 @@ async def run_scenario(
         except Unavailable as exc:
             result.status, result.reason = "not available", str(exc)
             continue
+        except ImportError as exc:  # e.g. the FastAPI scenario without fastapi installed
+            result.status, result.reason = "not available", f"{exc}"
+            continue
         except Exception as exc:  # a constructor that raises: report it, keep going
             result.status, result.reason = "error", f"construction failed: {exc!r}"
             continue
