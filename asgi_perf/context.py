@@ -16,6 +16,7 @@ the same object) and bind it with :func:`enter_context` (``ContextVar.set`` itse
 
 from __future__ import annotations
 
+import functools
 import re
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -118,20 +119,32 @@ def incr(name: str, amount: int = 1) -> None:
 
 
 _TOKEN_RE = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_CONTROL = {**dict.fromkeys(range(32)), 0x7F: None}
 
 
+@functools.lru_cache(maxsize=256)
+def _token(name: str) -> str:
+    return _TOKEN_RE.sub("-", name) or "metric"
+
+
+@functools.lru_cache(maxsize=1024)
 def _quote(value: str) -> str:
-    # RFC 9110 quoted-string; control characters cannot be escaped, so they are dropped.
-    cleaned = "".join(c for c in value if c >= " " and c != "\x7f")
-    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """RFC 9110 quoted-string; control characters cannot be escaped, so they are dropped.
+
+    Cached: the descriptions layers send are a handful of constants ("hit", "gzip", ...).
+    """
+    if not value.isprintable():
+        value = value.translate(_CONTROL)
+    if '"' in value or "\\" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + value + '"'
 
 
 def format_server_timing(entries: list[TimingEntry]) -> bytes:
     """Render entries in W3C Server-Timing syntax; names are made into valid tokens."""
     parts: list[str] = []
     for entry in entries:
-        name = _TOKEN_RE.sub("-", entry.name) or "metric"
-        part = name
+        part = _token(entry.name)
         if entry.dur is not None:
             part += f";dur={entry.dur:.3f}".rstrip("0").rstrip(".")
         if entry.desc is not None:
