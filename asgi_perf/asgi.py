@@ -30,6 +30,7 @@ __all__ = [
     "problem_body",
     "remove_headers",
     "send_response",
+    "serve_lifespan",
     "set_header",
 ]
 
@@ -124,3 +125,14 @@ async def send_response(
     out.append((b"content-length", str(len(body)).encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer a ``lifespan`` scope for an app with nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

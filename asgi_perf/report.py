@@ -31,7 +31,16 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from .asgi import ASGIApp, Receive, Scope, Send, get_header, problem_body, send_response
+from .asgi import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    get_header,
+    problem_body,
+    send_response,
+    serve_lifespan,
+)
 from .stats import snapshot
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "render_prometheus", "report_app", "wants_prometheus"]
@@ -240,13 +249,8 @@ def report_app() -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1000})
             return

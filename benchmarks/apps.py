@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from asgi_perf.asgi import serve_lifespan
+
 __all__ = [
     "BODIES",
     "STREAM_CHUNKS",
@@ -74,7 +76,7 @@ def bytes_app(
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         await send(
             {
@@ -93,7 +95,7 @@ def stream_app(chunks: list[bytes] = STREAM_CHUNKS) -> ASGIApp:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         await send(
             {
@@ -107,16 +109,6 @@ def stream_app(chunks: list[bytes] = STREAM_CHUNKS) -> ASGIApp:
         await send({"type": "http.response.body", "body": b""})
 
     return app
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def starlette_app(body: bytes = BODIES["200B"]) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 import asgi_perf
+from asgi_perf.asgi import serve_lifespan
 
 BODIES = {
     "/small": b"small body",
@@ -29,13 +30,8 @@ def checksum(body: bytes) -> bytes:
 
 async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
+        return
     path = scope["path"]
     if path == "/stream":
         await send(

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 import asgi_perf
+from asgi_perf.asgi import serve_lifespan
 
 DOCS = {
     n: orjson.dumps({"doc": n, "items": [{"id": i, "name": f"item {n}-{i}"} for i in range(60)]})
@@ -39,16 +40,6 @@ STREAM_SUM = hashlib.sha256(b"".join(STREAM)).hexdigest().encode()
 
 def checksum(body: bytes) -> bytes:
     return hashlib.sha256(body).hexdigest().encode()
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _respond(send: Any, body: bytes, cache_control: bytes, status: int = 200) -> None:
@@ -69,7 +60,7 @@ async def _respond(send: Any, body: bytes, cache_control: bytes, status: int = 2
 
 async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await serve_lifespan(receive, send)
         return
     path: str = scope["path"]
     head, _, tail = path[1:].partition("/")
