@@ -106,7 +106,7 @@ from .idempotency import (
     parse_idempotency_key,
     path_matches,
 )
-from .identity import PROXY_HEADER_ENV, ClientIP, default_user_key
+from .identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, default_user_key
 from .outage import Outage
 from .recording import RecordedResponse, ResponseRecorder, encode_response
 from .singleflight import Lease, SingleFlight
@@ -198,7 +198,7 @@ class DedupMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_IDEMPOTENCY_HEADER", "idempotency_header", _header_name),
         EnvVar("ASGI_PERF_IDEMPOTENCY_TTL", "idempotency_ttl", _positive_duration),
         EnvVar("ASGI_PERF_IDEMPOTENCY_REQUIRED", "require_idempotency_key", _paths),
-        EnvVar("ASGI_PERF_TRUSTED_PROXIES", "trusted_proxies", to_list),
+        TRUSTED_PROXIES_ENV,
         PROXY_HEADER_ENV,
         KEY_PREFIX_ENV,
     )

@@ -22,6 +22,7 @@ from .config import ConfigError, EnvVar, to_choice
 
 __all__ = [
     "PROXY_HEADER_ENV",
+    "TRUSTED_PROXIES_ENV",
     "ClientIP",
     "UserKey",
     "clean_key",
@@ -62,6 +63,15 @@ def parse_networks(
                 name, text, "IP addresses or CIDR networks, comma-separated"
             ) from None
     return tuple(networks)
+
+
+#: The variable every middleware that resolves client IPs reads for ``trusted_proxies``;
+#: checked here, so a bad address is reported under the variable's name.
+TRUSTED_PROXIES_ENV = EnvVar(
+    "ASGI_PERF_TRUSTED_PROXIES",
+    "trusted_proxies",
+    lambda v, n: tuple(str(net) for net in parse_networks(v, n)),
+)
 
 
 def _parse_ip(text: str) -> IPAddress | None:

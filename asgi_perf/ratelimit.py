@@ -71,6 +71,7 @@ from .config import (
 from .context import add_timing
 from .identity import (
     PROXY_HEADER_ENV,
+    TRUSTED_PROXIES_ENV,
     ClientIP,
     UserKey,
     clean_key,
@@ -267,7 +268,7 @@ class RateLimitMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_RATE_LIMIT", "limit", to_rates),
         EnvVar("ASGI_PERF_RATE_LIMIT_USER", "user_limit", to_rates),
         EnvVar("ASGI_PERF_RATE_LIMIT_STRATEGY", "strategy", to_strategy),
-        EnvVar("ASGI_PERF_TRUSTED_PROXIES", "trusted_proxies", to_list),
+        TRUSTED_PROXIES_ENV,
         PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_RATE_LIMIT_RULES", "rules", parse_rules),
         EnvVar("ASGI_PERF_RATE_LIMIT_EXEMPT_PATHS", "exempt_paths", to_list),

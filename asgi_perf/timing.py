@@ -72,7 +72,7 @@ from .asgi import ASGIApp, Message, Receive, Scope, Send
 from .config import ConfigError, EnvConfigurable, EnvVar, to_bool, to_choice, to_duration, to_int
 from .context import RequestContext, close_context, enter_context, format_server_timing
 from .histogram import BATCH, LatencyHistogram
-from .identity import PROXY_HEADER_ENV, ClientIP, parse_networks
+from .identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
 from .routes import route_template, template_of
 from .stats import register
 
@@ -176,7 +176,7 @@ class TimingMiddleware(EnvConfigurable):
         ),
         EnvVar("ASGI_PERF_SLOW_REQUEST_THRESHOLD", "slow_threshold", _off_or(to_duration)),
         EnvVar("ASGI_PERF_OTEL", "otel", lambda v, n: to_choice(v, n, ("auto", "on", "off"))),
-        EnvVar("ASGI_PERF_TRUSTED_PROXIES", "trusted_proxies", lambda v, n: parse_networks(v, n)),
+        TRUSTED_PROXIES_ENV,
         PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_TIMING_MAX_ROUTES", "max_routes", lambda v, n: to_int(v, n, minimum=1)),
         EnvVar("ASGI_PERF_TIMING_ROUTE_FROM_SCOPE", "route_from_scope", to_bool),

@@ -90,3 +90,14 @@ def test_header_user_key_hashes_the_secret() -> None:
     assert value is not None and "sk_live_123" not in value
     assert value == key(make_scope(headers=[("X-API-KEY", "sk_live_123")]))
     assert key(make_scope()) is None
+
+
+@pytest.mark.parametrize("module", ["ratelimit", "dedup", "timing"])
+def test_bad_trusted_proxies_variable_is_named(module: str) -> None:
+    from asgi_perf import stack
+
+    cls = next(c for c in stack.middleware_classes() if c.__module__ == f"asgi_perf.{module}")
+    with pytest.raises(ConfigError, match=r"ASGI_PERF_TRUSTED_PROXIES='10\.0\.0\.300'"):
+        cls.from_env(lambda *a: None, environ={"ASGI_PERF_TRUSTED_PROXIES": "10.0.0.300"})
+    good = cls.from_env(lambda *a: None, environ={"ASGI_PERF_TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
+    assert good is not None
