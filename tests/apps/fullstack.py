@@ -6,8 +6,6 @@ Served as ``tests.apps.fullstack:app`` by uvicorn, hypercorn and granian subproc
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 from typing import Any
 
@@ -15,6 +13,7 @@ import orjson
 
 import asgi_perf
 from asgi_perf.asgi import serve_lifespan
+from tests.apps.checked import respond, stream
 
 BODIES = {
     "/small": b"small body",
@@ -24,46 +23,17 @@ BODIES = {
 STREAM = [f"event {i}\n".encode() * 50 for i in range(4)]
 
 
-def checksum(body: bytes) -> bytes:
-    return hashlib.sha256(body).hexdigest().encode()
-
-
 async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await serve_lifespan(receive, send)
         return
     path = scope["path"]
     if path == "/stream":
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/plain"),
-                    (b"x-checksum", checksum(b"".join(STREAM))),
-                ],
-            }
-        )
-        for chunk in STREAM:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await asyncio.sleep(0.001)
-        await send({"type": "http.response.body", "body": b""})
+        await stream(send, STREAM)
         return
     body = BODIES.get(path, b"not found")
     cache = b"private" if path == "/private" else b"public, max-age=30"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200 if path in BODIES else 404,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", cache),
-                (b"x-checksum", checksum(body)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await respond(send, body, cache, 200 if path in BODIES else 404)
 
 
 ENV = {

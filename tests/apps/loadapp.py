@@ -20,7 +20,6 @@ middleware touched it, so the client can verify every byte it decodes:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from typing import Any
 
@@ -28,6 +27,7 @@ import orjson
 
 import asgi_perf
 from asgi_perf.asgi import serve_lifespan
+from tests.apps.checked import respond, stream
 
 DOCS = {
     n: orjson.dumps({"doc": n, "items": [{"id": i, "name": f"item {n}-{i}"} for i in range(60)]})
@@ -35,27 +35,6 @@ DOCS = {
 }
 LARGE = orjson.dumps([{"id": i, "name": f"row {i}", "tags": ["a", "b", "c"]} for i in range(300)])
 STREAM = [(f"event {i}: " + "x" * 400 + "\n").encode() for i in range(5)]
-STREAM_SUM = hashlib.sha256(b"".join(STREAM)).hexdigest().encode()
-
-
-def checksum(body: bytes) -> bytes:
-    return hashlib.sha256(body).hexdigest().encode()
-
-
-async def _respond(send: Any, body: bytes, cache_control: bytes, status: int = 200) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", cache_control),
-                (b"x-checksum", checksum(body)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -65,32 +44,18 @@ async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path: str = scope["path"]
     head, _, tail = path[1:].partition("/")
     if head == "cache" and tail.isdigit() and int(tail) in DOCS:
-        await _respond(send, DOCS[int(tail)], b"public, max-age=60")
+        await respond(send, DOCS[int(tail)], b"public, max-age=60")
     elif head == "limited":
-        await _respond(send, b'{"limited": true}', b"no-store")
+        await respond(send, b'{"limited": true}', b"no-store")
     elif head == "dedup" and tail.isdigit():
         await asyncio.sleep(0.02)
-        await _respond(send, DOCS[int(tail) % 50], b"no-cache")
+        await respond(send, DOCS[int(tail) % 50], b"no-cache")
     elif head == "compress":
-        await _respond(send, LARGE, b"no-store")
+        await respond(send, LARGE, b"no-store")
     elif head == "stream":
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/plain"),
-                    (b"cache-control", b"no-store"),
-                    (b"x-checksum", STREAM_SUM),
-                ],
-            }
-        )
-        for chunk in STREAM:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await asyncio.sleep(0.001)
-        await send({"type": "http.response.body", "body": b""})
+        await stream(send, STREAM, b"no-store")
     else:
-        await _respond(send, b'{"error": "not found"}', b"no-store", 404)
+        await respond(send, b'{"error": "not found"}', b"no-store", 404)
 
 
 ENV = {
