@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -123,6 +125,41 @@ async def call(
         messages=messages,
         chunks=body_chunks,
     )
+
+
+# -- worker processes -------------------------------------------------------------------------
+def run_processes(
+    target: Any,
+    args: Sequence[Any],
+    processes: int,
+    results_per_process: int = 1,
+    timeout: float = 90.0,
+) -> tuple[list[Any], list[int | None]]:
+    """Run ``target(*args, barrier, results)`` in ``processes`` spawned workers.
+
+    The shared barrier lets the workers start their requests together; each puts
+    ``results_per_process`` items on ``results``. Returns the items (fewer when a worker hung
+    or died: the caller's count assertions then fail) and the workers' exit codes.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(processes)
+    results = ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, barrier, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    collected: list[Any] = []
+    try:
+        for _ in range(processes * results_per_process):
+            collected.append(results.get(timeout=timeout))
+    except queue.Empty:
+        pass
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():  # pragma: no cover - a hung worker
+                worker.kill()
+                worker.join()
+    return collected, [worker.exitcode for worker in workers]
 
 
 # -- free ports and real Redis ----------------------------------------------------------------

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 from typing import Any
 
 import pytest
 
-from tests.support import call
+from tests.support import call, run_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -17,7 +16,7 @@ PROCESSES = 4
 CONCURRENCY = 50
 
 
-def _worker(redis_url: str, key_prefix: str, ready: Any, go: Any, results: Any) -> None:
+def _worker(redis_url: str, key_prefix: str, barrier: Any, results: Any) -> None:
     from asgi_perf.cache import CacheMiddleware
 
     calls = 0
@@ -33,8 +32,7 @@ def _worker(redis_url: str, key_prefix: str, ready: Any, go: Any, results: Any) 
     async def main() -> tuple[int, list[bytes], list[str]]:
         mw = CacheMiddleware(app, storage=redis_url, key_prefix=key_prefix, lock_timeout=20)
         await mw.store.get("warm-up")  # connect before the start signal
-        ready.put(os.getpid())
-        await asyncio.to_thread(go.wait, 30)
+        await asyncio.to_thread(barrier.wait, 60)
         responses = await asyncio.gather(*(call(mw, "GET", "/hot") for _ in range(CONCURRENCY)))
         await mw.store.close()
         return (
@@ -47,24 +45,8 @@ def _worker(redis_url: str, key_prefix: str, ready: Any, go: Any, results: Any) 
 
 
 def test_four_processes_fill_a_cold_key_once(redis_url: str, key_prefix: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [
-        ctx.Process(target=_worker, args=(redis_url, key_prefix, ready, go, results))
-        for _ in range(PROCESSES)
-    ]
-    for proc in procs:
-        proc.start()
-    try:
-        for _ in procs:
-            ready.get(timeout=60)
-        go.set()
-        outcomes = [results.get(timeout=60) for _ in procs]
-    finally:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+    outcomes, _ = run_processes(_worker, (redis_url, key_prefix), PROCESSES, timeout=60)
+    assert len(outcomes) == PROCESSES, "a worker did not report"
     total_calls = sum(calls for calls, _, _ in outcomes)
     bodies = {body for _, bs, _ in outcomes for body in bs}
     labels = [label for _, _, ls in outcomes for label in ls]

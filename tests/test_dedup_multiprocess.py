@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import queue
 from typing import Any
 
 import pytest
+
+from tests.support import run_processes
 
 PROCESSES = 4
 PER_PROCESS = 25
@@ -49,29 +50,12 @@ async def _run(
     return calls, [r.body for r in responses] + failed, [r.header("x-dedup") for r in responses]
 
 
-def _worker(url: str, prefix: str, barrier: Any, results: Any, fail_first: bool) -> None:
+def _worker(url: str, prefix: str, fail_first: bool, barrier: Any, results: Any) -> None:
     results.put(asyncio.run(_run(url, prefix, barrier, fail_first)))
 
 
 def _spawn(url: str, prefix: str, fail_first: bool) -> list[Any]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(PROCESSES)
-    results = ctx.Queue()
-    workers = [
-        ctx.Process(target=_worker, args=(url, prefix, barrier, results, fail_first))
-        for _ in range(PROCESSES)
-    ]
-    for w in workers:
-        w.start()
-    try:
-        return [results.get(timeout=90) for _ in workers]
-    except queue.Empty:  # a worker hung or died: the caller's count assertion fails
-        return []
-    finally:
-        for w in workers:
-            w.join(timeout=10)
-            if w.is_alive():  # pragma: no cover
-                w.kill()
+    return run_processes(_worker, (url, prefix, fail_first), PROCESSES)[0]
 
 
 @pytest.mark.slow

@@ -8,12 +8,12 @@ must equal the limit.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from typing import Any
 
 import pytest
 
 from asgi_perf.limiter import STRATEGIES
+from tests.support import run_processes
 
 WORKERS = 4
 PER_WORKER = 40
@@ -51,26 +51,13 @@ def worker(url: str, prefix: str, strategies: list[str], barrier: Any, out: Any)
 
 
 def run_workers(url: str, prefix: str, strategies: list[str]) -> dict[str, list[Any]]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(WORKERS)
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(target=worker, args=(url, prefix, strategies, barrier, out))
-        for _ in range(WORKERS)
-    ]
-    for p in procs:
-        p.start()
+    rows, exit_codes = run_processes(
+        worker, (url, prefix, strategies), WORKERS, results_per_process=len(strategies), timeout=60
+    )
+    assert all(code == 0 for code in exit_codes)
     results: dict[str, list[Any]] = {s: [] for s in strategies}
-    try:
-        for _ in range(WORKERS * len(strategies)):
-            strategy, admitted, refused, stats = out.get(timeout=60)
-            results[strategy].append((admitted, refused, stats))
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-    assert all(p.exitcode == 0 for p in procs)
+    for strategy, admitted, refused, stats in rows:
+        results[strategy].append((admitted, refused, stats))
     return results
 
 
