@@ -20,6 +20,7 @@ __all__ = [
     "EnvConfigurable",
     "EnvVar",
     "storage_url_from_env",
+    "store_scheme",
     "to_bool",
     "to_choice",
     "to_duration",
@@ -188,7 +189,21 @@ def to_rates(value: object, name: str) -> tuple[Any, ...]:
     return parsed
 
 
-STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+STORE_SCHEMES = ("memory", *REDIS_SCHEMES)
+
+
+def store_scheme(url: str, name: str, schemes: tuple[str, ...] = STORE_SCHEMES) -> str:
+    """The scheme of a store URL; ``ConfigError`` naming ``name`` unless it is in ``schemes``."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in schemes:
+        accepted = (
+            "a URL starting with "
+            + ", ".join(s + "://" for s in schemes)
+            + " (redis+cluster://h1:p1,h2:p2, redis+sentinel://host:port/service)"
+        )
+        raise ConfigError(name, url, accepted)
+    return scheme
 
 
 def storage_url_from_env(environ: Mapping[str, str]) -> str:
@@ -199,10 +214,7 @@ def storage_url_from_env(environ: Mapping[str, str]) -> str:
     for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL"):
         url = environ.get(name, "").strip()
         if url:
-            scheme = url.partition("://")[0].lower() if "://" in url else ""
-            if scheme not in STORE_SCHEMES:
-                accepted = "a URL starting with " + ", ".join(s + "://" for s in STORE_SCHEMES)
-                raise ConfigError(name, url, accepted)
+            store_scheme(url, name)
             return url
     return "memory://"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from ..config import ConfigError, to_int, to_size
+from ..config import ConfigError, store_scheme, to_int, to_size
 from .base import Store, StoreUnavailable, Subscription
 from .memory import MemoryStore
 
@@ -34,8 +34,7 @@ def create_store(
         return url
     if not isinstance(url, str):
         raise ConfigError(name, url, "a store URL (memory://, redis://…) or a Store")
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "memory":
+    if store_scheme(url, name) == "memory":
         query = parse_qs(urlsplit(url).query)
         if "max_entries" in query:
             max_entries = to_int(query["max_entries"][0], name + " max_entries", minimum=1)
@@ -44,11 +43,4 @@ def create_store(
         return MemoryStore(max_entries=max_entries, max_bytes=max_bytes)
     from .redis import RedisStore
 
-    if scheme not in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
-        raise ConfigError(
-            name,
-            url,
-            "memory://, redis://, rediss://, unix://, redis+cluster://h1:p1,h2:p2 or "
-            "redis+sentinel://host:port/service",
-        )
     return RedisStore(url, prefix=prefix, timeout=timeout)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from ..config import ConfigError
+from ..config import REDIS_SCHEMES, ConfigError, store_scheme
 from .base import Store, StoreUnavailable, Subscription
 
 __all__ = ["RedisStore"]
@@ -67,8 +67,6 @@ if redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX') then
 end
 return 0
 """
-
-_URL_SCHEMES = ("redis", "rediss", "redis+cluster", "redis+sentinel", "unix")
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -251,11 +249,7 @@ class RedisStore(Store):
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "asgi_perf:", timeout: float = 0.25) -> None:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in _URL_SCHEMES:
-            raise ConfigError(
-                "storage", url, "a URL starting with " + ", ".join(s + "://" for s in _URL_SCHEMES)
-            )
+        scheme = store_scheme(url, "storage", REDIS_SCHEMES)
         if "{" in prefix or "}" in prefix:
             raise ConfigError("prefix", prefix, "a key prefix without '{' or '}'")
         query = parse_qs(urlsplit(url).query)
