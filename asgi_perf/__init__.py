@@ -6,16 +6,16 @@ middleware is also a plain class ``Middleware(app, **options)`` with ``Middlewar
 
 from __future__ import annotations
 
-from .cache import CacheMiddleware
-from .compression import CompressionMiddleware
-from .config import ConfigError
-from .dedup import DedupMiddleware
-from .queries import NPlusOneError, QueryMiddleware
-from .ratelimit import RateLimitMiddleware
-from .report import report_app
-from .stack import from_env
-from .stores import Store, StoreUnavailable, create_store
-from .timing import TimingMiddleware
+from asgi_perf._core.config import ConfigError
+from asgi_perf._stack import from_env
+from asgi_perf.cache import CacheMiddleware
+from asgi_perf.compression import CompressionMiddleware
+from asgi_perf.dedup import DedupMiddleware
+from asgi_perf.queries import NPlusOneError, QueryMiddleware
+from asgi_perf.ratelimit import RateLimitMiddleware
+from asgi_perf.report import report_app
+from asgi_perf.stores import Store, StoreUnavailable, create_store
+from asgi_perf.timing import TimingMiddleware
 
 __all__ = [
     "CacheMiddleware",

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from .asgi import (
+from asgi_perf._core.asgi import (
     ASGIApp,
     Receive,
     Scope,
@@ -41,7 +41,7 @@ from .asgi import (
     send_response,
     serve_lifespan,
 )
-from .stats import snapshot
+from asgi_perf._core.stats import snapshot
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "render_prometheus", "report_app", "wants_prometheus"]
 

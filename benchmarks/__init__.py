@@ -1,6 +1,6 @@
 """The bundled benchmark: what each asgi_perf middleware, and the whole stack, adds to a request.
 
-Run ``python -m benchmarks --help`` (or ``asgi-perf-bench``). Modules: :mod:`.driver` (the
+Run ``python -m benchmarks --help``. Modules: :mod:`.driver` (the
 in-process ASGI driver), :mod:`.scenarios` (what is measured), :mod:`.inprocess` (interleaved
 rounds), :mod:`.http` and :mod:`.server` (real server in a subprocess + load generator),
 :mod:`.goals` (the goal table of spec/benchmarks.md), :mod:`.report` (tables, JSON, chart).

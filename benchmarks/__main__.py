@@ -1,10 +1,10 @@
-"""``python -m benchmarks`` / ``asgi-perf-bench``: what each asgi_perf middleware costs.
+"""``python -m benchmarks``: what each asgi_perf middleware costs.
 
 Examples::
 
-    asgi-perf-bench --quick                       # < 1 minute, in-process + HTTP
-    asgi-perf-bench --peers --redis redis://localhost:6379/15 --json out.json --plot out.png
-    asgi-perf-bench --smoke --json out.json       # CI: a few requests per variant, output parses
+    python -m benchmarks --quick                       # < 1 minute, in-process + HTTP
+    python -m benchmarks --peers --redis redis://localhost:6379/15 --json out.json --plot out.png
+    python -m benchmarks --smoke --json out.json   # CI: a few requests per variant, output parses
 
 Exit status 0 whether goals are met or not (the table says); 2 on bad arguments.
 """
@@ -54,7 +54,7 @@ PEERS = (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="asgi-perf-bench",
+        prog="python -m benchmarks",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from asgi_perf.asgi import serve_lifespan
+from asgi_perf._core.asgi import serve_lifespan
 
 __all__ = [
     "BODIES",

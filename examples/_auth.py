@@ -7,7 +7,7 @@ asgi-perf stack (it runs before the limiter decides); a real app would verify a 
 
 from __future__ import annotations
 
-from asgi_perf.asgi import ASGIApp, Receive, Scope, Send, get_header
+from asgi_perf.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["BearerUser"]
 
@@ -18,7 +18,7 @@ class BearerUser:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            auth = get_header(scope.get("headers") or (), b"authorization") or b""
+            auth = next((v for k, v in scope.get("headers") or () if k == b"authorization"), b"")
             if auth[:7].lower() == b"bearer " and auth[7:].strip():
                 scope.setdefault("state", {})["user_id"] = auth[7:].strip().decode("latin-1")
         await self.app(scope, receive, send)

@@ -7,8 +7,8 @@ import asyncio
 import orjson
 import pytest
 
-from asgi_perf import context
-from asgi_perf.asgi import (
+from asgi_perf._core import context
+from asgi_perf._core.asgi import (
     get_header,
     get_header_values,
     header_tokens,

@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi import Response as FastAPIResponse
 
+from asgi_perf._core.config import ConfigError
+from asgi_perf._core.context import close_context, open_context
 from asgi_perf.cache import CacheMiddleware
-from asgi_perf.config import ConfigError
-from asgi_perf.context import close_context, open_context
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
 from tests.support import RedisServer, Response, call, redis_server_available
 

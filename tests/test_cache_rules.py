@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from asgi_perf.cache_rules import (
+from asgi_perf._core.http import canonical_query
+from asgi_perf.cache._rules import (
     CACHEABLE_STATUSES,
     RequestDirectives,
     current_age,
@@ -24,7 +25,6 @@ from asgi_perf.cache_rules import (
     strong_etag,
     vary_names,
 )
-from asgi_perf.idempotency import canonical_query
 
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 DATE = b"Tue, 14 Nov 2023 22:13:20 GMT"

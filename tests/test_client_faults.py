@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from asgi_perf._stack import from_env
 from asgi_perf.cache import CacheMiddleware
 from asgi_perf.compression import CompressionMiddleware
 from asgi_perf.dedup import DedupMiddleware
-from asgi_perf.stack import from_env
 from tests.support import Response, call, make_scope
 
 BOUND = 10.0  # seconds a request may take here before it counts as hanging (timeouts are 60 s)

@@ -26,7 +26,7 @@ import orjson
 import pytest
 import zstandard
 
-from asgi_perf.asgi import ASGIApp
+from asgi_perf._core.asgi import ASGIApp
 from asgi_perf.queries import record_query
 from tests.support import Response, call
 

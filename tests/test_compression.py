@@ -19,16 +19,16 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_perf.codecs import (
+from asgi_perf._core.config import ConfigError
+from asgi_perf._core.context import close_context, open_context
+from asgi_perf.compression import CompressionMiddleware
+from asgi_perf.compression._codecs import (
     BrotliCodec,
     GzipCodec,
     ZstdCodec,
     available_gzip_backends,
     make_codec,
 )
-from asgi_perf.compression import CompressionMiddleware
-from asgi_perf.config import ConfigError
-from asgi_perf.context import close_context, open_context
 from tests.support import call, make_scope
 
 BODY = orjson.dumps([{"id": i, "name": f"user {i}", "tags": ["a", "b", "c"]} for i in range(300)])

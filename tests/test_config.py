@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from asgi_perf.config import (
+from asgi_perf._core.config import (
     ConfigError,
     EnvConfigurable,
     EnvVar,

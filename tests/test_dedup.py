@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from asgi_perf.config import ConfigError
-from asgi_perf.context import close_context, open_context
+from asgi_perf._core.config import ConfigError
+from asgi_perf._core.context import close_context, open_context
 from asgi_perf.dedup import DedupMiddleware
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
 from tests.support import Response, call, free_port, make_scope

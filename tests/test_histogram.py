@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from asgi_perf.histogram import BATCH, MAX_VALUE, MIN_VALUE, LatencyHistogram
+from asgi_perf.timing._histogram import BATCH, MAX_VALUE, MIN_VALUE, LatencyHistogram
 
 
 def distributions() -> dict[str, np.ndarray]:

@@ -34,8 +34,12 @@ import zstandard
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from asgi_perf._core.context import TimingEntry, add_timing, format_server_timing
+from asgi_perf._core.identity import ClientIP, parse_forwarded
+from asgi_perf._core.negotiation import choose_encoding, parse_accept_encoding
+from asgi_perf._stack import from_env
 from asgi_perf.cache import CacheMiddleware
-from asgi_perf.cache_rules import (
+from asgi_perf.cache._rules import (
     etag_matches,
     freshness_lifetime,
     not_modified,
@@ -47,14 +51,10 @@ from asgi_perf.cache_rules import (
     vary_names,
 )
 from asgi_perf.compression import CompressionMiddleware
-from asgi_perf.context import TimingEntry, add_timing, format_server_timing
 from asgi_perf.dedup import DedupMiddleware
-from asgi_perf.idempotency import MAX_KEY_LENGTH, InvalidKey, parse_idempotency_key
-from asgi_perf.identity import ClientIP, parse_forwarded
-from asgi_perf.negotiation import choose_encoding, parse_accept_encoding
+from asgi_perf.dedup._rules import MAX_KEY_LENGTH, InvalidKey, parse_idempotency_key
 from asgi_perf.queries import QueryMiddleware
 from asgi_perf.ratelimit import RateLimitMiddleware
-from asgi_perf.stack import from_env
 from asgi_perf.timing import TimingMiddleware
 from tests.support import make_scope, unique_prefix
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_perf.idempotency import (
+from asgi_perf.dedup._rules import (
     InvalidKey,
     canonical_query,
     decode_record,

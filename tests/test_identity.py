@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from asgi_perf.config import ConfigError
-from asgi_perf.identity import ClientIP, default_user_key, header_user_key, parse_forwarded
+from asgi_perf._core.config import ConfigError
+from asgi_perf._core.identity import ClientIP, default_user_key, header_user_key, parse_forwarded
 from tests.support import make_scope
 
 
@@ -94,7 +94,7 @@ def test_header_user_key_hashes_the_secret() -> None:
 
 @pytest.mark.parametrize("module", ["ratelimit", "dedup", "timing"])
 def test_bad_trusted_proxies_variable_is_named(module: str) -> None:
-    from asgi_perf import stack
+    from asgi_perf import _stack as stack
 
     cls = next(c for c in stack.middleware_classes() if c.__module__ == f"asgi_perf.{module}")
     with pytest.raises(ConfigError, match=r"ASGI_PERF_TRUSTED_PROXIES='10\.0\.0\.300'"):

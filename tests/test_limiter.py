@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgi_perf.config import ConfigError
-from asgi_perf.limiter import (
+from asgi_perf._core.config import ConfigError
+from asgi_perf.ratelimit._strategies import (
     STRATEGIES,
     MemoryLimiter,
     RedisLimiter,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_perf.codecs import available_encodings
-from asgi_perf.negotiation import choose_encoding, parse_accept_encoding
+from asgi_perf._core.negotiation import choose_encoding, parse_accept_encoding
+from asgi_perf.compression._codecs import available_encodings
 
 ALL = ("zstd", "br", "gzip")
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from asgi_perf.config import ConfigError
+from asgi_perf._core.config import ConfigError
 from asgi_perf.timing import TimingMiddleware
 from tests.support import call
 

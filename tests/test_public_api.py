@@ -36,6 +36,34 @@ def test_package_exports() -> None:
         assert getattr(asgi_perf, name) is not None
 
 
+def test_public_modules_are_exactly_these() -> None:
+    """Everything else is private (a leading underscore somewhere in its dotted name)."""
+    public = {m for m in MODULES if not any(p.startswith("_") for p in m.split("."))}
+    assert public == {
+        "asgi_perf.cache",
+        "asgi_perf.compression",
+        "asgi_perf.contrib",
+        "asgi_perf.contrib.litestar",
+        "asgi_perf.dedup",
+        "asgi_perf.queries",
+        "asgi_perf.ratelimit",
+        "asgi_perf.report",
+        "asgi_perf.stores",
+        "asgi_perf.timing",
+        "asgi_perf.types",
+    }
+
+
+def test_examples_use_only_public_names() -> None:
+    import pathlib
+    import re
+
+    examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
+    for path in examples.glob("*.py"):
+        for match in re.finditer(r"asgi_perf[\w.]*", path.read_text()):
+            assert not any(p.startswith("_") for p in match.group().split(".")), (path, match)
+
+
 @pytest.mark.parametrize("module_name", MODULES)
 def test_every_module_declares_all(module_name: str) -> None:
     module = importlib.import_module(module_name)
@@ -92,7 +120,7 @@ def test_no_framework_import_in_the_package() -> None:
     import sys
 
     code = (
-        "import sys, asgi_perf, asgi_perf.stack; asgi_perf.stack.middleware_classes();"
+        "import sys, asgi_perf, asgi_perf._stack; asgi_perf._stack.middleware_classes();"
         "print([m for m in ('starlette', 'fastapi', 'litestar') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

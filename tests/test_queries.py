@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from starlette.concurrency import run_in_threadpool
 
-from asgi_perf import context
-from asgi_perf.config import ConfigError
-from asgi_perf.queries import (
+from asgi_perf._core import context
+from asgi_perf._core.config import ConfigError
+from asgi_perf.queries._findings import _MAX_KEYS, LOOP_WIDTH, QueryLog
+from asgi_perf.queries._middleware import (
     NPlusOneError,
     QueryMiddleware,
     assert_max_queries,
@@ -23,7 +24,6 @@ from asgi_perf.queries import (
     record_query,
     track,
 )
-from asgi_perf.query_findings import _MAX_KEYS, LOOP_WIDTH, QueryLog
 from tests.support import call
 
 CHILD = "SELECT * FROM books WHERE author_id = ?"

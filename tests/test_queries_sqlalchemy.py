@@ -306,7 +306,7 @@ def plain(text: str) -> str:
 
 def _stats(app: Any) -> dict[str, Any]:
     # The QueryMiddleware instance Starlette built: found through the report registry.
-    from asgi_perf import stats as registry
+    from asgi_perf._core import stats as registry
 
     return registry.snapshot()["queries"][-1]
 

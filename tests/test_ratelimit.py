@@ -13,17 +13,17 @@ from fastapi import Depends, FastAPI, Request
 from litestar import Litestar, get
 from litestar.middleware import DefineMiddleware
 
-from asgi_perf import stats
-from asgi_perf.config import ConfigError
-from asgi_perf.limiter import RedisLimiter
-from asgi_perf.ratelimit import RateLimitMiddleware, Rule, compile_path, parse_rules
-from asgi_perf.ratelimit_headers import (
+from asgi_perf._core import stats
+from asgi_perf._core.config import ConfigError
+from asgi_perf.ratelimit._headers import (
     delta_seconds,
     policy_field,
     ratelimit_template,
     retry_after,
     sf_string,
 )
+from asgi_perf.ratelimit._middleware import RateLimitMiddleware, Rule, compile_path, parse_rules
+from asgi_perf.ratelimit._strategies import RedisLimiter
 from tests.support import RedisServer, call, free_port, make_scope
 
 
@@ -465,7 +465,7 @@ async def test_slow_store_fails_open_after_the_timeout(
 
 
 async def test_check_reports_server_timing(redis_url: str, key_prefix: str) -> None:
-    from asgi_perf.context import close_context, open_context
+    from asgi_perf._core.context import close_context, open_context
 
     mw = RateLimitMiddleware(App(), storage=redis_url, key_prefix=key_prefix)
     ctx, token = open_context()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from asgi_perf.limiter import STRATEGIES
+from asgi_perf.ratelimit._strategies import STRATEGIES
 from tests.support import run_processes
 
 WORKERS = 4

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgi_perf.recording import RecordedResponse, ResponseRecorder
+from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
 
 
 def test_round_trip_keeps_headers_exactly() -> None:

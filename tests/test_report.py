@@ -9,7 +9,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asgi_perf import stats
+from asgi_perf._core import stats
 from asgi_perf.report import render_prometheus, report_app, wants_prometheus
 from asgi_perf.timing import TimingMiddleware
 from tests.support import call, make_scope

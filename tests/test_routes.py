@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from litestar.params import FromPath
 
-from asgi_perf.routes import UNMATCHED, collapse_path, route_template
 from asgi_perf.timing import TimingMiddleware
+from asgi_perf.timing._routes import UNMATCHED, collapse_path, route_template
 from tests.support import call, make_scope
 
 
@@ -162,7 +162,7 @@ async def test_litestar_path_template() -> None:
 
 
 def test_route_templates_are_cached_per_route_object_never_per_reused_id() -> None:
-    from asgi_perf.routes import template_of
+    from asgi_perf.timing._routes import template_of
 
     class Route:
         def __init__(self, path: str) -> None:

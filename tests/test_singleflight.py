@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from asgi_perf.singleflight import SingleFlight
 from asgi_perf.stores import Store, create_store
+from asgi_perf.stores._singleflight import SingleFlight
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from asgi_perf.sqlnorm import fold_lists, normalize, tokens
+from asgi_perf.queries._sqlnorm import fold_lists, normalize, tokens
 
 SAME_SHAPE = [
     # literals and numbers

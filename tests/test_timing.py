@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgi_perf.config import ConfigError
-from asgi_perf.context import add_timing, current
+from asgi_perf._core.config import ConfigError
+from asgi_perf._core.context import add_timing, current
 from asgi_perf.timing import TimingMiddleware
 from tests.support import call, make_scope
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..asgi import ASGIApp
-from ..stack import from_env
+from asgi_perf._core.asgi import ASGIApp
+from asgi_perf._stack import from_env
 
 __all__ = ["AsgiPerfPlugin"]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from ..config import ConfigError, store_scheme, to_int, to_size
-from .base import Store, StoreUnavailable, Subscription
-from .memory import MemoryStore
+from asgi_perf._core.config import ConfigError, store_scheme, to_int, to_size
+from asgi_perf.stores._base import Store, StoreUnavailable, Subscription
+from asgi_perf.stores._memory import MemoryStore
 
 __all__ = ["MemoryStore", "Store", "StoreUnavailable", "Subscription", "create_store"]
 
@@ -41,6 +41,6 @@ def create_store(
         if "max_bytes" in query:
             max_bytes = to_size(query["max_bytes"][0], name + " max_bytes")
         return MemoryStore(max_entries=max_entries, max_bytes=max_bytes)
-    from .redis import RedisStore
+    from asgi_perf.stores._redis import RedisStore
 
     return RedisStore(url, prefix=prefix, timeout=timeout)

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 import asgi_perf
-from asgi_perf.asgi import serve_lifespan
+from asgi_perf._core.asgi import serve_lifespan
 from tests.apps.checked import respond, stream
 
 DOCS = {

@@ -36,7 +36,7 @@ from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .asgi import Scope
+from asgi_perf._core.asgi import Scope
 
 __all__ = ["Telemetry", "is_configured"]
 
@@ -116,7 +116,7 @@ def _active_counts(meter_provider: Any) -> dict[tuple[str, str], int]:
     """The (method, scheme) -> in-flight dict observed as ``http.server.active_requests``."""
     counts = _ACTIVE.get(meter_provider)
     if counts is None:
-        from . import __version__
+        from asgi_perf import __version__
 
         counts = _ACTIVE[meter_provider] = {}
         meter = meter_provider.get_meter("asgi_perf", __version__, schema_url=_SCHEMA_URL)
@@ -146,7 +146,7 @@ class Telemetry:
     """The tracer and instruments one middleware records with; ``tracing``/``metering`` flags."""
 
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
-        from . import __version__
+        from asgi_perf import __version__
 
         self.tracer = (
             tracer_provider.get_tracer("asgi_perf", __version__, schema_url=_SCHEMA_URL)

@@ -25,7 +25,7 @@ import zlib
 from types import ModuleType
 from typing import Any, Protocol
 
-from .config import ConfigError
+from asgi_perf._core.config import ConfigError
 
 __all__ = [
     "GZIP_BACKENDS",

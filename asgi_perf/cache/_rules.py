@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import quote
 
-from .asgi import Headers, get_header_values, header_tokens
+from asgi_perf._core.asgi import Headers, get_header_values, header_tokens
 
 __all__ = [
     "CACHEABLE_STATUSES",

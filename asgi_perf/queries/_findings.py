@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from .config import ConfigError, to_duration, to_int
-from .sqlnorm import normalize
+from asgi_perf._core.config import ConfigError, to_duration, to_int
+from asgi_perf.queries._sqlnorm import normalize
 
 __all__ = ["LOOP_WIDTH", "Finding", "QueryLog", "Rules", "call_site"]
 

@@ -21,8 +21,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .asgi import ASGIApp
-from .config import EnvConfigurable
+from asgi_perf._core.asgi import ASGIApp
+from asgi_perf._core.config import EnvConfigurable
 
 __all__ = ["STACK_ORDER", "from_env", "middleware_classes"]
 

@@ -83,10 +83,19 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import stats as _stats
-from .asgi import ASGIApp, Headers, Message, Receive, Scope, Send, problem_body, send_response
-from .body import BufferedBody, prepend, read_body
-from .config import (
+from asgi_perf._core import stats as _stats
+from asgi_perf._core.asgi import (
+    ASGIApp,
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    problem_body,
+    send_response,
+)
+from asgi_perf._core.body import BufferedBody, prepend, read_body
+from asgi_perf._core.config import (
     KEY_PREFIX_ENV,
     ConfigError,
     EnvConfigurable,
@@ -95,8 +104,16 @@ from .config import (
     to_list,
     to_size,
 )
-from .context import add_timing
-from .idempotency import (
+from asgi_perf._core.context import add_timing
+from asgi_perf._core.identity import (
+    PROXY_HEADER_ENV,
+    TRUSTED_PROXIES_ENV,
+    ClientIP,
+    default_user_key,
+)
+from asgi_perf._core.outage import Outage
+from asgi_perf._core.recording import RecordedResponse, ResponseRecorder, encode_response
+from asgi_perf.dedup._rules import (
     UNSAFE_METHODS,
     InvalidKey,
     canonical_query,
@@ -106,11 +123,8 @@ from .idempotency import (
     parse_idempotency_key,
     path_matches,
 )
-from .identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, default_user_key
-from .outage import Outage
-from .recording import RecordedResponse, ResponseRecorder, encode_response
-from .singleflight import Lease, SingleFlight
-from .stores import MemoryStore, Store, StoreUnavailable, create_store
+from asgi_perf.stores import MemoryStore, Store, StoreUnavailable, create_store
+from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["DedupMiddleware"]
 

@@ -22,8 +22,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from hashlib import blake2b as _blake2b
+from collections.abc import Iterable
+
+from asgi_perf._core.http import canonical_query, fingerprint
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -91,35 +92,6 @@ def parse_idempotency_key(values: list[bytes]) -> str:
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(f"key longer than {MAX_KEY_LENGTH} characters")
     return key
-
-
-def canonical_query(query: bytes) -> bytes:
-    """The query string with its parameters in a canonical order (stable sort by name)."""
-    if b"&" not in query:
-        return query
-    parts = [p for p in query.split(b"&") if p]
-    parts.sort(key=lambda p: p.partition(b"=")[0])
-    return b"&".join(parts)
-
-
-def fingerprint(parts: Sequence[bytes], body: bytes = b"", raw: bool = False) -> str:
-    """A 32-hex-digit digest identifying the request made of ``parts`` and ``body``.
-
-    ``raw``: for a request without a body, the injective encoding itself (as latin-1 text,
-    starting with ``j`` or ``r``, so never equal to a digest) instead of its digest: a key
-    for an in-process store, where hashing would only cost time.
-    """
-    data = b"\0".join(parts)
-    if data.count(b"\0") == len(parts) - 1:
-        data = b"j" + data  # no part holds a NUL: the separators alone delimit the parts
-    else:
-        data = b"r" + repr(tuple(parts)).encode("ascii")  # self-delimiting, slower
-    if raw and not body:
-        return data.decode("latin-1")
-    digest = _blake2b(data, digest_size=16)
-    if body:
-        digest.update(body)
-    return digest.hexdigest()
 
 
 def path_matches(path: str, patterns: Iterable[str]) -> bool:

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from ..config import REDIS_SCHEMES, ConfigError, store_scheme
-from .base import Store, StoreUnavailable, Subscription
+from asgi_perf._core.config import REDIS_SCHEMES, ConfigError, store_scheme
+from asgi_perf.stores._base import Store, StoreUnavailable, Subscription
 
 __all__ = ["RedisStore"]
 

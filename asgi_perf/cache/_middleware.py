@@ -92,8 +92,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from . import stats as _stats
-from .asgi import (
+from asgi_perf._core import stats as _stats
+from asgi_perf._core.asgi import (
     ASGIApp,
     Headers,
     Message,
@@ -105,7 +105,24 @@ from .asgi import (
     problem_body,
     send_response,
 )
-from .cache_rules import (
+from asgi_perf._core.config import (
+    KEY_PREFIX_ENV,
+    ConfigError,
+    EnvConfigurable,
+    EnvVar,
+    to_bool,
+    to_duration,
+    to_int,
+    to_list,
+    to_size,
+)
+from asgi_perf._core.context import add_timing
+from asgi_perf._core.http import canonical_query, fingerprint
+from asgi_perf._core.identity import hash_secret
+from asgi_perf._core.negotiation import IDENTITY, choose_encoding
+from asgi_perf._core.outage import Outage
+from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
+from asgi_perf.cache._rules import (
     DEFAULT_BYPASS_HEADERS,
     CacheControl,
     RequestDirectives,
@@ -123,25 +140,8 @@ from .cache_rules import (
     strong_etag,
     vary_names,
 )
-from .config import (
-    KEY_PREFIX_ENV,
-    ConfigError,
-    EnvConfigurable,
-    EnvVar,
-    to_bool,
-    to_duration,
-    to_int,
-    to_list,
-    to_size,
-)
-from .context import add_timing
-from .idempotency import canonical_query, fingerprint
-from .identity import hash_secret
-from .negotiation import IDENTITY, choose_encoding
-from .outage import Outage
-from .recording import RecordedResponse, ResponseRecorder
-from .singleflight import Lease, SingleFlight
-from .stores import MemoryStore, Store, StoreUnavailable, create_store
+from asgi_perf.stores import MemoryStore, Store, StoreUnavailable, create_store
+from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["CacheMiddleware"]
 
@@ -810,7 +810,7 @@ class CacheMiddleware(EnvConfigurable):
     # -- keys ------------------------------------------------------------------------------
     def _preference(self) -> tuple[str, ...]:
         if self._encodings is None:
-            from .codecs import available_encodings
+            from asgi_perf.compression._codecs import available_encodings
 
             self._encodings = available_encodings()
         return self._encodings

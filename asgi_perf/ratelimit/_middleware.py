@@ -55,9 +55,18 @@ from typing import Any
 
 import orjson
 
-from . import stats
-from .asgi import ASGIApp, Headers, Message, Receive, Scope, Send, problem_body, send_response
-from .config import (
+from asgi_perf._core import stats
+from asgi_perf._core.asgi import (
+    ASGIApp,
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    problem_body,
+    send_response,
+)
+from asgi_perf._core.config import (
     KEY_PREFIX_ENV,
     ConfigError,
     EnvConfigurable,
@@ -68,8 +77,8 @@ from .config import (
     to_list,
     to_rates,
 )
-from .context import add_timing
-from .identity import (
+from asgi_perf._core.context import add_timing
+from asgi_perf._core.identity import (
     PROXY_HEADER_ENV,
     TRUSTED_PROXIES_ENV,
     ClientIP,
@@ -78,10 +87,22 @@ from .identity import (
     default_user_key,
     header_user_key,
 )
-from .limiter import Decision, Limiter, MemoryLimiter, Window, create_limiter, to_strategy
-from .outage import Outage
-from .ratelimit_headers import delta_seconds, policy_field, ratelimit_template, retry_after
-from .stores import Store, StoreUnavailable
+from asgi_perf._core.outage import Outage
+from asgi_perf.ratelimit._headers import (
+    delta_seconds,
+    policy_field,
+    ratelimit_template,
+    retry_after,
+)
+from asgi_perf.ratelimit._strategies import (
+    Decision,
+    Limiter,
+    MemoryLimiter,
+    Window,
+    create_limiter,
+    to_strategy,
+)
+from asgi_perf.stores import Store, StoreUnavailable
 
 __all__ = ["RateLimitMiddleware", "Rule", "compile_path", "parse_rules"]
 

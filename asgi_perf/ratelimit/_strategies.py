@@ -46,9 +46,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import ConfigError
-from .identity import hash_secret
-from .stores import MemoryStore, Store, create_store
+from asgi_perf._core.config import ConfigError
+from asgi_perf._core.identity import hash_secret
+from asgi_perf.stores import MemoryStore, Store, create_store
 
 __all__ = [
     "STRATEGIES",
@@ -119,7 +119,7 @@ class Limiter:
 
 
 def to_strategy(value: object, name: str = "strategy") -> str:
-    from .config import to_choice
+    from asgi_perf._core.config import to_choice
 
     return to_choice(value, name, STRATEGIES)
 
@@ -488,7 +488,7 @@ def create_limiter(
     store = create_store(storage, prefix=prefix, timeout=timeout, max_entries=100_000)
     if isinstance(store, MemoryStore):
         return MemoryLimiter(strategy, max_entries=store.max_entries)
-    from .stores.redis import RedisStore
+    from asgi_perf.stores._redis import RedisStore
 
     if not isinstance(store, RedisStore):
         raise ConfigError("storage", storage, "memory://, a Redis URL or a RedisStore")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
-from .stores.base import Store
+from asgi_perf.stores._base import Store
 
 __all__ = ["Lease", "Outcome", "SingleFlight"]
 

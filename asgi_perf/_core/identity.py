@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
-from .asgi import Scope, get_header_values
-from .config import ConfigError, EnvVar, to_choice
+from asgi_perf._core.asgi import Scope, get_header_values
+from asgi_perf._core.config import ConfigError, EnvVar, to_choice
 
 __all__ = [
     "PROXY_HEADER_ENV",

@@ -60,14 +60,22 @@ import time
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
-from . import stats as _stats
-from .asgi import ASGIApp, Headers, Message, Receive, Scope, Send, merge_vary
-from .codecs import GZIP_BACKENDS, Codec, available_encodings, make_codec
-from .config import ConfigError, EnvConfigurable, EnvVar, to_bool, to_choice, to_int, to_list
-from .config import to_size as _to_size
-from .context import add_timing
-from .negotiation import IDENTITY, choose_encoding
-from .outage import Outage
+from asgi_perf._core import stats as _stats
+from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Scope, Send, merge_vary
+from asgi_perf._core.config import (
+    ConfigError,
+    EnvConfigurable,
+    EnvVar,
+    to_bool,
+    to_choice,
+    to_int,
+    to_list,
+)
+from asgi_perf._core.config import to_size as _to_size
+from asgi_perf._core.context import add_timing
+from asgi_perf._core.negotiation import IDENTITY, choose_encoding
+from asgi_perf._core.outage import Outage
+from asgi_perf.compression._codecs import GZIP_BACKENDS, Codec, available_encodings, make_codec
 
 __all__ = [
     "DEFAULT_COMPRESSIBLE_TYPES",

@@ -68,17 +68,30 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .asgi import ASGIApp, Message, Receive, Scope, Send
-from .config import ConfigError, EnvConfigurable, EnvVar, to_bool, to_choice, to_duration, to_int
-from .context import RequestContext, close_context, enter_context, format_server_timing
-from .histogram import BATCH, LatencyHistogram
-from .identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
-from .routes import route_template, template_of
-from .stats import register
+from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
+from asgi_perf._core.config import (
+    ConfigError,
+    EnvConfigurable,
+    EnvVar,
+    to_bool,
+    to_choice,
+    to_duration,
+    to_int,
+)
+from asgi_perf._core.context import (
+    RequestContext,
+    close_context,
+    enter_context,
+    format_server_timing,
+)
+from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
+from asgi_perf._core.stats import register
+from asgi_perf.timing._histogram import BATCH, LatencyHistogram
+from asgi_perf.timing._routes import route_template, template_of
 
 if TYPE_CHECKING:
-    from .otel import Telemetry
-    from .otel import _Request as _OtelRequest
+    from asgi_perf.timing._otel import Telemetry
+    from asgi_perf.timing._otel import _Request as _OtelRequest
 
 __all__ = ["RouteStats", "TimingMiddleware"]
 
@@ -280,7 +293,7 @@ class TimingMiddleware(EnvConfigurable):
             self._telemetry = None  # nothing imported OpenTelemetry: nothing configured it
             return
         try:
-            from .otel import Telemetry
+            from asgi_perf.timing._otel import Telemetry
         except ImportError as exc:
             if self.otel_mode == "on" or explicit:
                 raise ConfigError(

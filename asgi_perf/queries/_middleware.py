@@ -49,10 +49,18 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
 
-from . import context, stats
-from .asgi import ASGIApp, Message, Receive, Scope, Send
-from .config import ConfigError, EnvConfigurable, EnvVar, to_bool, to_choice, to_duration, to_int
-from .query_findings import Finding, QueryLog, Rules
+from asgi_perf._core import context, stats
+from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
+from asgi_perf._core.config import (
+    ConfigError,
+    EnvConfigurable,
+    EnvVar,
+    to_bool,
+    to_choice,
+    to_duration,
+    to_int,
+)
+from asgi_perf.queries._findings import Finding, QueryLog, Rules
 
 __all__ = [
     "Finding",

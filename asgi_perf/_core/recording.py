@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import Iterable
 
-from .asgi import Headers, Message, Send
+from asgi_perf._core.asgi import Headers, Message, Send
 
 __all__ = ["RecordedResponse", "ResponseRecorder", "encode_response"]
 

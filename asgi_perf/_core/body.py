@@ -11,7 +11,7 @@ as the client sends it. When the first message holds the whole body (most reques
 
 from __future__ import annotations
 
-from .asgi import Message, Receive
+from asgi_perf._core.asgi import Message, Receive
 
 __all__ = ["BufferedBody", "prepend", "read_body"]
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .base import Store, Subscription
+from asgi_perf.stores._base import Store, Subscription
 
 __all__ = ["MemoryStore"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .asgi import Scope
+from asgi_perf._core.asgi import Scope
 
 __all__ = ["UNMATCHED", "collapse_path", "route_template", "template_of"]
 

@@ -1,0 +1,3 @@
+"""The core: ASGI helpers, options, request context, identity, recording.
+
+It knows no store and no middleware."""
