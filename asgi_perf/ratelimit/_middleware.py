@@ -29,16 +29,16 @@ sees. Choices where the spec is silent:
   describe one window — on a refusal the one that clears last, else the one with the fewest
   remaining — with every window listed in ``RateLimit-Policy``.
 - **Headers** (draft-ietf-httpapi-ratelimit-headers-10 and ``X-RateLimit-*``): see
-  :mod:`asgi_perf.ratelimit_headers`; ``t`` per strategy in :mod:`asgi_perf.limiter`.
+  :mod:`asgi_perf.ratelimit._headers`; ``t`` per strategy in :mod:`asgi_perf.ratelimit._strategies`.
   Refusals: ``429``, ``Retry-After`` = ``t`` >= 1, ``Cache-Control: no-store`` and an RFC 9457
   body with type ``https://iana.org/assignments/http-problem-types#quota-exceeded``.
 - **Failures**: a store error, or a reply slower than ``storage_timeout`` (the Redis client's
   socket timeout, so it costs nothing per call; connecting waits at least 1 s, the shared
-  store's floor), is an outage (:class:`~asgi_perf.outage.Outage`: one warning, a counter,
-  one info line on recovery). ``fail_open=True`` admits the request without limit headers;
-  ``False`` answers ``503`` with ``Retry-After: 1``. After a failure the store is left alone
-  for one second — requests in that second are handled as failures at once instead of each
-  waiting on a dead host — then tried again, so limits come back by themselves.
+  store's floor), fails that request (:class:`~asgi_perf._core.outage.Outage`: one warning
+  per incident, a counter, one info line on recovery). ``fail_open=True`` admits the request
+  without limit headers; ``False`` answers ``503`` with ``Retry-After: 1``. One failure is one
+  request's problem: only a run of failures opens the circuit, and while it is open a share of
+  requests still probes the store, so a store that answers again is used again at once.
 - **Redis** 5 or newer (scripts that write after ``TIME``); Valkey works the same.
 """
 
@@ -109,7 +109,6 @@ __all__ = ["RateLimitMiddleware", "Rule", "compile_path", "parse_rules"]
 logger = logging.getLogger("asgi_perf.ratelimit")
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
-RETRY_INTERVAL = 1.0  # seconds the store is left alone after a failure
 _METHOD_RE = re.compile(r"^[A-Za-z]+(,[A-Za-z]+)*$")
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 
@@ -358,7 +357,6 @@ class RateLimitMiddleware(EnvConfigurable):
         self._route_for = lru_cache(maxsize=4096)(self._route_uncached)
         self._peers: dict[Any, str] = {}
         self.outage = Outage(logger, "rate-limit store")
-        self._skip_until = 0.0
         self.allowed = 0
         self.refused = 0
         self.exempted = 0
@@ -397,20 +395,17 @@ class RateLimitMiddleware(EnvConfigurable):
         """The limiter's decision, or ``None`` when the store failed (an outage)."""
         if self._sync is not None:
             return self._sync(identity, policy.name, policy.windows)
-        if self._skip_until and time.monotonic() < self._skip_until:
-            self.outage.failures += 1
+        if not self.outage.allow():
             return None
         start = time.perf_counter()
         try:
             decision = await self.limiter.hit(identity, policy.name, policy.windows)
         except StoreUnavailable as exc:
             self.outage.failed(exc)
-            self._skip_until = time.monotonic() + RETRY_INTERVAL
             return None
         add_timing("ratelimit", (time.perf_counter() - start) * 1000.0)
         if self.outage.down:
             self.outage.ok()
-            self._skip_until = 0.0
         return decision
 
     async def _refuse(self, send: Send, policy: _Policy, decision: Decision | None) -> None:
