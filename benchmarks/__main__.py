@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (needs matplotlib)")
     p.add_argument("--no-http", action="store_true", help="in-process only")
+    p.add_argument(
+        "--counts",
+        action="store_true",
+        help="only the deterministic figures: Python calls and Redis round trips per request "
+        "(in-process, no timing; the same on every machine for one Python version)",
+    )
     p.add_argument("--no-inprocess", action="store_true", help="HTTP only")
     p.add_argument(
         "--servers",
@@ -158,6 +164,9 @@ async def _run(args: argparse.Namespace) -> int:
     else:
         settings = Settings()
         http = HTTPSettings(duration=args.duration or 1.0, warmup=0.5, rounds=5)
+    if args.counts:
+        settings = Settings(rounds=1, segment=0.0, warmup=0.0, requests=20, counts_only=True)
+        args.no_http = True
     if args.requests:
         settings.requests = args.requests
     if args.rounds:

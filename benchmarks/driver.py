@@ -14,14 +14,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Request", "Response", "count_redis_round_trips", "one", "timed"]
+__all__ = ["Request", "Response", "count_redis_round_trips", "one", "receiver", "timed"]
 
 ASGIApp = Callable[..., Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class Request:
-    """What the driver sends; ``unique`` appends ``n=<counter>`` so no two requests share a key."""
+    """What the driver sends. ``unique`` appends ``n=<counter>`` to the query, ``unique_path`` a
+    ``/<counter>`` segment to the path (a REST-style ``/items/{id}``): two ways for no two
+    requests to share a key, which caches and dedup treat differently, so both are measured."""
 
     method: str = "GET"
     path: str = "/r"
@@ -29,6 +31,7 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     unique: bool = False
+    unique_path: bool = False
     client: tuple[str, int] = ("10.1.2.3", 40000)
 
     def scope_factory(self) -> Callable[[int], dict[str, Any]]:
@@ -49,7 +52,7 @@ class Request:
         }
         query = self.query.encode()
         sep = b"&" if query else b""
-        unique = self.unique
+        unique, unique_path, path = self.unique, self.unique_path, self.path
 
         def make(n: int) -> dict[str, Any]:
             scope = base.copy()
@@ -58,6 +61,9 @@ class Request:
             scope["extensions"] = {}
             if unique:
                 scope["query_string"] = b"%s%sn=%d" % (query, sep, n)
+            if unique_path:
+                scope["path"] = f"{path}/{n}"
+                scope["raw_path"] = scope["path"].encode()
             return scope
 
         return make
@@ -78,7 +84,7 @@ class Response:
         return None
 
 
-def _receiver(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+def receiver(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
     sent = False
 
     async def receive() -> dict[str, Any]:
@@ -105,7 +111,7 @@ async def one(app: ASGIApp, request: Request, n: int = 0) -> Response:
             parts.append(bytes(message.get("body", b"")))
             response.chunks += 1
 
-    await app(request.scope_factory()(n), _receiver(request.body), send)
+    await app(request.scope_factory()(n), receiver(request.body), send)
     response.body = b"".join(parts)
     return response
 
@@ -124,7 +130,7 @@ async def timed(
         gc.collect()  # garbage of the previous segment is not this one's cost
     t0 = time.perf_counter()
     for n in range(start, start + count):
-        await app(make(n), _receiver(body), send)
+        await app(make(n), receiver(body), send)
     return (time.perf_counter() - t0) / count
 
 

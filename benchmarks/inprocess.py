@@ -15,6 +15,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .counts import calls_per_request
 from .driver import count_redis_round_trips, one, timed
 from .progress import Progress
 from .scenarios import Context, Scenario, Unavailable
@@ -31,6 +32,7 @@ class Settings:
     min_requests: int = 20
     max_requests: int = 50_000
     collect: bool = True  # gc.collect() before each timed segment
+    counts_only: bool = False  # deterministic counts only, no timing
 
 
 @dataclass
@@ -50,6 +52,7 @@ class VariantResult:
     floor_us: float | None = None  # the floor overhead used (same scenario where measured)
     body_bytes: int | None = None
     round_trips: float | None = None  # Redis round trips per request
+    calls: float | None = None  # Python calls per request beyond the bare app's (memory only)
     samples: list[tuple[float, float]] = field(default_factory=list)  # (variant µs, bare µs)
 
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +125,10 @@ async def run_scenario(
         )
         return results
 
+    await _count(lives, scenario)
+    if settings.counts_only:
+        progress.step(scenario.id, steps([scenario], settings))
+        return results
     gc.collect()
     gc.freeze()  # apps and imports are permanent: the per-segment collections stay cheap
     request = scenario.request
@@ -171,6 +178,32 @@ async def run_scenario(
         bare.result.overhead_us = 0.0
         bare.result.rounds = settings.rounds
     return results
+
+
+TRIP_REQUESTS = 50  # requests whose Redis round trips are counted before timing
+
+
+async def _count(lives: list[_Live], scenario: Scenario) -> None:
+    """The deterministic figures: Redis round trips per request of the variants that use Redis,
+    and calls per request of the others minus the bare app's (not of Redis variants: the event
+    loop's own calls while they wait would be counted too)."""
+    if not lives or lives[0].result.role != "bare":
+        return
+    counts: list[tuple[_Live, float]] = []
+    for live in lives:
+        if live.count_trips:
+            await _segment(live, scenario.request, {id(live): TRIP_REQUESTS}, False)
+            continue
+        try:
+            calls = await calls_per_request(live.app, scenario.request, live.take(10**6))
+        except Exception as exc:
+            live.result.status, live.result.reason = "error", f"request failed: {exc!r}"
+            continue
+        counts.append((live, calls))
+    if counts and counts[0][0] is lives[0]:
+        bare = counts[0][1]
+        for live, calls in counts[1:]:
+            live.result.calls = round(calls - bare, 1)
 
 
 async def _segment(live: _Live, request: Any, counts: dict[int, int], collect: bool) -> float:

@@ -46,6 +46,8 @@ def format_tables(
                 notes.append(f"{v.body_bytes} B out")
             if v.round_trips is not None:
                 notes.append(f"{v.round_trips:.2f} Redis round trips/req")
+            if v.calls is not None:
+                notes.append(f"{v.calls:+.0f} calls/req")
             lines.append(
                 f"  {v.name:42} {_num(v.us):>9} {_num(v.ratio):>8} {_num(v.overhead_us):>9} "
                 f"{_num(v.floors, 1):>7}  {'; '.join(notes)[:110]}"

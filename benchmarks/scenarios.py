@@ -39,6 +39,9 @@ Builder = Callable[["Context"], Any]
 HUGE = "1000000000/hour"  # a limit the benchmark never reaches: every request is allowed
 ALL_CODINGS = "gzip, deflate, br, zstd"
 NO_STORE = ((b"cache-control", b"no-store"),)  # the HTTP mode's passthrough response
+CACHEABLE = ((b"cache-control", b"max-age=300"),)
+ACCEPT_ALL = (("accept-encoding", ALL_CODINGS),)
+STACK = "asgi_perf full stack"
 
 
 class Unavailable(Exception):
@@ -861,20 +864,30 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
             ],
         )
     )
-    scenarios.append(
-        Scenario(
-            "stack-memory",
-            "full stack (from_env, all enabled), memory store: the HTTP passthrough request",
-            Request(unique=True, headers=(("accept-encoding", ALL_CODINGS),)),
-            [
-                bare(raw(extra=NO_STORE)),
-                Variant("floor middleware", "floor", floor(raw(extra=NO_STORE)), identity(b200)),
-                Variant(
-                    "asgi_perf full stack", "ours", full_stack(raw(extra=NO_STORE)), status(200)
-                ),
-            ],
+    # The full stack, a never-repeated no-store request in both shapes: a new query string each
+    # time, and a new path id each time (a REST /items/{id}); caches treat them differently.
+    for sid, what, request in (
+        ("stack-memory", "new query each time", Request(unique=True, headers=ACCEPT_ALL)),
+        (
+            "stack-memory-paths",
+            "new path id each time",
+            Request(path="/items", unique_path=True, headers=ACCEPT_ALL),
+        ),
+    ):
+        scenarios.append(
+            Scenario(
+                sid,
+                f"full stack (from_env, all enabled), memory store, no-store, {what}",
+                request,
+                [
+                    bare(raw(extra=NO_STORE)),
+                    Variant(
+                        "floor middleware", "floor", floor(raw(extra=NO_STORE)), identity(b200)
+                    ),
+                    Variant(STACK, "ours", full_stack(raw(extra=NO_STORE)), status(200)),
+                ],
+            )
         )
-    )
 
     if redis:
         ratelimit(
@@ -963,6 +976,43 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
                         "ours",
                         ours("cache", "CacheMiddleware", raw(), ttl=300, storage="redis"),
                         header_is("x-cache", "MISS"),
+                        round_trips=True,
+                    ),
+                ],
+                needs_redis=True,
+            )
+        )
+        scenarios.append(
+            Scenario(
+                "stack-redis",
+                "full stack (from_env, all enabled), Redis store, no-store, new path id each time",
+                Request(path="/items", unique_path=True, headers=ACCEPT_ALL),
+                [
+                    bare(raw(extra=NO_STORE)),
+                    Variant(
+                        STACK,
+                        "ours",
+                        full_stack(raw(extra=NO_STORE), "redis"),
+                        status(200),
+                        round_trips=True,
+                    ),
+                ],
+                needs_redis=True,
+            )
+        )
+        scenarios.append(
+            Scenario(
+                "stack-redis-hit",
+                "full stack (from_env, all enabled), Redis store, a cacheable response repeated",
+                Request(headers=ACCEPT_ALL),
+                [
+                    bare(raw(extra=CACHEABLE)),
+                    Variant(
+                        STACK,
+                        "ours",
+                        full_stack(raw(extra=CACHEABLE), "redis"),
+                        status(200),
+                        prime=1,
                         round_trips=True,
                     ),
                 ],
