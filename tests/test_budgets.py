@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BUDGET_CALLS: dict[str, float] = {
     "compress-skip-tiny": 5,
     "compress-skip-noae": 8,
-    "ratelimit-allow-raw": 26,
+    "ratelimit-allow-raw": 11,
     "cache-hit-memory": 9,
     "cache-miss-memory": 248,
-    "dedup-memory": 61,
+    "dedup-memory": 57,
     "timing": 18,
-    "queries": 8,
-    "stack-memory": 139,
-    "stack-memory-paths": 262,
+    "queries": 6,
+    "stack-memory": 117,
+    "stack-memory-paths": 240,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {

@@ -98,9 +98,9 @@ def open_context() -> tuple[RequestContext, Token[RequestContext | None]]:
     return ctx, _current.set(ctx)
 
 
-def current() -> RequestContext | None:
-    """The context an outer layer opened for this request, if any."""
-    return _get()
+#: The context an outer layer opened for this request, if any (the bound method itself: it
+#: is read on every request by layers that only report when somebody listens).
+current = _current.get
 
 
 def add_timing(name: str, dur: float | None = None, desc: str | None = None) -> None:

@@ -300,7 +300,10 @@ class QueryMiddleware(EnvConfigurable):
             else:
                 await self.app(scope, receive, send)
         finally:
-            log.close()
+            if log.count:
+                log.close()
+            else:  # nothing recorded: nothing to flush, only later recordings to refuse
+                log.closed = True
             _current.reset(token)
             self._requests += 1
             found = self._finish(scope, log) if log.count else []

@@ -205,7 +205,7 @@ def parse_rules(value: object, name: str = "rules") -> tuple[Rule, ...]:
 class _Policy:
     """One set of windows under one name, with its constant header parts precomputed."""
 
-    __slots__ = ("limit_fields", "name", "names", "policy", "templates", "windows")
+    __slots__ = ("limit_fields", "name", "names", "policy", "single", "templates", "windows")
 
     def __init__(self, name: str, rates: Any, option: str) -> None:
         items = to_rates(rates, option)
@@ -226,6 +226,22 @@ class _Policy:
         )
         self.templates = tuple(ratelimit_template(n) for n in self.names)
         self.limit_fields = tuple((b"x-ratelimit-limit", b"%d" % a) for a, _ in self.windows)
+        self.single: Window | None = self.windows[0] if single else None
+
+    def allowed_fields(self, remaining: int, reset: float) -> Headers:
+        """The limit fields of an admitted request under a one-window policy: what
+        :meth:`fields` gives, with the rounding of :func:`delta_seconds` written inline (this
+        runs on every admitted request)."""
+        t = -((1e-6 - reset) // 1)  # ceil(reset - 1e-6), as delta_seconds
+        if t < 0:
+            t = 0
+        return [
+            self.policy,
+            (b"ratelimit", self.templates[0] % (remaining, t)),
+            self.limit_fields[0],
+            (b"x-ratelimit-remaining", b"%d" % remaining),
+            (b"x-ratelimit-reset", b"%d" % t),
+        ]
 
     def fields(self, decision: Decision) -> tuple[Headers, int]:
         """The limit fields for ``decision`` (one window: see :meth:`Decision.tightest`) and
@@ -354,6 +370,7 @@ class RateLimitMiddleware(EnvConfigurable):
             timeout=self.storage_timeout,
         )
         self._sync = self.limiter.check if isinstance(self.limiter, MemoryLimiter) else None
+        self._one = self.limiter.check_one if isinstance(self.limiter, MemoryLimiter) else None
         self._route_for = lru_cache(maxsize=4096)(self._route_uncached)
         self._peers: dict[Any, str] = {}
         self.outage = Outage(logger, "rate-limit store")
@@ -377,14 +394,15 @@ class RateLimitMiddleware(EnvConfigurable):
         if self.client_ip.trusted:
             ip = "ip:" + self.client_ip(scope)
         else:  # the peer alone decides: remember its grouped form
-            client = scope.get("client")
+            client = scope["client"] if "client" in scope else None  # noqa: SIM401 (no call)
             peer = client[0] if client else None
-            cached = self._peers.get(peer)
-            if cached is None:
-                if len(self._peers) >= 10_000:
-                    self._peers.clear()
-                cached = self._peers[peer] = "ip:" + self.client_ip(scope)
-            ip = cached
+            peers = self._peers
+            if peer in peers:
+                ip = peers[peer]
+            else:
+                if len(peers) >= 10_000:
+                    peers.clear()
+                ip = peers[peer] = "ip:" + self.client_ip(scope)
         return ip, self.default if route is None else route.ip
 
     def _is_exempt(self, path: str) -> bool:
@@ -436,8 +454,19 @@ class RateLimitMiddleware(EnvConfigurable):
             await _Deferred(self, scope, receive, send).run()
             return
         identity, policy = self._identify(scope)
-        if self._sync is not None:
-            decision: Decision | None = self._sync(identity, policy.name, policy.windows)
+        single = policy.single
+        if single is not None and self._one is not None:  # in-process, one window: no objects
+            ok, left, reset = self._one(identity, policy.name, single[0], single[1])
+            if ok:
+                self.allowed += 1
+                if not self.headers:
+                    await self.app(scope, receive, send)
+                    return
+                await self._admit(scope, receive, send, policy.allowed_fields(left, reset))
+                return
+            decision: Decision | None = Decision(False, [left], [reset])
+        elif self._sync is not None:
+            decision = self._sync(identity, policy.name, policy.windows)
         else:
             decision = await self._decide(identity, policy)
         if decision is None:
@@ -453,11 +482,16 @@ class RateLimitMiddleware(EnvConfigurable):
         if not self.headers:
             await self.app(scope, receive, send)
             return
-        extra = policy.fields(decision)[0]
+        await self._admit(scope, receive, send, policy.fields(decision)[0])
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, extra: Headers) -> None:
+        """Run the app; its response start carries the limit fields ``extra``."""
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
+                message["headers"] = (
+                    [*message["headers"], *extra] if "headers" in message else extra
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -283,6 +283,26 @@ class MemoryLimiter(Limiter):
             remaining = [left if left < 0 else 0 for left in remaining]
         return Decision(allowed, remaining, resets)
 
+    def check_one(
+        self, identity: str, rule: str, amount: int, seconds: float
+    ) -> tuple[bool, int, float]:
+        """:meth:`check` for a policy of one window (the usual case), without the lists and the
+        :class:`Decision`: ``(allowed, remaining, reset)``."""
+        now = self.clock()
+        data = self._data
+        key = (identity, rule, 0)
+        state = None
+        if key in data:
+            entry = data[key]
+            if entry[1] > now:
+                state = entry[0]
+        ok, left, reset = self._check(state, now, amount, seconds)
+        if ok:
+            data[key] = self._admit(state, now, amount, seconds)
+            if state is None and len(data) > self.max_entries:
+                self._shrink(now)
+        return ok, left, reset
+
     async def hit(self, identity: str, rule: str, windows: Sequence[Window]) -> Decision:
         return self.check(identity, rule, windows)
 
