@@ -341,15 +341,38 @@ GOALS: list[Goal] = [
         )
         for name in ("compression", "ratelimit", "dedup", "cache", "timing", "queries")
     ],
+    *[
+        Goal(
+            f"http-{name}-paths",
+            f"{name} alone, passthrough, new path id each time, over HTTP (uvicorn, 200 B)",
+            "≥ 0.95 x bare requests/s",
+            "rps_ratio",
+            0.95,
+            False,
+            "http",
+            f"{name}-paths",
+        )
+        for name in ("dedup", "cache")
+    ],
     Goal(
         "http-stack",
-        "full stack, recommended order, memory store, over HTTP (uvicorn, 200 B)",
+        "full stack, recommended order, memory store, new query each time, over HTTP",
         "≥ 0.8 x bare requests/s",
         "rps_ratio",
         0.8,
         False,
         "http",
         "stack",
+    ),
+    Goal(
+        "http-stack-paths",
+        "full stack, recommended order, memory store, new path id each time, over HTTP",
+        "≥ 0.8 x bare requests/s",
+        "rps_ratio",
+        0.8,
+        False,
+        "http",
+        "stack-paths",
     ),
 ]
 

@@ -156,10 +156,16 @@ def complete_response(buffer: bytearray) -> int | None:
     return end + 4  # no body (204, 304)
 
 
+def _unique(path: str) -> str:
+    """How requests to ``path`` differ: a path id for a ``-paths`` configuration, else the
+    query."""
+    return f"{path}/" if path.endswith("-paths") else f"{path}?n="
+
+
 class _Run:
     def __init__(self, path: str) -> None:
         self.template = (
-            f"GET {path}?n=%d HTTP/1.1\r\nHost: bench\r\nUser-Agent: asgi-perf-bench\r\n"
+            f"GET {_unique(path)}%d HTTP/1.1\r\nHost: bench\r\nUser-Agent: asgi-perf-bench\r\n"
             f"Accept: application/json\r\nAccept-Encoding: {ACCEPT.decode()}\r\n\r\n"
         ).encode()
         self.running = True
@@ -203,7 +209,7 @@ WRK_SCRIPT = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", wrk.path .. "?n=" .. counter,
+  return wrk.format("GET", wrk.path .. UNIQUE .. counter,
                     {["Accept-Encoding"] = "gzip, deflate, br, zstd",
                      ["Accept"] = "application/json"})
 end
@@ -216,7 +222,7 @@ def _wrk_time(value: str, unit: str) -> float:
 
 async def load_wrk(port: int, path: str, connections: int, duration: float) -> Segment:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT)
+        script.write(WRK_SCRIPT.replace("UNIQUE", '"' + _unique(path)[len(path) :] + '"'))
     try:
         proc = await asyncio.create_subprocess_exec(
             "wrk",

@@ -4,8 +4,9 @@
 on the first path segment (``/bare``, ``/compression``, ``/stack`` …) to each configuration; the
 dispatch costs the same for all of them. Every configuration wraps the same 200 B JSON app whose
 response says ``Cache-Control: no-store``, and the load generator gives every request a new query
-string: the passthrough path of every middleware (nothing cached, nothing deduplicated, no body
-large enough to compress, every request allowed). The first line on stdout is a JSON object
+string (or, for the ``-paths`` configurations, a new path id): the passthrough path of every
+middleware (nothing cached, nothing deduplicated, no body large enough to compress, every
+request allowed). The first line on stdout is a JSON object
 naming each configuration and whether it could be built.
 """
 
@@ -35,7 +36,17 @@ MIDDLEWARES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "timing": ("asgi_perf.timing", "TimingMiddleware", {}),
     "queries": ("asgi_perf.queries", "QueryMiddleware", {}),
 }
-CONFIGS = ["bare", "floor", *MIDDLEWARES, "stack", "starlette-gzip"]
+#: A configuration named ``<name>-paths`` serves ``<name>`` to requests that differ by a path id
+#: (``/stack-paths/1``, ``/stack-paths/2`` …, a REST ``/items/{id}``) instead of by the query.
+PATH_SHAPED = ("cache", "dedup", "stack")
+CONFIGS = [
+    "bare",
+    "floor",
+    *MIDDLEWARES,
+    "stack",
+    *(f"{name}-paths" for name in PATH_SHAPED),
+    "starlette-gzip",
+]
 
 
 def _base() -> Any:
@@ -75,6 +86,8 @@ def build_dispatcher(peers: bool) -> tuple[Any, dict[str, str]]:
         **{name: _middleware(name) for name in MIDDLEWARES},
         "stack": _stack,
     }
+    for name in PATH_SHAPED:
+        builders[f"{name}-paths"] = builders[name]
     if peers:
         builders["starlette-gzip"] = _starlette_gzip
     routes: dict[str, Any] = {}
