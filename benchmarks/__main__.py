@@ -155,7 +155,12 @@ def _cleanup_redis(url: str, run_id: str) -> int:
 async def _run(args: argparse.Namespace) -> int:
     if args.smoke:
         settings = Settings(
-            rounds=1, segment=0.0, warmup=0.0, requests=args.requests or 10, collect=False
+            rounds=1,
+            segment=0.0,
+            warmup=0.0,
+            requests=args.requests or 10,
+            collect=False,
+            counted=8,
         )
         http = HTTPSettings(duration=args.duration or 0.1, warmup=0.05, rounds=1)
     elif args.quick:

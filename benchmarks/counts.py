@@ -25,7 +25,7 @@ WARMUP = 64  # requests first, uncounted: memoised routes, header kinds, lazy im
 
 
 async def calls_per_request(
-    app: ASGIApp, request: Request, start: int = 0, count: int = COUNTED
+    app: ASGIApp, request: Request, start: int = 0, count: int = COUNTED, warmup: int = WARMUP
 ) -> float:
     """Python ``call`` + ``c_call`` events per request over ``count`` requests, after a
     warm-up; scopes and receivers are made before counting, so only the app is counted."""
@@ -34,9 +34,9 @@ async def calls_per_request(
     async def send(message: Any) -> None:
         return None
 
-    for n in range(start, start + WARMUP):
+    for n in range(start, start + warmup):
         await app(make(n), receiver(request.body), send)
-    start += WARMUP
+    start += warmup
     scopes = [make(n) for n in range(start, start + count)]
     receivers = [receiver(request.body) for _ in range(count)]
     events = 0

@@ -15,7 +15,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .counts import calls_per_request
+from .counts import COUNTED, calls_per_request
 from .driver import count_redis_round_trips, one, timed
 from .progress import Progress
 from .scenarios import Context, Scenario, Unavailable
@@ -33,6 +33,7 @@ class Settings:
     max_requests: int = 50_000
     collect: bool = True  # gc.collect() before each timed segment
     counts_only: bool = False  # deterministic counts only, no timing
+    counted: int = COUNTED  # requests whose Python calls are counted, per variant
 
 
 @dataclass
@@ -125,7 +126,7 @@ async def run_scenario(
         )
         return results
 
-    await _count(lives, scenario)
+    await _count(lives, scenario, settings.counted)
     if settings.counts_only:
         progress.step(scenario.id, steps([scenario], settings))
         return results
@@ -183,7 +184,7 @@ async def run_scenario(
 TRIP_REQUESTS = 50  # requests whose Redis round trips are counted before timing
 
 
-async def _count(lives: list[_Live], scenario: Scenario) -> None:
+async def _count(lives: list[_Live], scenario: Scenario, counted: int) -> None:
     """The deterministic figures: Redis round trips per request of the variants that use Redis,
     and calls per request of the others minus the bare app's (not of Redis variants: the event
     loop's own calls while they wait would be counted too)."""
@@ -194,8 +195,12 @@ async def _count(lives: list[_Live], scenario: Scenario) -> None:
         if live.count_trips:
             await _segment(live, scenario.request, {id(live): TRIP_REQUESTS}, False)
             continue
+        if live.result.role == "peer":  # the budgets are ours; a peer's calls are not needed
+            continue
         try:
-            calls = await calls_per_request(live.app, scenario.request, live.take(10**6))
+            calls = await calls_per_request(
+                live.app, scenario.request, live.take(10**6), counted, warmup=min(64, counted)
+            )
         except Exception as exc:
             live.result.status, live.result.reason = "error", f"request failed: {exc!r}"
             continue
