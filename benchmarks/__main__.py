@@ -27,7 +27,7 @@ from .inprocess import Settings, run_scenarios, steps
 from .progress import Progress
 from .report import format_tables, plot, write_json
 from .scenarios import Context, build_scenarios
-from .server import CONFIGS
+from .server import CONFIGS, PEER_STACKS
 
 __all__ = ["main"]
 
@@ -50,6 +50,9 @@ PEERS = (
     "zlib-ng",
     "isal",
 )
+
+
+PEER_ONLY = ("starlette-gzip", *PEER_STACKS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -200,7 +203,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.only:
         wanted = {"floor", *args.only.split(",")}
         scenarios = [s for s in scenarios if s.id in wanted]
-    configs = [] if args.no_http else [c for c in CONFIGS if args.peers or c != "starlette-gzip"]
+    configs = [] if args.no_http else [c for c in CONFIGS if args.peers or c not in PEER_ONLY]
     if args.configs:
         configs = [c for c in configs if c == "bare" or c in args.configs.split(",")]
     total = steps(scenarios, settings) + (http_steps(http, len(configs)) if configs else 0)

@@ -9,7 +9,8 @@ Kinds of figure:
 - ``round_trips``: Redis round trips per request, exactly; ``round_trips_max``: at most;
 - ``calls``: Python calls per request beyond the bare app's (deterministic);
 - ``size_ratio``: our output bytes / the peer's;
-- ``rps_ratio``: requests/second over HTTP / the bare app's, same run.
+- ``rps_ratio``: requests/second over HTTP / the bare app's, same run;
+- ``rps_vs``: requests/second over HTTP / another configuration's, same run.
 """
 
 from __future__ import annotations
@@ -365,6 +366,17 @@ GOALS: list[Goal] = [
         "stack",
     ),
     Goal(
+        "http-vs-peer-stack",
+        "full stack vs the peer stack doing the same jobs (FastAPI, OTel on), over HTTP",
+        "≥ 3 x the peer stack's requests/s",
+        "rps_vs",
+        3.0,
+        False,
+        "http",
+        "fastapi-stack",
+        "fastapi-peer-stack",
+    ),
+    Goal(
         "http-stack-paths",
         "full stack, recommended order, memory store, new path id each time, over HTTP",
         "≥ 0.8 x bare requests/s",
@@ -386,6 +398,7 @@ UNITS = {
     "calls": "calls",
     "size_ratio": "x peer size",
     "rps_ratio": "x bare req/s",
+    "rps_vs": "x peer req/s",
 }
 
 
@@ -429,6 +442,11 @@ def _get(index: dict[Any, Any], key: Any, label: str) -> Any:
 def _measure(
     goal: Goal, index: dict[Any, VariantResult], http: dict[str, HTTPResult]
 ) -> tuple[float, str]:
+    if goal.kind == "rps_vs":
+        a, b = _get(http, goal.ours, goal.ours), _get(http, goal.other, goal.other)
+        if not a.rps or not b.rps:
+            raise _Missing("no HTTP rounds")
+        return a.rps / b.rps, f"{a.rps:.0f} vs {b.rps:.0f} req/s"
     if goal.kind == "rps_ratio":
         r = _get(http, goal.ours, goal.ours)
         if r.ratio is None:

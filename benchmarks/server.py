@@ -39,6 +39,10 @@ MIDDLEWARES: dict[str, tuple[str, str, dict[str, Any]]] = {
 #: A configuration named ``<name>-paths`` serves ``<name>`` to requests that differ by a path id
 #: (``/stack-paths/1``, ``/stack-paths/2`` …, a REST ``/items/{id}``) instead of by the query.
 PATH_SHAPED = ("cache", "dedup", "stack")
+#: The same jobs done by the peers and by asgi_perf on one FastAPI route (``--peers``): Starlette
+#: GZip + slowapi + fastapi-cache2 + OpenTelemetry's ASGI middleware, against ``from_env``'s
+#: stack with OpenTelemetry on; both with an SDK tracer provider (no exporter) set globally.
+PEER_STACKS = ("fastapi-stack", "fastapi-peer-stack")
 CONFIGS = [
     "bare",
     "floor",
@@ -46,6 +50,7 @@ CONFIGS = [
     "stack",
     *(f"{name}-paths" for name in PATH_SHAPED),
     "starlette-gzip",
+    *PEER_STACKS,
 ]
 
 
@@ -79,6 +84,62 @@ def _starlette_gzip() -> Any:
     return GZipMiddleware(_base(), minimum_size=500, compresslevel=6)
 
 
+def _fastapi(cached: bool) -> Any:
+    """One catch-all FastAPI route answering the 200 B document, ``no-store``; ``cached``: the
+    route under fastapi-cache2's decorator (in-memory backend), as a user of it writes it."""
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    body = BODIES["200B"]
+
+    async def endpoint(rest: str) -> Response:
+        return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+
+    if cached:
+        from fastapi_cache import FastAPICache
+        from fastapi_cache.backends.inmemory import InMemoryBackend
+        from fastapi_cache.decorator import cache
+
+        FastAPICache.init(InMemoryBackend(), prefix="bench")
+        endpoint = cache(expire=300)(endpoint)
+    app.get("/{rest:path}")(endpoint)
+    return app
+
+
+def _global_tracer() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+
+
+def _fastapi_stack() -> Any:
+    _global_tracer()
+    env = {**stack_environ("memory://"), "ASGI_PERF_OTEL": "on"}
+    return from_env()(_fastapi(False), environ=env)
+
+
+def _fastapi_peer_stack() -> Any:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+    from slowapi.middleware import SlowAPIASGIMiddleware
+    from slowapi.util import get_remote_address
+    from starlette.middleware.gzip import GZipMiddleware
+
+    _global_tracer()
+    app = _fastapi(True)
+    app.state.limiter = Limiter(
+        key_func=get_remote_address, default_limits=[HUGE], strategy="fixed-window"
+    )
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
+    app.add_middleware(SlowAPIASGIMiddleware)
+    app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6)
+    return OpenTelemetryMiddleware(app)
+
+
 def build_dispatcher(peers: bool) -> tuple[Any, dict[str, str]]:
     builders: dict[str, Callable[[], Any]] = {
         "bare": _base,
@@ -90,6 +151,8 @@ def build_dispatcher(peers: bool) -> tuple[Any, dict[str, str]]:
         builders[f"{name}-paths"] = builders[name]
     if peers:
         builders["starlette-gzip"] = _starlette_gzip
+        builders["fastapi-stack"] = _fastapi_stack
+        builders["fastapi-peer-stack"] = _fastapi_peer_stack
     routes: dict[str, Any] = {}
     status: dict[str, str] = {}
     for name, build in builders.items():
