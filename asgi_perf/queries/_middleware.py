@@ -55,6 +55,7 @@ from asgi_perf._core.config import (
     ConfigError,
     EnvConfigurable,
     EnvVar,
+    install_hint,
     to_bool,
     to_choice,
     to_duration,
@@ -137,7 +138,12 @@ def instrument_sqlalchemy(engine: Any) -> Any:
     """Record every query of ``engine`` (an ``Engine``, an ``AsyncEngine`` or the ``Engine``
     class for all engines) through SQLAlchemy's cursor events. Idempotent; returns ``engine``.
     """
-    from sqlalchemy import event
+    try:
+        from sqlalchemy import event
+    except ImportError as exc:
+        raise ImportError(
+            f"instrument_sqlalchemy needs SQLAlchemy: {install_hint('sqlalchemy')}"
+        ) from exc
 
     target = _event_target(engine)
     if not event.contains(target, "before_cursor_execute", _before_cursor_execute):

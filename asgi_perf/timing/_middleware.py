@@ -73,6 +73,7 @@ from asgi_perf._core.config import (
     ConfigError,
     EnvConfigurable,
     EnvVar,
+    install_hint,
     to_bool,
     to_choice,
     to_duration,
@@ -175,6 +176,7 @@ class TimingMiddleware(EnvConfigurable):
     """Measure every HTTP request; add Server-Timing; keep per-route percentiles."""
 
     ENV_ENABLED = ("ASGI_PERF_TIMING_ENABLED", True)
+    OUTERMOST = True  # its total and the inner layers' Server-Timing entries need it outside
     ENV_VARS = (
         EnvVar("ASGI_PERF_SERVER_TIMING", "server_timing", to_bool),
         EnvVar(
@@ -297,7 +299,9 @@ class TimingMiddleware(EnvConfigurable):
         except ImportError as exc:
             if self.otel_mode == "on" or explicit:
                 raise ConfigError(
-                    "otel", self.otel_mode, "'auto' or 'off' (opentelemetry-api is not installed)"
+                    "otel",
+                    self.otel_mode,
+                    f"'auto' or 'off': OpenTelemetry is not installed ({install_hint('otel')})",
                 ) from exc
             self._telemetry = None
             return
