@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from asgi_perf._core.logs import install_fallback
+
 __all__ = [
     "KEY_PREFIX_ENV",
     "STRICT_ENV",
@@ -396,6 +398,7 @@ class EnvConfigurable:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        install_fallback()  # a middleware exists: its warnings must not lose level and time
         register_variables(*(var.name for var in cls.ENV_VARS))
         if cls.ENV_ENABLED is not None:
             register_variables(cls.ENV_ENABLED[0])

@@ -18,7 +18,10 @@ Per request (``http`` scopes only; lifespan and websocket pass through untouched
   cancelled) before any response started is recorded as 499 (nginx's "client closed request");
   an app that raised before starting one as 500. Errors are 5xx statuses plus exceptions.
 - Requests slower than ``slow_threshold`` are logged once, at WARNING on ``asgi_perf.timing``,
-  with method, route, status, duration and the inner entries (also in ``extra``).
+  with method, route, status, duration and the inner entries (also in ``extra``: ``http_method``,
+  ``http_route``, ``url_path``, ``http_status``, ``duration_seconds``, ``ttfb_seconds``,
+  ``server_timing``). A streamed response (several body messages: server-sent events, a
+  download) is slow when its *first byte* is late: a stream meant to stay open is not slow.
 - ``expose_server_timing`` limits who sees Server-Timing (it can leak internals): ``True``
   (everyone), ``False``, a list of IPs/CIDRs (the client address, resolved through
   ``trusted_proxies``), or a ``callable(scope) -> bool``. The statistics record either way.
@@ -369,7 +372,8 @@ class TimingMiddleware(EnvConfigurable):
                     failed = status >= 500 or not isinstance(exc, asyncio.CancelledError)
                     if failed:
                         series.errors += 1
-                if duration >= self._slow_after:
+                # a streamed response (events, a download) is slow to start, not to end
+                if (duration if ex.ttfb is None else ex.ttfb) >= self._slow_after:
                     series.slow += 1
                     self._log_slow(scope, template, status, duration, ex)
                 if otel_request is not None:
@@ -417,22 +421,25 @@ class TimingMiddleware(EnvConfigurable):
         return series
 
     def _log_slow(
-        self, scope: Scope, route: str, status: int, duration: float, ctx: RequestContext
+        self, scope: Scope, route: str, status: int, duration: float, ex: _Exchange
     ) -> None:
         method = _method(scope.get("method") or "GET")
-        entries = format_server_timing(ctx.timings).decode("latin-1")
+        entries = format_server_timing(ex.timings).decode("latin-1")
+        took = f"in {duration:.3f}s" if ex.ttfb is None else f"first byte after {ex.ttfb:.3f}s"
         logger.warning(
-            "slow request: %s %s -> %d in %.3fs%s",
+            "slow request: %s %s -> %d %s%s",
             method,
             route,
             status,
-            duration,
+            took,
             f" ({entries})" if entries else "",
             extra={
                 "http_method": method,
                 "http_route": route,
+                "url_path": scope.get("path") or "/",
                 "http_status": status,
                 "duration_seconds": duration,
+                "ttfb_seconds": ex.ttfb,
                 "server_timing": entries,
             },
         )
