@@ -40,7 +40,8 @@ given, the global provider when a real SDK provider is installed (not the API's 
 Without explicit providers this is checked at the first request, so providers set up in a
 lifespan handler count, and ``opentelemetry`` is not even imported if nothing imported it before.
 ``"on"`` always instruments (through the global proxies when none is set, which forward to a
-provider set later); ``"off"`` never.
+provider set later); ``"off"`` never. Next to FastAPI's own telemetry, or another Timing, a
+request still gets one server span (:mod:`asgi_perf.timing._fastapi`).
 
 Recording happens after the response is gone; if it ever fails, the request is unaffected and
 the failure is logged once and counted (``record_failures``).
@@ -298,6 +299,7 @@ class TimingMiddleware(EnvConfigurable):
             self._telemetry = None  # nothing imported OpenTelemetry: nothing configured it
             return
         try:
+            from asgi_perf.timing._fastapi import fastapi_handoff
             from asgi_perf.timing._otel import Telemetry
         except ImportError as exc:
             if self.otel_mode == "on" or explicit:
@@ -311,6 +313,8 @@ class TimingMiddleware(EnvConfigurable):
         self._telemetry = Telemetry.from_providers(
             tracer_provider, meter_provider, force=self.otel_mode == "on"
         )
+        if self._telemetry is not None and self._telemetry.tracer is not None:
+            self._telemetry.handoff = fastapi_handoff(self.app, self._telemetry.tracer_provider)
 
     # -- request path -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
