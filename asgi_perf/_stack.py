@@ -11,7 +11,7 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
   coding), so a hit costs no compression at all.
 - Query innermost: it only needs the app's own queries.
 
-Any other order is also correct (``composition.md``); this one does the least work.
+Any other order is also correct (``tests/test_composition.py``); this one does the least work.
 """
 
 from __future__ import annotations
