@@ -62,6 +62,8 @@ class ConfigError(ValueError):
     the value came from the environment.
     """
 
+    __module__ = "asgi_perf"  # where users import it from: tracebacks say asgi_perf.ConfigError
+
     def __init__(
         self, name: str, value: object, accepted: str, middleware: str | None = None
     ) -> None:
@@ -373,7 +375,7 @@ def _building(init: Callable[..., None]) -> Callable[..., None]:
         except ConfigError as exc:
             if exc.middleware is not None:
                 raise
-            raise exc.located(type(self).__name__) from exc
+            raise exc.located(type(self).__name__).with_traceback(exc.__traceback__) from None
         _check_layering(self)
 
     return __init__
@@ -454,7 +456,7 @@ class EnvConfigurable:
         try:
             merged, origins = cls._env_options(env)
         except ConfigError as exc:
-            raise exc.located(cls.__name__) from exc
+            raise exc.located(cls.__name__).with_traceback(exc.__traceback__) from None
         merged.update(options)
         try:
             return cls(app, **merged)  # type: ignore[call-arg]
@@ -462,4 +464,4 @@ class EnvConfigurable:
             origin = origins.get(exc.name) if exc.name not in options else None
             if origin is None:
                 raise
-            raise exc.located(cls.__name__, origin) from exc
+            raise exc.located(cls.__name__, origin).with_traceback(exc.__traceback__) from None
