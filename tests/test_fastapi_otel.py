@@ -14,16 +14,9 @@ from opentelemetry.trace import SpanKind
 
 from asgi_perf.timing import TimingMiddleware
 from tests.test_otel import Otel
+from tests.test_otel import otel as otel  # the fixture: in-memory exporter and reader
 
 pytest.importorskip("fastapi.telemetry")  # FastAPI with native OpenTelemetry (0.16x+)
-
-
-@pytest.fixture
-def otel() -> Any:
-    o = Otel()
-    yield o
-    o.tracer_provider.shutdown()
-    o.meter_provider.shutdown()
 
 
 def viewer() -> str:
