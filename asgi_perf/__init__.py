@@ -1,13 +1,14 @@
 """asgi-perf: composable pure-ASGI middlewares that make ASGI apps faster and safer under load.
 
-``asgi_perf.from_env(app)`` wraps an app in every middleware the environment enables; each
+``asgi_perf.from_env(app)`` wraps an app in every middleware the environment enables,
+``asgi_perf.install(app)`` adds the same stack to a Starlette or FastAPI app in place; each
 middleware is also a plain class ``Middleware(app, **options)`` with ``Middleware.from_env``.
 """
 
 from __future__ import annotations
 
 from asgi_perf._core.config import ConfigError
-from asgi_perf._stack import from_env
+from asgi_perf._stack import from_env, install
 from asgi_perf.cache import CacheMiddleware
 from asgi_perf.compression import CompressionMiddleware
 from asgi_perf.dedup import DedupMiddleware
@@ -30,6 +31,7 @@ __all__ = [
     "TimingMiddleware",
     "create_store",
     "from_env",
+    "install",
     "report_app",
 ]
 

@@ -11,20 +11,37 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
   coding), so a hit costs no compression at all.
 - Query innermost: it only needs the app's own queries.
 
-Any other order is also correct (``composition.md``); this one does the least work.
+Any other order is also correct (``tests/test_composition.py``); this one does the least work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
 import os
+import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from asgi_perf._core.asgi import ASGIApp
-from asgi_perf._core.config import EnvConfigurable
+from asgi_perf._core.asgi import ASGIApp, Receive, Scope, Send
+from asgi_perf._core.config import (
+    ENV_PREFIX,
+    EnvConfigurable,
+    check_environment,
+    register_variables,
+    storage_url_from_env,
+    to_choice,
+)
 
-__all__ = ["STACK_ORDER", "from_env", "middleware_classes"]
+__all__ = ["STACK_ORDER", "STORAGE_CHECK_ENV", "from_env", "install", "middleware_classes"]
+
+logger = logging.getLogger("asgi_perf.config")
+
+#: ``off`` (default: a store that is down fails open, as each middleware documents), ``warn``
+#: (one warning at start-up) or ``fail`` (the stack refuses to build: the server does not start).
+STORAGE_CHECK_ENV = ENV_PREFIX + "STORAGE_CHECK"
+register_variables(STORAGE_CHECK_ENV)
 
 STACK_ORDER = (
     "timing:TimingMiddleware",
@@ -49,11 +66,133 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
     """Wrap ``app`` in every middleware enabled by ``ASGI_PERF_*_ENABLED`` variables.
 
     Defaults: compression and timing on; rate limiting, dedup, cache and queries off. A bad
-    value anywhere raises ``ConfigError`` naming the variable, before any request is served.
+    value anywhere raises ``ConfigError`` naming the variable, before any request is served;
+    so does an ``ASGI_PERF_*`` name nothing reads under ``ASGI_PERF_STRICT=true`` (otherwise
+    it is logged), and an unreachable store under ``ASGI_PERF_STORAGE_CHECK=fail``.
     """
     env = os.environ if environ is None else environ
+    check_environment(env)
     wrapped: Any = app
+    stored = False
     for cls in reversed(middleware_classes()):
         if cls.enabled_in_env(env):
             wrapped = cls.from_env(wrapped, environ=env)
+            stored = stored or cls.ENV_STORAGE
+    _check_storage(env, stored)
     return wrapped  # type: ignore[no-any-return]
+
+
+# -- install(app): the stack inside a Starlette / FastAPI app, keeping the app object ----------
+class _AddsMiddleware(Protocol):
+    def add_middleware(self, middleware_class: Any, /, *args: Any, **kwargs: Any) -> None: ...
+
+
+AppT = TypeVar("AppT", bound=_AddsMiddleware)
+
+
+def install(app: AppT, environ: Mapping[str, str] | None = None) -> AppT:
+    """Add the :func:`from_env` stack to a Starlette or FastAPI ``app``; return ``app`` itself.
+
+    The stack becomes the outermost of the middlewares added so far (``add_middleware``
+    puts the last added outside), in the recommended order. It is built *now*, not when
+    Starlette builds its middleware lazily at the first request: a bad option or variable
+    raises here, while the app is imported, so the server refuses to start. Routes added
+    after ``install`` are served as usual (the app object is the same).
+    """
+    if not callable(getattr(app, "add_middleware", None)):
+        raise TypeError(
+            "asgi_perf.install(app) needs an app with add_middleware (Starlette, FastAPI); "
+            "Litestar: plugins=[asgi_perf.contrib.litestar.AsgiPerfPlugin()]; "
+            "any ASGI app: app = asgi_perf.from_env(app)"
+        )
+    seam = _Seam()
+    stack = from_env(seam, environ)
+    if stack is not seam:
+        app.add_middleware(_Installed(stack, seam))
+    return app
+
+
+class _Seam:
+    """The innermost app of a stack built before the app it wraps exists (:func:`install`)."""
+
+    __slots__ = ("app",)
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:
+            raise RuntimeError("asgi_perf: the installed stack was called before it was added")
+        await self.app(scope, receive, send)
+
+
+class _Installed:
+    """What :func:`install` hands ``add_middleware``: Starlette calls it with the inner app."""
+
+    __name__ = "asgi_perf.install"  # Starlette's Middleware repr reads it
+
+    def __init__(self, stack: ASGIApp, seam: _Seam) -> None:
+        self.stack = stack
+        self.seam = seam
+
+    def __call__(self, app: ASGIApp) -> ASGIApp:
+        self.seam.app = app
+        # Point the innermost layer straight at the app: no extra call per request. (The seam
+        # still forwards, for anything that kept a reference to it.)
+        layer: Any = self.stack
+        while getattr(layer, "app", None) is not self.seam:
+            layer = layer.app
+        layer.app = app
+        return self.stack
+
+
+# -- ASGI_PERF_STORAGE_CHECK -------------------------------------------------------------------
+def _check_storage(env: Mapping[str, str], used: bool) -> None:
+    """Read one key from the store the stack uses, when ``ASGI_PERF_STORAGE_CHECK`` asks."""
+    raw = env.get(STORAGE_CHECK_ENV, "").strip()
+    mode = to_choice(raw, STORAGE_CHECK_ENV, ("off", "warn", "fail")) if raw else "off"
+    url = storage_url_from_env(env)
+    if mode == "off" or not used or url.startswith("memory://"):
+        return
+    problem = _probe(url)
+    if problem is None:
+        return
+    variable = next(
+        name for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL") if env.get(name, "").strip()
+    )
+    message = f"{variable}={url!r} did not answer at start-up ({problem})"
+    if mode == "warn":
+        logger.warning("%s; requests fail open until it does", message)
+        return
+    from asgi_perf.stores import StoreUnavailable
+
+    raise StoreUnavailable(f"{message}; {STORAGE_CHECK_ENV}=fail refuses to start")
+
+
+def _probe(url: str, timeout: float = 5.0) -> str | None:
+    """``None`` when the store at ``url`` answers a read, else what went wrong.
+
+    Run in a thread of its own with its own event loop, so it works the same when the stack
+    is built inside a running loop.
+    """
+    from asgi_perf.stores import create_store
+
+    async def read() -> None:
+        store = create_store(url, timeout=1.0, name=ENV_PREFIX + "STORAGE_URL")
+        try:
+            await asyncio.wait_for(store.get("storage-check"), timeout)
+        finally:
+            await store.close()
+
+    outcome: list[str | None] = [None]
+
+    def run() -> None:
+        try:
+            asyncio.run(read())
+        except Exception as exc:
+            outcome[0] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=run, name="asgi_perf storage check", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return "no answer in time" if thread.is_alive() else outcome[0]

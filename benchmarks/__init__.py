@@ -3,7 +3,7 @@
 Run ``python -m benchmarks --help``. Modules: :mod:`.driver` (the
 in-process ASGI driver), :mod:`.scenarios` (what is measured), :mod:`.inprocess` (interleaved
 rounds), :mod:`.http` and :mod:`.server` (real server in a subprocess + load generator),
-:mod:`.goals` (the goal table of spec/benchmarks.md), :mod:`.report` (tables, JSON, chart).
+:mod:`.goals` (the performance goals), :mod:`.report` (tables, JSON, chart).
 """
 
 __all__: list[str] = []

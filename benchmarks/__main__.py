@@ -1,10 +1,14 @@
-"""``python -m benchmarks``: what each asgi_perf middleware costs.
+"""python -m benchmarks: what each asgi_perf middleware costs, measured on this machine.
 
-Examples::
+Examples:
 
-    python -m benchmarks --quick                       # < 1 minute, in-process + HTTP
+    python -m benchmarks --quick        under a minute: in-process and over HTTP
+    python -m benchmarks --list         the scenario ids --only takes, the configurations
+                                        --configs takes
     python -m benchmarks --peers --redis redis://localhost:6379/15 --json out.json --plot out.png
-    python -m benchmarks --smoke --json out.json   # CI: a few requests per variant, output parses
+                                        everything: the peer libraries and the Redis rows too
+    python -m benchmarks --smoke --json out.json
+                                        CI: a few requests per variant, checks the output parses
 
 Exit status 0 whether goals are met or not (the table says); 2 on bad arguments.
 """
@@ -25,7 +29,7 @@ from .goals import GOALS, evaluate
 from .http import HTTPSettings, http_steps, installed, run_http
 from .inprocess import Settings, run_scenarios, steps
 from .progress import Progress
-from .report import format_tables, plot, write_json
+from .report import format_tables, plot, summary, write_json
 from .scenarios import Context, build_scenarios
 from .server import CONFIGS, PEER_STACKS
 
@@ -101,7 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-wrk", action="store_true", help="use the built-in generator even if wrk is on PATH"
     )
-    p.add_argument("--only", metavar="IDS", help="comma-separated in-process scenario ids to run")
+    p.add_argument(
+        "--only", metavar="IDS", help="comma-separated in-process scenario ids to run (--list)"
+    )
+    p.add_argument(
+        "--list", action="store_true", help="print the scenario ids and HTTP configurations; exit"
+    )
     p.add_argument(
         "--configs",
         metavar="NAMES",
@@ -112,6 +121,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.requests is not None and args.requests < 1:
         p.error("--requests must be ≥ 1")
+    for flag, given, known in (
+        ("--only", args.only, {s.id for s in build_scenarios(peers=True, redis=True)}),
+        ("--configs", args.configs, set(CONFIGS)),
+    ):
+        unknown = sorted(set(filter(None, (given or "").split(","))) - known)
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(unknown)} (python -m benchmarks --list)")
     return args
 
 
@@ -257,11 +273,27 @@ async def _run(args: argparse.Namespace) -> int:
         write_json(args.json, variants, results, goals, meta)
     if args.plot:
         plot(args.plot, variants, results, goals)
+    print("\n".join(summary(variants, results, goals)))
     return 0
+
+
+def list_ids() -> str:
+    """What ``--only`` and ``--configs`` accept, with what each measures."""
+    lines = ["In-process scenarios (--only ID,ID; the floor scenario always runs):"]
+    for scenario in build_scenarios(peers=True, redis=True):
+        needs = "  [needs --redis]" if scenario.needs_redis else ""
+        lines.append(f"  {scenario.id:28} {scenario.title}{needs}")
+    lines.append("HTTP configurations (--configs NAME,NAME; bare always runs):")
+    configs = ", ".join(c for c in CONFIGS if c != "bare")
+    lines.append(f"  {configs}  (starlette-gzip: with --peers)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.list:
+        print(list_ids())
+        return 0
     return asyncio.run(_run(args))
 
 

@@ -1,4 +1,4 @@
-"""The goal table of ``spec/benchmarks.md``, one row per checkable figure, and how each is
+"""The project's performance goals, one row per checkable figure, and how each is
 computed from the measurements of the same run.
 
 Kinds of figure:
@@ -22,7 +22,7 @@ from typing import Any
 from .http import HTTPResult
 from .inprocess import VariantResult
 
-__all__ = ["GOALS", "Goal", "GoalResult", "evaluate"]
+__all__ = ["GOALS", "Goal", "GoalResult", "evaluate", "hint"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class GoalResult:
     unit: str
     met: bool | None  # None: could not be measured
     detail: str
+    hint: str = ""  # for a goal not measured: the flag that measures it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -421,9 +422,29 @@ def evaluate(
         if goal.kind == "round_trips" and value is not None:
             met = abs(value - goal.limit) < 0.05
         out.append(
-            GoalResult(goal.id, goal.scenario, goal.goal, value, UNITS[goal.kind], met, detail)
+            GoalResult(
+                goal.id,
+                goal.scenario,
+                goal.goal,
+                value,
+                UNITS[goal.kind],
+                met,
+                detail,
+                hint(goal) if value is None else "",
+            )
         )
     return out
+
+
+def hint(goal: Goal) -> str:
+    """What to run so that ``goal`` is measured."""
+    if goal.where == "http":
+        return f"HTTP: without --no-http, with {goal.ours} in --configs"
+    if "redis" in goal.where:
+        return "run with --redis URL"
+    if goal.other and goal.kind in ("overhead_ratio", "time_ratio", "size_ratio"):
+        return "run with --peers"
+    return f"run with --only {goal.where}"
 
 
 class _Missing(Exception):

@@ -9,11 +9,16 @@ from .goals import GoalResult
 from .http import HTTPResult
 from .inprocess import VariantResult
 
-__all__ = ["format_tables", "plot", "write_json"]
+__all__ = ["format_tables", "plot", "summary", "write_json"]
 
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _overhead(value: float | None, digits: int = 2) -> str:
+    """An overhead below zero is noise (the variant was timed a hair faster than bare): ~0."""
+    return "~0" if value is not None and value < 0 else _num(value, digits)
 
 
 def format_tables(
@@ -27,9 +32,10 @@ def format_tables(
     if variants:
         lines.append(
             f"In-process: µs per request (median of {meta['rounds']} interleaved rounds); "
-            f"overhead = variant - bare of the same round;\nfloors = overhead / the floor "
-            f"middleware's overhead in the same scenario (else the floor scenario's, "
-            f"{_num(floor)} µs)"
+            "overhead = variant - bare app of the same round (~0: below the noise).\n"
+            "A floor is the cost of a middleware that does nothing but wrap send and forward "
+            f"({_num(floor)} µs here): 'floors' = overhead / that,\nmeasured in the same "
+            "scenario where it is a variant. 2 floors = twice the least any middleware costs."
         )
         lines.append(
             f"{'variant':44} {'µs/req':>9} {'x bare':>8} {'overhead':>9} {'floors':>7}  notes"
@@ -49,18 +55,19 @@ def format_tables(
             if v.calls is not None:
                 notes.append(f"{v.calls:+.0f} calls/req")
             lines.append(
-                f"  {v.name:42} {_num(v.us):>9} {_num(v.ratio):>8} {_num(v.overhead_us):>9} "
-                f"{_num(v.floors, 1):>7}  {'; '.join(notes)[:110]}"
+                f"  {v.name:42} {_num(v.us):>9} {_num(v.ratio):>8} {_overhead(v.overhead_us):>9} "
+                f"{_overhead(v.floors, 1):>7}  {'; '.join(notes)[:110]}"
             )
         lines.append("")
     if http:
         lines.append(
-            f"Over HTTP: requests/s (median of {meta.get('http_rounds')} interleaved rounds), "
-            f"ratio to the bare app of the same round, latency p50/p99 in ms"
+            f"Over HTTP: requests/s (median of {meta.get('http_rounds')} interleaved rounds); "
+            "x bare = median over rounds of req/s / the bare app's req/s in the same round\n"
+            "(bare req/s: the median of those bare runs); latency p50/p99 in ms"
         )
         lines.append(
-            f"{'server / config':30} {'req/s':>9} {'x bare':>8} {'p50':>7} {'p99':>7} "
-            f"{'client CPU':>10}  notes"
+            f"{'server / config':30} {'req/s':>9} {'bare req/s':>10} {'x bare':>8} {'p50':>7} "
+            f"{'p99':>7} {'client CPU':>10}  notes"
         )
         for r in http:
             note = r.reason if r.status != "ok" else r.generator
@@ -68,20 +75,59 @@ def format_tables(
                 note += f"; {r.errors} error responses"
             cpu = "-" if r.client_cpu is None else f"{100 * r.client_cpu:.0f}%"
             lines.append(
-                f"  {r.server + ' ' + r.config:28} {_num(r.rps, 0):>9} {_num(r.ratio, 3):>8} "
-                f"{_num(r.p50_ms):>7} {_num(r.p99_ms):>7} {cpu:>10}  {note[:90]}"
+                f"  {r.server + ' ' + r.config:28} {_num(r.rps, 0):>9} {_num(r.bare_rps, 0):>10} "
+                f"{_num(r.ratio, 3):>8} {_num(r.p50_ms):>7} {_num(r.p99_ms):>7} {cpu:>10}  "
+                f"{note[:90]}"
             )
         lines.append("")
-    lines.append("Goals (spec/benchmarks.md), same run")
+    lines.append("Goals (the targets in benchmarks/goals.py), same run")
     lines.append(f"{'id':28} {'measured':>10}  {'unit':16} {'goal':52} result")
     for g in goals:
         result = "not measured" if g.met is None else ("met" if g.met else "NOT MET")
         lines.append(f"  {g.id:26} {_num(g.measured):>10}  {g.unit:16} {g.goal[:52]:52} {result}")
-        lines.append(f"  {'':26} {'':>10}  {g.detail[:120]}")
+        detail = f"{g.detail} ({g.hint})" if g.hint else g.detail
+        lines.append(f"  {'':26} {'':>10}  {detail[:140]}")
     met = sum(1 for g in goals if g.met)
     unmet = sum(1 for g in goals if g.met is False)
     lines.append(f"{met} met, {unmet} not met, {len(goals) - met - unmet} not measured")
     return "\n".join(lines)
+
+
+def summary(
+    variants: list[VariantResult], http: list[HTTPResult], goals: list[GoalResult]
+) -> list[str]:
+    """Three plain lines to paste into a pull request."""
+    by = {(v.scenario, v.role): v for v in variants if v.status == "ok"}
+    stack = by.get(("stack-memory", "ours"))
+    stack_http = next(
+        (r for r in http if r.server == "uvicorn" and r.config == "stack" and r.ratio), None
+    )
+    line1 = "- the full stack (recommended order, memory store) adds "
+    line1 += (
+        f"≈ {max(stack.overhead_us or 0.0, 0.0):.1f} µs per request in-process"
+        if stack is not None
+        else "(not measured in-process: --only stack-memory)"
+    )
+    if stack_http is not None:
+        line1 += (
+            f"; over HTTP (uvicorn, 200 B) {stack_http.rps:.0f} vs {stack_http.bare_rps:.0f} "
+            f"req/s bare ({stack_http.ratio:.2f}x)"
+        )
+    hit, route = by.get(("cache-hit-fastapi", "ours")), by.get(("cache-hit-fastapi", "bare"))
+    if hit is not None and route is not None and hit.us is not None and route.us is not None:
+        line2 = (
+            f"- a cache hit answers a FastAPI route in ≈ {hit.us:.1f} µs instead of ≈ "
+            f"{route.us:.1f} µs running it: it saves ≈ {route.us - hit.us:.1f} µs per request"
+        )
+    else:
+        line2 = "- cache hit on a FastAPI route: not measured (--only cache-hit-fastapi)"
+    met = sum(1 for g in goals if g.met)
+    unmet = sum(1 for g in goals if g.met is False)
+    line3 = (
+        f"- goals of the bundled table: {met} met, {unmet} not met, "
+        f"{len(goals) - met - unmet} not measured (see the rows above for why)"
+    )
+    return ["Summary:", line1, line2, line3]
 
 
 def write_json(

@@ -6,9 +6,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from sqlalchemy import ForeignKey, String, create_engine, select
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -18,6 +15,7 @@ from sqlalchemy.orm import (
     relationship,
     selectinload,
 )
+from sqlalchemy.pool import QueuePool
 
 from asgi_perf.queries import instrument_sqlalchemy
 
@@ -43,10 +41,14 @@ class Book(Base):
     author: Mapped[Author] = relationship(back_populates="books")
 
 
-_path = os.environ.get("EXAMPLE_DB") or os.path.join(
-    tempfile.gettempdir(), f"asgi-perf-example-{os.getpid()}.db"
+# An in-memory database shared by the connections of this process (nothing left on disk); it
+# lives as long as one connection to it is open, so one is kept for the life of the process.
+engine = create_engine(
+    "sqlite:///file:asgi-perf-example?mode=memory&cache=shared&uri=true",
+    connect_args={"check_same_thread": False},
+    poolclass=QueuePool,  # one connection per concurrent request (not one per thread)
 )
-engine = create_engine(f"sqlite:///{_path}", connect_args={"check_same_thread": False})
+_keep_alive = engine.raw_connection()
 instrument_sqlalchemy(engine)
 Base.metadata.drop_all(engine)
 Base.metadata.create_all(engine)

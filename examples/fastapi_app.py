@@ -1,4 +1,4 @@
-"""FastAPI with the full asgi-perf stack from the environment.
+"""FastAPI with the full asgi-perf stack from the environment, added in one line.
 
     uvicorn examples.fastapi_app:app --env-file examples/.env.example
 
@@ -21,7 +21,7 @@ import asgi_perf
 from examples._auth import BearerUser
 from examples._data import authors_eager, authors_lazy
 
-api = FastAPI(title="asgi-perf example")
+app = FastAPI(title="asgi-perf example")
 ITEMS = [
     {"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 1.25} for i in range(200)
 ]
@@ -32,34 +32,34 @@ def current_user(request: Request) -> str | None:
     return getattr(request.state, "user_id", None)
 
 
-@api.get("/")
+@app.get("/")
 async def index() -> dict[str, str]:
     return {"hello": "world"}
 
 
-@api.get("/items")
+@app.get("/items")
 async def items(response: Response) -> list[dict[str, Any]]:
     response.headers["Cache-Control"] = "public, max-age=30"
     response.headers["Cache-Tag"] = "items"
     return ITEMS
 
 
-@api.get("/users/{user_id}")
+@app.get("/users/{user_id}")
 async def user(user_id: int, me: Annotated[str | None, Depends(current_user)]) -> dict[str, Any]:
     return {"user_id": user_id, "viewer": me}
 
 
-@api.get("/authors")
+@app.get("/authors")
 def authors() -> list[dict[str, object]]:
     return authors_lazy()
 
 
-@api.get("/authors/eager")
+@app.get("/authors/eager")
 def authors_fixed() -> list[dict[str, object]]:
     return authors_eager()
 
 
-@api.get("/events")
+@app.get("/events")
 async def events() -> StreamingResponse:
     async def stream() -> AsyncIterator[bytes]:
         for i in range(5):
@@ -69,7 +69,7 @@ async def events() -> StreamingResponse:
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
-@api.post("/orders")
+@app.post("/orders")
 async def orders(
     order: dict[str, Any], me: Annotated[str | None, Depends(current_user)]
 ) -> dict[str, Any]:
@@ -77,6 +77,10 @@ async def orders(
     return {"created": True, "order": order, "by": me}
 
 
-api.mount("/__perf__", asgi_perf.report_app())
+app.mount("/__perf__", asgi_perf.report_app())
 
-app = BearerUser(asgi_perf.from_env(api))
+# The stack, in the recommended order (Timing → RateLimit → Dedup → Cache → Compression → Query).
+# Checked now: a bad ASGI_PERF_* value stops the server from starting.
+asgi_perf.install(app)
+# add_middleware puts the layer added last outermost: the user is known before the limiter runs.
+app.add_middleware(BearerUser)

@@ -1,4 +1,4 @@
-"""Litestar with asgi-perf: the plugin adds the stack from the environment.
+"""Litestar with asgi-perf: the plugin adds the stack from the environment, one for the app.
 
     uvicorn examples.litestar_app:app --env-file examples/.env.example
 

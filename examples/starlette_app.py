@@ -51,7 +51,7 @@ async def events(request: Request) -> StreamingResponse:
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
-starlette_app = Starlette(
+app = Starlette(
     routes=[
         Route("/", index),
         Route("/items", items),
@@ -63,4 +63,5 @@ starlette_app = Starlette(
     ]
 )
 
-app = BearerUser(asgi_perf.from_env(starlette_app))
+asgi_perf.install(app)  # the stack, recommended order, checked now
+app.add_middleware(BearerUser)  # added last, so outermost: runs before the rate limiter

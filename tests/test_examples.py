@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,9 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 
 
 @pytest.fixture(params=["fastapi_app", "starlette_app", "litestar_app"])
-def example(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[tuple[str, str]]:
+def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
-    env = dict(os.environ, EXAMPLE_DB=os.path.join(str(tmp_path), "example.db"))
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # where a temporary file would go
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -49,6 +50,13 @@ def example(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[tuple[
             proc.kill()
             _, err = proc.communicate()
         assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]
+        assert b"slow request" not in err  # the event stream stays open: that is not slow
+        assert list(tmp_path.iterdir()) == []  # the example database leaves no file behind
+
+
+def remaining(response: httpx.Response) -> int:
+    """``r`` of the ``RateLimit`` field: requests left in the window."""
+    return int(response.headers["ratelimit"].split(";r=")[1].split(";")[0])
 
 
 def test_example_routes(example: tuple[str, str]) -> None:
@@ -71,19 +79,22 @@ def test_example_routes(example: tuple[str, str]) -> None:
         )
         assert again.json() == r.json()
 
+        first_left = remaining(client.get("/"))
         r = client.get("/users/7")
         assert r.status_code == 200 and r.json()["user_id"] == 7
+        assert remaining(r) < first_left  # one budget for the whole app, not one per route
 
         lazy = client.get("/authors")
         eager = client.get("/authors/eager")
         assert lazy.json() == eager.json() and len(lazy.json()) == 8
-        assert int(lazy.headers["x-n-plus-one"]) >= 1
+        # as the README says: 1 query for the authors + 8 lazy loads, the 8 an N+1
+        assert (lazy.headers["x-query-count"], lazy.headers["x-n-plus-one"]) == ("9", "8")
         assert eager.headers.get("x-n-plus-one", "0") == "0"
 
         if name != "litestar_app":
             with client.stream("GET", "/events") as stream:
-                first = next(stream.iter_lines())
-                assert first == "data: event 0"
+                lines = [line for line in stream.iter_lines() if line]
+                assert lines[0] == "data: event 0" and len(lines) == 5
             report = client.get("/__perf__/").json()
             assert {"timing", "cache", "ratelimit", "dedup", "compression", "queries"} <= set(
                 report["stats"]

@@ -30,6 +30,7 @@ def test_package_exports() -> None:
         "TimingMiddleware",
         "create_store",
         "from_env",
+        "install",
         "report_app",
     }
     for name in asgi_perf.__all__:

@@ -25,10 +25,11 @@ import zlib
 from types import ModuleType
 from typing import Any, Protocol
 
-from asgi_perf._core.config import ConfigError
+from asgi_perf._core.config import ConfigError, install_hint
 
 __all__ = [
     "GZIP_BACKENDS",
+    "INSTALL",
     "BrotliCodec",
     "Codec",
     "GzipCodec",
@@ -56,6 +57,13 @@ _DEFLATE: dict[str, ModuleType | None] = {
     "zlib": zlib,
 }
 GZIP_BACKENDS = ("auto", *_DEFLATE)
+#: What to install for a coding or gzip backend whose package is missing.
+INSTALL = {
+    "br": install_hint("brotli"),
+    "zstd": install_hint("zstd"),
+    "zlib-ng": install_hint("fast-gzip"),
+    "isal": "pip install isal",
+}
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip container, 32 KiB window
 
 
@@ -125,8 +133,9 @@ class GzipCodec:
             backend = "zlib-ng" if _DEFLATE["zlib-ng"] is not None else "zlib"
         module = _DEFLATE.get(backend)
         if module is None:
+            installed = ", ".join(("auto", *available_gzip_backends()))
             raise ConfigError(
-                "gzip_backend", backend, "one of " + ", ".join(("auto", *available_gzip_backends()))
+                "gzip_backend", backend, f"one of {installed} ({backend}: {INSTALL[backend]})"
             )
         self.backend = backend
         self.level = min((level + 1) // 3, 3) if backend == "isal" else level
@@ -173,7 +182,7 @@ class BrotliCodec:
 
     def __init__(self, quality: int = 4) -> None:
         if _brotli is None:  # pragma: no cover - guarded by available_encodings()
-            raise ConfigError("encodings", "br", "an installed coding (pip install brotli)")
+            raise ConfigError("encodings", "br", f"an installed coding ({INSTALL['br']})")
         self.quality = quality
         self.description = f"br quality {quality}"
         self._new = _brotli.Compressor
@@ -215,7 +224,7 @@ class ZstdCodec:
 
     def __init__(self, level: int = 3) -> None:
         if _zstd is None:  # pragma: no cover - guarded by available_encodings()
-            raise ConfigError("encodings", "zstd", "an installed coding (pip install zstandard)")
+            raise ConfigError("encodings", "zstd", f"an installed coding ({INSTALL['zstd']})")
         self.level = level
         self.description = f"zstd level {level}"
         self._local = threading.local()

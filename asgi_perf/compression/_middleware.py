@@ -75,7 +75,13 @@ from asgi_perf._core.config import to_size as _to_size
 from asgi_perf._core.context import add_timing
 from asgi_perf._core.negotiation import IDENTITY, choose_encoding
 from asgi_perf._core.outage import Outage
-from asgi_perf.compression._codecs import GZIP_BACKENDS, Codec, available_encodings, make_codec
+from asgi_perf.compression._codecs import (
+    GZIP_BACKENDS,
+    INSTALL,
+    Codec,
+    available_encodings,
+    make_codec,
+)
 
 __all__ = [
     "DEFAULT_COMPRESSIBLE_TYPES",
@@ -216,11 +222,16 @@ class CompressionMiddleware(EnvConfigurable):
         installed = available_encodings()
         wanted = _encodings(encodings, "encodings")
         missing = [coding for coding in wanted if coding not in installed]
+        to_install = "; ".join(f"{coding}: {INSTALL[coding]}" for coding in missing)
         if missing and wanted != _CODINGS:
-            logger.warning("compression codings not installed, not offered: %s", missing)
+            logger.warning("compression codings not installed, not offered (%s)", to_install)
         self.encodings = tuple(coding for coding in wanted if coding in installed)
         if not self.encodings:
-            raise ConfigError("encodings", encodings, "at least one installed coding: gzip")
+            raise ConfigError(
+                "encodings",
+                encodings,
+                f"at least one installed coding: {', '.join(installed)} ({to_install})",
+            )
         self.minimum_size = _to_size(minimum_size, "minimum_size")
         self.thread_minimum_size = _to_size(thread_minimum_size, "thread_minimum_size")
         self.compress_event_stream = to_bool(compress_event_stream, "compress_event_stream")

@@ -12,10 +12,13 @@ the log; a bare ``threading.Thread`` starts with an empty context and is not att
 Choices where the spec is silent:
 
 - Actions: ``log`` warns once per finding per request (logger ``asgi_perf.queries``) when the
-  request ends; ``header`` also adds ``X-Query-Count``, ``X-N-Plus-One`` (queries taking part
-  in N+1 patterns, ``0`` when none) and a ``db`` Server-Timing entry; ``raise`` also fails the
-  request with :class:`NPlusOneError` (N+1 findings only; duplicates and slow queries are
-  logged). ``header=True`` adds the headers whatever the action.
+  request ends, with ``extra`` fields ``http_method``, ``http_route``, ``url_path``,
+  ``finding`` (``n+1``, ``duplicate``, ``slow``), ``statement``, ``query_count``,
+  ``duration_seconds`` and ``call_site``; ``header`` also adds ``X-Query-Count`` (queries
+  run), ``X-N-Plus-One`` (how many of them belong to N+1 patterns, ``0`` when none) and a
+  ``db`` Server-Timing entry saying the same (``desc="9 queries, 8 of them N+1"``);
+  ``raise`` also fails the request with :class:`NPlusOneError` (N+1 findings only; duplicates
+  and slow queries are logged). ``header=True`` adds the headers whatever the action.
 - Headers leave with ``http.response.start``: they carry the queries and findings known at that
   moment. Queries run while a body streams are logged and counted in ``stats()`` but are not in
   the headers; with ``raise`` an N+1 found after the start fails the request when the app
@@ -55,12 +58,14 @@ from asgi_perf._core.config import (
     ConfigError,
     EnvConfigurable,
     EnvVar,
+    install_hint,
     to_bool,
     to_choice,
     to_duration,
     to_int,
 )
 from asgi_perf.queries._findings import Finding, QueryLog, Rules
+from asgi_perf.timing._routes import template_of
 
 __all__ = [
     "Finding",
@@ -137,7 +142,12 @@ def instrument_sqlalchemy(engine: Any) -> Any:
     """Record every query of ``engine`` (an ``Engine``, an ``AsyncEngine`` or the ``Engine``
     class for all engines) through SQLAlchemy's cursor events. Idempotent; returns ``engine``.
     """
-    from sqlalchemy import event
+    try:
+        from sqlalchemy import event
+    except ImportError as exc:
+        raise ImportError(
+            f"instrument_sqlalchemy needs SQLAlchemy: {install_hint('sqlalchemy')}"
+        ) from exc
 
     target = _event_target(engine)
     if not event.contains(target, "before_cursor_execute", _before_cursor_execute):
@@ -318,8 +328,25 @@ class QueryMiddleware(EnvConfigurable):
         found = log.findings()
         if any(f.kind == "n+1" for f in found):
             self._with_n1 += 1
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        route = template_of(scope, 0) if found else path
         for finding in found:
-            logger.warning("%s %s: %s", scope.get("method", "GET"), scope.get("path", ""), finding)
+            logger.warning(
+                "%s %s: %s",
+                method,
+                path,
+                finding,
+                extra={
+                    "http_method": method,
+                    "http_route": route,
+                    "url_path": path,
+                    "finding": finding.kind,
+                    "statement": finding.statement,
+                    "query_count": finding.count,
+                    "duration_seconds": finding.duration,
+                    "call_site": finding.call_site,
+                },
+            )
             key = (finding.kind, finding.statement, finding.call_site)
             agg = self._findings.get(key)
             if agg is None:
@@ -371,16 +398,17 @@ class QueryMiddleware(EnvConfigurable):
         if self.raises and n1:
             raise NPlusOneError(n1)
         ms = log.duration * 1000
+        in_n1 = sum(f.count for f in n1)  # queries, like X-Query-Count: never patterns
         desc = f"{log.count} quer{'y' if log.count == 1 else 'ies'}"
         if n1:
-            desc += f", {len(n1)} N+1"
+            desc += f", {in_n1} of them N+1"
         if timing:
             context.add_timing("db", ms, desc)
         if not self.header:
             return message
         headers = list(message.get("headers", ()))
         headers.append((b"x-query-count", str(log.count).encode()))
-        headers.append((b"x-n-plus-one", str(sum(f.count for f in n1)).encode()))
+        headers.append((b"x-n-plus-one", str(in_n1).encode()))
         if not timing:
             entry = context.TimingEntry("db", ms, desc)
             headers.append((b"server-timing", context.format_server_timing([entry])))

@@ -18,7 +18,10 @@ Per request (``http`` scopes only; lifespan and websocket pass through untouched
   cancelled) before any response started is recorded as 499 (nginx's "client closed request");
   an app that raised before starting one as 500. Errors are 5xx statuses plus exceptions.
 - Requests slower than ``slow_threshold`` are logged once, at WARNING on ``asgi_perf.timing``,
-  with method, route, status, duration and the inner entries (also in ``extra``).
+  with method, route, status, duration and the inner entries (also in ``extra``: ``http_method``,
+  ``http_route``, ``url_path``, ``http_status``, ``duration_seconds``, ``ttfb_seconds``,
+  ``server_timing``). A streamed response (several body messages: server-sent events, a
+  download) is slow when its *first byte* is late: a stream meant to stay open is not slow.
 - ``expose_server_timing`` limits who sees Server-Timing (it can leak internals): ``True``
   (everyone), ``False``, a list of IPs/CIDRs (the client address, resolved through
   ``trusted_proxies``), or a ``callable(scope) -> bool``. The statistics record either way.
@@ -37,7 +40,8 @@ given, the global provider when a real SDK provider is installed (not the API's 
 Without explicit providers this is checked at the first request, so providers set up in a
 lifespan handler count, and ``opentelemetry`` is not even imported if nothing imported it before.
 ``"on"`` always instruments (through the global proxies when none is set, which forward to a
-provider set later); ``"off"`` never.
+provider set later); ``"off"`` never. Next to FastAPI's own telemetry, or another Timing, a
+request still gets one server span (:mod:`asgi_perf.timing._fastapi`).
 
 Recording happens after the response is gone; if it ever fails, the request is unaffected and
 the failure is logged once and counted (``record_failures``).
@@ -73,6 +77,7 @@ from asgi_perf._core.config import (
     ConfigError,
     EnvConfigurable,
     EnvVar,
+    install_hint,
     to_bool,
     to_choice,
     to_duration,
@@ -175,6 +180,7 @@ class TimingMiddleware(EnvConfigurable):
     """Measure every HTTP request; add Server-Timing; keep per-route percentiles."""
 
     ENV_ENABLED = ("ASGI_PERF_TIMING_ENABLED", True)
+    OUTERMOST = True  # its total and the inner layers' Server-Timing entries need it outside
     ENV_VARS = (
         EnvVar("ASGI_PERF_SERVER_TIMING", "server_timing", to_bool),
         EnvVar(
@@ -293,17 +299,22 @@ class TimingMiddleware(EnvConfigurable):
             self._telemetry = None  # nothing imported OpenTelemetry: nothing configured it
             return
         try:
+            from asgi_perf.timing._fastapi import fastapi_handoff
             from asgi_perf.timing._otel import Telemetry
         except ImportError as exc:
             if self.otel_mode == "on" or explicit:
                 raise ConfigError(
-                    "otel", self.otel_mode, "'auto' or 'off' (opentelemetry-api is not installed)"
+                    "otel",
+                    self.otel_mode,
+                    f"'auto' or 'off': OpenTelemetry is not installed ({install_hint('otel')})",
                 ) from exc
             self._telemetry = None
             return
         self._telemetry = Telemetry.from_providers(
             tracer_provider, meter_provider, force=self.otel_mode == "on"
         )
+        if self._telemetry is not None and self._telemetry.tracer is not None:
+            self._telemetry.handoff = fastapi_handoff(self.app, self._telemetry.tracer_provider)
 
     # -- request path -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -365,7 +376,8 @@ class TimingMiddleware(EnvConfigurable):
                     failed = status >= 500 or not isinstance(exc, asyncio.CancelledError)
                     if failed:
                         series.errors += 1
-                if duration >= self._slow_after:
+                # a streamed response (events, a download) is slow to start, not to end
+                if (duration if ex.ttfb is None else ex.ttfb) >= self._slow_after:
                     series.slow += 1
                     self._log_slow(scope, template, status, duration, ex)
                 if otel_request is not None:
@@ -413,22 +425,25 @@ class TimingMiddleware(EnvConfigurable):
         return series
 
     def _log_slow(
-        self, scope: Scope, route: str, status: int, duration: float, ctx: RequestContext
+        self, scope: Scope, route: str, status: int, duration: float, ex: _Exchange
     ) -> None:
         method = _method(scope.get("method") or "GET")
-        entries = format_server_timing(ctx.timings).decode("latin-1")
+        entries = format_server_timing(ex.timings).decode("latin-1")
+        took = f"in {duration:.3f}s" if ex.ttfb is None else f"first byte after {ex.ttfb:.3f}s"
         logger.warning(
-            "slow request: %s %s -> %d in %.3fs%s",
+            "slow request: %s %s -> %d %s%s",
             method,
             route,
             status,
-            duration,
+            took,
             f" ({entries})" if entries else "",
             extra={
                 "http_method": method,
                 "http_route": route,
+                "url_path": scope.get("path") or "/",
                 "http_status": status,
                 "duration_seconds": duration,
+                "ttfb_seconds": ex.ttfb,
                 "server_timing": entries,
             },
         )

@@ -37,6 +37,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from asgi_perf._core.asgi import Scope
+from asgi_perf.timing._fastapi import SCOPE_KEY, Handoff, outer_span
 
 __all__ = ["Telemetry", "is_configured"]
 
@@ -91,6 +92,19 @@ class _HeaderGetter(Getter[Any]):
 
 
 _GETTER = _HeaderGetter()
+
+
+def _client_attributes(scope: Scope) -> dict[str, Any]:
+    """``client.address`` and ``user_agent.original``: what FastAPI's own span lacks."""
+    attributes: dict[str, Any] = {}
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = str(client[0])
+    for key, value in scope.get("headers") or ():
+        if key == b"user-agent":
+            attributes["user_agent.original"] = value.decode("latin-1")
+            break
+    return attributes
 
 
 def _host(scope: Scope) -> tuple[str | None, int | None]:
@@ -153,6 +167,8 @@ class Telemetry:
             if tracer_provider is not None
             else None
         )
+        self.tracer_provider = tracer_provider
+        self.handoff: Handoff | None = None  # to FastAPI's telemetry (see ``_fastapi``)
         self.duration = None
         # in-flight requests per (method, scheme), observed when the reader collects: an
         # asynchronous instrument costs a dict update per request instead of two SDK calls
@@ -191,59 +207,79 @@ class Telemetry:
 
 
 class _Request:
-    __slots__ = ("active_key", "scheme", "span", "start_ns", "telemetry", "token")
+    __slots__ = (
+        "active_key",
+        "handed",
+        "scheme",
+        "scope",
+        "span",
+        "start_ns",
+        "telemetry",
+        "token",
+    )
 
     def __init__(self, telemetry: Telemetry, scope: Scope, method: str) -> None:
         self.telemetry = telemetry
         self.start_ns = time.time_ns()
         self.scheme = scope.get("scheme") or "http"
+        self.scope = scope
         self.span: Any = None
         self.token: Any = None
+        self.handed = False
         if telemetry.tracer is not None:
-            headers = scope.get("headers") or ()
-            fields = telemetry.fields
-            parent = None
-            for key, _ in headers:
-                if key in fields:
-                    parent = telemetry.propagator.extract(headers, getter=_GETTER)
-                    break
-            attributes: dict[str, Any] = {
-                "http.request.method": method,
-                "url.path": scope.get("path") or "/",
-                "url.scheme": self.scheme,
-                "network.protocol.version": scope.get("http_version") or "1.1",
-            }
-            if method == "_OTHER":
-                attributes["http.request.method_original"] = scope.get("method") or ""
-            host, port = _host(scope)
-            if host:
-                attributes["server.address"] = host
-            if port is not None:
-                attributes["server.port"] = port
-            client = scope.get("client")
-            if client:
-                attributes["client.address"] = str(client[0])
-            for key, value in headers:
-                if key == b"user-agent":
-                    attributes["user_agent.original"] = value.decode("latin-1")
-                    break
-            self.span = telemetry.tracer.start_span(
-                method,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-                start_time=self.start_ns,
-            )
-            self.token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+            self._open_span(telemetry, telemetry.tracer, scope, method)
         active = telemetry.active
         key = self.active_key = (method, self.scheme)
         active[key] = active.get(key, 0) + 1
+
+    def _open_span(self, telemetry: Telemetry, tracer: Any, scope: Scope, method: str) -> None:
+        """Open this request's server span, unless FastAPI (outside) has opened it already."""
+        outer = outer_span(scope)
+        if outer is not None:  # one server span per request: add to it what it lacks
+            outer.set_attributes(_client_attributes(scope))
+            return
+        headers = scope.get("headers") or ()
+        fields = telemetry.fields
+        parent = None
+        for key, _ in headers:
+            if key in fields:
+                parent = telemetry.propagator.extract(headers, getter=_GETTER)
+                break
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": scope.get("path") or "/",
+            "url.scheme": self.scheme,
+            "network.protocol.version": scope.get("http_version") or "1.1",
+        }
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = scope.get("method") or ""
+        host, port = _host(scope)
+        if host:
+            attributes["server.address"] = host
+        if port is not None:
+            attributes["server.port"] = port
+        attributes.update(_client_attributes(scope))
+        self.span = tracer.start_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            start_time=self.start_ns,
+        )
+        context = trace.set_span_in_context(self.span, parent)
+        if telemetry.handoff is not None:
+            handed = telemetry.handoff.enter(scope, self.span, method, context)
+            if handed is not None:
+                context, self.handed = handed, True
+        self.token = otel_context.attach(context)
 
     def detach(self) -> None:
         """Stop being the current span (the app returned); call before :meth:`finish`."""
         if self.token is not None:
             otel_context.detach(self.token)
             self.token = None
+        if self.handed:
+            self.scope.pop(SCOPE_KEY, None)
 
     def finish(
         self,
