@@ -20,13 +20,17 @@ __all__ = [
     "EnvConfigurable",
     "EnvVar",
     "storage_url_from_env",
-    "store_scheme",
     "to_bool",
     "to_choice",
     "to_duration",
     "to_float",
+    "to_header_name",
+    "to_header_names",
     "to_int",
     "to_list",
+    "to_methods",
+    "to_paths",
+    "to_positive_duration",
     "to_rates",
     "to_size",
 ]
@@ -117,6 +121,14 @@ def to_duration(value: object, name: str) -> float:
     return number
 
 
+def to_positive_duration(value: object, name: str) -> float:
+    """A duration above zero (a timeout, a TTL): as :func:`to_duration`, ``0`` refused."""
+    seconds = to_duration(value, name)
+    if seconds <= 0:
+        raise ConfigError(name, value, "a duration above 0: 500ms, 5s, 2m, 1h")
+    return seconds
+
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1,
@@ -155,6 +167,56 @@ def to_list(value: object, name: str) -> tuple[str, ...]:
     raise ConfigError(name, value, "a comma-separated string or a list of strings")
 
 
+# RFC 9110 §5.6.2: a token, what a method and a field name are made of.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _is_token(text: str) -> bool:
+    return _TOKEN_RE.fullmatch(text) is not None
+
+
+def to_methods(value: object, name: str, allowed: Iterable[str] | None = None) -> frozenset[str]:
+    """HTTP method names (``GET,POST``), upper-cased; with ``allowed``, one or more of those."""
+    methods = frozenset(m.upper() for m in to_list(value, name))
+    if allowed is None:
+        # Letters and '-' (GET, M-SEARCH): a method is a token, but a digit in one is a typo.
+        if not all(m.isascii() and m.replace("-", "").isalpha() for m in methods):
+            raise ConfigError(name, value, "HTTP method names such as GET,POST")
+        return methods
+    permitted = frozenset(allowed)
+    if not methods or not methods <= permitted:
+        raise ConfigError(name, value, "one or more of " + ", ".join(sorted(permitted)))
+    return methods
+
+
+def to_paths(value: object, name: str) -> tuple[str, ...]:
+    """Paths or path prefixes (what each means is the option's), every one starting with '/'."""
+    paths = to_list(value, name)
+    if not all(path.startswith("/") for path in paths):
+        raise ConfigError(name, value, "paths starting with '/', comma-separated")
+    return paths
+
+
+def to_header_names(value: object, name: str) -> tuple[bytes, ...]:
+    """Header field names, lower-cased as they are compared, without repeats."""
+    names = to_list(value, name)
+    if not all(_is_token(item) for item in names):
+        raise ConfigError(name, value, "HTTP header names (letters, digits, '-'), comma-separated")
+    return tuple(dict.fromkeys(item.lower().encode("ascii") for item in names))
+
+
+def to_header_name(value: object, name: str) -> str | None:
+    """One header field name as written (for messages; compare it lower-cased), or ``None``
+    for none (``None`` or blank)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str) and _is_token(value.strip()):
+        return value.strip()
+    raise ConfigError(
+        name, value, "a header name such as X-API-Key (letters, digits, '-'), or None"
+    )
+
+
 def to_choice(value: object, name: str, choices: Iterable[str]) -> str:
     options = tuple(choices)
     if isinstance(value, str) and value.strip().lower() in options:
@@ -189,34 +251,23 @@ def to_rates(value: object, name: str) -> tuple[Any, ...]:
     return parsed
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
-STORE_SCHEMES = ("memory", *REDIS_SCHEMES)
-
-
-def store_scheme(url: str, name: str, schemes: tuple[str, ...] = STORE_SCHEMES) -> str:
-    """The scheme of a store URL; ``ConfigError`` naming ``name`` unless it is in ``schemes``."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme not in schemes:
-        accepted = (
-            "a URL starting with "
-            + ", ".join(s + "://" for s in schemes)
-            + " (redis+cluster://h1:p1,h2:p2, redis+sentinel://host:port/service)"
-        )
-        raise ConfigError(name, url, accepted)
-    return scheme
+def _storage_from_env(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(variable, url)`` of the first of ``ASGI_PERF_STORAGE_URL`` and ``REDIS_URL`` set."""
+    for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL"):
+        url = environ.get(name, "").strip()
+        if url:
+            return name, url
+    return None
 
 
 def storage_url_from_env(environ: Mapping[str, str]) -> str:
     """``ASGI_PERF_STORAGE_URL``, else ``REDIS_URL``, else ``memory://``.
 
-    The scheme is checked here so that a bad URL is reported under the variable it came from.
+    The URL is checked where the store is made (the store registry knows the schemes, this
+    module none); ``from_env`` reports a bad one under the variable it came from.
     """
-    for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL"):
-        url = environ.get(name, "").strip()
-        if url:
-            store_scheme(url, name)
-            return url
-    return "memory://"
+    found = _storage_from_env(environ)
+    return "memory://" if found is None else found[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,16 +298,25 @@ class EnvConfigurable:
     ENV_STORAGE: ClassVar[bool] = False
 
     @classmethod
-    def options_from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-        env = os.environ if environ is None else environ
+    def _env_options(cls, env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The options the environment sets, and the variable each came from."""
         options: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         if cls.ENV_STORAGE:
-            options["storage"] = storage_url_from_env(env)
+            found = _storage_from_env(env)
+            options["storage"] = "memory://" if found is None else found[1]
+            if found is not None:
+                sources["storage"] = found[0]
         for var in cls.ENV_VARS:
             raw = env.get(var.name)
             if raw is not None and raw.strip() != "":
                 options[var.option] = var.convert(raw, var.name)
-        return options
+                sources[var.option] = var.name
+        return options, sources
+
+    @classmethod
+    def options_from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return cls._env_options(os.environ if environ is None else environ)[0]
 
     @classmethod
     def enabled_in_env(cls, environ: Mapping[str, str] | None = None) -> bool:
@@ -273,7 +333,19 @@ class EnvConfigurable:
     def from_env(
         cls: type[M], app: Any, environ: Mapping[str, str] | None = None, **options: Any
     ) -> M:
-        """Build with options from the environment; keyword ``options`` win over it."""
-        merged = cls.options_from_env(environ)
+        """Build with options from the environment; keyword ``options`` win over it.
+
+        A value the constructor rejects (a store URL nobody registered, a duration out of
+        range) is reported under the variable that gave it, not the option it became.
+        """
+        merged, sources = cls._env_options(os.environ if environ is None else environ)
         merged.update(options)
-        return cls(app, **merged)  # type: ignore[call-arg]
+        try:
+            return cls(app, **merged)  # type: ignore[call-arg]
+        except ConfigError as exc:
+            option = exc.name.split(" ", 1)[0].split("[", 1)[0]
+            variable = None if option in options else sources.get(option)
+            if variable is None:
+                raise
+            name = variable + exc.name[len(option) :]  # "storage max_bytes", "rules['GET /']"
+            raise ConfigError(name, exc.value, exc.accepted) from None
