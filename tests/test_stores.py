@@ -438,6 +438,38 @@ async def test_stores_sharing_a_pool_keep_their_own_timeouts(
             await long.close()
 
 
+_BUSY_300_MS = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+repeat local t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 300000
+return 1
+"""
+
+
+@pytest.mark.redis
+async def test_cluster_stores_sharing_a_client_keep_their_own_timeouts(
+    redis_cluster_url: str, key_prefix: str
+) -> None:
+    """On Redis Cluster the client reads with the longest timeout; a store that asked for less
+    bounds its own calls: the node busy for 300 ms fails the 100 ms store, not the 5 s one."""
+    url = redis_cluster_url + "?max_connections=9"  # a client of its own for this test
+    long = create_store(url, prefix=key_prefix, timeout=5.0)
+    short = create_store(url, prefix=key_prefix, timeout=0.1)
+    try:
+        await long.set("{d}k", b"v")
+        assert await short.get("{d}k") == b"v" and short.client is long.client  # type: ignore[attr-defined]
+        busy = long.script(_BUSY_300_MS)  # type: ignore[attr-defined]
+        task = asyncio.ensure_future(long.call(lambda: busy(keys=["{d}k"])))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailable):
+            await short.get("{d}k")
+        assert await task == 1 and await long.get("{d}k") == b"v"
+    finally:
+        await long.clear()
+        await short.close()
+        await long.close()
+
+
 async def test_the_last_store_out_closes_the_shared_client(redis_url: str, key_prefix: str) -> None:
     first = create_store(redis_url, prefix=key_prefix)
     second = create_store(redis_url + "?prefix=" + key_prefix + "b:")

@@ -32,11 +32,11 @@ from asgi_perf.stores._redis_client import (
     SharedClient,
     acquire,
     client_url,
-    deadline,
     parse_hosts,
     require_redis,
     unavailable_errors,
     want,
+    within,
 )
 from asgi_perf.stores._registry import StoreOptions, register_scheme
 
@@ -179,8 +179,7 @@ class RedisStore(Store):
             if not shared.initialized:
                 await shared.initialize()
             if shared.cluster and self.timeout < shared.timeout:  # it reads with a longer one
-                async with deadline(self.timeout):
-                    return await operation()
+                return await within(self.timeout, operation())
             return await operation()
         except self._errors as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc

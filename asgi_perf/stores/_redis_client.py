@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Awaitable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from asgi_perf._core.config import ConfigError
@@ -38,31 +39,25 @@ __all__ = [
     "SharedClient",
     "acquire",
     "client_url",
-    "deadline",
     "parse_hosts",
     "require_redis",
     "unavailable_errors",
     "want",
+    "within",
 ]
+
+T = TypeVar("T")
 
 #: The read timeout of the store call running in this context (see :func:`_timed`).
 READ_TIMEOUT: ContextVar[float | None] = ContextVar("asgi_perf_redis_read_timeout", default=None)
 
-if sys.version_info >= (3, 11):
-    deadline = asyncio.timeout
-else:  # pragma: no cover - Python 3.10
 
-    @contextlib.asynccontextmanager
-    async def deadline(seconds: float) -> Any:
-        task = asyncio.current_task()
-        assert task is not None
-        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
-        try:
-            yield
-        except asyncio.CancelledError:
-            raise asyncio.TimeoutError from None
-        finally:
-            handle.cancel()
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, or ``asyncio.TimeoutError`` after ``seconds``."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
 
 
 def require_redis(url: str, name: str) -> None:
