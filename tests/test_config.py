@@ -15,8 +15,13 @@ from asgi_perf._core.config import (
     to_choice,
     to_duration,
     to_float,
+    to_header_name,
+    to_header_names,
     to_int,
     to_list,
+    to_methods,
+    to_paths,
+    to_positive_duration,
     to_rates,
     to_size,
 )
@@ -126,6 +131,38 @@ def test_choice() -> None:
         to_choice("token-bucket", "s", ("gcra", "fixed-window"))
 
 
+def test_shared_option_converters() -> None:
+    """One converter per kind of option, used by every middleware that has one."""
+    assert to_methods("get, Post,M-SEARCH", "m") == {"GET", "POST", "M-SEARCH"}
+    assert to_methods("", "m") == frozenset()
+    assert to_methods(["head"], "m", allowed=("GET", "HEAD")) == {"HEAD"}
+    assert to_paths("/a, /b/*", "p") == ("/a", "/b/*")
+    assert to_header_names("X-A, x-a,Accept", "h") == (b"x-a", b"accept")
+    assert to_header_name(" X-API-Key ", "h") == "X-API-Key"
+    assert to_header_name(None, "h") is None and to_header_name("  ", "h") is None
+    assert to_positive_duration("500ms", "d") == 0.5
+
+
+@pytest.mark.parametrize(
+    ("convert", "value", "accepted"),
+    [
+        (lambda v, n: to_methods(v, n), "GET,P0ST", "HTTP method names"),
+        (lambda v, n: to_methods(v, n, allowed=("GET", "HEAD")), "GET,POST", "GET, HEAD"),
+        (lambda v, n: to_methods(v, n, allowed=("GET", "HEAD")), "", "GET, HEAD"),
+        (to_paths, "/a,b", "starting with '/'"),
+        (to_header_names, "X-A,Bad Header", "HTTP header names"),
+        (to_header_names, "X-A:1", "HTTP header names"),
+        (to_header_name, "X Key", "header name"),
+        (to_header_name, 42, "header name"),
+        (to_positive_duration, "0s", "above 0"),
+    ],
+)
+def test_shared_option_converters_refuse(convert: Any, value: Any, accepted: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        convert(value, "ASGI_PERF_SOMETHING")
+    assert info.value.name == "ASGI_PERF_SOMETHING" and accepted in info.value.accepted
+
+
 def test_rates() -> None:
     (one,) = to_rates("100/minute", "r")
     assert (one.amount, one.get_expiry()) == (100, 60)
@@ -182,8 +219,48 @@ def test_enabled_in_env() -> None:
         _Thing.enabled_in_env({"ASGI_PERF_THING_ENABLED": "sometimes"})
 
 
-def test_bad_storage_url_names_its_variable() -> None:
+class _Checked(EnvConfigurable):
+    """Rejects a bad value in its constructor, as the middlewares do."""
+
+    ENV_STORAGE = True
+    ENV_VARS = (EnvVar("ASGI_PERF_CHECKED_WINDOW", "window", lambda v, n: to_duration(v, n)),)
+
+    def __init__(self, app: Any, *, window: float = 1.0, storage: str = "memory://") -> None:
+        if window <= 0:
+            raise ConfigError("window", window, "a duration above 0")
+        if not storage.startswith("memory://"):
+            raise ConfigError("storage max_bytes", storage, "memory://")
+
+
+def test_constructor_errors_name_the_variable_that_gave_the_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        _Checked.from_env("app", environ={"ASGI_PERF_CHECKED_WINDOW": "0s"})
+    assert info.value.name == "ASGI_PERF_CHECKED_WINDOW"
+    with pytest.raises(ConfigError) as info:
+        _Checked.from_env("app", environ={"REDIS_URL": "redis://x"})
+    assert info.value.name == "REDIS_URL max_bytes"
+    with pytest.raises(ConfigError) as info:  # a keyword option wins, and is named as such
+        _Checked.from_env("app", environ={"ASGI_PERF_CHECKED_WINDOW": "1s"}, window=0)
+    assert info.value.name == "window"
+
+
+@pytest.mark.parametrize("module", ["ratelimit", "dedup", "cache"])
+def test_bad_storage_url_names_its_variable(module: str) -> None:
+    """The core knows no store scheme; the store registry rejects the URL where the store is
+    made, and ``from_env`` names the variable it came from."""
+    from asgi_perf import _stack as stack
+
+    classes = stack.middleware_classes()
+    cls = next(c for c in classes if c.__module__.startswith(f"asgi_perf.{module}."))
+    for env, name in [
+        ({"ASGI_PERF_STORAGE_URL": "ftp://x"}, "ASGI_PERF_STORAGE_URL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            cls.from_env(lambda *a: None, environ=env)
+        assert info.value.name == name and "memory://" in info.value.accepted
     with pytest.raises(ConfigError, match="ASGI_PERF_STORAGE_URL='ftp://x'"):
-        storage_url_from_env({"ASGI_PERF_STORAGE_URL": "ftp://x"})
-    with pytest.raises(ConfigError, match="REDIS_URL='localhost:6379'"):
-        storage_url_from_env({"REDIS_URL": "localhost:6379"})
+        stack.from_env(
+            lambda *a: None,
+            environ={"ASGI_PERF_RATE_LIMIT_ENABLED": "1", "ASGI_PERF_STORAGE_URL": "ftp://x"},
+        )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
 import math
 import re
 import secrets
@@ -56,7 +57,7 @@ from asgi_perf.dedup._rules import MAX_KEY_LENGTH, InvalidKey, parse_idempotency
 from asgi_perf.queries import QueryMiddleware
 from asgi_perf.ratelimit import RateLimitMiddleware
 from asgi_perf.timing import TimingMiddleware
-from tests.support import make_scope, unique_prefix
+from tests.support import call, make_scope, unique_prefix
 
 PARSER = settings(max_examples=300, deadline=None)
 STACK = settings(
@@ -207,9 +208,12 @@ IPV4 = st.ip_addresses(v=4).filter(lambda ip: not ip.is_private and not ip.is_lo
     st.lists(st.text(st.characters(exclude_characters=","), max_size=30), max_size=20),
     IPV4,
 )
+@example(["6.6.6.6"] * 64, ipaddress.ip_address("203.0.113.7"))
+@example(["10.0.0.9"] * 10_000, ipaddress.ip_address("203.0.113.7"))
 def test_trusted_proxy_chain_yields_the_address_it_appended(junk: list[str], client: Any) -> None:
-    """Whatever the client wrote into X-Forwarded-For, the rightmost untrusted hop — the one
-    our trusted proxy appended — is the address counted."""
+    """Whatever the client wrote into X-Forwarded-For — however many hops, trusted-looking
+    ones included — the rightmost untrusted hop, the one our trusted proxy appended, is the
+    address counted (never the proxy's own)."""
     chain = ", ".join([*junk, str(client)]).encode("utf-8", "surrogatepass")
     assume(b"\r" not in chain and b"\n" not in chain)
     ip = TRUSTED(_scope("10.0.0.1", [(b"x-forwarded-for", chain)]))
@@ -226,6 +230,28 @@ def test_forwarded_header_cannot_override_proxy_xff() -> None:
         (b"x-forwarded-for", b"203.0.113.7"),  # appended by the trusted proxy
     ]
     assert TRUSTED(_scope("10.0.0.1", headers)) == "203.0.113.7"
+
+
+async def test_padded_forwarding_header_is_not_counted_under_the_proxy() -> None:
+    """A client that pads its X-Forwarded-For past 64 hops is counted under the address our
+    proxy appended: it neither shares nor exhausts a bucket with everyone else who pads."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = RateLimitMiddleware(app, limit="2/minute", trusted_proxies="10.0.0.0/8")
+
+    async def status(client: str, pad: int) -> int:
+        xff = "6.6.6.6, " * pad + client  # the client wrote the padding; the proxy appended
+        response = await call(
+            mw, "GET", "/", headers=[("x-forwarded-for", xff)], client=("10.0.0.1", 1)
+        )
+        return response.status
+
+    assert [await status("203.0.113.1", 100) for _ in range(3)] == [200, 200, 429]
+    assert [await status("203.0.113.2", 5_000) for _ in range(2)] == [200, 200]
+    assert await status("203.0.113.3", 0) == 200
 
 
 def test_xff_cannot_override_a_forwarded_proxy() -> None:

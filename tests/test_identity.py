@@ -26,7 +26,30 @@ def scope(peer: str, **headers: str) -> dict[str, object]:
         (("10.0.0.0/8",), "192.0.2.1", {"x_forwarded_for": "1.2.3.4"}, "192.0.2.1"),
         (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "garbage"}, "10.0.0.1"),
         (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": ", ,"}, "10.0.0.1"),
-        (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "1.1.1.1," * 10_000}, "10.0.0.1"),
+        # a client padding its own X-Forwarded-For is still the hop the proxy appended, never
+        # the proxy: the field is read from the right, whatever its length
+        (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "1.1.1.1," * 10_000}, "1.1.1.1"),
+        (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "6.6.6.6, " * 65 + "1.2.3.4"}, "1.2.3.4"),
+        (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "x" * 100_000 + ", 1.2.3.4"}, "1.2.3.4"),
+        (
+            ("10.0.0.0/8",),
+            "10.0.0.1",
+            {"x_forwarded_for": "6.6.6.6, 1.2.3.4" + ", 10.0.0.9" * 3},
+            "1.2.3.4",
+        ),
+        # more trusted hops in a row than any real chain has (MAX_HOPS): the peer
+        (
+            ("10.0.0.0/8",),
+            "10.0.0.1",
+            {"x_forwarded_for": "6.6.6.6" + ", 10.0.0.9" * 64},
+            "10.0.0.1",
+        ),
+        (
+            ("10.0.0.0/8",),
+            "10.0.0.1",
+            {"x_forwarded_for": "6.6.6.6" + ", 10.0.0.9" * 63},
+            "6.6.6.6",
+        ),
         # the proxy appends to X-Forwarded-For: a client's own Forwarded is not read
         (("10.0.0.0/8",), "10.0.0.1", {"forwarded": "for=6.6.6.6"}, "10.0.0.1"),
         (("10.0.0.0/8",), "10.0.0.1", {"x_forwarded_for": "1.2.3.4:5678"}, "1.2.3.4"),
@@ -49,6 +72,7 @@ def test_client_ip(
         ({"forwarded": "for=unknown"}, "10.0.0.1"),
         ({"forwarded": "for=192.0.2.60", "x_forwarded_for": "6.6.6.6"}, "192.0.2.60"),
         ({"x_forwarded_for": "6.6.6.6"}, "10.0.0.1"),
+        ({"forwarded": "for=6.6.6.6;proto=http, " * 1000 + "for=192.0.2.60"}, "192.0.2.60"),
     ],
 )
 def test_client_ip_behind_a_forwarded_proxy(headers: dict[str, str], expected: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from typing import Any
 
@@ -10,14 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_perf._core.config import ConfigError
+from asgi_perf.ratelimit._storage import StoreLimiter, create_limiter
 from asgi_perf.ratelimit._strategies import (
     STRATEGIES,
     MemoryLimiter,
     RedisLimiter,
-    create_limiter,
     hash_tag,
     sliding_retry,
 )
+from asgi_perf.stores import MemoryStore, Store
 
 W = [(3, 10.0)]
 
@@ -168,6 +170,62 @@ def test_bad_strategy_and_url() -> None:
         create_limiter("memory://", "token-bucket")
     with pytest.raises(ConfigError, match="storage"):
         create_limiter("mongodb://x", "gcra")
+
+
+class ThirdPartyStore(Store):
+    """Another package's store, neither the memory store nor Redis (here it delegates to a
+    memory store, without offering ``sync``): counted through claim/get/set/release."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+
+for _name in Store.__abstractmethods__:
+    setattr(
+        ThirdPartyStore,
+        _name,
+        lambda self, *a, _name=_name, **k: getattr(self.inner, _name)(*a, **k),
+    )
+abc.update_abstractmethods(ThirdPartyStore)
+
+
+def test_a_memory_url_counts_in_process_without_making_a_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_store(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a MemoryStore was made to read a setting")
+
+    monkeypatch.setattr(MemoryStore, "__init__", no_store)
+    limiter = create_limiter("memory://?max_entries=50", "gcra")
+    assert isinstance(limiter, MemoryLimiter) and limiter.max_entries == 50
+    assert create_limiter("memory://", "gcra").max_entries == 100_000  # type: ignore[attr-defined]
+
+
+async def test_any_store_is_accepted_and_counts_exactly() -> None:
+    """Not only memory and Redis: another store gets the same decisions as the memory
+    limiter, one at a time per identity even with 200 checks at once."""
+    for strategy in STRATEGIES:
+        clock = Clock()
+        limiter = create_limiter(ThirdPartyStore(), strategy)
+        assert isinstance(limiter, StoreLimiter)
+        limiter.clock = clock
+        memory = MemoryLimiter(strategy, clock=clock)
+        windows = [(3, 10.0), (5, 60.0)]
+        for step in range(12):
+            clock.now += 1.5
+            a = await limiter.hit("ip:1", "default", windows)
+            b = memory.check("ip:1", "default", windows)
+            assert (a.allowed, a.remaining, a.resets) == (b.allowed, b.remaining, b.resets), step
+
+        crowd = create_limiter(ThirdPartyStore(), strategy)
+
+        async def one(limiter: Any = crowd) -> bool:
+            await asyncio.sleep(0)
+            return (await limiter.hit("ip:nat", "default", [(50, 3600.0)])).allowed
+
+        assert sum(await asyncio.gather(*(one() for _ in range(200)))) == 50, strategy
+    sync_store = MemoryStore()
+    assert isinstance(create_limiter(sync_store, "gcra"), MemoryLimiter)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -24,6 +25,7 @@ from asgi_perf.ratelimit._headers import (
 )
 from asgi_perf.ratelimit._middleware import RateLimitMiddleware, Rule, compile_path, parse_rules
 from asgi_perf.ratelimit._strategies import RedisLimiter
+from tests.faults import FaultProxy
 from tests.support import RedisServer, call, free_port, make_scope
 
 
@@ -195,7 +197,7 @@ async def test_trusted_proxy_right_hop() -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        ("X-Forwarded-For", "1.1.1.1," * 10_000),
+        ("X-Forwarded-For", "10.0.0.9," * 10_000),  # only trusted hops, past MAX_HOPS
         ("X-Forwarded-For", "not an ip, \x00\xff"),
         ("Forwarded", "for=" + "a" * 5000),
         ("Forwarded", ";;;===,,,"),
@@ -502,7 +504,7 @@ async def test_redis_outage_and_recovery(caplog: pytest.LogCaptureFixture, key_p
             assert len(warnings) == 1
             server.start()  # an empty Redis: the counters start afresh
             got: list[int] = []
-            for _ in range(100):  # the store is retried one second after the last failure
+            for _ in range(100):  # the open circuit probes the store every 50 ms at least
                 await asyncio.sleep(0.05)
                 got.append((await call(mw)).status)
                 if got[-1] == 429:
@@ -513,6 +515,66 @@ async def test_redis_outage_and_recovery(caplog: pytest.LogCaptureFixture, key_p
         await mw.limiter.close()
     finally:
         server.cleanup()
+
+
+def _checked(response: Any) -> bool:
+    """Did the limiter check this request (its limit headers are there)?"""
+    return response.header("ratelimit-policy") is not None
+
+
+@pytest.mark.redis
+async def test_one_slow_reply_fails_only_its_own_request(redis_url: str, key_prefix: str) -> None:
+    """Issue 14 item 11: one reply slower than ``storage_timeout`` (on a healthy Redis, under
+    load) admitted every request of the next second unchecked. It fails open for that request
+    only: the next ones are checked, and the client meets its limit."""
+    with FaultProxy(urlsplit(redis_url).port or 6379) as proxy:
+        mw = RateLimitMiddleware(
+            App(), limit="5/minute", storage=proxy.url, storage_timeout=0.25, key_prefix=key_prefix
+        )
+        try:
+            assert _checked(await call(mw))
+            proxy.set_mode("delay", delay_ms=1500)
+            slow = await call(mw)
+            assert slow.status == 200 and not _checked(slow)  # failed open, that one
+            proxy.set_mode("pass")
+            after = [await call(mw) for _ in range(6)]
+            assert all(_checked(r) for r in after), [r.status for r in after]
+            assert after[-1].status == 429  # the budget holds (the slow hit may count late)
+            outage = mw.stats()["outage"]
+            assert (outage["failures"], outage["skipped"], outage["open"]) == (1, 0, False)
+        finally:
+            await mw.limiter.close()
+
+
+@pytest.mark.redis
+async def test_circuit_opens_on_a_run_and_closes_within_a_few_requests(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A Redis that refuses every call: after a run of failures the circuit opens (requests
+    fail open without trying); once Redis answers again, limits are back within the probe
+    share of requests (one in 20), not after a pause."""
+    with FaultProxy(urlsplit(redis_url).port or 6379) as proxy:
+        mw = RateLimitMiddleware(
+            App(),
+            limit="1000/minute",
+            storage=proxy.url,
+            storage_timeout=0.25,
+            key_prefix=key_prefix,
+        )
+        try:
+            assert _checked(await call(mw))
+            proxy.set_mode("refuse")
+            down = [await call(mw) for _ in range(30)]
+            assert [r.status for r in down] == [200] * 30 and not any(map(_checked, down))
+            while_down = dict(mw.stats()["outage"])
+            proxy.set_mode("pass")
+            back = [_checked(await call(mw)) for _ in range(25)]
+            first = back.index(True) if True in back else len(back)
+            assert first <= 20 and all(back[first:]), back
+            assert while_down["open"] and while_down["trips"] == 1 and while_down["skipped"] > 0
+            assert mw.stats()["outage"]["open"] is False
+        finally:
+            await mw.limiter.close()
 
 
 @pytest.mark.redis

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from asgi_perf import ConfigError, StoreUnavailable, create_store
-from asgi_perf.stores import MemoryStore, Store
+from asgi_perf.stores import MemoryStore, Store, StoreOptions, register_scheme
 from tests.support import RedisServer, free_port
 
 
@@ -112,9 +114,7 @@ async def test_hundred_concurrent_get_or_claims_have_one_winner(store: Store) ->
     assert all(value is None for value, _ in results)
 
 
-# Not on Redis Cluster: its asyncio client has no pub/sub, so waiters there poll (documented;
-# test_subscription_times_out and the single-flight tests cover that path on the cluster).
-@pytest.mark.parametrize("store_url", ["memory", "redis"], indirect=True)
+# On Redis Cluster through sharded pub/sub (Redis 7+), on the key's own slot.
 async def test_subscription_hears_notify(store: Store) -> None:
     async with store.subscribe("{n}key") as sub:
         asyncio.get_running_loop().call_later(
@@ -277,6 +277,267 @@ async def test_redis_store_one_round_trip_per_operation(redis_url: str, key_pref
         await store.claim("c" + key, "t", ttl=5)
         await store.fulfil("c" + key, "t", key, b"w", ttl=5)
         assert store.round_trips - before == 4  # type: ignore[attr-defined]
+    finally:
+        await store.clear()
+        await store.close()
+
+
+# -- the scheme registry ----------------------------------------------------------------------
+@pytest.fixture
+def fake_scheme(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, StoreOptions]]:
+    """Registers ``fake://`` for one test (a third-party store's way in)."""
+    from asgi_perf.stores import _registry
+
+    made: list[tuple[str, StoreOptions]] = []
+
+    def factory(url: str, options: StoreOptions) -> Store:
+        made.append((url, options))
+        return ThirdPartyStore()
+
+    monkeypatch.setattr(_registry, "_SCHEMES", dict(_registry._SCHEMES))
+    register_scheme(factory, "fake")
+    return made
+
+
+class ThirdPartyStore(MemoryStore):
+    """A store that is neither the memory store nor Redis (a subclass: no ``sync``)."""
+
+
+def test_a_registered_scheme_is_a_store_url_everywhere(
+    fake_scheme: list[tuple[str, StoreOptions]],
+) -> None:
+    """The core knows no scheme: registering one is all it takes for ``create_store``, the
+    middlewares and the environment to accept it."""
+    from asgi_perf.ratelimit import RateLimitMiddleware
+
+    store = create_store("fake://x?y=1", prefix="p:", timeout=0.5, name="opt")
+    assert isinstance(store, ThirdPartyStore)
+    assert fake_scheme[-1] == ("fake://x?y=1", StoreOptions("p:", 10_000, 64 * 1024**2, 0.5, "opt"))
+    mw = RateLimitMiddleware.from_env(lambda *a: None, environ={"REDIS_URL": "fake://x"})
+    assert mw.limiter.kind == "store"
+
+
+def test_an_unknown_scheme_lists_the_registered_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        create_store("mongodb://x", name="ASGI_PERF_STORAGE_URL")
+    assert info.value.name == "ASGI_PERF_STORAGE_URL"
+    for scheme in ("memory://", "redis://", "rediss://", "redis+cluster://", "redis+sentinel://"):
+        assert scheme in info.value.accepted
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1", "rediss://h:1/0"]
+)
+def test_a_redis_url_without_the_redis_package_names_the_extra(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in [m for m in sys.modules if m.startswith("redis.")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "redis", None)  # any ``import redis…`` now fails
+    with pytest.raises(ConfigError) as info:
+        create_store(url, name="ASGI_PERF_STORAGE_URL")
+    assert info.value.name == "ASGI_PERF_STORAGE_URL"
+    assert "pip install 'asgi-perf[redis]'" in str(info.value)
+    from asgi_perf.dedup import DedupMiddleware
+
+    with pytest.raises(ConfigError, match=r"asgi-perf\[redis\]"):
+        DedupMiddleware(lambda *a: None, storage=url)
+
+
+# -- the synchronous capability ---------------------------------------------------------------
+async def cacheable(scope: Any, receive: Any, send: Any) -> None:
+    headers = [(b"cache-control", b"public, max-age=60")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"x"})
+
+
+async def test_the_fast_path_is_a_capability_not_a_type() -> None:
+    """The memory store offers ``sync``; a subclass does not inherit it (its async operations
+    may fail or count, and the sync ones would bypass them) unless it says so; the cache's
+    hit path follows ``sync``, whatever the store's class."""
+    from asgi_perf.cache import CacheMiddleware
+    from tests.support import call
+
+    assert MemoryStore().sync is not None and ThirdPartyStore().sync is None
+
+    class OptedIn(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sync = self
+            self.sync_reads = 0
+
+        def get_nowait(self, key: str) -> bytes | None:
+            self.sync_reads += 1
+            return super().get_nowait(key)
+
+    for store, sync_reads in ((OptedIn(), True), (ThirdPartyStore(), False)):
+        mw = CacheMiddleware(cacheable, storage=store)
+        hits = [(await call(mw)).header("x-cache") for _ in range(3)]
+        assert hits == ["MISS", "HIT", "HIT"]
+        assert (getattr(store, "sync_reads", 0) > 0) is sync_reads
+
+
+# -- one client per URL and loop --------------------------------------------------------------
+@pytest.mark.redis
+async def test_one_process_holds_one_pool_for_every_store_backed_middleware(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Rate limit, dedup and cache on one Redis URL: Redis sees one connection from the
+    process (requests one after another need no more), not one pool per middleware."""
+    import redis.asyncio as aredis
+
+    from asgi_perf.cache import CacheMiddleware
+    from asgi_perf.dedup import DedupMiddleware
+    from asgi_perf.ratelimit import RateLimitMiddleware
+    from tests.support import call
+
+    name = "pool-" + uuid.uuid4().hex[:12]
+    url = f"{redis_url.split('?')[0]}?client_name={name}"
+
+    cache = CacheMiddleware(cacheable, storage=url, key_prefix=key_prefix)
+    dedup = DedupMiddleware(cache, storage=url, key_prefix=key_prefix)
+    stack = RateLimitMiddleware(dedup, storage=url, key_prefix=key_prefix, storage_timeout=0.5)
+    admin = aredis.Redis.from_url(redis_url)
+    try:
+        for i in range(20):
+            response = await call(stack, "GET", f"/p{i % 3}")
+            assert response.status == 200 and response.header("ratelimit-policy")
+        clients = await admin.client_list()
+        assert len([c for c in clients if c.get("name") == name]) == 1
+        assert stack.limiter.store.client is dedup.store.client is cache.store.client
+    finally:
+        for store in (stack.limiter.store, dedup.store, cache.store):
+            await store.clear()
+            await store.close()
+        await admin.aclose()
+
+
+@pytest.mark.redis
+async def test_stores_sharing_a_pool_keep_their_own_timeouts(
+    redis_url: str, key_prefix: str
+) -> None:
+    """One pool, a 5 s store and a 100 ms store: a 1 s reply serves the first, fails the other."""
+    from urllib.parse import urlsplit
+
+    from tests.faults import FaultProxy
+
+    with FaultProxy(urlsplit(redis_url).port or 6379) as proxy:
+        short = create_store(proxy.url, prefix=key_prefix, timeout=0.1)
+        long = create_store(proxy.url, prefix=key_prefix, timeout=5.0)
+        try:
+            await long.set("k", b"v")
+            assert short.client is long.client  # type: ignore[attr-defined]
+            proxy.set_mode("delay", delay_ms=500)  # each way: a reply takes 1 s
+            assert await long.get("k") == b"v"
+            with pytest.raises(StoreUnavailable):
+                await short.get("k")
+            proxy.set_mode("pass")
+        finally:
+            await long.clear()
+            await short.close()
+            await long.close()
+
+
+_BUSY_300_MS = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+repeat local t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 300000
+return 1
+"""
+
+
+@pytest.mark.redis
+async def test_cluster_stores_sharing_a_client_keep_their_own_timeouts(
+    redis_cluster_url: str, key_prefix: str
+) -> None:
+    """On Redis Cluster the client reads with the longest timeout; a store that asked for less
+    bounds its own calls: the node busy for 300 ms fails the 100 ms store, not the 5 s one."""
+    url = redis_cluster_url + "?max_connections=9"  # a client of its own for this test
+    long = create_store(url, prefix=key_prefix, timeout=5.0)
+    short = create_store(url, prefix=key_prefix, timeout=0.1)
+    try:
+        await long.set("{d}k", b"v")
+        assert await short.get("{d}k") == b"v" and short.client is long.client  # type: ignore[attr-defined]
+        busy = long.script(_BUSY_300_MS)  # type: ignore[attr-defined]
+        task = asyncio.ensure_future(long.call(lambda: busy(keys=["{d}k"])))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailable):
+            await short.get("{d}k")
+        assert await task == 1 and await long.get("{d}k") == b"v"
+    finally:
+        await long.clear()
+        await short.close()
+        await long.close()
+
+
+async def test_the_last_store_out_closes_the_shared_client(redis_url: str, key_prefix: str) -> None:
+    first = create_store(redis_url, prefix=key_prefix)
+    second = create_store(redis_url + "?prefix=" + key_prefix + "b:")
+    try:
+        await first.set("k", b"1")
+        await second.set("k", b"2")
+        client = first.client  # type: ignore[attr-defined]
+        assert second.client is client  # type: ignore[attr-defined]
+        await first.close()
+        assert await second.get("k") == b"2"  # still open for the other store
+        await second.close()
+        assert await first.get("k") == b"1"  # a closed store reconnects on use
+        assert first.client is not client  # type: ignore[attr-defined]
+    finally:
+        await first.clear()
+        await first.close()
+        await second.clear()
+        await second.close()
+
+
+# -- Redis Cluster waiters: sharded pub/sub -----------------------------------------------------
+@pytest.mark.redis
+async def test_cluster_waiters_hear_fulfil_through_sharded_pubsub(
+    redis_cluster_url: str, key_prefix: str
+) -> None:
+    """Redis 7+: a waiter on the cluster is woken by ``fulfil`` (``SPUBLISH`` on the key's own
+    slot), not by its poll; a key without a hash tag cannot be heard there, and polls."""
+    store = create_store(redis_cluster_url, prefix=key_prefix, timeout=2.0)
+    try:
+        assert await store.claim("{w}claim", "leader", ttl=5)
+        async with store.subscribe("{w}claim") as sub:
+            loop = asyncio.get_running_loop()
+            loop.call_later(
+                0.05,
+                lambda: asyncio.ensure_future(
+                    store.fulfil("{w}claim", "leader", "{w}rec", b"done", ttl=5)
+                ),
+            )
+            assert await sub.wait(5) is True
+        assert await store.get("{w}rec") == b"done"
+        async with store.subscribe("untagged") as sub:
+            assert await sub.wait(0.05) is False
+        assert await store.claim("untagged", "t", ttl=5)
+        assert await store.release("untagged", "t") is True  # no cross-slot publish
+    finally:
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_cluster_without_sharded_pubsub_polls(
+    redis_cluster_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster older than Redis 7 (simulated): no ``SPUBLISH`` anywhere, waiters poll, and
+    claims, releases and records still work."""
+    from asgi_perf.stores import _redis_client
+
+    async def too_old(client: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(_redis_client, "_sharded_pubsub", too_old)
+    store = create_store(redis_cluster_url + "?max_connections=7", prefix=key_prefix)
+    try:
+        assert await store.claim("{o}claim", "leader", ttl=5)
+        async with store.subscribe("{o}claim") as sub:
+            await store.fulfil("{o}claim", "leader", "{o}rec", b"r", ttl=5)
+            assert await sub.wait(0.05) is False
+        assert await store.get("{o}rec") == b"r" and await store.holder("{o}claim") is None
     finally:
         await store.clear()
         await store.close()

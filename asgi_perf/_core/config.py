@@ -36,13 +36,17 @@ __all__ = [
     "known_variables",
     "register_variables",
     "storage_url_from_env",
-    "store_scheme",
     "to_bool",
     "to_choice",
     "to_duration",
     "to_float",
+    "to_header_name",
+    "to_header_names",
     "to_int",
     "to_list",
+    "to_methods",
+    "to_paths",
+    "to_positive_duration",
     "to_rates",
     "to_size",
 ]
@@ -74,7 +78,7 @@ class ConfigError(ValueError):
         where = f"{middleware}: " if middleware else ""
         super().__init__(f"{where}{name}={value!r} is not valid: expected {accepted}")
 
-    def located(self, middleware: str, variable: tuple[str, str] | None = None) -> ConfigError:
+    def located(self, middleware: str, variable: tuple[str, object] | None = None) -> ConfigError:
         """The same error, said of ``middleware`` (and of ``variable``'s name and raw value)."""
         name, value = variable if variable is not None else (self.name, self.value)
         return ConfigError(name, value, self.accepted, self.middleware or middleware)
@@ -158,6 +162,14 @@ def to_duration(value: object, name: str) -> float:
     return number
 
 
+def to_positive_duration(value: object, name: str) -> float:
+    """A duration above zero (a timeout, a TTL): as :func:`to_duration`, ``0`` refused."""
+    seconds = to_duration(value, name)
+    if seconds <= 0:
+        raise ConfigError(name, value, "a duration above 0: 500ms, 5s, 2m, 1h")
+    return seconds
+
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1,
@@ -196,6 +208,56 @@ def to_list(value: object, name: str) -> tuple[str, ...]:
     raise ConfigError(name, value, "a comma-separated string or a list of strings")
 
 
+# RFC 9110 §5.6.2: a token, what a method and a field name are made of.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _is_token(text: str) -> bool:
+    return _TOKEN_RE.fullmatch(text) is not None
+
+
+def to_methods(value: object, name: str, allowed: Iterable[str] | None = None) -> frozenset[str]:
+    """HTTP method names (``GET,POST``), upper-cased; with ``allowed``, one or more of those."""
+    methods = frozenset(m.upper() for m in to_list(value, name))
+    if allowed is None:
+        # Letters and '-' (GET, M-SEARCH): a method is a token, but a digit in one is a typo.
+        if not all(m.isascii() and m.replace("-", "").isalpha() for m in methods):
+            raise ConfigError(name, value, "HTTP method names such as GET,POST")
+        return methods
+    permitted = frozenset(allowed)
+    if not methods or not methods <= permitted:
+        raise ConfigError(name, value, "one or more of " + ", ".join(sorted(permitted)))
+    return methods
+
+
+def to_paths(value: object, name: str) -> tuple[str, ...]:
+    """Paths or path prefixes (what each means is the option's), every one starting with '/'."""
+    paths = to_list(value, name)
+    if not all(path.startswith("/") for path in paths):
+        raise ConfigError(name, value, "paths starting with '/', comma-separated")
+    return paths
+
+
+def to_header_names(value: object, name: str) -> tuple[bytes, ...]:
+    """Header field names, lower-cased as they are compared, without repeats."""
+    names = to_list(value, name)
+    if not all(_is_token(item) for item in names):
+        raise ConfigError(name, value, "HTTP header names (letters, digits, '-'), comma-separated")
+    return tuple(dict.fromkeys(item.lower().encode("ascii") for item in names))
+
+
+def to_header_name(value: object, name: str) -> str | None:
+    """One header field name as written (for messages; compare it lower-cased), or ``None``
+    for none (``None`` or blank)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str) and _is_token(value.strip()):
+        return value.strip()
+    raise ConfigError(
+        name, value, "a header name such as X-API-Key (letters, digits, '-'), or None"
+    )
+
+
 def to_choice(value: object, name: str, choices: Iterable[str]) -> str:
     options = tuple(choices)
     if isinstance(value, str) and value.strip().lower() in options:
@@ -230,34 +292,23 @@ def to_rates(value: object, name: str) -> tuple[Any, ...]:
     return parsed
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
-STORE_SCHEMES = ("memory", *REDIS_SCHEMES)
-
-
-def store_scheme(url: str, name: str, schemes: tuple[str, ...] = STORE_SCHEMES) -> str:
-    """The scheme of a store URL; ``ConfigError`` naming ``name`` unless it is in ``schemes``."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme not in schemes:
-        accepted = (
-            "a URL starting with "
-            + ", ".join(s + "://" for s in schemes)
-            + " (redis+cluster://h1:p1,h2:p2, redis+sentinel://host:port/service)"
-        )
-        raise ConfigError(name, url, accepted)
-    return scheme
+def _storage_from_env(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(variable, url)`` of the first of ``ASGI_PERF_STORAGE_URL`` and ``REDIS_URL`` set."""
+    for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL"):
+        url = environ.get(name, "").strip()
+        if url:
+            return name, url
+    return None
 
 
 def storage_url_from_env(environ: Mapping[str, str]) -> str:
     """``ASGI_PERF_STORAGE_URL``, else ``REDIS_URL``, else ``memory://``.
 
-    The scheme is checked here so that a bad URL is reported under the variable it came from.
+    The URL is checked where the store is made (the store registry knows the schemes, this
+    module none); ``from_env`` reports a bad one under the variable it came from.
     """
-    for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL"):
-        url = environ.get(name, "").strip()
-        if url:
-            store_scheme(url, name)
-            return url
-    return "memory://"
+    found = _storage_from_env(environ)
+    return "memory://" if found is None else found[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,11 +466,10 @@ class EnvConfigurable:
         options: dict[str, Any] = {}
         origins: dict[str, tuple[str, str]] = {}
         if cls.ENV_STORAGE:
-            options["storage"] = storage_url_from_env(env)
-            for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL"):
-                if env.get(name, "").strip():
-                    origins["storage"] = (name, env[name])
-                    break
+            found = _storage_from_env(env)
+            options["storage"] = "memory://" if found is None else found[1]
+            if found is not None:
+                origins["storage"] = found
         for var in cls.ENV_VARS:
             raw = env.get(var.name)
             if raw is not None and raw.strip() != "":
@@ -461,7 +511,15 @@ class EnvConfigurable:
         try:
             return cls(app, **merged)  # type: ignore[call-arg]
         except ConfigError as exc:
-            origin = origins.get(exc.name) if exc.name not in options else None
+            # "storage max_bytes", "rules['GET /']": an error about a part of an option
+            option = exc.name.split(" ", 1)[0].split("[", 1)[0]
+            origin = None if option in options else origins.get(option)
             if origin is None:
                 raise
-            raise exc.located(cls.__name__, origin).with_traceback(exc.__traceback__) from None
+            variable, raw = origin
+            where = (
+                (variable, raw)
+                if exc.name == option
+                else (variable + exc.name[len(option) :], exc.value)
+            )
+            raise exc.located(cls.__name__, where).with_traceback(exc.__traceback__) from None

@@ -4,7 +4,9 @@ Shared by rate limiting and deduplication, so both count the same client the sam
 
 - The IP is ``scope["client"]``; ``X-Forwarded-For`` and RFC 7239 ``Forwarded`` are believed
   only when the direct peer is a trusted proxy, and are walked right to left past trusted hops
-  (the leftmost entries are whatever the client chose to write).
+  (the leftmost entries are whatever the client chose to write). The walk reads the field from
+  its end and stops at the first untrusted hop, so a client that pads its own header with
+  thousands of hops changes neither the answer nor the work (at most ``MAX_HOPS`` read).
 - IPv6 addresses are grouped by prefix (a /64 belongs to one host, who can rotate through it).
 - Anything malformed falls back to the peer address; nothing here raises on client input.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -42,7 +44,7 @@ PROXY_HEADERS = ("x-forwarded-for", "forwarded")
 PROXY_HEADER_ENV = EnvVar(
     "ASGI_PERF_PROXY_HEADER", "proxy_header", lambda v, n: to_choice(v, n, PROXY_HEADERS)
 )
-MAX_HOPS = 64  # more X-Forwarded-For hops than this is not a real proxy chain
+MAX_HOPS = 64  # more trusted hops than this in a row is not a real proxy chain
 MAX_KEY_LENGTH = 256
 
 
@@ -91,15 +93,41 @@ def _parse_ip(text: str) -> IPAddress | None:
         return None
 
 
+def _forwarded_for(element: bytes) -> bytes:
+    """The ``for=`` value of one RFC 7239 ``Forwarded`` element (``b""`` if it has none)."""
+    for pair in element.split(b";"):
+        key, sep, value = pair.partition(b"=")
+        if sep and key.strip().lower() == b"for":
+            return value.strip().strip(b'"')
+    return b""
+
+
 def parse_forwarded(value: str) -> list[str]:
     """The ``for=`` values of an RFC 7239 ``Forwarded`` field, in order."""
-    hops: list[str] = []
-    for element in value.split(","):
-        for pair in element.split(";"):
-            key, sep, val = pair.partition("=")
-            if sep and key.strip().lower() == "for":
-                hops.append(val.strip().strip('"'))
-    return hops
+    hops = (_forwarded_for(e) for e in value.encode("latin-1", "replace").split(b","))
+    return [hop.decode("latin-1") for hop in hops if hop]
+
+
+def _hops_from_right(values: list[bytes], forwarded: bool) -> Iterator[bytes]:
+    """The hops of forwarding field lines, rightmost first, at most ``MAX_HOPS`` of them.
+
+    Each element is found with ``rfind`` from the end of the last line, so the work is the
+    hops read, never the length of what a client wrote to their left. Empty elements are
+    skipped but counted (``",,,,"`` costs no more than ``MAX_HOPS`` steps).
+    """
+    read = 0
+    for value in reversed(values):
+        end = len(value)
+        while end >= 0:
+            if read == MAX_HOPS:
+                return
+            read += 1
+            start = value.rfind(b",", 0, end)
+            element = value[start + 1 : end]
+            end = start
+            hop = _forwarded_for(element) if forwarded else element.strip()
+            if hop:
+                yield hop
 
 
 class ClientIP:
@@ -153,28 +181,14 @@ class ClientIP:
         peer_ip = _parse_ip(peer)
         if peer_ip is None or not self._is_trusted(peer_ip):
             return peer
-        headers = scope.get("headers") or ()
-        hops = self._hops(headers)
-        if hops is None:
-            return peer
-        for hop in reversed(hops):
-            ip = _parse_ip(hop)
+        values = get_header_values(scope.get("headers") or (), self.proxy_header)
+        for hop in _hops_from_right(values, self.proxy_header == b"forwarded"):
+            ip = _parse_ip(hop.decode("latin-1"))
             if ip is None:
                 return peer  # a garbled hop: the chain cannot be trusted past it
             if not self._is_trusted(ip):
-                return str(ip)
+                return str(ip)  # the rightmost untrusted hop: what our proxy saw
         return peer
-
-    def _hops(self, headers: Iterable[tuple[bytes, bytes]]) -> list[str] | None:
-        values = get_header_values(headers, self.proxy_header)
-        if not values:
-            return None
-        text = ",".join(v.decode("latin-1") for v in values)
-        if text.count(",") >= MAX_HOPS:
-            return None
-        if self.proxy_header == b"forwarded":
-            return parse_forwarded(text)
-        return [h for h in (p.strip() for p in text.split(",")) if h]
 
     def __call__(self, scope: Scope) -> str:
         return self._group(self.resolve(scope))

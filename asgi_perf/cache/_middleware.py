@@ -114,8 +114,11 @@ from asgi_perf._core.config import (
     to_duration,
     to_int,
     to_list,
+    to_methods,
     to_size,
 )
+from asgi_perf._core.config import to_header_names as _header_names
+from asgi_perf._core.config import to_positive_duration as _positive
 from asgi_perf._core.context import add_timing
 from asgi_perf._core.http import canonical_query, fingerprint
 from asgi_perf._core.identity import hash_secret
@@ -140,7 +143,7 @@ from asgi_perf.cache._rules import (
     strong_etag,
     vary_names,
 )
-from asgi_perf.stores import MemoryStore, Store, StoreUnavailable, create_store
+from asgi_perf.stores import Store, StoreUnavailable, create_store
 from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["CacheMiddleware"]
@@ -218,28 +221,6 @@ _RANGE_AND_PRECONDITIONS = (b"range", b"if-range", b"if-match", b"if-unmodified-
 
 # Request header kinds read in one pass (0: of no interest).
 _HOST, _AE, _CC, _PRAGMA, _INM, _IMS, _CRED, _KEYED, _BYPASS_HDR = range(1, 10)
-
-
-def _methods(value: object, name: str) -> frozenset[str]:
-    methods = frozenset(m.upper() for m in to_list(value, name))
-    if not methods or not methods <= {"GET", "HEAD"}:
-        raise ConfigError(name, value, "GET and/or HEAD (the methods a shared cache serves)")
-    return methods
-
-
-def _header_names(value: object, name: str) -> tuple[bytes, ...]:
-    names = to_list(value, name)
-    for item in names:
-        if not item.isascii() or any(c in item for c in " \t:,"):
-            raise ConfigError(name, value, "HTTP header names, comma-separated")
-    return tuple(dict.fromkeys(item.lower().encode("ascii") for item in names))
-
-
-def _positive(value: object, name: str) -> float:
-    seconds = to_duration(value, name)
-    if seconds <= 0:
-        raise ConfigError(name, value, "a duration > 0: 5, 500ms, 2m")
-    return seconds
 
 
 def _age(age: float) -> bytes:
@@ -502,7 +483,7 @@ class CacheMiddleware(EnvConfigurable):
     ) -> None:
         self.app = app
         self.ttl = to_duration(ttl, "ttl")
-        self.methods = _methods(methods, "methods")
+        self.methods = to_methods(methods, "methods", allowed=("GET", "HEAD"))
         self.max_entries = to_int(max_entries, "max_entries", minimum=1)
         self.max_bytes = to_size(max_bytes, "max_bytes")
         self.max_body_size = to_size(max_body_size, "max_body_size")
@@ -527,7 +508,7 @@ class CacheMiddleware(EnvConfigurable):
             name="storage",
         )
         # The memory store answers without a coroutine on the hit path.
-        self._get_nowait = self.store.get_nowait if type(self.store) is MemoryStore else None
+        self._get_nowait = None if self.store.sync is None else self.store.sync.get_nowait
         self.flight = SingleFlight(self.store, lease_ttl=LEASE_TTL, wait_timeout=self.lock_timeout)
         self.outage = Outage(logger, f"{self.store.kind} store")
         self._hosts: dict[bytes, str] = {}

@@ -70,6 +70,7 @@ from asgi_perf._core.config import (
     to_choice,
     to_int,
     to_list,
+    to_paths,
 )
 from asgi_perf._core.config import to_size as _to_size
 from asgi_perf._core.context import add_timing
@@ -166,13 +167,6 @@ def _media_patterns(value: object, name: str) -> tuple[str, ...]:
     return patterns
 
 
-def _paths(value: object, name: str) -> tuple[str, ...]:
-    paths = to_list(value, name)
-    if not all(path.startswith("/") for path in paths):
-        raise ConfigError(name, value, "path prefixes starting with '/'")
-    return paths
-
-
 def _level(minimum: int, maximum: int) -> Any:
     return lambda value, name: to_int(value, name, minimum=minimum, maximum=maximum)
 
@@ -198,7 +192,7 @@ class CompressionMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_ZSTD_LEVEL", "zstd_level", _ZSTD_LEVEL),
         EnvVar("ASGI_PERF_GZIP_BACKEND", "gzip_backend", _gzip_backend),
         EnvVar("ASGI_PERF_COMPRESSION_TYPES", "compressible_types", _media_patterns),
-        EnvVar("ASGI_PERF_COMPRESSION_EXCLUDE_PATHS", "exclude_paths", _paths),
+        EnvVar("ASGI_PERF_COMPRESSION_EXCLUDE_PATHS", "exclude_paths", to_paths),
         EnvVar("ASGI_PERF_COMPRESSION_SSE", "compress_event_stream", to_bool),
         EnvVar("ASGI_PERF_COMPRESSION_THREAD_MIN_SIZE", "thread_minimum_size", _to_size),
     )
@@ -236,7 +230,7 @@ class CompressionMiddleware(EnvConfigurable):
         self.thread_minimum_size = _to_size(thread_minimum_size, "thread_minimum_size")
         self.compress_event_stream = to_bool(compress_event_stream, "compress_event_stream")
         self.compressible_types = _media_patterns(compressible_types, "compressible_types")
-        self.exclude_paths = _paths(exclude_paths, "exclude_paths")
+        self.exclude_paths = to_paths(exclude_paths, "exclude_paths")
         levels = {
             "gzip_level": _GZIP_LEVEL(gzip_level, "gzip_level"),
             "gzip_backend": _gzip_backend(gzip_backend, "gzip_backend"),

@@ -104,6 +104,10 @@ from asgi_perf._core.config import (
     to_list,
     to_size,
 )
+from asgi_perf._core.config import to_header_name as _header_name
+from asgi_perf._core.config import to_methods as _methods
+from asgi_perf._core.config import to_paths as _paths
+from asgi_perf._core.config import to_positive_duration as _positive_duration
 from asgi_perf._core.context import add_timing
 from asgi_perf._core.identity import (
     PROXY_HEADER_ENV,
@@ -123,7 +127,7 @@ from asgi_perf.dedup._rules import (
     parse_idempotency_key,
     path_matches,
 )
-from asgi_perf.stores import MemoryStore, Store, StoreUnavailable, create_store
+from asgi_perf.stores import Store, StoreUnavailable, create_store
 from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["DedupMiddleware"]
@@ -147,35 +151,6 @@ _IGNORED = -1  # header slot: not part of the fingerprint
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 _HTTP1 = frozenset({"1.0", "1.1"})
 _TOKENS = map(str, itertools.count())  # claim tokens of the in-process fast path: unique here
-
-
-def _positive_duration(value: object, name: str) -> float:
-    seconds = to_duration(value, name)
-    if seconds <= 0:
-        raise ConfigError(name, value, "a duration > 0: 500ms, 5s, 2m, 1h")
-    return seconds
-
-
-def _methods(value: object, name: str) -> frozenset[str]:
-    methods = frozenset(m.upper() for m in to_list(value, name))
-    if not all(m.isalpha() and m.isascii() for m in methods):
-        raise ConfigError(name, value, "HTTP method names such as GET,POST")
-    return methods
-
-
-def _paths(value: object, name: str) -> tuple[str, ...]:
-    paths = to_list(value, name)
-    if not all(p.startswith("/") for p in paths):
-        raise ConfigError(name, value, "paths starting with '/' (a trailing '*' is a prefix)")
-    return paths
-
-
-def _header_name(value: object, name: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not all(c.isalnum() or c in "-_" for c in value.strip()):
-        raise ConfigError(name, value, "a header name such as Idempotency-Key, or None")
-    return value.strip()
 
 
 def _path(scope: Scope) -> bytes:
@@ -261,7 +236,7 @@ class DedupMiddleware(EnvConfigurable):
         self._renew = self.store.kind != "memory"
         # The memory store itself (not a subclass that may override its async methods): its
         # sync operations skip a coroutine per step.
-        self._memory = self.store if type(self.store) is MemoryStore else None
+        self._memory = self.store.sync
         self.lease_ttl = LEASE_TTL if self._renew else MEMORY_LEASE_TTL
         self.flight = SingleFlight(
             self.store, lease_ttl=self.lease_ttl, wait_timeout=self.wait_timeout

@@ -72,9 +72,10 @@ from asgi_perf._core.config import (
     EnvConfigurable,
     EnvVar,
     to_bool,
-    to_duration,
+    to_header_name,
     to_int,
     to_list,
+    to_positive_duration,
     to_rates,
 )
 from asgi_perf._core.context import add_timing
@@ -94,12 +95,12 @@ from asgi_perf.ratelimit._headers import (
     ratelimit_template,
     retry_after,
 )
+from asgi_perf.ratelimit._storage import create_limiter
 from asgi_perf.ratelimit._strategies import (
     Decision,
     Limiter,
     MemoryLimiter,
     Window,
-    create_limiter,
     to_strategy,
 )
 from asgi_perf.stores import Store, StoreUnavailable
@@ -308,7 +309,7 @@ class RateLimitMiddleware(EnvConfigurable):
         PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_RATE_LIMIT_RULES", "rules", parse_rules),
         EnvVar("ASGI_PERF_RATE_LIMIT_EXEMPT_PATHS", "exempt_paths", to_list),
-        EnvVar("ASGI_PERF_RATE_LIMIT_USER_HEADER", "user_key", lambda v, n: v.strip()),
+        EnvVar("ASGI_PERF_RATE_LIMIT_USER_HEADER", "user_key", to_header_name),
         EnvVar("ASGI_PERF_RATE_LIMIT_HEADERS", "headers", to_bool),
         EnvVar("ASGI_PERF_RATE_LIMIT_FAIL_OPEN", "fail_open", to_bool),
         EnvVar(
@@ -316,7 +317,7 @@ class RateLimitMiddleware(EnvConfigurable):
             "ipv6_prefix",
             lambda v, n: to_int(v, n, minimum=1, maximum=128),
         ),
-        EnvVar("ASGI_PERF_RATE_LIMIT_STORAGE_TIMEOUT", "storage_timeout", to_duration),
+        EnvVar("ASGI_PERF_RATE_LIMIT_STORAGE_TIMEOUT", "storage_timeout", to_positive_duration),
         EnvVar("ASGI_PERF_RATE_LIMIT_DEFER", "defer", to_bool),
         KEY_PREFIX_ENV,
     )
@@ -360,9 +361,7 @@ class RateLimitMiddleware(EnvConfigurable):
         self.headers = to_bool(headers, "headers")
         self.fail_open = to_bool(fail_open, "fail_open")
         self.defer = to_bool(defer, "defer")
-        self.storage_timeout = to_duration(storage_timeout, "storage_timeout")
-        if self.storage_timeout <= 0:
-            raise ConfigError("storage_timeout", storage_timeout, "a duration above 0")
+        self.storage_timeout = to_positive_duration(storage_timeout, "storage_timeout")
         self.limiter: Limiter = create_limiter(
             storage,
             to_strategy(strategy),
@@ -572,9 +571,10 @@ def _user_key(value: UserKey | str | None) -> UserKey:
     if value is None:
         return default_user_key
     if isinstance(value, str):
-        if not value.strip():
+        name = to_header_name(value, "user_key")
+        if name is None:
             raise ConfigError("user_key", value, "a header name, a callable or None")
-        from_header = header_user_key(value.strip())
+        from_header = header_user_key(name)
 
         def header_then_default(scope: Scope) -> str | None:
             return from_header(scope) or default_user_key(scope)

@@ -30,13 +30,15 @@ Storages:
   bounded by ``max_entries`` keys (expired keys are swept first, then the oldest dropped).
   Measured 7-12x faster than ``limits``' ``MemoryStorage`` doing ``hit`` +
   ``get_window_stats`` (fixed / moving window), which is why it is our own.
-- :class:`RedisLimiter` on :class:`~asgi_perf.stores.redis.RedisStore` (Redis, Sentinel,
+- :class:`RedisLimiter` on :class:`~asgi_perf.stores._redis.RedisStore` (Redis, Sentinel,
   Cluster): **one** ``EVALSHA`` per check. Our own Lua, not ``limits``' storages, because
   ``limits`` needs ``hit`` plus ``get_window_stats`` (2-3 round trips), checks and counts
   several windows separately (a request refused by one window still counts in the others) and
   stamps moving/sliding windows with the *app server's* ``time.time()``; our script reads
   Redis ``TIME`` so app-server clock skew does not matter. All keys of one check share the
   ``{identity}`` hash tag, so the script runs on one Redis Cluster node.
+- any other store: :class:`~asgi_perf.ratelimit._storage.StoreLimiter` (the memory strategies
+  over the store's records); :func:`~asgi_perf.ratelimit._storage.create_limiter` picks one.
 """
 
 from __future__ import annotations
@@ -46,18 +48,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from asgi_perf._core.config import ConfigError
 from asgi_perf._core.identity import hash_secret
-from asgi_perf.stores import MemoryStore, Store, create_store
 
 __all__ = [
+    "MEMORY_STRATEGIES",
     "STRATEGIES",
     "Decision",
     "Limiter",
     "MemoryLimiter",
     "RedisLimiter",
     "Window",
-    "create_limiter",
+    "evaluate",
     "hash_tag",
     "lua_source",
     "sliding_retry",
@@ -219,12 +220,34 @@ def _gcra_admit(state: Any, now: float, amount: int, seconds: float) -> tuple[An
 
 Check = Callable[[Any, float, int, float], tuple[bool, int, float]]
 Admit = Callable[[Any, float, int, float], tuple[Any, float]]
-_MEMORY: dict[str, tuple[Check, Admit]] = {
+MEMORY_STRATEGIES: dict[str, tuple[Check, Admit]] = {
     "fixed-window": (_fixed_check, _fixed_admit),
     "moving-window": (_moving_check, _moving_admit),
     "sliding-window": (_sliding_check, _sliding_admit),
     "gcra": (_gcra_check, _gcra_admit),
 }
+
+
+def evaluate(
+    check: Check, admit: Admit, states: Sequence[Any], now: float, windows: Sequence[Window]
+) -> tuple[Decision, list[tuple[Any, float]] | None]:
+    """Check every window (``states``: each one's state or ``None``); admit into all only if
+    all have room. The decision, and when admitted each window's new ``(state, expires)``."""
+    remaining: list[int] = []
+    resets: list[float] = []
+    allowed = True
+    for state, (amount, seconds) in zip(states, windows, strict=True):
+        ok, left, reset = check(state, now, amount, seconds)
+        allowed = allowed and ok
+        remaining.append(left)
+        resets.append(reset)
+    if not allowed:
+        return Decision(False, [left if left < 0 else 0 for left in remaining], resets), None
+    admitted = [
+        admit(state, now, amount, seconds)
+        for state, (amount, seconds) in zip(states, windows, strict=True)
+    ]
+    return Decision(True, remaining, resets), admitted
 
 
 class MemoryLimiter(Limiter):
@@ -239,7 +262,7 @@ class MemoryLimiter(Limiter):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(strategy)
-        self._check, self._admit = _MEMORY[self.strategy]
+        self._check, self._admit = MEMORY_STRATEGIES[self.strategy]
         self.max_entries = max_entries
         self.clock = clock
         self._data: dict[tuple[str, str, int], tuple[Any, float]] = {}
@@ -261,27 +284,16 @@ class MemoryLimiter(Limiter):
                     self._shrink(now)
             return Decision(ok, [left], [reset])
         keys = [(identity, rule, i) for i in range(len(windows))]
-        states: list[Any] = []
-        remaining: list[int] = []
-        resets: list[float] = []
-        allowed = True
-        for key, (amount, seconds) in zip(keys, windows, strict=True):
+        states = []
+        for key in keys:
             entry = data.get(key)
-            state = None if entry is None or entry[1] <= now else entry[0]
-            ok, left, reset = check(state, now, amount, seconds)
-            allowed = allowed and ok
-            states.append(state)
-            remaining.append(left)
-            resets.append(reset)
-        if allowed:
-            admit = self._admit
-            for key, state, (amount, seconds) in zip(keys, states, windows, strict=True):
-                data[key] = admit(state, now, amount, seconds)
+            states.append(None if entry is None or entry[1] <= now else entry[0])
+        decision, admitted = evaluate(self._check, self._admit, states, now, windows)
+        if admitted is not None:
+            data.update(zip(keys, admitted, strict=True))
             if len(data) > self.max_entries:
                 self._shrink(now)
-        else:
-            remaining = [left if left < 0 else 0 for left in remaining]
-        return Decision(allowed, remaining, resets)
+        return decision
 
     def check_one(
         self, identity: str, rule: str, amount: int, seconds: float
@@ -495,21 +507,3 @@ class RedisLimiter(Limiter):
 
     async def close(self) -> None:
         await self.store.close()
-
-
-def create_limiter(
-    storage: str | Store,
-    strategy: str,
-    *,
-    prefix: str = "asgi_perf:ratelimit:",
-    timeout: float = 0.05,
-) -> Limiter:
-    """A limiter for a store URL (``memory://``, ``redis://``, ``redis+cluster://``…)."""
-    store = create_store(storage, prefix=prefix, timeout=timeout, max_entries=100_000)
-    if isinstance(store, MemoryStore):
-        return MemoryLimiter(strategy, max_entries=store.max_entries)
-    from asgi_perf.stores._redis import RedisStore
-
-    if not isinstance(store, RedisStore):
-        raise ConfigError("storage", storage, "memory://, a Redis URL or a RedisStore")
-    return RedisLimiter(store, strategy)

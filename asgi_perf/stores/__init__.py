@@ -1,18 +1,36 @@
-"""Stores for shared state, chosen by one URL.
+"""Stores for shared state, chosen by one URL whose scheme the store registered.
 
-``memory://`` (embedded, one process, bounded LRU) or ``redis://``, ``rediss://``,
+``memory://`` (embedded, one process, bounded LRU) or ``redis://``, ``rediss://``, ``unix://``,
 ``redis+cluster://h1:p1,h2:p2``, ``redis+sentinel://h:p/service`` (many workers and machines).
+Another store registers its schemes with :func:`register_scheme`.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
-
-from asgi_perf._core.config import ConfigError, store_scheme, to_int, to_size
-from asgi_perf.stores._base import Store, StoreUnavailable, Subscription
+from asgi_perf._core.config import ConfigError
+from asgi_perf.stores import _redis  # noqa: F401 - importing it registers the Redis schemes
+from asgi_perf.stores._base import Store, StoreUnavailable, Subscription, SyncOperations
 from asgi_perf.stores._memory import MemoryStore
+from asgi_perf.stores._registry import (
+    StoreFactory,
+    StoreOptions,
+    factory_for,
+    in_process,
+    register_scheme,
+)
 
-__all__ = ["MemoryStore", "Store", "StoreUnavailable", "Subscription", "create_store"]
+__all__ = [
+    "MemoryStore",
+    "Store",
+    "StoreFactory",
+    "StoreOptions",
+    "StoreUnavailable",
+    "Subscription",
+    "SyncOperations",
+    "create_store",
+    "in_process",
+    "register_scheme",
+]
 
 
 def create_store(
@@ -28,19 +46,12 @@ def create_store(
 
     ``prefix`` namespaces a Redis store's keys (each middleware passes its own under it);
     ``max_entries``/``max_bytes`` bound a memory store, and may be given in the URL as
-    ``memory://?max_entries=100&max_bytes=1MiB``.
+    ``memory://?max_entries=100&max_bytes=1MiB``. An unknown scheme, or a known one whose
+    extra is not installed, is a ``ConfigError`` naming ``name``.
     """
     if isinstance(url, Store):
         return url
     if not isinstance(url, str):
         raise ConfigError(name, url, "a store URL (memory://, redis://…) or a Store")
-    if store_scheme(url, name) == "memory":
-        query = parse_qs(urlsplit(url).query)
-        if "max_entries" in query:
-            max_entries = to_int(query["max_entries"][0], name + " max_entries", minimum=1)
-        if "max_bytes" in query:
-            max_bytes = to_size(query["max_bytes"][0], name + " max_bytes")
-        return MemoryStore(max_entries=max_entries, max_bytes=max_bytes)
-    from asgi_perf.stores._redis import RedisStore
-
-    return RedisStore(url, prefix=prefix, timeout=timeout)
+    options = StoreOptions(prefix, max_entries, max_bytes, timeout, name)
+    return factory_for(url, name)(url, options)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Store", "StoreUnavailable", "Subscription"]
+__all__ = ["Store", "StoreUnavailable", "Subscription", "SyncOperations"]
 
 
 class StoreUnavailable(Exception):
@@ -32,10 +32,32 @@ class Subscription(ABC):
         """
 
 
+class SyncOperations(Protocol):
+    """A store's operations without the coroutine, as its ``sync`` capability offers them: for
+    hot paths, on a store of this process whose every operation runs without an ``await``."""
+
+    def get_nowait(self, key: str) -> bytes | None: ...
+
+    def claim_nowait(self, key: str, token: str, ttl: float) -> bool: ...
+
+    def get_or_claim_nowait(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]: ...
+
+    def release_nowait(self, key: str, token: str) -> bool: ...
+
+    def fulfil_nowait(
+        self, key: str, token: str, record_key: str, value: bytes, ttl: float
+    ) -> None: ...
+
+
 class Store(ABC):
     """get / set with TTL / claim / fulfil / invalidate / notify, one round trip each."""
 
     kind: str = "abstract"
+    #: The same operations without the coroutine, when the store has them (a capability a
+    #: caller asks for, instead of testing the store's type); ``None``: use the async ones.
+    sync: SyncOperations | None = None
 
     @abstractmethod
     async def get(self, key: str) -> bytes | None: ...

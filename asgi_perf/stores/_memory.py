@@ -4,8 +4,10 @@ Every operation runs without an ``await`` in the middle, so it is atomic with re
 other tasks of the event loop; no lock is needed.
 
 The ``*_nowait`` methods (``get_nowait``, ``claim_nowait``, ``get_or_claim_nowait``,
-``release_nowait``, ``fulfil_nowait``) are those operations without the coroutine, for hot
-paths that know their store is this one.
+``release_nowait``, ``fulfil_nowait``) are those operations without the coroutine; the store
+offers them as its ``sync`` capability (:class:`~asgi_perf.stores.SyncOperations`) to hot
+paths. A subclass does not inherit the capability: it may override the async operations (to
+fail, delay or count them) and the sync ones would bypass that; it sets ``sync`` itself.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from asgi_perf.stores._base import Store, Subscription
+from asgi_perf.stores._base import Store, Subscription, SyncOperations
+from asgi_perf.stores._registry import StoreOptions, register_scheme
 
 __all__ = ["MemoryStore"]
 
@@ -60,6 +63,13 @@ class MemoryStore(Store):
         self._subs: dict[str, set[_MemorySubscription]] = {}
         self.bytes = 0
         self.evictions = 0
+        self.sync: SyncOperations | None = self if type(self) is MemoryStore else None
+
+    @classmethod
+    def from_url(cls, url: str, options: StoreOptions) -> MemoryStore:
+        """``memory://`` with the bounds of ``options``, or of the URL's query."""
+        bounded = options.with_url(url)
+        return cls(max_entries=bounded.max_entries, max_bytes=bounded.max_bytes)
 
     # -- records ---------------------------------------------------------------------------
     def _drop(self, key: str) -> _Entry | None:
@@ -259,3 +269,6 @@ class MemoryStore(Store):
             "max_entries": self.max_entries,
             "max_bytes": self.max_bytes,
         }
+
+
+register_scheme(MemoryStore.from_url, "memory", in_process=True)

@@ -3,12 +3,14 @@
 - Compound operations are Lua scripts (``get_or_claim``, ``release``, ``renew``, ``fulfil``)
   or one pipeline (``set`` with its tag and prefix indexes), so each costs one round trip on
   a single node.
-- The client is created lazily, on first use inside the running event loop, and every
-  connection error or timeout becomes :class:`StoreUnavailable`.
-- Waiters hear ``fulfil``/``release`` through one shared pub/sub connection per store, and
-  confirm their subscription before reading the record so no wake-up is lost. Redis Cluster's
-  asyncio client has no pub/sub: there waiters poll (``Subscription.wait`` returns ``False``
-  and callers re-read with jitter).
+- The client is shared by every store of the process on the same URL and event loop, made on
+  first use inside the running loop (:mod:`asgi_perf.stores._redis_client`); every connection
+  error or timeout becomes :class:`StoreUnavailable`.
+- Waiters hear ``fulfil``/``release`` through the client's pub/sub ear and confirm their
+  subscription before reading the record so no wake-up is lost. On Redis Cluster the scripts
+  ``SPUBLISH`` on the key's own slot and waiters ``SSUBSCRIBE`` (Redis 7+; a key needs a hash
+  tag, as every claim key does); without that, waiters poll (``Subscription.wait`` returns
+  ``False`` and callers re-read with jitter).
 - Prefix deletion reads a sorted-set index written at store time; tag deletion a sorted set
   per tag. Both are trimmed of expired members on every write, so they stay bounded by the
   live entries; neither uses ``KEYS`` or ``SCAN``.
@@ -21,22 +23,36 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
-from asgi_perf._core.config import REDIS_SCHEMES, ConfigError, store_scheme
+from asgi_perf._core.config import ConfigError
 from asgi_perf.stores._base import Store, StoreUnavailable, Subscription
+from asgi_perf.stores._redis_client import (
+    READ_TIMEOUT,
+    SharedClient,
+    acquire,
+    client_url,
+    parse_hosts,
+    require_redis,
+    unavailable_errors,
+    want,
+    within,
+)
+from asgi_perf.stores._registry import StoreOptions, register_scheme
 
 __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
+# ARGV[2] is the channel ('' when waiters cannot hear this key: they poll), ARGV[3] the command
+# that notifies them (PUBLISH, or SPUBLISH on a cluster).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '1')
+  if ARGV[2] ~= '' then redis.call(ARGV[3], ARGV[2], '1') end
   return 1
 end
-redis.call('PUBLISH', ARGV[2], '0')
+if ARGV[2] ~= '' then redis.call(ARGV[3], ARGV[2], '0') end
 return 0
 """
 
@@ -48,11 +64,11 @@ return 0
 """
 
 _FULFIL = """
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
 end
-redis.call('PUBLISH', ARGV[2], '1')
+if ARGV[2] ~= '' then redis.call(ARGV[3], ARGV[2], '1') end
 return 1
 """
 
@@ -68,13 +84,13 @@ end
 return 0
 """
 
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    return (RedisConnectionError, RedisTimeoutError, RedisError, OSError, asyncio.TimeoutError)
+def _hash_tagged(key: str) -> bool:
+    """Does ``key`` carry a Redis Cluster hash tag (a non-empty ``{...}``)?"""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
 
 
 class _RedisSubscription(Subscription):
@@ -92,233 +108,95 @@ class _RedisSubscription(Subscription):
         return True
 
 
-class _Notifier:
-    """One pub/sub connection, many local waiters per channel."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-        self.pubsub: Any = None
-        self.reader: asyncio.Task[None] | None = None
-        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self.acks: dict[str, asyncio.Future[None]] = {}
-
-    async def add(self, channel: str) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        waiters = self.waiters.setdefault(channel, set())
-        waiters.add(future)
-        if len(waiters) == 1 or channel in self.acks:
-            ack = self.acks.get(channel)
-            if ack is None:
-                ack = self.acks[channel] = loop.create_future()
-                if self.pubsub is None:
-                    self.pubsub = self.store.client.pubsub(ignore_subscribe_messages=False)
-                await self.pubsub.subscribe(channel)
-                if self.reader is None or self.reader.done():
-                    self.reader = loop.create_task(self._read())
-            await asyncio.wait_for(asyncio.shield(ack), self.store.timeout * 4)
-        return future
-
-    async def remove(self, channel: str, future: asyncio.Future[None]) -> None:
-        waiters = self.waiters.get(channel)
-        if waiters is None:
-            return
-        waiters.discard(future)
-        if not waiters:
-            del self.waiters[channel]
-            self.acks.pop(channel, None)
-            if self.pubsub is not None:
-                with contextlib.suppress(*_unavailable_errors()):
-                    await self.pubsub.unsubscribe(channel)
-
-    async def _read(self) -> None:
-        try:
-            while self.waiters or self.acks:
-                message = await self.pubsub.get_message(timeout=1.0)
-                if message is None:
-                    continue
-                channel = message["channel"]
-                if isinstance(channel, bytes):
-                    channel = channel.decode()
-                if message["type"] == "subscribe":
-                    ack = self.acks.get(channel)
-                    if ack is not None and not ack.done():
-                        ack.set_result(None)
-                elif message["type"] == "message":
-                    for future in self.waiters.get(channel, ()):
-                        if not future.done():
-                            future.set_result(None)
-        except _unavailable_errors():
-            # The connection dropped: wake everyone so they re-read and poll; start afresh.
-            for waiters in self.waiters.values():
-                for future in waiters:
-                    if not future.done():
-                        future.set_result(None)
-            for ack in self.acks.values():
-                if not ack.done():
-                    ack.set_result(None)
-            self.acks.clear()
-            pubsub, self.pubsub = self.pubsub, None
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-
-    async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self.reader
-            self.reader = None
-        if self.pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self.pubsub.aclose()
-            self.pubsub = None
-
-
-def _parse_hosts(url: str) -> list[tuple[str, int]]:
-    hosts = []
-    for hostport in urlsplit(url).netloc.rpartition("@")[2].split(","):
-        host, _, port = hostport.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(
-                "storage", url, "host:port pairs, e.g. redis+cluster://h1:7000,h2:7001"
-            )
-        hosts.append((host.strip("[]"), int(port)))
-    return hosts
-
-
-def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
-    """A ``redis.asyncio`` client for ``url`` and whether it is a cluster client."""
-    try:
-        import redis.asyncio as aredis
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
-        from redis.asyncio.sentinel import Sentinel
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-    except ImportError:  # pragma: no cover - exercised only without the extra
-        raise ConfigError(
-            "storage", url, "redis installed: pip install 'asgi-perf[redis]'"
-        ) from None
-
-    common: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": max(timeout, 1.0),
-        # One retry on a fresh connection: a pooled connection that Redis closed (restart,
-        # idle timeout) fails once; more retries would only stretch an outage.
-        "retry": Retry(NoBackoff(), 1),
-    }
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in ("redis", "rediss", "unix"):
-        # A blocking pool: past ``max_connections`` (default 200, or ``?max_connections=`` in
-        # the URL) a call queues for a free connection up to ``pool_timeout`` (default 2 s, or
-        # ``?pool_timeout=``). redis-py's default pool raises at once at 100 connections, which
-        # turns a burst of traffic into an "outage" (rate limits failing open under a burst).
-        query = dict(parse_qsl(parts.query))
-        query.pop("prefix", None)
-        wait = float(query.pop("pool_timeout", 2.0))
-        client_url = urlunsplit(parts._replace(query=urlencode(query)))
-        pool = aredis.BlockingConnectionPool.from_url(
-            client_url, max_connections=200, timeout=max(wait, timeout), **common
-        )
-        return aredis.Redis.from_pool(pool), False  # the client owns (and closes) the pool
-    hosts = _parse_hosts(url)
-    password = unquote(parts.password) if parts.password else None
-    username = unquote(parts.username) if parts.username else None
-    if scheme == "redis+cluster":
-        nodes = [ClusterNode(h, p) for h, p in hosts]
-        common.pop("retry")
-        cluster = RedisCluster(startup_nodes=nodes, password=password, username=username, **common)
-        return cluster, True
-    # redis+sentinel://[:password@]h1:26379,h2:26379/service_name[/db]
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ConfigError(
-            "storage", url, "redis+sentinel://host:port[,host:port]/service_name[/db]"
-        )
-    db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        hosts, sentinel_kwargs={"password": password}, **common
-    )
-    return sentinel.master_for(path[0], db=db, password=password, username=username), False
-
-
 class RedisStore(Store):
     """``redis://``, ``rediss://``, ``redis+cluster://h1:p1,h2:p2``, ``redis+sentinel://…``."""
 
     kind = "redis"
 
-    def __init__(self, url: str, prefix: str = "asgi_perf:", timeout: float = 0.25) -> None:
-        scheme = store_scheme(url, "storage", REDIS_SCHEMES)
+    def __init__(
+        self, url: str, prefix: str = "asgi_perf:", timeout: float = 0.25, name: str = "storage"
+    ) -> None:
+        scheme = url.partition("://")[0].lower()
+        if scheme not in SCHEMES:
+            raise ConfigError(name, url, "a URL starting with " + ", ".join(SCHEMES))
+        require_redis(url, name)
         if "{" in prefix or "}" in prefix:
             raise ConfigError("prefix", prefix, "a key prefix without '{' or '}'")
         query = parse_qs(urlsplit(url).query)
         if "prefix" in query:
             prefix = query["prefix"][0]
-        if self.cluster_or_sentinel(scheme):
-            _parse_hosts(url)  # reject a malformed host list now, not on first request
+        if scheme in ("redis+cluster", "redis+sentinel"):
+            parse_hosts(url, name)  # reject a malformed host list now, not on first request
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
         self.cluster = scheme == "redis+cluster"
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._scripts: dict[str, Any] = {}
-        self._notifier: _Notifier | None = None
-        self._errors = _unavailable_errors()
-        self._initialized = not self.cluster
-        self._init_lock = asyncio.Lock()
+        self._client_url = client_url(url)
+        want(self._client_url, timeout)
+        self._shared: SharedClient | None = None  # the client of the loop last used
+        self._held: dict[asyncio.AbstractEventLoop, SharedClient] = {}
+        self._errors = unavailable_errors()
         self.round_trips = 0
 
-    @staticmethod
-    def cluster_or_sentinel(scheme: str) -> bool:
-        return scheme in ("redis+cluster", "redis+sentinel")
+    @classmethod
+    def from_url(cls, url: str, options: StoreOptions) -> RedisStore:
+        return cls(url, prefix=options.prefix, timeout=options.timeout, name=options.name)
 
     # -- plumbing --------------------------------------------------------------------------
+    def _bound(self) -> SharedClient:
+        """The shared client of the running loop (acquired on first use in that loop)."""
+        loop = asyncio.get_running_loop()
+        shared = self._shared
+        if shared is None or shared.loop is not loop:
+            shared = self._held.get(loop)
+            if shared is None:
+                for closed in [held for held in self._held if held.is_closed()]:
+                    del self._held[closed]
+                shared = self._held[loop] = acquire(self._client_url, self.timeout)
+            self._shared = shared
+        return shared
+
     @property
     def client(self) -> Any:
-        """The ``redis.asyncio`` client of the running loop (made on first use)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client, _ = _make_client(self.url, self.timeout)
-            self._loop = loop
-            self._initialized = not self.cluster
-            self._init_lock = asyncio.Lock()
-            self._scripts = {}
-            self._notifier = None
-        return self._client
+        """The ``redis.asyncio`` client of the running loop, shared with the process's other
+        stores of this URL."""
+        return self._bound().client
 
     def key(self, key: str) -> str:
         return self.prefix + key
 
     def script(self, source: str) -> Any:
         """A registered Lua script (``EVALSHA`` with ``EVAL`` fallback) on this client."""
-        client = self.client
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = client.register_script(source)
-        return script
+        return self._bound().script(source)
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one round trip, mapping every connection failure to ``StoreUnavailable``."""
+        """Run one round trip within this store's timeout, mapping every connection failure
+        to ``StoreUnavailable``."""
         self.round_trips += 1
+        shared = self._bound()
+        token = READ_TIMEOUT.set(self.timeout)
         try:
-            if not self._initialized:
-                await self._initialize()
+            if not shared.initialized:
+                await shared.initialize()
+            if shared.cluster and self.timeout < shared.timeout:  # it reads with a longer one
+                return await within(self.timeout, operation())
             return await operation()
         except self._errors as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _initialize(self) -> None:
-        # redis-py's cluster client breaks connections when many tasks trigger its lazy
-        # initialisation at once (AttributeError on a closed writer): do it once, first.
-        async with self._init_lock:
-            if not self._initialized:
-                await self._client.initialize()
-                self._initialized = True
+        finally:
+            READ_TIMEOUT.reset(token)
 
     def _channel(self, key: str) -> str:
         return self.prefix + "__notify__:" + key
+
+    def _notice(self, key: str) -> tuple[str, str]:
+        """The channel a script notifies ``key``'s waiters on and the command to do it with:
+        no channel on a cluster without sharded pub/sub, or for a key without a hash tag
+        (the channel would be on another slot than the script's keys)."""
+        shared = self._bound()
+        if shared.cluster and not (shared.sharded and _hash_tagged(key)):
+            return "", shared.publish
+        return self._channel(key), shared.publish
 
     # -- records ---------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
@@ -405,41 +283,57 @@ class RedisStore(Store):
 
     async def release(self, key: str, token: str) -> bool:
         script = self.script(_RELEASE)
-        channel = self._channel(key)
-        done = await self.call(lambda: script(keys=[self.prefix + key], args=[token, channel]))
+        args = [token, *self._notice(key)]
+        done = await self.call(lambda: script(keys=[self.prefix + key], args=args))
         return bool(done)
 
     async def fulfil(self, key: str, token: str, record_key: str, value: bytes, ttl: float) -> None:
         script = self.script(_FULFIL)
         px = max(1, int(ttl * 1000))
         keys = [self.prefix + key, self.prefix + record_key]
-        args = [token, self._channel(key), value, px]
+        args = [token, *self._notice(key), value, px]
         await self.call(lambda: script(keys=keys, args=args))
 
     # -- notifications ---------------------------------------------------------------------
+    async def _ready(self) -> SharedClient:
+        """The client, started (on a cluster: its nodes found and its pub/sub kind known)."""
+        shared = self._bound()
+        if not shared.initialized:
+            try:
+                await shared.initialize()
+            except self._errors as exc:
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return shared
+
     async def notify(self, key: str) -> None:
-        client = self.client
-        await self.call(lambda: client.publish(self._channel(key), "1"))
+        client = (await self._ready()).client
+        channel, command = self._notice(key)
+        if channel:
+            await self.call(lambda: client.execute_command(command, channel, "1"))
 
     @contextlib.asynccontextmanager
     async def _subscribe(self, key: str) -> AsyncIterator[Subscription]:
-        if self.cluster:
+        try:
+            shared = await self._ready()
+        except StoreUnavailable:
+            shared = self._bound()
+        if shared.cluster and not (shared.sharded and _hash_tagged(key)):
             yield _RedisSubscription(None)
             return
-        self.client  # noqa: B018 - bind the notifier to this loop's client
-        if self._notifier is None:
-            self._notifier = _Notifier(self)
-        notifier = self._notifier
+        notifier = shared.ear()
         channel = self._channel(key)
+        future: asyncio.Future[None] | None = None
+        token = READ_TIMEOUT.set(self.timeout)
         try:
-            future = await notifier.add(channel)
+            future = await notifier.add(channel, self.timeout)
         except self._errors:
             # No ear on the channel: the caller falls back to polling.
-            waiters = notifier.waiters.get(channel)
-            if waiters is not None:
-                for f in list(waiters):
-                    if not f.done():
-                        await notifier.remove(channel, f)
+            for waiter in list(notifier.waiters.get(channel, ())):
+                if not waiter.done():
+                    await notifier.remove(channel, waiter)
+        finally:
+            READ_TIMEOUT.reset(token)
+        if future is None:
             yield _RedisSubscription(None)
             return
         try:
@@ -496,10 +390,10 @@ class RedisStore(Store):
         return {"kind": self.kind, "round_trips": self.round_trips, "cluster": self.cluster}
 
     async def close(self) -> None:
-        if self._notifier is not None:
-            await self._notifier.close()
-            self._notifier = None
-        if self._client is not None:
-            client, self._client = self._client, None
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        """Stop using the shared client (closed when no store of the process uses it)."""
+        held, self._held, self._shared = self._held, {}, None
+        for shared in held.values():
+            await shared.release()
+
+
+register_scheme(RedisStore.from_url, *SCHEMES)

@@ -1,0 +1,382 @@
+"""One ``redis.asyncio`` client, pool and pub/sub ear per (Redis URL, event loop), shared by
+every :class:`~asgi_perf.stores._redis.RedisStore` of the process.
+
+Rate limiting, dedup, the cache (and anything else on one URL) used to open a pool each; a
+process now holds one, made on first use inside the running loop (a client cannot cross
+loops). Stores sharing a client keep their own timeouts:
+
+- on one node or Sentinel, a store's call sets a context variable that the connection reads
+  as its read timeout (:func:`_timed`): a 50 ms rate-limit check and a 250 ms cache read go
+  through one pool, and neither connecting (at least 1 s) nor waiting for a pooled connection
+  is cut by the short one;
+- on Redis Cluster (whose nodes make their own connections) the client reads with the longest
+  timeout its stores asked for, and a store that asked for less bounds its calls itself
+  (connecting included).
+
+Waiters hear ``fulfil``/``release`` through one pub/sub connection per client
+(:class:`Notifier`), confirming their subscription before they read the record so no wake-up
+is lost. On Redis Cluster they use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7+),
+which stays on the node of the key's slot; on an older cluster, or a client without cluster
+pub/sub, they poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from asgi_perf._core.config import ConfigError
+
+__all__ = [
+    "READ_TIMEOUT",
+    "Notifier",
+    "SharedClient",
+    "acquire",
+    "client_url",
+    "parse_hosts",
+    "require_redis",
+    "unavailable_errors",
+    "want",
+    "within",
+]
+
+T = TypeVar("T")
+
+#: The read timeout of the store call running in this context (see :func:`_timed`).
+READ_TIMEOUT: ContextVar[float | None] = ContextVar("asgi_perf_redis_read_timeout", default=None)
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, or ``asyncio.TimeoutError`` after ``seconds``."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
+
+
+def require_redis(url: str, name: str) -> None:
+    """``ConfigError`` naming the extra to install when the ``redis`` package is missing."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            name, url, "a store whose package is installed: pip install 'asgi-perf[redis]'"
+        ) from None
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError, RedisError, OSError, asyncio.TimeoutError)
+
+
+def client_url(url: str) -> str:
+    """``url`` without the query parameters only a store reads (``prefix``): stores whose URLs
+    differ by those alone share a client."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "prefix"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def parse_hosts(url: str, name: str = "storage") -> list[tuple[str, int]]:
+    hosts = []
+    for hostport in urlsplit(url).netloc.rpartition("@")[2].split(","):
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(name, url, "host:port pairs, e.g. redis+cluster://h1:7000,h2:7001")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+_TIMED: dict[Any, type[Any]] = {}
+
+
+def _timed(connection_class: Any) -> type[Any]:
+    """``connection_class`` whose reads time out after the calling store's timeout.
+
+    redis-py reads ``socket_timeout`` afresh for every reply; the store sets
+    :data:`READ_TIMEOUT` around each call, so one pool serves stores with different timeouts
+    and a call never waits on another store's.
+    """
+    if connection_class in _TIMED:
+        return _TIMED[connection_class]
+
+    class Timed(connection_class):  # type: ignore[misc, valid-type]
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            timeout = READ_TIMEOUT.get()
+            if timeout is not None:
+                self.socket_timeout = timeout
+            return await super().read_response(*args, **kwargs)
+
+    Timed.__name__ = Timed.__qualname__ = "Timed" + connection_class.__name__
+    return _TIMED.setdefault(connection_class, Timed)
+
+
+def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
+    """A ``redis.asyncio`` client for ``url`` and whether it is a cluster client."""
+    import redis.asyncio as aredis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": max(timeout, 1.0),
+        # One retry on a fresh connection: a pooled connection that Redis closed (restart,
+        # idle timeout) fails once; more retries would only stretch an outage.
+        "retry": Retry(NoBackoff(), 1),
+    }
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        # A blocking pool: past ``max_connections`` (default 200, or ``?max_connections=`` in
+        # the URL) a call queues for a free connection up to ``pool_timeout`` (default 2 s, or
+        # ``?pool_timeout=``). redis-py's default pool raises at once at 100 connections, which
+        # turns a burst of traffic into an "outage" (rate limits failing open under a burst).
+        query = dict(parse_qsl(parts.query))
+        wait = float(query.pop("pool_timeout", 2.0))
+        client_url = urlunsplit(parts._replace(query=urlencode(query)))
+        pool = aredis.BlockingConnectionPool.from_url(
+            client_url, max_connections=200, timeout=max(wait, timeout), **common
+        )
+        pool.connection_class = _timed(pool.connection_class)
+        return aredis.Redis.from_pool(pool), False  # the client owns (and closes) the pool
+    hosts = parse_hosts(url)
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    if scheme == "redis+cluster":
+        nodes = [ClusterNode(h, p) for h, p in hosts]
+        common.pop("retry")
+        cluster = RedisCluster(startup_nodes=nodes, password=password, username=username, **common)
+        return cluster, True
+    # redis+sentinel://[:password@]h1:26379,h2:26379/service_name[/db]
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ConfigError(
+            "storage", url, "redis+sentinel://host:port[,host:port]/service_name[/db]"
+        )
+    db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        hosts, sentinel_kwargs={"password": password}, **common
+    )
+    client = sentinel.master_for(path[0], db=db, password=password, username=username)
+    pool = client.connection_pool
+    pool.connection_class = _timed(pool.connection_class)
+    return client, False
+
+
+async def _sharded_pubsub(client: Any) -> bool:
+    """Can this cluster's waiters use ``SSUBSCRIBE`` (Redis 7+, a client with cluster pub/sub)?"""
+    if not hasattr(client, "pubsub"):
+        return False
+    info = await client.info("server")
+    versions = [info] if "redis_version" in info else list(info.values())
+    majors = [int(str(v.get("redis_version", "0")).split(".")[0]) for v in versions]
+    return bool(majors) and min(majors) >= 7
+
+
+class _Subscriber:
+    """What a pub/sub ear differs in: ``SUBSCRIBE`` on one node, ``SSUBSCRIBE`` on a cluster."""
+
+    def __init__(self, sharded: bool) -> None:
+        self.sharded = sharded
+        self.acked = "ssubscribe" if sharded else "subscribe"
+        self.message = "smessage" if sharded else "message"
+
+    async def subscribe(self, pubsub: Any, channel: str) -> None:
+        await (pubsub.ssubscribe(channel) if self.sharded else pubsub.subscribe(channel))
+
+    async def unsubscribe(self, pubsub: Any, channel: str) -> None:
+        await (pubsub.sunsubscribe(channel) if self.sharded else pubsub.unsubscribe(channel))
+
+    async def next_message(self, pubsub: Any) -> Any:
+        if not self.sharded:
+            return await pubsub.get_message(timeout=1.0)
+        # Sharded messages come from one connection per node, read in turn: a short wait on
+        # each keeps a wake-up on the last node from waiting on the others' timeouts.
+        started = time.monotonic()
+        message = await pubsub.get_sharded_message(timeout=0.02)
+        if message is None and time.monotonic() - started < 0.005:
+            await asyncio.sleep(0.02)  # no node to read yet: do not spin
+        return message
+
+
+class Notifier:
+    """One pub/sub connection (one per node on a cluster), many local waiters per channel."""
+
+    def __init__(self, client: Any, sharded: bool) -> None:
+        self.client = client
+        self.kind = _Subscriber(sharded)
+        self.pubsub: Any = None
+        self.reader: asyncio.Task[None] | None = None
+        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.acks: dict[str, asyncio.Future[None]] = {}
+
+    async def add(self, channel: str, timeout: float) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiters = self.waiters.setdefault(channel, set())
+        waiters.add(future)
+        if len(waiters) == 1 or channel in self.acks:
+            ack = self.acks.get(channel)
+            if ack is None:
+                ack = self.acks[channel] = loop.create_future()
+                if self.pubsub is None:
+                    self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+                await self.kind.subscribe(self.pubsub, channel)
+                if self.reader is None or self.reader.done():
+                    self.reader = loop.create_task(self._read())
+            await asyncio.wait_for(asyncio.shield(ack), timeout * 4)
+        return future
+
+    async def remove(self, channel: str, future: asyncio.Future[None]) -> None:
+        waiters = self.waiters.get(channel)
+        if waiters is None:
+            return
+        waiters.discard(future)
+        if not waiters:
+            del self.waiters[channel]
+            self.acks.pop(channel, None)
+            if self.pubsub is not None:
+                with contextlib.suppress(*unavailable_errors()):
+                    await self.kind.unsubscribe(self.pubsub, channel)
+
+    async def _read(self) -> None:
+        kind = self.kind
+        try:
+            while self.waiters or self.acks:
+                message = await kind.next_message(self.pubsub)
+                if message is None:
+                    continue
+                channel = message["channel"]
+                if isinstance(channel, bytes):
+                    channel = channel.decode()
+                if message["type"] == kind.acked:
+                    ack = self.acks.get(channel)
+                    if ack is not None and not ack.done():
+                        ack.set_result(None)
+                elif message["type"] == kind.message:
+                    for future in self.waiters.get(channel, ()):
+                        if not future.done():
+                            future.set_result(None)
+        except unavailable_errors():
+            # The connection dropped: wake everyone so they re-read and poll; start afresh.
+            for waiters in self.waiters.values():
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(None)
+            for ack in self.acks.values():
+                if not ack.done():
+                    ack.set_result(None)
+            self.acks.clear()
+            pubsub, self.pubsub = self.pubsub, None
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self.reader
+            self.reader = None
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self.pubsub.aclose()
+            self.pubsub = None
+
+
+class SharedClient:
+    """The client of one URL on one loop, and what goes with it: cluster start-up, registered
+    scripts, the pub/sub ear, and how many stores use it (the last one out closes it)."""
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.url = url
+        self.loop = loop
+        self.timeout = timeout
+        self.client, self.cluster = _make_client(url, timeout)
+        self.initialized = not self.cluster
+        self.sharded = False  # cluster waiters use SSUBSCRIBE (known once initialized)
+        self.publish = "PUBLISH"  # what the scripts notify waiters with
+        self.init_lock = asyncio.Lock()
+        self.scripts: dict[str, Any] = {}
+        self.notifier: Notifier | None = None
+        self.users = 0
+
+    async def initialize(self) -> None:
+        # redis-py's cluster client breaks connections when many tasks trigger its lazy
+        # initialisation at once (AttributeError on a closed writer): do it once, first.
+        async with self.init_lock:
+            if not self.initialized:
+                await self.client.initialize()
+                self.sharded = await _sharded_pubsub(self.client)
+                self.publish = "SPUBLISH" if self.sharded else "PUBLISH"
+                self.initialized = True
+
+    def script(self, source: str) -> Any:
+        """A registered Lua script (``EVALSHA`` with ``EVAL`` fallback) on this client."""
+        script = self.scripts.get(source)
+        if script is None:
+            script = self.scripts[source] = self.client.register_script(source)
+        return script
+
+    def ear(self) -> Notifier:
+        if self.notifier is None:
+            self.notifier = Notifier(self.client, self.sharded)
+        return self.notifier
+
+    async def release(self) -> None:
+        """One store is done with the client: close it when it was the last."""
+        self.users -= 1
+        if self.users > 0:
+            return
+        if _CLIENTS.get((self.url, self.loop)) is self:
+            del _CLIENTS[(self.url, self.loop)]
+        if self.loop.is_closed():
+            return
+        if self.loop is asyncio.get_running_loop():
+            await self._close()
+        else:
+            asyncio.run_coroutine_threadsafe(self._close(), self.loop)
+
+    async def _close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+            self.notifier = None
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+_CLIENTS: dict[tuple[str, asyncio.AbstractEventLoop], SharedClient] = {}
+_LONGEST: dict[str, float] = {}  # client URL -> the longest timeout a store asked for
+
+
+def want(url: str, timeout: float) -> None:
+    """A store of ``url`` will want ``timeout``: a cluster client made later reads with the
+    longest asked (called when a store is made, before any loop runs)."""
+    _LONGEST[url] = max(_LONGEST.get(url, 0.0), timeout)
+
+
+def acquire(url: str, timeout: float) -> SharedClient:
+    """The running loop's client of ``url``, made on first use; one more user of it."""
+    loop = asyncio.get_running_loop()
+    shared = _CLIENTS.get((url, loop))
+    if shared is None:
+        for stale in [key for key in _CLIENTS if key[1].is_closed()]:
+            del _CLIENTS[stale]
+        shared = SharedClient(url, loop, max(timeout, _LONGEST.get(url, 0.0)))
+        _CLIENTS[(url, loop)] = shared
+    elif shared.cluster and timeout > shared.timeout:
+        # A cluster store made after the client, wanting a longer read: its own client.
+        shared = SharedClient(url, loop, timeout)
+    shared.users += 1
+    return shared
