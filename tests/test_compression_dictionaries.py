@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
@@ -32,16 +31,10 @@ from asgi_perf.compression._dictionary_rules import (
     sf_string,
 )
 from asgi_perf.stores import MemoryStore, StoreUnavailable
+from tests.apps.versions import version
 from tests.support import Response, call
 
 AE = "gzip, deflate, br, zstd, dcb, dcz"
-
-
-def version(n: int, size: int = 300) -> bytes:
-    """A JSON listing whose versions differ a little (one field in ~20 items changes)."""
-    items = [{"id": i, "name": f"user {i}", "score": i * 7 + (n if i % 20 == n % 20 else 0)}
-             for i in range(size)]  # fmt: skip
-    return orjson.dumps({"version": n, "items": items})
 
 
 def available(content: bytes) -> str:
