@@ -21,7 +21,8 @@ ASGIApp = Callable[..., Awaitable[None]]
 
 @dataclass(frozen=True)
 class Request:
-    """What the driver sends; ``unique`` appends ``n=<counter>`` so no two requests share a key."""
+    """What the driver sends; ``unique`` appends ``n=<counter>`` so no two requests share a key;
+    ``headers_for(n)`` adds headers that depend on the request's counter (a polling client)."""
 
     method: str = "GET"
     path: str = "/r"
@@ -30,6 +31,7 @@ class Request:
     body: bytes = b""
     unique: bool = False
     client: tuple[str, int] = ("10.1.2.3", 40000)
+    headers_for: Callable[[int], list[tuple[bytes, bytes]]] | None = None
 
     def scope_factory(self) -> Callable[[int], dict[str, Any]]:
         """A function ``n -> scope`` that does as little as possible per call."""
@@ -50,10 +52,11 @@ class Request:
         query = self.query.encode()
         sep = b"&" if query else b""
         unique = self.unique
+        extra = self.headers_for
 
         def make(n: int) -> dict[str, Any]:
             scope = base.copy()
-            scope["headers"] = headers.copy()
+            scope["headers"] = headers.copy() if extra is None else headers + extra(n)
             scope["state"] = {}
             scope["extensions"] = {}
             if unique:

@@ -24,6 +24,7 @@ offers: ``brotli`` 1.2.1 (``Compressor(mode, quality, lgwin, lgblock)``) and ``b
 
 from __future__ import annotations
 
+import functools
 import gzip as _gzip
 import importlib
 import threading
@@ -271,9 +272,29 @@ class _PrefixedStream:
         return out
 
 
-# zstd levels above 19 use windows over 8 MiB, more than RFC 9842 §5 lets a dcz client
-# expect for a small dictionary: dcz uses at most level 19.
+# RFC 9842 §5: a dcz client decodes windows up to 8 MiB (or 1.25 x the dictionary): dcz
+# never uses more than 8 MiB, and at most level 19 (levels above exist for larger windows).
 _DCZ_MAX_LEVEL = 19
+_DCZ_MAX_WINDOW_LOG = 23
+
+
+@functools.lru_cache(maxsize=64)
+def _dcz_params(level: int, size_log: int) -> Any:
+    """zstd parameters for dictionaries (and bodies) of about ``2 ** size_log`` bytes, with
+    tables at most an eighth of the window (see :class:`ZstdDictionary`)."""
+    size = 1 << size_log
+    sized = _zstd.ZstdCompressionParameters.from_level(level, source_size=size, dict_size=size)
+    window_log = min(sized.window_log, _DCZ_MAX_WINDOW_LOG)
+    cap = window_log - 3
+    return _zstd.ZstdCompressionParameters(
+        window_log=window_log,
+        hash_log=min(sized.hash_log, cap),
+        chain_log=min(sized.chain_log, cap),
+        search_log=sized.search_log,
+        min_match=sized.min_match,
+        target_length=sized.target_length,
+        strategy=sized.strategy,
+    )
 
 
 class ZstdDictionary:
@@ -281,34 +302,34 @@ class ZstdDictionary:
 
     The output is the 40-byte header (a skippable frame holding the dictionary's SHA-256)
     then a zstd frame compressed with the dictionary as raw content. Parameters are sized for
-    inputs like the dictionary (the next version of the same resource), which keeps the
-    prepared tables small: preparing costs about one compression of the dictionary; each use
-    after that is a fraction of plain zstd. One compressor per thread, as :class:`ZstdCodec`.
+    inputs like the dictionary (the next version of the same resource), tables at most an
+    eighth of the window: loading the dictionary into them is the cost of a first use (about
+    one compression of the dictionary), so they are kept small. The compressor (one per
+    thread, as :class:`ZstdCodec`) keeps the loaded dictionary for every later use.
     """
 
     name = "dcz"
 
     def __init__(self, content: bytes, digest: bytes, level: int = 3) -> None:
         level = min(level, _DCZ_MAX_LEVEL)
-        params = _zstd.ZstdCompressionParameters.from_level(
-            level, source_size=len(content), dict_size=len(content)
-        )
+        self._params = _dcz_params(level, len(content).bit_length())
         self._dict = _zstd.ZstdCompressionDict(content, dict_type=_zstd.DICT_TYPE_RAWCONTENT)
-        self._dict.precompute_compress(compression_params=params)
         self._header = DCZ_HEADER_MAGIC + digest
         self._local = threading.local()
         self.description = f"dcz level {level}"
+
+    def _new(self) -> Any:
+        return _zstd.ZstdCompressor(dict_data=self._dict, compression_params=self._params)
 
     def compress(self, data: bytes) -> bytes:
         try:
             compressor = self._local.compressor
         except AttributeError:
-            compressor = self._local.compressor = _zstd.ZstdCompressor(dict_data=self._dict)
+            compressor = self._local.compressor = self._new()
         return self._header + bytes(compressor.compress(data))
 
     def stream(self) -> StreamCompressor:
-        obj = _zstd.ZstdCompressor(dict_data=self._dict).compressobj()
-        return _PrefixedStream(self._header, _ZstdStream(obj))
+        return _PrefixedStream(self._header, _ZstdStream(self._new().compressobj()))
 
 
 def make_codec(
