@@ -453,6 +453,33 @@ async def test_a_polled_body_that_repeats_is_written_once() -> None:
     assert len(writes) == 1
 
 
+async def test_a_body_offered_again_is_not_hashed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeated body (a new bytes object each time, as a framework makes) is recognised by
+    its string hash and a comparison; SHA-256 runs once per distinct body."""
+    hashed: list[int] = []
+    sha256 = hashlib.sha256
+
+    def counting(data: bytes) -> Any:
+        hashed.append(len(data))
+        return sha256(data)
+
+    monkeypatch.setattr("asgi_perf.compression._dictionaries.hashlib.sha256", counting)
+    mw = middleware()
+    for _ in range(4):
+        await get(mw, "/api/items/1")
+    assert len(hashed) == 1
+    assert mw.dictionaries is not None
+    # a stale or colliding shortcut is never trusted: the content is compared first
+    await get(mw, "/api/items/3")
+    assert len(hashed) == 2
+    one, three = version(1), version(3)
+    mw.dictionaries._digests[len(one), hash(one)] = sha256(three).digest()
+    await get(mw, "/api/items/1")
+    assert len(hashed) == 3
+    response = await get(mw, "/api/items/2", one)
+    assert undcz(response.body, one) == version(2)
+
+
 async def test_dictionary_store_is_bounded() -> None:
     mw = middleware(dictionary_max_count=3)
     for n in range(10):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,7 @@ def parse_sf_string(value: bytes) -> str | None:
     return None if escaped else "".join(out)
 
 
+@functools.lru_cache(maxsize=256)  # a polled resource: many requests name the same few
 def parse_available_dictionary(value: bytes) -> bytes | None:
     """The SHA-256 an ``Available-Dictionary`` value names (an RFC 8941 Byte Sequence,
     ``:base64:``), or ``None`` when it is malformed or not 32 bytes."""
