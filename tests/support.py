@@ -14,6 +14,7 @@ import queue
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -361,6 +362,38 @@ class UvicornThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def server_process(
+    command: Sequence[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``with server_process([...], port) as url:`` — a server started by ``command`` from the
+    repository root, listening on ``port``; on exit it is stopped and must not have logged a
+    traceback."""
+    proc = subprocess.Popen(
+        list(command), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]
+
+
+def uvicorn_command(app: str, port: int, *options: str) -> list[str]:
+    """The command line of uvicorn serving ``app`` on ``port`` (a worker process of its own)."""
+    return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning",
+            *options]  # fmt: skip
 
 
 @contextlib.contextmanager

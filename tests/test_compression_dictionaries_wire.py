@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,12 +15,17 @@ import redis
 
 import asgi_perf
 from tests.apps.versions import bare, version
-from tests.support import CHROMIUM, Chromium, UvicornThread, free_port, wait_for_port
+from tests.support import (
+    CHROMIUM,
+    Chromium,
+    UvicornThread,
+    free_port,
+    server_process,
+    uvicorn_command,
+)
 from tests.test_compression_dictionaries import available, undcz
 
 pytestmark = pytest.mark.slow
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _recorded(app: Any, log: list[dict[str, str | None]]) -> Any:
@@ -105,42 +108,12 @@ def two_workers(redis_url: str, key_prefix: str) -> Iterator[tuple[str, str]]:
         "ASGI_PERF_COMPRESSION_DICTIONARIES": "/api/items*",
         "ASGI_PERF_CACHE_ENABLED": "true",
     }
-    ports = [free_port(), free_port()]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.apps.versions:app",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for port in ports
-    ]
-    try:
-        for port in ports:
-            wait_for_port(port, timeout=30)
-        yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
-    finally:
-        errors = []
-        for proc in procs:
-            proc.terminate()
-            try:
-                _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            errors.append(err)
-        for err in errors:
-            assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]
+    first, second = free_port(), free_port()
+    with (
+        server_process(uvicorn_command("tests.apps.versions:app", first), first, env) as one,
+        server_process(uvicorn_command("tests.apps.versions:app", second), second, env) as two,
+    ):
+        yield one, two
 
 
 @pytest.mark.redis
