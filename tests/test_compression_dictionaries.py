@@ -586,3 +586,28 @@ async def test_middleware_round_trips_any_bodies(first: bytes, second: bytes, ch
     response = await get(mw, "/api/items/b", first)
     assert response.header("content-encoding") == "dcz"  # a stream is always encoded
     assert undcz(response.body, first) == second
+
+
+async def test_unreachable_redis_costs_only_sharing(caplog: pytest.LogCaptureFixture) -> None:
+    """A real Redis client pointed at a port nobody listens on: every response completes and
+    decodes; this worker still uses the dictionaries it offered itself (its local copies)."""
+    from tests.support import free_port
+
+    mw = middleware(storage=f"redis://127.0.0.1:{free_port()}/0")
+    codings = []
+    with caplog.at_level(logging.WARNING, logger="asgi_perf.compression"):
+        for n in range(1, 8):
+            response = await get(mw, f"/api/items/{n}", version(n - 1))
+            assert response.status == 200
+            coding = response.header("content-encoding")
+            codings.append(coding)
+            if coding == "dcz":
+                assert undcz(response.body, version(n - 1)) == version(n)
+            else:
+                decoder = zstandard.ZstdDecompressor().decompressobj()
+                assert decoder.decompress(response.body) == version(n)
+    assert codings == ["zstd"] + ["dcz"] * 6
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+    assert mw.dictionaries is not None
+    assert mw.dictionaries.stats()["store"]["down"] is True
+    await mw.dictionaries.store.close()
