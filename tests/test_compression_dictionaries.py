@@ -295,16 +295,17 @@ async def test_dictionary_is_used_only_within_its_own_pattern() -> None:
 
 
 async def test_dictionary_id_and_match_dest() -> None:
-    mw = middleware(dictionaries="/api/items/*;id=items-v1;match-dest=empty|document")
+    mw = middleware(dictionaries="/api/items/*;id=items-v1;match-dest=document|script")
     first = await get(mw, "/api/items/1")
     assert first.header("use-as-dictionary") == (
-        'match="/api/items/*", match-dest=("empty" "document"), id="items-v1"'
+        'match="/api/items/*", match-dest=("document" "script"), id="items-v1"'
     )
     assert first.header("vary") == "Accept-Encoding, Available-Dictionary, Dictionary-ID"
     cases = [
         ([("dictionary-id", '"items-v1"')], "dcz"),
-        ([("dictionary-id", '"items-v1"'), ("sec-fetch-dest", "empty")], "dcz"),
-        ([("dictionary-id", '"items-v1"'), ("sec-fetch-dest", "script")], "zstd"),
+        ([("dictionary-id", '"items-v1"'), ("sec-fetch-dest", "script")], "dcz"),
+        ([("dictionary-id", '"items-v1"'), ("sec-fetch-dest", "image")], "zstd"),
+        ([("dictionary-id", '"items-v1"'), ("sec-fetch-dest", "empty")], "zstd"),
         ([("dictionary-id", '"other"')], "zstd"),
         ([("dictionary-id", "items-v1")], "zstd"),  # not a String
         ([], "zstd"),
@@ -312,6 +313,16 @@ async def test_dictionary_id_and_match_dest() -> None:
     for extra, expected in cases:
         response = await get(mw, "/api/items/2", version(1), *extra)
         assert response.header("content-encoding") == expected, extra
+
+
+async def test_fetch_destination_is_the_empty_string() -> None:
+    """fetch() has the destination "" (RFC 9842 match-dest), sent as Sec-Fetch-Dest: empty."""
+    mw = middleware(dictionaries=[{"match": "/api/items/*", "match_dest": [""]}])
+    first = await get(mw, "/api/items/1")
+    assert first.header("use-as-dictionary") == 'match="/api/items/*", match-dest=("")'
+    for dest, expected in [("empty", "dcz"), ("document", "zstd")]:
+        response = await get(mw, "/api/items/2", version(1), ("sec-fetch-dest", dest))
+        assert response.header("content-encoding") == expected, dest
 
 
 @pytest.mark.parametrize(

@@ -112,8 +112,9 @@ class DictRequest:
                 available.append(value)
             elif name == b"dictionary-id":
                 dictionary_id = value
-            elif name == b"sec-fetch-dest":
-                self.dest = value.decode("latin-1").strip().lower()
+            elif name == b"sec-fetch-dest":  # the destination; "empty" stands for ""
+                dest = value.decode("latin-1").strip().lower()
+                self.dest = "" if dest == "empty" else dest
             elif name == b"authorization" or name == b"cookie":
                 credentials.append(name + b":" + value)
         # RFC 9842 §2.2: one hash; several fields are malformed, hence ignored.

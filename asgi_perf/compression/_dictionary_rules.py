@@ -36,7 +36,7 @@ _DIGEST_SIZE = 32  # SHA-256
 _MAX_ID = 1024  # RFC 9842 §2.1.3
 _VARY_BASE = (b"Accept-Encoding", b"Available-Dictionary")
 _NAME = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
-_DEST = re.compile(r"[a-z]+")
+_DEST = re.compile(r"[a-z]*")  # a Fetch destination; "" is fetch()/XHR (mapping form only)
 # Pattern characters with a URL Pattern meaning this subset does not support (groups,
 # modifiers, the search and hash parts, escapes), plus what cannot travel in a String.
 _UNSUPPORTED = frozenset('(){}?+#\\"')
