@@ -4,7 +4,7 @@ Pure ASGI, in the shape of Starlette's ``GZipMiddleware``: ``send`` is wrapped p
 at ``http.response.start`` one pass over the response fields decides whether the response
 could be encoded at all (a ``Content-Length`` below ``minimum_size`` ends it at once; field
 names and lengths are memoised, bounded). Only then is ``Accept-Encoding`` negotiated
-(:mod:`asgi_perf.negotiation`, memoised per header value) and a :class:`_Responder` made,
+(:mod:`asgi_perf.negotiation`, memoised per header value) and a :class:`Responder` made,
 which waits, when ``Content-Length`` does not tell the size, for the first body message.
 Codecs come prepared from :mod:`asgi_perf.codecs`; a response that is not encoded never
 creates a codec object.
@@ -67,14 +67,12 @@ Choices where the spec is silent (documented for users):
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 from asgi_perf._core import stats as _stats
-from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Scope, Send, merge_vary
+from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_perf._core.config import (
     KEY_PREFIX_ENV,
     ConfigError,
@@ -86,7 +84,6 @@ from asgi_perf._core.config import (
     to_list,
 )
 from asgi_perf._core.config import to_size as _to_size
-from asgi_perf._core.context import add_timing
 from asgi_perf._core.negotiation import IDENTITY, choose_encoding
 from asgi_perf._core.outage import Outage
 from asgi_perf.compression._codecs import (
@@ -103,6 +100,7 @@ from asgi_perf.compression._dictionaries import (
     ttl,
 )
 from asgi_perf.compression._dictionary_rules import parse_rules
+from asgi_perf.compression._responder import VARY_TOKENS, Responder, with_vary
 from asgi_perf.stores import Store
 
 __all__ = [
@@ -127,7 +125,6 @@ DEFAULT_COMPRESSIBLE_TYPES = (
 _CODINGS = ("zstd", "br", "gzip")
 _EVENT_STREAM = "text/event-stream"
 _ZEROCOPY = "http.response.zerocopysend"
-_VARY_TOKENS = (b"Accept-Encoding",)
 
 # Response fields the start-message scan looks at, by lowercase name.
 _OTHER, _TYPE, _ENCODING, _CACHE_CONTROL, _RANGE, _LENGTH, _VARY = range(7)
@@ -153,9 +150,6 @@ _LENGTH_CACHE_SIZE = 1024
 _CHOICE_CACHE_SIZE = 1024
 _CHOICE_KEY_SIZE = 256
 _UNSEEN: Any = object()
-
-# Responder states.
-_HOLD, _STREAM, _PASS = 0, 1, 2
 
 
 def _encodings(value: object, name: str) -> tuple[str, ...]:
@@ -322,7 +316,7 @@ class CompressionMiddleware(EnvConfigurable):
                 scope = {**scope, "extensions": extensions}
         # Before the start message: None; then False (passing through) or the responder
         # that owns the rest of an eligible response. No object is made for the common case.
-        responder: _Responder | Literal[False] | None = None
+        responder: Responder | Literal[False] | None = None
         rule = self.dictionaries.rule_for(scope["path"]) if self.dictionaries else None
 
         async def send_wrapper(message: Message) -> None:
@@ -379,7 +373,7 @@ class CompressionMiddleware(EnvConfigurable):
                 await send(message)
                 return
             chosen = self._codec_for(scope) if codec is _UNSEEN else codec
-            vary: tuple[bytes, ...] = _VARY_TOKENS
+            vary: tuple[bytes, ...] = VARY_TOKENS
             offer = None
             if rule is not None:
                 vary = rule.vary
@@ -388,12 +382,12 @@ class CompressionMiddleware(EnvConfigurable):
                 # Not encoded for this client, but it would be for another: say so, send at
                 # once (a new header list: the app's is left as it was).
                 headers = message.get("headers", ())
-                message["headers"] = _with_vary(
+                message["headers"] = with_vary(
                     list(headers) if has_vary else headers, has_vary, vary
                 )
                 await send(message)
                 return
-            responder = _Responder(self, chosen, send, has_vary, verdict == _SSE, vary, offer)
+            responder = Responder(self, chosen, send, has_vary, verdict == _SSE, vary, offer)
             await responder.on_start(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -478,209 +472,3 @@ class CompressionMiddleware(EnvConfigurable):
             "codec_errors": {name: outage.stats() for name, outage in self._outages.items()},
             "dictionaries": self.dictionaries.stats() if self.dictionaries else None,
         }
-
-
-def _with_vary(headers: Headers, has_vary: bool, vary: tuple[bytes, ...]) -> Headers:
-    """``headers`` with the ``vary`` tokens: merged into the app's ``Vary`` (``headers`` is
-    then a list of our own), else as one new field."""
-    if not has_vary:
-        return [*headers, (b"vary", b", ".join(vary))]
-    for token in vary:
-        headers = merge_vary(headers, token)
-    return headers
-
-
-def _vary_start(start: Message, has_vary: bool, vary: tuple[bytes, ...]) -> Message:
-    headers = start.get("headers", ())
-    return {**start, "headers": _with_vary(list(headers) if has_vary else headers, has_vary, vary)}
-
-
-def _encoded_start(
-    start: Message, token: bytes, length: int | None, has_vary: bool, vary: tuple[bytes, ...]
-) -> Message:
-    """The start message of the encoded representation (RFC 9110 §8.4, §8.6, §8.8.3)."""
-    headers: Headers = []
-    for key, value in start.get("headers", ()):
-        name = key.lower()
-        if name == b"content-length":
-            continue
-        if name == b"etag" and not value.startswith(b"W/"):
-            value = b"W/" + value
-        headers.append((key, value))
-    headers = _with_vary(headers, has_vary, vary)
-    headers.append((b"content-encoding", token))
-    if length is not None:
-        headers.append((b"content-length", b"%d" % length))
-    return {**start, "headers": headers}
-
-
-def _recovered(outage: Outage) -> None:
-    if outage.down:
-        outage.ok()
-
-
-async def _in_thread(fn: Any, data: bytes) -> bytes:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio (trio): compress inline
-        return bytes(fn(data))
-    return bytes(await loop.run_in_executor(None, fn, data))
-
-
-class _Responder:
-    """One response: decide at the start message (or the first body), then rewrite or pass."""
-
-    __slots__ = ("codec", "event_stream", "has_vary", "mw", "offer", "send_next", "start",
-                 "state", "stream", "vary")  # fmt: skip
-
-    def __init__(
-        self,
-        mw: CompressionMiddleware,
-        codec: Codec | None,
-        send: Send,
-        has_vary: bool,
-        event_stream: bool,
-        vary: tuple[bytes, ...] = _VARY_TOKENS,
-        offer: Offer | None = None,
-    ) -> None:
-        self.mw = mw
-        self.codec = codec
-        self.send_next = send
-        self.has_vary = has_vary
-        self.event_stream = event_stream
-        self.vary = vary
-        self.offer = offer
-        self.state = _HOLD
-
-    async def on_start(self, message: Message) -> None:
-        """Hold the start message for the first body, or open an event stream at once."""
-        if self.offer is not None:  # offered as a dictionary, whatever coding it gets
-            headers = message.get("headers", ())
-            offered = (b"use-as-dictionary", self.offer.rule.header)
-            message = {**message, "headers": [*headers, offered]}
-        self.start = message
-        if self.event_stream:  # headers now (EventSource waits for them), events flushed
-            start, _ = self._open_stream(b"")
-            await self.send_next(start)
-
-    async def send(self, message: Message) -> None:
-        offer = self.offer
-        if offer is not None and message["type"] == "http.response.body":
-            offer.feed(message.get("body", b""))
-            if not message.get("more_body", False):
-                self.offer = None
-                await offer.finish()  # before the end leaves: the next request may use it
-        state = self.state
-        if state == _PASS:
-            await self.send_next(message)
-        elif message["type"] != "http.response.body":
-            if state == _HOLD:  # pathsend or another extension: the app's response, intact
-                self.state = _PASS
-                self.start = offer.start if offer is not None else self.start
-                self.offer = None
-                await self.send_next(self.start)
-            await self.send_next(message)
-        elif state == _HOLD:
-            await self._on_first_body(message)
-        else:
-            await self._on_stream_body(message)
-
-    async def _on_first_body(self, message: Message) -> None:
-        mw = self.mw
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
-        self.state = _PASS
-        if not more and len(body) < mw.minimum_size:
-            await self.send_next(self.start)
-            await self.send_next(message)
-            return
-        codec = self.codec
-        if codec is None:
-            await self.send_next(_vary_start(self.start, self.has_vary, self.vary))
-            await self.send_next(message)
-            return
-        if more:
-            start, encoded = self._open_stream(body)
-            await self.send_next(start)
-            if encoded:
-                await self.send_next(
-                    {"type": "http.response.body", "body": encoded, "more_body": True}
-                )
-            return
-        began = time.perf_counter()
-        try:
-            if len(body) >= mw.thread_minimum_size:
-                mw.threaded += 1
-                encoded = await _in_thread(codec.compress, body)
-            else:
-                encoded = codec.compress(body)
-        except Exception as exc:
-            mw._outages[codec.name].failed(exc)
-            encoded = body
-        if len(encoded) >= len(body):
-            await self.send_next(_vary_start(self.start, self.has_vary, self.vary))
-            await self.send_next(message)
-            return
-        _recovered(mw._outages[codec.name])
-        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
-        mw.compressed[codec.name] += 1
-        mw.bytes_in += len(body)
-        mw.bytes_out += len(encoded)
-        # With trailers coming, the body is framed as chunks: no Content-Length (as Starlette).
-        length = None if self.start.get("trailers") else len(encoded)
-        await self.send_next(
-            _encoded_start(self.start, mw._tokens[codec.name], length, self.has_vary, self.vary)
-        )
-        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": False})
-
-    def _open_stream(self, body: bytes) -> tuple[Message, bytes]:
-        """Commit to an encoded stream: its start message and ``body`` encoded.
-
-        If the codec fails here, nothing has left yet: the response goes out unencoded.
-        """
-        mw = self.mw
-        codec = self.codec
-        assert codec is not None
-        began = time.perf_counter()
-        try:
-            self.stream = codec.stream()
-            encoded = self.stream.compress(body) if body else b""
-        except Exception as exc:
-            mw._outages[codec.name].failed(exc)
-            self.state = _PASS
-            return _vary_start(self.start, self.has_vary, self.vary), body
-        _recovered(mw._outages[codec.name])
-        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
-        self.state = _STREAM
-        mw.compressed[codec.name] += 1
-        mw.streams += 1
-        mw.bytes_in += len(body)
-        mw.bytes_out += len(encoded)
-        return _encoded_start(
-            self.start, mw._tokens[codec.name], None, self.has_vary, self.vary
-        ), encoded
-
-    async def _on_stream_body(self, message: Message) -> None:
-        mw = self.mw
-        stream = self.stream
-        assert stream is not None and self.codec is not None
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
-        if more and not body:
-            return
-        encode = stream.compress if more else stream.finish
-        try:
-            if len(body) >= mw.thread_minimum_size:
-                mw.threaded += 1
-                encoded = await _in_thread(encode, body)
-            else:
-                encoded = encode(body)
-        except Exception as exc:
-            mw._outages[self.codec.name].failed(exc)
-            raise
-        mw.bytes_in += len(body)
-        mw.bytes_out += len(encoded)
-        if not more:
-            self.state = _PASS
-            self.stream = None  # type: ignore[assignment]
-        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": more})
