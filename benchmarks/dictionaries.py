@@ -144,3 +144,34 @@ def dictionary_scenarios() -> list[Scenario]:
             )
         )
     return scenarios
+
+
+async def _pair_ratios(count: int) -> list[float]:
+    """dcz bytes / zstd bytes for every version after the first, each with its predecessor as
+    the dictionary (the timed scenarios report one such pair: version 1 against version 0)."""
+    from asgi_perf.compression import CompressionMiddleware
+
+    from .driver import one
+
+    app, request = _poll_app(count), _poll_request(count)
+    dcz = CompressionMiddleware(app, encodings=("zstd",), dictionaries="/r")
+    zstd = CompressionMiddleware(app, encodings=("zstd",))
+    await one(dcz, request, 0)  # offers version 0
+    ratios = []
+    for n in range(1, count):
+        a, b = await one(dcz, request, n), await one(zstd, request, n)
+        if a.header("content-encoding") != "dcz":
+            raise AssertionError(f"version {n} was not sent as dcz")
+        ratios.append(len(a.body) / len(b.body))
+    return ratios
+
+
+if __name__ == "__main__":  # python -m benchmarks.dictionaries: the byte ratio over all versions
+    import asyncio
+    import statistics
+
+    found = asyncio.run(_pair_ratios(256))
+    print(
+        f"dcz / zstd bytes over {len(found)} versions: mean {statistics.mean(found):.3f}, "
+        f"median {statistics.median(found):.3f}, min {min(found):.3f}, max {max(found):.3f}"
+    )
