@@ -32,7 +32,7 @@ from asgi_perf.compression._dictionary_rules import (
 )
 from asgi_perf.stores import MemoryStore, StoreUnavailable
 from tests.apps.versions import version
-from tests.support import Response, call
+from tests.support import Response, call, make_scope
 
 AE = "gzip, deflate, br, zstd, dcb, dcz"
 
@@ -622,3 +622,26 @@ async def test_unreachable_redis_costs_only_sharing(caplog: pytest.LogCaptureFix
     assert mw.dictionaries is not None
     assert mw.dictionaries.stats()["store"]["down"] is True
     await mw.dictionaries.store.close()
+
+
+async def test_pathsend_on_a_dictionary_path_passes_through_intact() -> None:
+    """A file response cannot be recorded: it goes out as the app sent it, not offered."""
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100000")],
+    }
+    pathsend = {"type": "http.response.pathsend", "path": "/srv/items.json"}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+        await send(pathsend)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = make_scope("GET", "/api/items/1", headers=[("accept-encoding", AE)])
+    await middleware(app)(scope, None, send)
+    assert sent == [start, pathsend]

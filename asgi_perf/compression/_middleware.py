@@ -99,7 +99,7 @@ from asgi_perf.compression._dictionaries import (
     max_count,
     ttl,
 )
-from asgi_perf.compression._dictionary_rules import parse_rules
+from asgi_perf.compression._dictionary_rules import Rule, parse_rules
 from asgi_perf.compression._responder import VARY_TOKENS, Responder, with_vary
 from asgi_perf.stores import Store
 
@@ -410,7 +410,7 @@ class CompressionMiddleware(EnvConfigurable):
         return None if coding == IDENTITY else self.codecs[coding]
 
     async def _dictionary_plan(
-        self, scope: Scope, rule: Any, chosen: Codec | None, start: Message
+        self, scope: Scope, rule: Rule, chosen: Codec | None, start: Message
     ) -> tuple[Codec | None, Offer | None]:
         """On a dictionary rule's path: the codec (``dcz`` when the request names a dictionary
         the server has, else ``chosen``) and whether this response is offered as one."""
