@@ -23,7 +23,8 @@ ASGIApp = Callable[..., Awaitable[None]]
 class Request:
     """What the driver sends. ``unique`` appends ``n=<counter>`` to the query, ``unique_path`` a
     ``/<counter>`` segment to the path (a REST-style ``/items/{id}``): two ways for no two
-    requests to share a key, which caches and dedup treat differently, so both are measured."""
+    requests to share a key, which caches and dedup treat differently, so both are measured.
+    ``headers_for(n)`` adds headers that depend on the request's counter (a polling client)."""
 
     method: str = "GET"
     path: str = "/r"
@@ -33,6 +34,7 @@ class Request:
     unique: bool = False
     unique_path: bool = False
     client: tuple[str, int] = ("10.1.2.3", 40000)
+    headers_for: Callable[[int], list[tuple[bytes, bytes]]] | None = None
 
     def scope_factory(self) -> Callable[[int], dict[str, Any]]:
         """A function ``n -> scope`` that does as little as possible per call."""
@@ -53,10 +55,11 @@ class Request:
         query = self.query.encode()
         sep = b"&" if query else b""
         unique, unique_path, path = self.unique, self.unique_path, self.path
+        extra = self.headers_for
 
         def make(n: int) -> dict[str, Any]:
             scope = base.copy()
-            scope["headers"] = headers.copy()
+            scope["headers"] = headers.copy() if extra is None else headers + extra(n)
             scope["state"] = {}
             scope["extensions"] = {}
             if unique:

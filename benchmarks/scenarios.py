@@ -889,6 +889,10 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
             )
         )
 
+    from .dictionaries import dictionary_scenarios  # it builds on this module
+
+    scenarios += dictionary_scenarios()
+
     if redis:
         ratelimit(
             "ratelimit-allow-redis",

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import os
 import queue
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -362,8 +364,133 @@ class UvicornThread:
         self.thread.join(10)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def server_process(
+    command: Sequence[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    forbid: Sequence[bytes] = (),
+) -> Iterator[str]:
+    """``with server_process([...], port) as url:`` — a server started by ``command`` from the
+    repository root, listening on ``port``; on exit it is stopped and must not have logged a
+    traceback (nor any of ``forbid``)."""
+    proc = subprocess.Popen(
+        list(command), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]
+    for text in forbid:
+        assert text not in err, err.decode(errors="replace")[-3000:]
+
+
+def uvicorn_command(app: str, port: int, *options: str) -> list[str]:
+    """The command line of uvicorn serving ``app`` on ``port`` (a worker process of its own)."""
+    return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning",
+            *options]  # fmt: skip
+
+
 @contextlib.contextmanager
 def serve(app: Any, **config: Any) -> Iterator[str]:
     """``with serve(app) as url:`` — the app under uvicorn for the block."""
     with UvicornThread(app, **config) as server:
         yield server.url
+
+
+# -- headless Chromium driven over the DevTools protocol ----------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+class Chromium:
+    """Headless Chromium on a throwaway profile, driven over the DevTools protocol (CDP).
+
+    For browser tests that need real time to pass between page actions (``--dump-dom`` with
+    ``--virtual-time-budget`` fast-forwards timers, so work the browser does asynchronously,
+    such as storing a compression dictionary, has not happened yet when the next fetch runs).
+    """
+
+    def __init__(self, *flags: str) -> None:
+        from websockets.sync.client import connect
+
+        self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0", *flags,
+             "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        active = os.path.join(self.profile.name, "DevToolsActivePort")
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        while len(lines) < 2:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("chromium did not open its DevTools port")
+            time.sleep(0.05)
+            with contextlib.suppress(OSError), open(active) as file:
+                lines = file.read().split()
+        self.exits = contextlib.ExitStack()
+        self.ws = self.exits.enter_context(
+            connect(f"ws://127.0.0.1:{lines[0]}{lines[1]}", max_size=None)
+        )
+        self.next_id = 0
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        self.ws.send(json.dumps(message))
+        while True:
+            reply = json.loads(self.ws.recv(timeout=60))
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return dict(reply["result"])
+
+    def open(self, url: str) -> str:
+        """A new tab at ``url`` (loaded); returns its session id."""
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        session = str(
+            self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        )
+        self.call("Page.navigate", session, url=url)
+        self.evaluate(session, "new Promise(r => document.readyState === 'complete' ? r() :"
+                               " addEventListener('load', () => r()))")  # fmt: skip
+        return session
+
+    def evaluate(self, session: str, expression: str) -> Any:
+        """The value of ``expression`` in the page (promises awaited)."""
+        result = self.call(
+            "Runtime.evaluate", session, expression=expression, awaitPromise=True,
+            returnByValue=True,
+        )  # fmt: skip
+        if "exceptionDetails" in result:
+            raise RuntimeError(str(result["exceptionDetails"]))
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        if getattr(self, "exits", None) is not None:
+            with contextlib.suppress(Exception):
+                self.exits.close()
+        self.proc.kill()
+        self.proc.wait()
+        self.profile.cleanup()
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -68,6 +68,9 @@ def test_smoke_run_reports_every_goal_and_scenario(tmp_path, redis_url):
         assert by_name[("compress-12k-gzip", peer)]["status"] == "ok"
     assert by_name[("ratelimit-allow-memory", "asgi-ratelimit")]["status"] == "ok"
     assert by_name[("timing-otel", "opentelemetry-instrumentation-asgi")]["status"] == "ok"
+    for scenario in ("dict-poll-new", "dict-poll-shared"):  # the dcz check decoded its body
+        assert by_name[(scenario, "asgi_perf dcz")]["status"] == "ok"
+        assert by_name[(scenario, "asgi_perf zstd")]["status"] == "ok"
     ping = by_name[("ratelimit-allow-redis", "Redis PING floor")]
     assert ping["status"] == "ok" and ping["round_trips"] == 1.0
 

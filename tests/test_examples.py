@@ -3,55 +3,27 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for_port
+from tests.support import free_port, server_process, uvicorn_command
 
 pytestmark = pytest.mark.slow
-ROOT = os.path.dirname(os.path.dirname(__file__))
 
 
 @pytest.fixture(params=["fastapi_app", "starlette_app", "litestar_app"])
 def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tmp_path))  # where a temporary file would go
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            f"examples.{request.param}:app",
-            "--port",
-            str(port),
-            "--env-file",
-            "examples/.env.example",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_port(port, timeout=30)
-        yield request.param, f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]
-        assert b"slow request" not in err  # the event stream stays open: that is not slow
-        assert list(tmp_path.iterdir()) == []  # the example database leaves no file behind
+    app = f"examples.{request.param}:app"
+    command = uvicorn_command(app, port, "--env-file", "examples/.env.example")
+    # the event stream stays open: that is not a slow request
+    with server_process(command, port, env, forbid=(b"slow request",)) as url:
+        yield request.param, url
+    assert list(tmp_path.iterdir()) == []  # the example database leaves no file behind
 
 
 def remaining(response: httpx.Response) -> int:

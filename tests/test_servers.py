@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for_port
+from tests.support import free_port, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -63,23 +61,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[str]:
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed")
     port = free_port()
-    proc = subprocess.Popen(
-        SERVERS[name](port),
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_port(port, timeout=30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]
+    with server_process(SERVERS[name](port), port) as url:
+        yield url
 
 
 ACCEPTS = ["gzip", "br", "zstd", "identity", "gzip, br, zstd", "br;q=0.5, gzip;q=0.9"]

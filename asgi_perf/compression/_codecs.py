@@ -14,10 +14,17 @@ level 6, so ``auto`` never picks it; choose it with ``gzip_backend="isal"``, lev
 
 brotli (``brotli`` package) and zstd (``zstandard`` package) are optional extras; a coding
 whose package is missing is simply not in :func:`available_encodings`.
+
+Dictionary codings (RFC 9842): ``dcz`` with ``zstandard`` (:class:`ZstdDictionary`). ``dcb``
+needs a brotli encoder that takes a custom (raw) dictionary, which no released Python binding
+offers: ``brotli`` 1.2.1 (``Compressor(mode, quality, lgwin, lgblock)``) and ``brotlicffi``
+1.2.1.0 (same, and its library exposes no ``BrotliEncoderAttachPreparedDictionary``), so
+:func:`dictionary_encodings` never lists ``dcb``.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip as _gzip
 import importlib
 import threading
@@ -35,8 +42,10 @@ __all__ = [
     "GzipCodec",
     "StreamCompressor",
     "ZstdCodec",
+    "ZstdDictionary",
     "available_encodings",
     "available_gzip_backends",
+    "dictionary_encodings",
     "make_codec",
 ]
 
@@ -65,6 +74,8 @@ INSTALL = {
     "isal": "pip install isal",
 }
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip container, 32 KiB window
+#: RFC 9842 §5: a zstd skippable frame (magic 0x184D2A5E, little-endian) of 32 bytes.
+DCZ_HEADER_MAGIC = b"\x5e\x2a\x4d\x18\x20\x00\x00\x00"
 
 
 def available_encodings() -> tuple[str, ...]:
@@ -76,6 +87,11 @@ def available_encodings() -> tuple[str, ...]:
         found.append("br")
     found.append("gzip")
     return tuple(found)
+
+
+def dictionary_encodings() -> tuple[str, ...]:
+    """Installed RFC 9842 dictionary codings: ``dcz`` with zstandard (never ``dcb``: above)."""
+    return ("dcz",) if _zstd is not None else ()
 
 
 def available_gzip_backends() -> tuple[str, ...]:
@@ -242,6 +258,87 @@ class ZstdCodec:
 
     def stream(self) -> StreamCompressor:
         return _ZstdStream(self._new().compressobj())
+
+
+class _PrefixedStream:
+    """A stream whose first output starts with ``prefix`` (the dcz header)."""
+
+    __slots__ = ("_inner", "_prefix")
+
+    def __init__(self, prefix: bytes, inner: StreamCompressor) -> None:
+        self._prefix = prefix
+        self._inner = inner
+
+    def compress(self, data: bytes) -> bytes:
+        out = self._inner.compress(data)
+        if self._prefix and out:
+            out, self._prefix = self._prefix + out, b""
+        return out
+
+    def finish(self, data: bytes) -> bytes:
+        out = self._prefix + self._inner.finish(data)
+        self._prefix = b""
+        return out
+
+
+# RFC 9842 §5: a dcz client decodes windows up to 8 MiB (or 1.25 x the dictionary): dcz
+# never uses more than 8 MiB, and at most level 19 (levels above exist for larger windows).
+_DCZ_MAX_LEVEL = 19
+_DCZ_MAX_WINDOW_LOG = 23
+
+
+@functools.lru_cache(maxsize=64)
+def _dcz_params(level: int, size_log: int) -> Any:
+    """zstd parameters for dictionaries (and bodies) of about ``2 ** size_log`` bytes, with
+    tables at most an eighth of the window (see :class:`ZstdDictionary`)."""
+    size = 1 << size_log
+    sized = _zstd.ZstdCompressionParameters.from_level(level, source_size=size, dict_size=size)
+    window_log = min(sized.window_log, _DCZ_MAX_WINDOW_LOG)
+    cap = window_log - 3
+    return _zstd.ZstdCompressionParameters(
+        window_log=window_log,
+        hash_log=min(sized.hash_log, cap),
+        chain_log=min(sized.chain_log, cap),
+        search_log=sized.search_log,
+        min_match=sized.min_match,
+        target_length=sized.target_length,
+        strategy=sized.strategy,
+    )
+
+
+class ZstdDictionary:
+    """One raw-content dictionary prepared for ``dcz`` (RFC 9842 §5); a :class:`Codec`.
+
+    The output is the 40-byte header (a skippable frame holding the dictionary's SHA-256)
+    then a zstd frame compressed with the dictionary as raw content. Parameters are sized for
+    inputs like the dictionary (the next version of the same resource), tables at most an
+    eighth of the window: loading the dictionary into them is the cost of a first use (about
+    one compression of the dictionary), so they are kept small. The compressor (one per
+    thread, as :class:`ZstdCodec`) keeps the loaded dictionary for every later use.
+    """
+
+    name = "dcz"
+
+    def __init__(self, content: bytes, digest: bytes, level: int = 3) -> None:
+        level = min(level, _DCZ_MAX_LEVEL)
+        self._params = _dcz_params(level, len(content).bit_length())
+        self._dict = _zstd.ZstdCompressionDict(content, dict_type=_zstd.DICT_TYPE_RAWCONTENT)
+        self._header = DCZ_HEADER_MAGIC + digest
+        self._local = threading.local()
+        self.description = f"dcz level {level}"
+
+    def _new(self) -> Any:
+        return _zstd.ZstdCompressor(dict_data=self._dict, compression_params=self._params)
+
+    def compress(self, data: bytes) -> bytes:
+        try:
+            compressor = self._local.compressor
+        except AttributeError:
+            compressor = self._local.compressor = self._new()
+        return self._header + bytes(compressor.compress(data))
+
+    def stream(self) -> StreamCompressor:
+        return _PrefixedStream(self._header, _ZstdStream(self._new().compressobj()))
 
 
 def make_codec(

@@ -4,7 +4,7 @@ Pure ASGI, in the shape of Starlette's ``GZipMiddleware``: ``send`` is wrapped p
 at ``http.response.start`` one pass over the response fields decides whether the response
 could be encoded at all (a ``Content-Length`` below ``minimum_size`` ends it at once; field
 names and lengths are memoised, bounded). Only then is ``Accept-Encoding`` negotiated
-(:mod:`asgi_perf.negotiation`, memoised per header value) and a :class:`_Responder` made,
+(:mod:`asgi_perf.negotiation`, memoised per header value) and a :class:`Responder` made,
 which waits, when ``Content-Length`` does not tell the size, for the first body message.
 Codecs come prepared from :mod:`asgi_perf.codecs`; a response that is not encoded never
 creates a codec object.
@@ -24,6 +24,15 @@ Options (keyword / environment variable, default):
 - ``compress_event_stream`` / ``ASGI_PERF_COMPRESSION_SSE``: ``true``
 - ``thread_minimum_size`` / ``ASGI_PERF_COMPRESSION_THREAD_MIN_SIZE``: ``128KiB``
 - ``ASGI_PERF_COMPRESSION_ENABLED`` (for :func:`asgi_perf.from_env`): ``true``
+- ``dictionaries`` / ``ASGI_PERF_COMPRESSION_DICTIONARIES``: RFC 9842 dictionary rules (URL
+  patterns, each with optional ``;id=`` and ``;match-dest=a|b``), none; needs the zstd extra
+- ``dictionary_max_count`` / ``ASGI_PERF_COMPRESSION_DICTIONARY_MAX_COUNT`` (``1000``),
+  ``dictionary_max_size`` / ``ASGI_PERF_COMPRESSION_DICTIONARY_MAX_SIZE`` (``1MiB``),
+  ``dictionary_ttl`` / ``ASGI_PERF_COMPRESSION_DICTIONARY_TTL`` (``24h``)
+- ``storage`` (``ASGI_PERF_STORAGE_URL``, else ``REDIS_URL``; ``memory://``) and ``key_prefix``
+  (``ASGI_PERF_KEY_PREFIX``): where dictionaries are kept, shared by every worker; not used
+  without ``dictionaries``. A memory store holds at most ``dictionary_max_count`` of them
+  and 64 MiB; Redis entries expire after ``dictionary_ttl``.
 
 Choices where the spec is silent (documented for users):
 
@@ -50,19 +59,22 @@ Choices where the spec is silent (documented for users):
   (a warning is logged when they were asked for explicitly).
 - A codec failure before the headers leave sends the response unencoded; after they left
   (mid-stream) the error propagates. Both are logged once per incident and counted.
+- Dictionaries (:mod:`._dictionaries`): on a rule's path ``Vary`` is ``Accept-Encoding,
+  Available-Dictionary`` (and ``Dictionary-ID`` for a rule with an id); a request naming a
+  dictionary the server has gets ``dcz`` whatever else it accepts; ``dcb`` is never sent (no
+  Python brotli binding compresses with a custom dictionary: :mod:`._codecs`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 from asgi_perf._core import stats as _stats
-from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Scope, Send, merge_vary
+from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_perf._core.config import (
+    KEY_PREFIX_ENV,
     ConfigError,
     EnvConfigurable,
     EnvVar,
@@ -73,7 +85,6 @@ from asgi_perf._core.config import (
     to_paths,
 )
 from asgi_perf._core.config import to_size as _to_size
-from asgi_perf._core.context import add_timing
 from asgi_perf._core.negotiation import IDENTITY, choose_encoding
 from asgi_perf._core.outage import Outage
 from asgi_perf.compression._codecs import (
@@ -83,6 +94,16 @@ from asgi_perf.compression._codecs import (
     available_encodings,
     make_codec,
 )
+from asgi_perf.compression._dictionaries import (
+    DictRequest,
+    Offer,
+    build_dictionaries,
+    max_count,
+    ttl,
+)
+from asgi_perf.compression._dictionary_rules import Rule, parse_rules
+from asgi_perf.compression._responder import VARY_TOKENS, Responder, with_vary
+from asgi_perf.stores import Store
 
 __all__ = [
     "DEFAULT_COMPRESSIBLE_TYPES",
@@ -106,7 +127,6 @@ DEFAULT_COMPRESSIBLE_TYPES = (
 _CODINGS = ("zstd", "br", "gzip")
 _EVENT_STREAM = "text/event-stream"
 _ZEROCOPY = "http.response.zerocopysend"
-_VARY_VALUE = b"Accept-Encoding"
 
 # Response fields the start-message scan looks at, by lowercase name.
 _OTHER, _TYPE, _ENCODING, _CACHE_CONTROL, _RANGE, _LENGTH, _VARY = range(7)
@@ -132,9 +152,6 @@ _LENGTH_CACHE_SIZE = 1024
 _CHOICE_CACHE_SIZE = 1024
 _CHOICE_KEY_SIZE = 256
 _UNSEEN: Any = object()
-
-# Responder states.
-_HOLD, _STREAM, _PASS = 0, 1, 2
 
 
 def _encodings(value: object, name: str) -> tuple[str, ...]:
@@ -184,6 +201,7 @@ class CompressionMiddleware(EnvConfigurable):
     """Encode responses with the best coding the client accepts (RFC 9110 §12.5.3)."""
 
     ENV_ENABLED: ClassVar[tuple[str, bool] | None] = ("ASGI_PERF_COMPRESSION_ENABLED", True)
+    ENV_STORAGE: ClassVar[bool] = True  # for dictionaries only
     ENV_VARS: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("ASGI_PERF_COMPRESSION_MIN_SIZE", "minimum_size", _to_size),
         EnvVar("ASGI_PERF_COMPRESSION_ENCODINGS", "encodings", _encodings),
@@ -195,6 +213,11 @@ class CompressionMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_COMPRESSION_EXCLUDE_PATHS", "exclude_paths", to_paths),
         EnvVar("ASGI_PERF_COMPRESSION_SSE", "compress_event_stream", to_bool),
         EnvVar("ASGI_PERF_COMPRESSION_THREAD_MIN_SIZE", "thread_minimum_size", _to_size),
+        EnvVar("ASGI_PERF_COMPRESSION_DICTIONARIES", "dictionaries", parse_rules),
+        EnvVar("ASGI_PERF_COMPRESSION_DICTIONARY_MAX_COUNT", "dictionary_max_count", max_count),
+        EnvVar("ASGI_PERF_COMPRESSION_DICTIONARY_MAX_SIZE", "dictionary_max_size", _to_size),
+        EnvVar("ASGI_PERF_COMPRESSION_DICTIONARY_TTL", "dictionary_ttl", ttl),
+        KEY_PREFIX_ENV,
     )
 
     def __init__(
@@ -211,6 +234,12 @@ class CompressionMiddleware(EnvConfigurable):
         gzip_backend: str = "auto",
         compress_event_stream: bool = True,
         thread_minimum_size: int | str = 128 * 1024,
+        dictionaries: Iterable[Any] | str = (),
+        dictionary_max_count: int | str = 1000,
+        dictionary_max_size: int | str = 1024 * 1024,
+        dictionary_ttl: float | str = 24 * 3600.0,
+        storage: str | Store = "memory://",
+        key_prefix: str = "asgi_perf:",
     ) -> None:
         self.app = app
         installed = available_encodings()
@@ -242,6 +271,19 @@ class CompressionMiddleware(EnvConfigurable):
         }
         self._tokens = {coding: coding.encode("ascii") for coding in self.encodings}
         self._outages = {coding: Outage(logger, f"{coding} codec") for coding in self.encodings}
+        self.dictionaries = build_dictionaries(
+            parse_rules(dictionaries, "dictionaries"),
+            storage,
+            key_prefix,
+            max_count=max_count(dictionary_max_count, "dictionary_max_count"),
+            max_size=_to_size(dictionary_max_size, "dictionary_max_size"),
+            ttl=ttl(dictionary_ttl, "dictionary_ttl"),
+            level=levels["zstd_level"],
+            logger=logger,
+        )
+        if self.dictionaries is not None:
+            self._outages["dcz"] = self.dictionaries.codec_outage
+            self._tokens["dcz"] = b"dcz"
         self._exact = frozenset(p for p in self.compressible_types if "*" not in p)
         self._prefixes = tuple(p[:-1] for p in self.compressible_types if p.endswith("/*"))
         self._suffixes = tuple(p[1:] for p in self.compressible_types if p.startswith("*+"))
@@ -253,7 +295,7 @@ class CompressionMiddleware(EnvConfigurable):
             (p.rstrip("/") or "/", p.rstrip("/") + "/") for p in self.exclude_paths
         )
         # Counters for stats().
-        self.compressed = dict.fromkeys(self.encodings, 0)
+        self.compressed = dict.fromkeys(self._tokens, 0)
         self.streams = 0
         self.threaded = 0
         self.bytes_in = 0
@@ -274,7 +316,8 @@ class CompressionMiddleware(EnvConfigurable):
                 scope = {**scope, "extensions": extensions}
         # Before the start message: None; then False (passing through) or the responder
         # that owns the rest of an eligible response. No object is made for the common case.
-        responder: _Responder | Literal[False] | None = None
+        responder: Responder | Literal[False] | None = None
+        rule = self.dictionaries.rule_for(scope["path"]) if self.dictionaries else None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal responder
@@ -330,17 +373,21 @@ class CompressionMiddleware(EnvConfigurable):
                 await send(message)
                 return
             chosen = self._codec_for(scope) if codec is _UNSEEN else codec
+            vary: tuple[bytes, ...] = VARY_TOKENS
+            offer = None
+            if rule is not None:
+                vary = rule.vary
+                chosen, offer = await self._dictionary_plan(scope, rule, chosen, message)
             if chosen is None and (length >= 0 or verdict == _SSE or scope["method"] == "HEAD"):
                 # Not encoded for this client, but it would be for another: say so, send at
                 # once (a new header list: the app's is left as it was).
                 headers = message.get("headers", ())
-                if has_vary:
-                    message["headers"] = merge_vary(list(headers), _VARY_VALUE)
-                else:
-                    message["headers"] = [*headers, (b"vary", _VARY_VALUE)]
+                message["headers"] = with_vary(
+                    list(headers) if has_vary else headers, has_vary, vary
+                )
                 await send(message)
                 return
-            responder = _Responder(self, chosen, send, has_vary, verdict == _SSE)
+            responder = Responder(self, chosen, send, has_vary, verdict == _SSE, vary, offer)
             await responder.on_start(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -361,6 +408,21 @@ class CompressionMiddleware(EnvConfigurable):
             if len(self._choices) < _CHOICE_CACHE_SIZE and len(accept) <= _CHOICE_KEY_SIZE:
                 self._choices[accept] = coding
         return None if coding == IDENTITY else self.codecs[coding]
+
+    async def _dictionary_plan(
+        self, scope: Scope, rule: Rule, chosen: Codec | None, start: Message
+    ) -> tuple[Codec | None, Offer | None]:
+        """On a dictionary rule's path: the codec (``dcz`` when the request names a dictionary
+        the server has, else ``chosen``) and whether this response is offered as one."""
+        if scope["method"] == "HEAD":
+            return chosen, None
+        dictionaries = self.dictionaries
+        assert dictionaries is not None
+        request = DictRequest(scope)
+        codec = await dictionaries.codec_for(request) or chosen
+        if codec is None:
+            return None, None  # a client accepting no coding: no dictionary either
+        return codec, dictionaries.offer_for(request, rule, start["status"], start)
 
     def _learn_name(self, name: bytes) -> int:
         field = _FIELDS.get(name.lower(), _OTHER)
@@ -408,188 +470,5 @@ class CompressionMiddleware(EnvConfigurable):
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "codec_errors": {name: outage.stats() for name, outage in self._outages.items()},
+            "dictionaries": self.dictionaries.stats() if self.dictionaries else None,
         }
-
-
-def _with_vary(headers: Headers, has_vary: bool) -> Headers:
-    if has_vary:
-        return merge_vary(headers, _VARY_VALUE)
-    return [*headers, (b"vary", _VARY_VALUE)]
-
-
-def _vary_start(start: Message, has_vary: bool) -> Message:
-    headers = start.get("headers", ())
-    if has_vary:
-        return {**start, "headers": merge_vary(list(headers), _VARY_VALUE)}
-    return {**start, "headers": [*headers, (b"vary", _VARY_VALUE)]}
-
-
-def _encoded_start(start: Message, token: bytes, length: int | None, has_vary: bool) -> Message:
-    """The start message of the encoded representation (RFC 9110 §8.4, §8.6, §8.8.3)."""
-    headers: Headers = []
-    for key, value in start.get("headers", ()):
-        name = key.lower()
-        if name == b"content-length":
-            continue
-        if name == b"etag" and not value.startswith(b"W/"):
-            value = b"W/" + value
-        headers.append((key, value))
-    headers = _with_vary(headers, has_vary)
-    headers.append((b"content-encoding", token))
-    if length is not None:
-        headers.append((b"content-length", b"%d" % length))
-    return {**start, "headers": headers}
-
-
-def _recovered(outage: Outage) -> None:
-    if outage.down:
-        outage.ok()
-
-
-async def _in_thread(fn: Any, data: bytes) -> bytes:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio (trio): compress inline
-        return bytes(fn(data))
-    return bytes(await loop.run_in_executor(None, fn, data))
-
-
-class _Responder:
-    """One response: decide at the start message (or the first body), then rewrite or pass."""
-
-    __slots__ = ("codec", "event_stream", "has_vary", "mw", "send_next", "start", "state",
-                 "stream")  # fmt: skip
-
-    def __init__(
-        self,
-        mw: CompressionMiddleware,
-        codec: Codec | None,
-        send: Send,
-        has_vary: bool,
-        event_stream: bool,
-    ) -> None:
-        self.mw = mw
-        self.codec = codec
-        self.send_next = send
-        self.has_vary = has_vary
-        self.event_stream = event_stream
-        self.state = _HOLD
-
-    async def on_start(self, message: Message) -> None:
-        """Hold the start message for the first body, or open an event stream at once."""
-        self.start = message
-        if self.event_stream:  # headers now (EventSource waits for them), events flushed
-            start, _ = self._open_stream(b"")
-            await self.send_next(start)
-
-    async def send(self, message: Message) -> None:
-        state = self.state
-        if state == _PASS:
-            await self.send_next(message)
-        elif message["type"] != "http.response.body":
-            if state == _HOLD:  # pathsend or another extension: the app's response, intact
-                self.state = _PASS
-                await self.send_next(self.start)
-            await self.send_next(message)
-        elif state == _HOLD:
-            await self._on_first_body(message)
-        else:
-            await self._on_stream_body(message)
-
-    async def _on_first_body(self, message: Message) -> None:
-        mw = self.mw
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
-        self.state = _PASS
-        if not more and len(body) < mw.minimum_size:
-            await self.send_next(self.start)
-            await self.send_next(message)
-            return
-        codec = self.codec
-        if codec is None:
-            await self.send_next(_vary_start(self.start, self.has_vary))
-            await self.send_next(message)
-            return
-        if more:
-            start, encoded = self._open_stream(body)
-            await self.send_next(start)
-            if encoded:
-                await self.send_next(
-                    {"type": "http.response.body", "body": encoded, "more_body": True}
-                )
-            return
-        began = time.perf_counter()
-        try:
-            if len(body) >= mw.thread_minimum_size:
-                mw.threaded += 1
-                encoded = await _in_thread(codec.compress, body)
-            else:
-                encoded = codec.compress(body)
-        except Exception as exc:
-            mw._outages[codec.name].failed(exc)
-            encoded = body
-        if len(encoded) >= len(body):
-            await self.send_next(_vary_start(self.start, self.has_vary))
-            await self.send_next(message)
-            return
-        _recovered(mw._outages[codec.name])
-        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
-        mw.compressed[codec.name] += 1
-        mw.bytes_in += len(body)
-        mw.bytes_out += len(encoded)
-        # With trailers coming, the body is framed as chunks: no Content-Length (as Starlette).
-        length = None if self.start.get("trailers") else len(encoded)
-        await self.send_next(
-            _encoded_start(self.start, mw._tokens[codec.name], length, self.has_vary)
-        )
-        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": False})
-
-    def _open_stream(self, body: bytes) -> tuple[Message, bytes]:
-        """Commit to an encoded stream: its start message and ``body`` encoded.
-
-        If the codec fails here, nothing has left yet: the response goes out unencoded.
-        """
-        mw = self.mw
-        codec = self.codec
-        assert codec is not None
-        began = time.perf_counter()
-        try:
-            self.stream = codec.stream()
-            encoded = self.stream.compress(body) if body else b""
-        except Exception as exc:
-            mw._outages[codec.name].failed(exc)
-            self.state = _PASS
-            return _vary_start(self.start, self.has_vary), body
-        _recovered(mw._outages[codec.name])
-        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
-        self.state = _STREAM
-        mw.compressed[codec.name] += 1
-        mw.streams += 1
-        mw.bytes_in += len(body)
-        mw.bytes_out += len(encoded)
-        return _encoded_start(self.start, mw._tokens[codec.name], None, self.has_vary), encoded
-
-    async def _on_stream_body(self, message: Message) -> None:
-        mw = self.mw
-        stream = self.stream
-        assert stream is not None and self.codec is not None
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
-        if more and not body:
-            return
-        encode = stream.compress if more else stream.finish
-        try:
-            if len(body) >= mw.thread_minimum_size:
-                mw.threaded += 1
-                encoded = await _in_thread(encode, body)
-            else:
-                encoded = encode(body)
-        except Exception as exc:
-            mw._outages[self.codec.name].failed(exc)
-            raise
-        mw.bytes_in += len(body)
-        mw.bytes_out += len(encoded)
-        if not more:
-            self.state = _PASS
-            self.stream = None  # type: ignore[assignment]
-        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": more})

@@ -1,0 +1,236 @@
+"""One response of :class:`~asgi_perf.compression.CompressionMiddleware`: the rewrite of its
+start message (``Vary``, ``Content-Encoding``, ``Content-Length``, a weakened ``ETag``) and of
+its body, one-shot or as a flushed stream, and the offer of its body as a dictionary.
+
+The middleware decides at the start message whether a response could be encoded at all; a
+:class:`Responder` owns the rest of such a response (see the middleware's docstring for the
+rules it applies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from asgi_perf._core.asgi import Headers, Message, Send, merge_vary
+from asgi_perf._core.context import add_timing
+from asgi_perf._core.outage import Outage
+from asgi_perf.compression._codecs import Codec
+from asgi_perf.compression._dictionaries import Offer
+
+if TYPE_CHECKING:
+    from asgi_perf.compression._middleware import CompressionMiddleware
+
+__all__ = ["VARY_TOKENS", "Responder", "with_vary"]
+
+VARY_TOKENS = (b"Accept-Encoding",)
+
+# Responder states.
+_HOLD, _STREAM, _PASS = 0, 1, 2
+
+
+def with_vary(headers: Headers, has_vary: bool, vary: tuple[bytes, ...]) -> Headers:
+    """``headers`` with the ``vary`` tokens: merged into the app's ``Vary`` (``headers`` is
+    then a list of our own), else as one new field."""
+    if not has_vary:
+        return [*headers, (b"vary", b", ".join(vary))]
+    for token in vary:
+        headers = merge_vary(headers, token)
+    return headers
+
+
+def _vary_start(start: Message, has_vary: bool, vary: tuple[bytes, ...]) -> Message:
+    headers = start.get("headers", ())
+    return {**start, "headers": with_vary(list(headers) if has_vary else headers, has_vary, vary)}
+
+
+def _encoded_start(
+    start: Message, token: bytes, length: int | None, has_vary: bool, vary: tuple[bytes, ...]
+) -> Message:
+    """The start message of the encoded representation (RFC 9110 §8.4, §8.6, §8.8.3)."""
+    headers: Headers = []
+    for key, value in start.get("headers", ()):
+        name = key.lower()
+        if name == b"content-length":
+            continue
+        if name == b"etag" and not value.startswith(b"W/"):
+            value = b"W/" + value
+        headers.append((key, value))
+    headers = with_vary(headers, has_vary, vary)
+    headers.append((b"content-encoding", token))
+    if length is not None:
+        headers.append((b"content-length", b"%d" % length))
+    return {**start, "headers": headers}
+
+
+def _recovered(outage: Outage) -> None:
+    if outage.down:
+        outage.ok()
+
+
+async def _in_thread(fn: Any, data: bytes) -> bytes:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio): compress inline
+        return bytes(fn(data))
+    return bytes(await loop.run_in_executor(None, fn, data))
+
+
+class Responder:
+    """One response: decide at the start message (or the first body), then rewrite or pass."""
+
+    __slots__ = ("codec", "event_stream", "has_vary", "mw", "offer", "send_next", "start",
+                 "state", "stream", "vary")  # fmt: skip
+
+    def __init__(
+        self,
+        mw: CompressionMiddleware,
+        codec: Codec | None,
+        send: Send,
+        has_vary: bool,
+        event_stream: bool,
+        vary: tuple[bytes, ...] = VARY_TOKENS,
+        offer: Offer | None = None,
+    ) -> None:
+        self.mw = mw
+        self.codec = codec
+        self.send_next = send
+        self.has_vary = has_vary
+        self.event_stream = event_stream
+        self.vary = vary
+        self.offer = offer
+        self.state = _HOLD
+
+    async def on_start(self, message: Message) -> None:
+        """Hold the start message for the first body, or open an event stream at once."""
+        if self.offer is not None:  # offered as a dictionary, whatever coding it gets
+            headers = message.get("headers", ())
+            offered = (b"use-as-dictionary", self.offer.rule.header)
+            message = {**message, "headers": [*headers, offered]}
+        self.start = message
+        if self.event_stream:  # headers now (EventSource waits for them), events flushed
+            start, _ = self._open_stream(b"")
+            await self.send_next(start)
+
+    async def send(self, message: Message) -> None:
+        offer = self.offer
+        if offer is not None and message["type"] == "http.response.body":
+            offer.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.offer = None
+                await offer.finish()  # before the end leaves: the next request may use it
+        state = self.state
+        if state == _PASS:
+            await self.send_next(message)
+        elif message["type"] != "http.response.body":
+            if state == _HOLD:  # pathsend or another extension: the app's response, intact
+                self.state = _PASS
+                self.start = offer.start if offer is not None else self.start
+                self.offer = None
+                await self.send_next(self.start)
+            await self.send_next(message)
+        elif state == _HOLD:
+            await self._on_first_body(message)
+        else:
+            await self._on_stream_body(message)
+
+    async def _on_first_body(self, message: Message) -> None:
+        mw = self.mw
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        self.state = _PASS
+        if not more and len(body) < mw.minimum_size:
+            await self.send_next(self.start)
+            await self.send_next(message)
+            return
+        codec = self.codec
+        if codec is None:
+            await self.send_next(_vary_start(self.start, self.has_vary, self.vary))
+            await self.send_next(message)
+            return
+        if more:
+            start, encoded = self._open_stream(body)
+            await self.send_next(start)
+            if encoded:
+                await self.send_next(
+                    {"type": "http.response.body", "body": encoded, "more_body": True}
+                )
+            return
+        began = time.perf_counter()
+        try:
+            if len(body) >= mw.thread_minimum_size:
+                mw.threaded += 1
+                encoded = await _in_thread(codec.compress, body)
+            else:
+                encoded = codec.compress(body)
+        except Exception as exc:
+            mw._outages[codec.name].failed(exc)
+            encoded = body
+        if len(encoded) >= len(body):
+            await self.send_next(_vary_start(self.start, self.has_vary, self.vary))
+            await self.send_next(message)
+            return
+        _recovered(mw._outages[codec.name])
+        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
+        mw.compressed[codec.name] += 1
+        mw.bytes_in += len(body)
+        mw.bytes_out += len(encoded)
+        # With trailers coming, the body is framed as chunks: no Content-Length (as Starlette).
+        length = None if self.start.get("trailers") else len(encoded)
+        await self.send_next(
+            _encoded_start(self.start, mw._tokens[codec.name], length, self.has_vary, self.vary)
+        )
+        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": False})
+
+    def _open_stream(self, body: bytes) -> tuple[Message, bytes]:
+        """Commit to an encoded stream: its start message and ``body`` encoded.
+
+        If the codec fails here, nothing has left yet: the response goes out unencoded.
+        """
+        mw = self.mw
+        codec = self.codec
+        assert codec is not None
+        began = time.perf_counter()
+        try:
+            self.stream = codec.stream()
+            encoded = self.stream.compress(body) if body else b""
+        except Exception as exc:
+            mw._outages[codec.name].failed(exc)
+            self.state = _PASS
+            return _vary_start(self.start, self.has_vary, self.vary), body
+        _recovered(mw._outages[codec.name])
+        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
+        self.state = _STREAM
+        mw.compressed[codec.name] += 1
+        mw.streams += 1
+        mw.bytes_in += len(body)
+        mw.bytes_out += len(encoded)
+        return _encoded_start(
+            self.start, mw._tokens[codec.name], None, self.has_vary, self.vary
+        ), encoded
+
+    async def _on_stream_body(self, message: Message) -> None:
+        mw = self.mw
+        stream = self.stream
+        assert stream is not None and self.codec is not None
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if more and not body:
+            return
+        encode = stream.compress if more else stream.finish
+        try:
+            if len(body) >= mw.thread_minimum_size:
+                mw.threaded += 1
+                encoded = await _in_thread(encode, body)
+            else:
+                encoded = encode(body)
+        except Exception as exc:
+            mw._outages[self.codec.name].failed(exc)
+            raise
+        mw.bytes_in += len(body)
+        mw.bytes_out += len(encoded)
+        if not more:
+            self.state = _PASS
+            self.stream = None  # type: ignore[assignment]
+        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": more})
