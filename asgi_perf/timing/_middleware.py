@@ -87,6 +87,7 @@ from asgi_perf._core.context import (
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
 from asgi_perf._core.stats import register
 from asgi_perf.timing._histogram import BATCH, LatencyHistogram
+from asgi_perf.timing._routes import method_label as _method
 from asgi_perf.timing._routes import route_template, template_of
 
 if TYPE_CHECKING:
@@ -99,18 +100,10 @@ logger = logging.getLogger("asgi_perf.timing")
 
 OVERFLOW = "__overflow__"
 QUANTILES = (0.5, 0.95, 0.99)
-# RFC 9110 §9 plus PATCH (RFC 5789): anything else is one "_OTHER" series, as in OTel semconv
-KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-)
 _UNRESOLVED: Any = object()
 
 
 _new = object.__new__
-
-
-def _method(method: str) -> str:
-    return method if method in KNOWN_METHODS else "_OTHER"
 
 
 def _off_or(convert: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
