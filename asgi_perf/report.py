@@ -17,6 +17,9 @@ Mount it wherever you like (``app.mount("/__perf__", asgi_perf.report_app())``; 
 
 Statistics are per process: with several workers each answers for itself (the ``pid`` says
 which); sum counters across scrapes, do not average percentiles.
+
+``…/profiles`` lists the profiles the timing layer kept and ``…/profiles/<id>`` serves one (HTML,
+``?format=speedscope``, ``?format=json``): :mod:`asgi_perf.timing._profiles`.
 """
 
 from __future__ import annotations
@@ -244,6 +247,19 @@ def render_prometheus(stats: dict[str, list[dict[str, Any]]]) -> bytes:
     return families.render()
 
 
+def _profiles_page(scope: Scope) -> tuple[int, bytes, bytes] | None:
+    """The kept-profiles pages (``…/profiles[/<id>]``), or ``None`` for any other path."""
+    path = scope.get("path") or "/"
+    root = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if "/profiles" not in path:
+        return None
+    from asgi_perf.timing._profiles import profiles_page
+
+    return profiles_page(scope, path)
+
+
 def report_app() -> ASGIApp:
     """A tiny ASGI app answering this process's statistics (see the module docstring)."""
 
@@ -263,6 +279,18 @@ def report_app() -> ASGIApp:
                 [(b"allow", b"GET, HEAD")],
                 b"application/problem+json",
             )
+            return
+        profiles = _profiles_page(scope)
+        if profiles is not None:
+            status, body, content_type = profiles
+            headers = [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode("latin-1")),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
             return
         if wants_prometheus(scope):
             body = render_prometheus(snapshot())

@@ -48,12 +48,18 @@ two headers are formatted once (one ``%.3f``) onto one new list; the series is f
 a ``template -> method`` index (no key tuple), the route template is cached per route object
 (:mod:`asgi_perf.routes`), and a duration is appended to the sketch's pending batch.
 
+Profiling (:mod:`asgi_perf.timing._profiling`; off by default, and then no layer is added and
+pyinstrument is not imported): ``profiling``, ``profile_sample_rate``, ``memory_profiling``,
+``profile_keep``, ``profile_max_bytes``, ``profile_interval``.
+
 Environment (``from_env``): ``ASGI_PERF_TIMING_ENABLED`` (default true),
 ``ASGI_PERF_SLOW_REQUEST_THRESHOLD`` (seconds or ``500ms``; ``off``), ``ASGI_PERF_SERVER_TIMING``
 (bool), ``ASGI_PERF_SERVER_TIMING_TRUSTED`` (IPs/CIDRs allowed to see Server-Timing),
 ``ASGI_PERF_TRUSTED_PROXIES``, ``ASGI_PERF_RESPONSE_TIME_HEADER`` (a name, or ``off``),
 ``ASGI_PERF_OTEL`` (``auto``/``on``/``off``), ``ASGI_PERF_TIMING_MAX_ROUTES`` (500),
-``ASGI_PERF_TIMING_ROUTE_FROM_SCOPE`` (true).
+``ASGI_PERF_TIMING_ROUTE_FROM_SCOPE`` (true), ``ASGI_PERF_PROFILING_ENABLED``,
+``ASGI_PERF_PROFILING_SAMPLE_RATE``, ``ASGI_PERF_MEMORY_PROFILING_ENABLED``,
+``ASGI_PERF_PROFILING_KEEP``, ``ASGI_PERF_PROFILING_MAX_BYTES``, ``ASGI_PERF_PROFILING_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ from asgi_perf._core.context import (
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
 from asgi_perf._core.stats import register
 from asgi_perf.timing._histogram import BATCH, LatencyHistogram
+from asgi_perf.timing._profiling import PROFILING_ENV_VARS, ProfileOptions, ProfilingLayer
 from asgi_perf.timing._routes import method_label as _method
 from asgi_perf.timing._routes import route_template, template_of
 
@@ -186,6 +193,7 @@ class TimingMiddleware(EnvConfigurable):
         PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_TIMING_MAX_ROUTES", "max_routes", lambda v, n: to_int(v, n, minimum=1)),
         EnvVar("ASGI_PERF_TIMING_ROUTE_FROM_SCOPE", "route_from_scope", to_bool),
+        *PROFILING_ENV_VARS,
     )
 
     def __init__(
@@ -204,6 +212,12 @@ class TimingMiddleware(EnvConfigurable):
         otel: str = "auto",
         max_routes: int = 500,
         clock: Callable[[], float] = time.perf_counter,
+        profiling: bool = False,
+        profile_sample_rate: float | str = 0.0,
+        memory_profiling: bool = False,
+        profile_keep: int = 5,
+        profile_max_bytes: int | str = 8 * 1024 * 1024,
+        profile_interval: float | str = 0.001,
     ) -> None:
         self.app = app
         self.server_timing = to_bool(server_timing, "server_timing")
@@ -225,6 +239,22 @@ class TimingMiddleware(EnvConfigurable):
         )
         expose = self._exposure(expose_server_timing)
         self._expose = expose if self.server_timing else False
+        self.profiling = ProfileOptions.build(
+            profiling,
+            profile_sample_rate,
+            memory_profiling,
+            profile_keep,
+            profile_max_bytes,
+            profile_interval,
+        )
+        if self.profiling.enabled:  # else no layer: pyinstrument is not imported, nothing runs
+            self.app = ProfilingLayer(
+                app,
+                self.profiling,
+                allowed=expose,
+                route_from_scope=self.route_from_scope,
+                clock=clock,
+            )
         self._adds_headers = self._expose is not False or self.response_time_header is not None
         self._routes: dict[tuple[str, str], RouteStats] = {}
         # template -> raw method -> series: the per-request lookup, without building a key
