@@ -19,7 +19,8 @@ Statistics are per process: with several workers each answers for itself (the ``
 which); sum counters across scrapes, do not average percentiles.
 
 ``…/profiles`` lists the profiles the timing layer kept and ``…/profiles/<id>`` serves one (HTML,
-``?format=speedscope``, ``?format=json``): :mod:`asgi_perf.timing._profiles`.
+``?format=speedscope``, ``?format=json``): :mod:`asgi_perf.timing._profiles`. Service level
+objectives (kind ``slo``) become ``asgi_perf_slo_*`` families.
 """
 
 from __future__ import annotations
@@ -216,6 +217,37 @@ def _timing(families: _Families, stats: dict[str, Any], base: dict[str, str]) ->
             )
 
 
+def _slo(families: _Families, stats: dict[str, Any], base: dict[str, str]) -> None:
+    """Objectives' compliance and burn rates; counters so Prometheus can compute its own."""
+    p = "asgi_perf_slo_"
+    for entry in stats.get("objectives", ()):
+        labels = {
+            **base,
+            "method": entry["method"],
+            "route": entry["route"],
+            "objective": entry["objective"],
+        }
+        for name, kind, help_, value in (
+            ("requests_total", "counter", "Requests counted by the objective.", "requests_total"),
+            ("bad_requests_total", "counter", "Requests that broke the objective.", "bad_total"),
+            ("compliance_ratio", "gauge", "Good fraction over the long window.", "compliance"),
+            ("compliant", "gauge", "1 if the long window meets the objective.", "compliant"),
+        ):
+            if entry[value] is not None:
+                families.add(p + name, kind, help_, p + name, labels, entry[value])
+        for window in ("short", "long"):
+            burn = entry[window]["burn_rate"]
+            if burn is not None:
+                families.add(
+                    p + "burn_rate",
+                    "gauge",
+                    "Error-budget burn rate over the window (1: spent exactly on time).",
+                    p + "burn_rate",
+                    {**labels, "window": entry[window]["window"]},
+                    burn,
+                )
+
+
 def _leaves(value: Any, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], float]]:
     if isinstance(value, bool):
         yield path, float(value)
@@ -242,6 +274,8 @@ def render_prometheus(stats: dict[str, list[dict[str, Any]]]) -> bytes:
             base = {"instance": str(index)} if len(instances) > 1 else {}
             if kind == "timing":
                 _timing(families, instance, base)
+            elif kind == "slo":
+                _slo(families, instance, base)
             else:
                 _generic(families, kind, instance, base)
     return families.render()

@@ -359,10 +359,12 @@ def calls_per_request(app: Any) -> int:
     return count
 
 
-def test_profiling_off_does_not_move_the_call_count() -> None:
+def test_profiling_off_and_unmatched_slos_do_not_move_the_call_count() -> None:
     base = calls_per_request(TimingMiddleware(trivial))
     off = calls_per_request(
-        TimingMiddleware(trivial, profiling=False, profile_sample_rate=0.5, memory_profiling=True)
+        TimingMiddleware(
+            trivial, profiling=False, profile_sample_rate=0.5, slos="GET /other/{id}: p95<1s"
+        )
     )
     on = calls_per_request(TimingMiddleware(trivial, profiling=True, expose_server_timing=False))
     assert off == base

@@ -50,7 +50,9 @@ a ``template -> method`` index (no key tuple), the route template is cached per 
 
 Profiling (:mod:`asgi_perf.timing._profiling`; off by default, and then no layer is added and
 pyinstrument is not imported): ``profiling``, ``profile_sample_rate``, ``memory_profiling``,
-``profile_keep``, ``profile_max_bytes``, ``profile_interval``.
+``profile_keep``, ``profile_max_bytes``, ``profile_interval``. Service level objectives
+(:mod:`asgi_perf.timing._slo`): ``slos`` and ``slo_windows``; a series is matched to its
+objectives once, when it is created, so routes without one pay nothing per request.
 
 Environment (``from_env``): ``ASGI_PERF_TIMING_ENABLED`` (default true),
 ``ASGI_PERF_SLOW_REQUEST_THRESHOLD`` (seconds or ``500ms``; ``off``), ``ASGI_PERF_SERVER_TIMING``
@@ -59,7 +61,8 @@ Environment (``from_env``): ``ASGI_PERF_TIMING_ENABLED`` (default true),
 ``ASGI_PERF_OTEL`` (``auto``/``on``/``off``), ``ASGI_PERF_TIMING_MAX_ROUTES`` (500),
 ``ASGI_PERF_TIMING_ROUTE_FROM_SCOPE`` (true), ``ASGI_PERF_PROFILING_ENABLED``,
 ``ASGI_PERF_PROFILING_SAMPLE_RATE``, ``ASGI_PERF_MEMORY_PROFILING_ENABLED``,
-``ASGI_PERF_PROFILING_KEEP``, ``ASGI_PERF_PROFILING_MAX_BYTES``, ``ASGI_PERF_PROFILING_INTERVAL``.
+``ASGI_PERF_PROFILING_KEEP``, ``ASGI_PERF_PROFILING_MAX_BYTES``, ``ASGI_PERF_PROFILING_INTERVAL``,
+``ASGI_PERF_SLO``, ``ASGI_PERF_SLO_WINDOWS``.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +99,13 @@ from asgi_perf.timing._histogram import BATCH, LatencyHistogram
 from asgi_perf.timing._profiling import PROFILING_ENV_VARS, ProfileOptions, ProfilingLayer
 from asgi_perf.timing._routes import method_label as _method
 from asgi_perf.timing._routes import route_template, template_of
+from asgi_perf.timing._slo import (
+    Objective,
+    RouteObjectives,
+    SloTracker,
+    parse_slo_windows,
+    parse_slos,
+)
 
 if TYPE_CHECKING:
     from asgi_perf.timing._otel import Telemetry
@@ -135,9 +145,10 @@ def _header_name(value: object, name: str) -> bytes | None:
 class RouteStats:
     """What one ``(method, route)`` series has seen."""
 
-    __slots__ = ("duration", "errors", "slow", "statuses", "ttfb")
+    __slots__ = ("duration", "errors", "slo", "slow", "statuses", "ttfb")
 
     def __init__(self) -> None:
+        self.slo: tuple[RouteObjectives, ...] | None = None  # the route's objectives, if any
         self.errors = 0
         self.slow = 0
         self.statuses: dict[int, int] = {}
@@ -194,6 +205,8 @@ class TimingMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_TIMING_MAX_ROUTES", "max_routes", lambda v, n: to_int(v, n, minimum=1)),
         EnvVar("ASGI_PERF_TIMING_ROUTE_FROM_SCOPE", "route_from_scope", to_bool),
         *PROFILING_ENV_VARS,
+        EnvVar("ASGI_PERF_SLO", "slos", parse_slos),
+        EnvVar("ASGI_PERF_SLO_WINDOWS", "slo_windows", parse_slo_windows),
     )
 
     def __init__(
@@ -218,6 +231,8 @@ class TimingMiddleware(EnvConfigurable):
         profile_keep: int = 5,
         profile_max_bytes: int | str = 8 * 1024 * 1024,
         profile_interval: float | str = 0.001,
+        slos: str | Mapping[str, Any] | tuple[Objective, ...] | None = None,
+        slo_windows: str | tuple[float | str, float | str] = (300.0, 3600.0),
     ) -> None:
         self.app = app
         self.server_timing = to_bool(server_timing, "server_timing")
@@ -255,6 +270,12 @@ class TimingMiddleware(EnvConfigurable):
                 route_from_scope=self.route_from_scope,
                 clock=clock,
             )
+        objectives = slos if isinstance(slos, tuple) else parse_slos(slos or "", "slos")
+        self.slo = (
+            SloTracker(objectives, parse_slo_windows(slo_windows, "slo_windows"), clock)
+            if objectives
+            else None
+        )
         self._adds_headers = self._expose is not False or self.response_time_header is not None
         self._routes: dict[tuple[str, str], RouteStats] = {}
         # template -> raw method -> series: the per-request lookup, without building a key
@@ -388,6 +409,10 @@ class TimingMiddleware(EnvConfigurable):
                     failed = status >= 500 or not isinstance(exc, asyncio.CancelledError)
                     if failed:
                         series.errors += 1
+                objectives = series.slo
+                if objectives is not None:
+                    for spec in objectives:
+                        spec.record(start + duration, duration, failed)
                 if duration >= self._slow_after:
                     series.slow += 1
                     self._log_slow(scope, template, status, duration, ex)
@@ -431,6 +456,8 @@ class TimingMiddleware(EnvConfigurable):
                 if series is not None:
                     return series
             series = self._routes[key] = RouteStats()
+            if self.slo is not None and key[1] == template:
+                series.slo = self.slo.for_series(normalised, template)
         if key[1] == template and method == normalised:
             self._index.setdefault(template, {})[method] = series
         return series
