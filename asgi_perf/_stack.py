@@ -12,6 +12,9 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
 - Query innermost: it only needs the app's own queries.
 
 Any other order is also correct (``composition.md``); this one does the least work.
+
+``ASGI_PERF_CACHE_WARM`` adds :class:`asgi_perf.CacheWarmer` around all of them: its startup
+requests take the path real requests take.
 """
 
 from __future__ import annotations
@@ -56,4 +59,9 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
     for cls in reversed(middleware_classes()):
         if cls.enabled_in_env(env):
             wrapped = cls.from_env(wrapped, environ=env)
+    if env.get("ASGI_PERF_CACHE_WARM", "").strip():
+        # outermost: warming requests go through every layer, like the first users' requests
+        from asgi_perf._warm import CacheWarmer
+
+        wrapped = CacheWarmer.from_env(wrapped, environ=env)
     return wrapped  # type: ignore[no-any-return]
