@@ -4,6 +4,7 @@ memory, the report pages, the bounds, and that profiling off costs nothing (impo
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
 import subprocess
 import sys
@@ -178,6 +179,23 @@ async def test_a_failing_app_is_profiled_and_still_raises() -> None:
         await call(mw, path="/broken", headers=ASK)
     (record,) = layer(mw).archive.records()
     assert record.status == 500 and record.route == "/broken"
+
+
+async def test_a_profile_that_cannot_be_kept_never_fails_the_request(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_pack(session: Any) -> Any:
+        raise ValueError("cannot encode")
+
+    monkeypatch.setattr("asgi_perf.timing._profiling.pack_session", broken_pack)
+    _, mw = starlette(profiling=True, expose_server_timing=TRUSTED)
+    for _ in range(2):
+        response = await call(mw, path="/sleep/1", headers=ASK)
+        assert response.status == 200 and response.body == b"slept"
+    assert layer(mw).counts["failures"] == 2 and layer(mw).archive.records() == []
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "keeping a profile failed (logged once, then counted)"
+    ]
 
 
 async def test_nested_profiling_layers_profile_once() -> None:

@@ -210,13 +210,12 @@ class ProfilingLayer:
         kind = None
         for name, value in scope.get("headers") or ():
             if name.lower() == PROFILE_HEADER:
-                allowed = self._allowed
-                if value.strip().lower() in _ASKED and (
-                    allowed is True or (allowed is not False and allowed(scope))
-                ):
-                    kind = "demand"
-                else:
-                    self.counts["refused"] += 1
+                if value.strip().lower() in _ASKED:
+                    allowed = self._allowed
+                    if allowed is True or (allowed is not False and allowed(scope)):
+                        kind = "demand"
+                    else:
+                        self.counts["refused"] += 1
                 break
         rate = self.options.sample_rate
         if kind is None and rate and random() < rate:
@@ -232,11 +231,16 @@ class ProfilingLayer:
         profiler = self._profiler(interval=self.options.interval, async_mode="strict")
         try:
             profiler.start(target_description=f"{scope.get('method')} {scope.get('path')}")
-        except RuntimeError:  # a profiler already runs in this context (nested layers)
-            self.counts["nested"] += 1
+        except Exception as exc:  # RuntimeError: a profiler runs in this context (nested layers)
+            self.counts["nested" if isinstance(exc, RuntimeError) else "failures"] += 1
             await self.app(scope, receive, send)
             return
-        trace = self._memory.begin() if self._memory is not None else None
+        trace = None
+        if self._memory is not None:
+            try:
+                trace = self._memory.begin()
+            except Exception:
+                self._failed("starting tracemalloc")
         self.active += 1
         started_at = time.time()
         start = self._clock()
@@ -248,19 +252,25 @@ class ProfilingLayer:
             raise
         finally:
             self.active -= 1
-            session = profiler.stop()
-            memory = trace.end() if trace is not None else None
-            if self._memory is not None and trace is None:
-                memory = {"note": "memory not traced: another request was being traced"}
-            end = run.end if run.end is not None else self._clock()
+            duration = (run.end if run.end is not None else self._clock()) - start
             status = run.status or (499 if cancelled else 500)
-            duration = end - start
-            try:
+            try:  # the response is gone: a profile must not fail the request
+                memory = None
+                try:
+                    session = profiler.stop()
+                finally:
+                    if trace is not None:
+                        memory = trace.end()
+                    elif self._memory is not None:
+                        memory = {"note": "memory not traced: another request was being traced"}
                 self._keep(kind, profile_id, scope, status, duration, started_at, session, memory)
-            except Exception:  # the response is gone: a profile must not fail the request
-                self.counts["failures"] += 1
-                if self.counts["failures"] == 1:
-                    logger.exception("keeping a profile failed (logged once, then counted)")
+            except Exception:
+                self._failed("keeping a profile")
+
+    def _failed(self, what: str) -> None:
+        self.counts["failures"] += 1
+        if self.counts["failures"] == 1:
+            logger.exception("%s failed (logged once, then counted)", what)
 
     def _keep(
         self,
