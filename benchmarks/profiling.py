@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .apps import BODIES
 from .driver import Request
 from .scenarios import (
+    Builder,
     Scenario,
     Variant,
     floor,
@@ -24,9 +27,19 @@ from .scenarios import (
     status,
 )
 
-__all__ = ["profiling_scenarios"]
+__all__ = ["profiling_scenarios", "sampled"]
 
 TRUSTED = "10.0.0.0/8"  # the driver's client is 10.1.2.3
+
+
+def sampled(name: str, app: Builder, **options: Any) -> Variant:
+    """Timing with profiling on for a client that may not ask: only sampling profiles."""
+    return Variant(
+        name,
+        "ours",
+        ours("timing", "TimingMiddleware", app, profiling=True, **options),
+        header_absent("x-asgi-perf-profile-id"),
+    )
 
 
 def profiling_scenarios() -> list[Scenario]:
@@ -55,38 +68,14 @@ def profiling_scenarios() -> list[Scenario]:
             ),
             status(200),
         ),
-        Variant(
-            "timing, profiling on, nobody asks",
-            "ours",
-            ours("timing", "TimingMiddleware", b200, profiling=True, **quiet),
-            header_absent("x-asgi-perf-profile-id"),
-        ),
-        Variant(
-            "timing, profiling on, 1% sampled",
-            "ours",
-            ours(
-                "timing",
-                "TimingMiddleware",
-                b200,
-                profiling=True,
-                profile_sample_rate=0.01,
-                **quiet,
-            ),
-            header_absent("x-asgi-perf-profile-id"),
-        ),
-        Variant(
+        sampled("timing, profiling on, nobody asks", b200, **quiet),
+        sampled("timing, profiling on, 1% sampled", b200, profile_sample_rate=0.01, **quiet),
+        sampled(
             "timing, profiling on, 1% sampled + memory",
-            "ours",
-            ours(
-                "timing",
-                "TimingMiddleware",
-                b200,
-                profiling=True,
-                profile_sample_rate=0.01,
-                memory_profiling=True,
-                **quiet,
-            ),
-            header_absent("x-asgi-perf-profile-id"),
+            b200,
+            profile_sample_rate=0.01,
+            memory_profiling=True,
+            **quiet,
         ),
     ]
     asked = Request(headers=(("x-asgi-perf-profile", "1"),))
