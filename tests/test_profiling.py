@@ -272,7 +272,8 @@ def test_pack_session_merges_stacks_and_round_trips() -> None:
 
 # -- memory ---------------------------------------------------------------------------------------
 async def test_memory_profile_shows_the_peak_and_the_allocation_site() -> None:
-    assert not tracemalloc.is_tracing()
+    if tracemalloc.is_tracing():
+        pytest.skip("tracemalloc runs already (PYTHONTRACEMALLOC): memory profiling stands aside")
     _, mw = starlette(profiling=True, memory_profiling=True, expose_server_timing=TRUSTED)
     response = await call(mw, path="/allocate", headers=ASK)
     assert response.body == str(20 * 1024 * 1024).encode()
@@ -287,7 +288,26 @@ async def test_memory_profile_shows_the_peak_and_the_allocation_site() -> None:
     assert top["bytes"] >= 20 * 1024 * 1024
 
 
+async def test_a_tracemalloc_session_started_elsewhere_is_left_alone() -> None:
+    _, mw = starlette(profiling=True, memory_profiling=True, expose_server_timing=TRUSTED)
+    started_here = not tracemalloc.is_tracing()
+    if started_here:
+        tracemalloc.start()
+    try:
+        await call(mw, path="/sleep/1", headers=ASK)
+        assert tracemalloc.is_tracing()
+    finally:
+        if started_here:
+            tracemalloc.stop()
+    (record,) = layer(mw).archive.records()
+    assert record.memory == {
+        "note": "memory not traced: tracemalloc was already running (started elsewhere)"
+    }
+
+
 async def test_one_request_is_memory_traced_at_a_time() -> None:
+    if tracemalloc.is_tracing():
+        pytest.skip("tracemalloc runs already (PYTHONTRACEMALLOC): memory profiling stands aside")
     _, mw = starlette(profiling=True, memory_profiling=True, expose_server_timing=TRUSTED)
     await asyncio.gather(*(call(mw, path="/allocate", headers=ASK) for _ in range(2)))
     memories = [r.memory or {} for r in layer(mw).archive.records()]

@@ -1,14 +1,15 @@
 """Peak traced memory and top allocation sites of a profiled request (stdlib ``tracemalloc``).
 
 ``tracemalloc`` is process-wide and slows every allocation while it traces, so it is started
-only for a memory-profiled request and stopped after it (unless something else had started
-it: then it is left running, and the sites are what grew since the request started). One
-request is traced at a time; a profiled request that arrives meanwhile gets its CPU profile and
-a ``note`` instead of memory figures. Allocations of other requests running at the same time
-are counted too (the figures are the process's during that request).
+only for a memory-profiled request and stopped after it. One request is traced at a time; a
+profiled request that arrives meanwhile gets its CPU profile and a ``note`` instead of memory
+figures, and so does every request while something else (``PYTHONTRACEMALLOC``, a debugger)
+has tracemalloc running: that session is not ours to reset or to snapshot (a snapshot of a
+whole process's allocations takes seconds). Allocations of other requests running at the same
+time are counted too (the figures are the process's during that request).
 
-- ``peak_bytes``: the highest traced memory during the request above what was traced when it
-  started (``tracemalloc.reset_peak``): exact, whenever the peak happened.
+- ``peak_bytes``: the highest traced memory during the request (tracing starts with it):
+  exact, whenever the peak happened.
 - ``sites``: the top source lines by bytes allocated and still held, at the highest point a
   watcher thread saw (it polls the traced total every few milliseconds and snapshots each new
   high mark) or at the end, whichever held more. Memory held for less than a poll without the
@@ -40,11 +41,15 @@ class MemoryTracer:
         self.top = top
         self._busy = threading.Lock()
 
-    def begin(self) -> MemoryTrace | None:
-        """Start tracing one request; ``None`` when another one is being traced."""
+    def begin(self) -> MemoryTrace | str:
+        """Start tracing one request; or why not (another one is being traced, or tracemalloc
+        was started by someone else)."""
         if not self._busy.acquire(blocking=False):
-            return None
+            return "memory not traced: another request was being traced"
         try:
+            if tracemalloc.is_tracing():
+                self._busy.release()
+                return "memory not traced: tracemalloc was already running (started elsewhere)"
             return MemoryTrace(self)
         except BaseException:
             self._busy.release()
@@ -56,12 +61,7 @@ class MemoryTrace:
 
     def __init__(self, tracer: MemoryTracer) -> None:
         self._tracer = tracer
-        self._started = not tracemalloc.is_tracing()
-        if self._started:
-            tracemalloc.start(1)
-        # traced before us: what the request allocated is the growth since this snapshot
-        self._before = None if self._started else tracemalloc.take_snapshot()
-        tracemalloc.reset_peak()
+        tracemalloc.start(1)
         self._baseline = tracemalloc.get_traced_memory()[0]
         self._best: tracemalloc.Snapshot | None = None
         self._best_bytes = self._baseline
@@ -90,19 +90,18 @@ class MemoryTrace:
                 self._take(current)
             return {"peak_bytes": max(0, peak - self._baseline), "sites": self._sites()}
         finally:
-            if self._started:
-                tracemalloc.stop()
+            tracemalloc.stop()
             self._tracer._busy.release()
 
     def _sites(self) -> list[dict[str, Any]]:
         assert self._best is not None
-        best = self._best.filter_traces(_IGNORED)
-        if self._before is None:
-            found = [(s.traceback[0], s.size, s.count) for s in best.statistics("lineno")]
-        else:
-            diffs = best.compare_to(self._before.filter_traces(_IGNORED), "lineno")
-            found = [(d.traceback[0], d.size_diff, d.count_diff) for d in diffs if d.size_diff > 0]
+        stats = self._best.filter_traces(_IGNORED).statistics("lineno")
         return [
-            {"file": frame.filename, "line": frame.lineno, "bytes": size, "count": count}
-            for frame, size, count in found[: self._tracer.top]
+            {
+                "file": stat.traceback[0].filename,
+                "line": stat.traceback[0].lineno,
+                "bytes": stat.size,
+                "count": stat.count,
+            }
+            for stat in stats[: self._tracer.top]
         ]

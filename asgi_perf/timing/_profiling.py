@@ -36,13 +36,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from random import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_perf._core.config import ConfigError, EnvVar, to_bool, to_duration, to_int, to_size
 from asgi_perf._core.stats import register
 from asgi_perf.timing._profiles import ProfileArchive, ProfileRecord, pack_session
 from asgi_perf.timing._routes import method_label, template_of
+
+if TYPE_CHECKING:
+    from asgi_perf.timing._memory import MemoryTrace, MemoryTracer
 
 __all__ = ["PROFILING_ENV_VARS", "ProfileOptions", "ProfilingLayer", "to_fraction"]
 
@@ -179,7 +182,7 @@ class ProfilingLayer:
         self._route_from_scope = route_from_scope
         self._clock = clock
         self.archive = ProfileArchive(options.keep, options.max_bytes)
-        self._memory: Any = None
+        self._memory: MemoryTracer | None = None
         if options.memory:
             from asgi_perf.timing._memory import MemoryTracer
 
@@ -235,7 +238,7 @@ class ProfilingLayer:
             self.counts["nested" if isinstance(exc, RuntimeError) else "failures"] += 1
             await self.app(scope, receive, send)
             return
-        trace = None
+        trace: MemoryTrace | str | None = None  # or why there is none
         if self._memory is not None:
             try:
                 trace = self._memory.begin()
@@ -259,10 +262,10 @@ class ProfilingLayer:
                 try:
                     session = profiler.stop()
                 finally:
-                    if trace is not None:
+                    if isinstance(trace, str):
+                        memory = {"note": trace}
+                    elif trace is not None:
                         memory = trace.end()
-                    elif self._memory is not None:
-                        memory = {"note": "memory not traced: another request was being traced"}
                 self._keep(kind, profile_id, scope, status, duration, started_at, session, memory)
             except Exception:
                 self._failed("keeping a profile")
