@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf._stack import from_env, install
+from asgi_perf._warm import CacheWarmer
 from asgi_perf.cache import CacheMiddleware
 from asgi_perf.compression import CompressionMiddleware
 from asgi_perf.dedup import DedupMiddleware
@@ -20,6 +21,7 @@ from asgi_perf.timing import TimingMiddleware
 
 __all__ = [
     "CacheMiddleware",
+    "CacheWarmer",
     "CompressionMiddleware",
     "ConfigError",
     "DedupMiddleware",

@@ -12,6 +12,9 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
 - Query innermost: it only needs the app's own queries.
 
 Any other order is also correct (``tests/test_composition.py``); this one does the least work.
+
+``ASGI_PERF_CACHE_WARM`` adds :class:`asgi_perf.CacheWarmer` around all of them: its startup
+requests take the path real requests take.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
         if cls.enabled_in_env(env):
             wrapped = cls.from_env(wrapped, environ=env)
             stored = stored or cls.ENV_STORAGE
+    if env.get("ASGI_PERF_CACHE_WARM", "").strip():
+        # outermost: warming requests go through every layer, like the first users' requests
+        from asgi_perf._warm import CacheWarmer
+
+        wrapped = CacheWarmer.from_env(wrapped, environ=env)
     _check_storage(env, stored)
     return wrapped  # type: ignore[no-any-return]
 

@@ -17,6 +17,10 @@ Mount it wherever you like (``app.mount("/__perf__", asgi_perf.report_app())``; 
 
 Statistics are per process: with several workers each answers for itself (the ``pid`` says
 which); sum counters across scrapes, do not average percentiles.
+
+``…/profiles`` lists the profiles the timing layer kept and ``…/profiles/<id>`` serves one (HTML,
+``?format=speedscope``, ``?format=json``): :mod:`asgi_perf.timing._profiles`. Service level
+objectives (kind ``slo``) become ``asgi_perf_slo_*`` families.
 """
 
 from __future__ import annotations
@@ -213,6 +217,37 @@ def _timing(families: _Families, stats: dict[str, Any], base: dict[str, str]) ->
             )
 
 
+def _slo(families: _Families, stats: dict[str, Any], base: dict[str, str]) -> None:
+    """Objectives' compliance and burn rates; counters so Prometheus can compute its own."""
+    p = "asgi_perf_slo_"
+    for entry in stats.get("objectives", ()):
+        labels = {
+            **base,
+            "method": entry["method"],
+            "route": entry["route"],
+            "objective": entry["objective"],
+        }
+        for name, kind, help_, value in (
+            ("requests_total", "counter", "Requests counted by the objective.", "requests_total"),
+            ("bad_requests_total", "counter", "Requests that broke the objective.", "bad_total"),
+            ("compliance_ratio", "gauge", "Good fraction over the long window.", "compliance"),
+            ("compliant", "gauge", "1 if the long window meets the objective.", "compliant"),
+        ):
+            if entry[value] is not None:
+                families.add(p + name, kind, help_, p + name, labels, entry[value])
+        for window in ("short", "long"):
+            burn = entry[window]["burn_rate"]
+            if burn is not None:
+                families.add(
+                    p + "burn_rate",
+                    "gauge",
+                    "Error-budget burn rate over the window (1: spent exactly on time).",
+                    p + "burn_rate",
+                    {**labels, "window": entry[window]["window"]},
+                    burn,
+                )
+
+
 def _leaves(value: Any, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], float]]:
     if isinstance(value, bool):
         yield path, float(value)
@@ -239,9 +274,24 @@ def render_prometheus(stats: dict[str, list[dict[str, Any]]]) -> bytes:
             base = {"instance": str(index)} if len(instances) > 1 else {}
             if kind == "timing":
                 _timing(families, instance, base)
+            elif kind == "slo":
+                _slo(families, instance, base)
             else:
                 _generic(families, kind, instance, base)
     return families.render()
+
+
+def _profiles_page(scope: Scope) -> tuple[int, bytes, bytes] | None:
+    """The kept-profiles pages (``…/profiles[/<id>]``), or ``None`` for any other path."""
+    path = scope.get("path") or "/"
+    root = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if "/profiles" not in path:
+        return None
+    from asgi_perf.timing._profiles import profiles_page
+
+    return profiles_page(scope, path)
 
 
 def report_app() -> ASGIApp:
@@ -263,6 +313,18 @@ def report_app() -> ASGIApp:
                 [(b"allow", b"GET, HEAD")],
                 b"application/problem+json",
             )
+            return
+        profiles = _profiles_page(scope)
+        if profiles is not None:
+            status, body, content_type = profiles
+            headers = [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode("latin-1")),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
             return
         if wants_prometheus(scope):
             body = render_prometheus(snapshot())

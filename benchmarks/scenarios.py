@@ -893,6 +893,10 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
 
     scenarios += dictionary_scenarios()
 
+    from .profiling import profiling_scenarios  # imported here: it uses this module's helpers
+
+    scenarios.extend(profiling_scenarios())
+
     if redis:
         ratelimit(
             "ratelimit-allow-redis",

@@ -19,6 +19,7 @@ MODULES = sorted(
 def test_package_exports() -> None:
     assert set(asgi_perf.__all__) == {
         "CacheMiddleware",
+        "CacheWarmer",
         "CompressionMiddleware",
         "ConfigError",
         "DedupMiddleware",

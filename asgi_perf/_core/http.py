@@ -52,6 +52,7 @@ PER_EXCHANGE = HOP_BY_HOP | frozenset(
         b"x-ratelimit-limit",
         b"x-ratelimit-remaining",
         b"x-ratelimit-reset",
+        b"x-asgi-perf-profile-id",
     }
 )
 

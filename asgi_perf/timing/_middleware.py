@@ -52,12 +52,21 @@ two headers are formatted once (one ``%.3f``) onto one new list; the series is f
 a ``template -> method`` index (no key tuple), the route template is cached per route object
 (:mod:`asgi_perf.routes`), and a duration is appended to the sketch's pending batch.
 
+Profiling (:mod:`asgi_perf.timing._profiling`; off by default, and then no layer is added and
+pyinstrument is not imported): ``profiling``, ``profile_sample_rate``, ``memory_profiling``,
+``profile_keep``, ``profile_max_bytes``, ``profile_interval``. Service level objectives
+(:mod:`asgi_perf.timing._slo`): ``slos`` and ``slo_windows``; a series is matched to its
+objectives once, when it is created, so routes without one pay nothing per request.
+
 Environment (``from_env``): ``ASGI_PERF_TIMING_ENABLED`` (default true),
 ``ASGI_PERF_SLOW_REQUEST_THRESHOLD`` (seconds or ``500ms``; ``off``), ``ASGI_PERF_SERVER_TIMING``
 (bool), ``ASGI_PERF_SERVER_TIMING_TRUSTED`` (IPs/CIDRs allowed to see Server-Timing),
 ``ASGI_PERF_TRUSTED_PROXIES``, ``ASGI_PERF_RESPONSE_TIME_HEADER`` (a name, or ``off``),
 ``ASGI_PERF_OTEL`` (``auto``/``on``/``off``), ``ASGI_PERF_TIMING_MAX_ROUTES`` (500),
-``ASGI_PERF_TIMING_ROUTE_FROM_SCOPE`` (true).
+``ASGI_PERF_TIMING_ROUTE_FROM_SCOPE`` (true), ``ASGI_PERF_PROFILING_ENABLED``,
+``ASGI_PERF_PROFILING_SAMPLE_RATE``, ``ASGI_PERF_MEMORY_PROFILING_ENABLED``,
+``ASGI_PERF_PROFILING_KEEP``, ``ASGI_PERF_PROFILING_MAX_BYTES``, ``ASGI_PERF_PROFILING_INTERVAL``,
+``ASGI_PERF_SLO``, ``ASGI_PERF_SLO_WINDOWS``.
 """
 
 from __future__ import annotations
@@ -68,7 +77,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +102,16 @@ from asgi_perf._core.context import (
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
 from asgi_perf._core.stats import register
 from asgi_perf.timing._histogram import BATCH, LatencyHistogram
+from asgi_perf.timing._profiling import PROFILING_ENV_VARS, ProfileOptions, ProfilingLayer
+from asgi_perf.timing._routes import method_label as _method
 from asgi_perf.timing._routes import route_template, template_of
+from asgi_perf.timing._slo import (
+    Objective,
+    RouteObjectives,
+    SloTracker,
+    parse_slo_windows,
+    parse_slos,
+)
 
 if TYPE_CHECKING:
     from asgi_perf.timing._otel import Telemetry
@@ -105,18 +123,10 @@ logger = logging.getLogger("asgi_perf.timing")
 
 OVERFLOW = "__overflow__"
 QUANTILES = (0.5, 0.95, 0.99)
-# RFC 9110 §9 plus PATCH (RFC 5789): anything else is one "_OTHER" series, as in OTel semconv
-KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-)
 _UNRESOLVED: Any = object()
 
 
 _new = object.__new__
-
-
-def _method(method: str) -> str:
-    return method if method in KNOWN_METHODS else "_OTHER"
 
 
 def _off_or(convert: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
@@ -133,9 +143,10 @@ def _off_or(convert: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
 class RouteStats:
     """What one ``(method, route)`` series has seen."""
 
-    __slots__ = ("duration", "errors", "slow", "statuses", "ttfb")
+    __slots__ = ("duration", "errors", "slo", "slow", "statuses", "ttfb")
 
     def __init__(self) -> None:
+        self.slo: tuple[RouteObjectives, ...] | None = None  # the route's objectives, if any
         self.errors = 0
         self.slow = 0
         self.statuses: dict[int, int] = {}
@@ -192,6 +203,9 @@ class TimingMiddleware(EnvConfigurable):
         PROXY_HEADER_ENV,
         EnvVar("ASGI_PERF_TIMING_MAX_ROUTES", "max_routes", lambda v, n: to_int(v, n, minimum=1)),
         EnvVar("ASGI_PERF_TIMING_ROUTE_FROM_SCOPE", "route_from_scope", to_bool),
+        *PROFILING_ENV_VARS,
+        EnvVar("ASGI_PERF_SLO", "slos", parse_slos),
+        EnvVar("ASGI_PERF_SLO_WINDOWS", "slo_windows", parse_slo_windows),
     )
 
     def __init__(
@@ -210,6 +224,14 @@ class TimingMiddleware(EnvConfigurable):
         otel: str = "auto",
         max_routes: int = 500,
         clock: Callable[[], float] = time.perf_counter,
+        profiling: bool = False,
+        profile_sample_rate: float | str = 0.0,
+        memory_profiling: bool = False,
+        profile_keep: int = 5,
+        profile_max_bytes: int | str = 8 * 1024 * 1024,
+        profile_interval: float | str = 0.001,
+        slos: str | Mapping[str, Any] | tuple[Objective, ...] | None = None,
+        slo_windows: str | tuple[float | str, float | str] = (300.0, 3600.0),
     ) -> None:
         self.app = app
         self.server_timing = to_bool(server_timing, "server_timing")
@@ -232,6 +254,28 @@ class TimingMiddleware(EnvConfigurable):
         )
         expose = self._exposure(expose_server_timing)
         self._expose = expose if self.server_timing else False
+        self.profiling = ProfileOptions.build(
+            profiling,
+            profile_sample_rate,
+            memory_profiling,
+            profile_keep,
+            profile_max_bytes,
+            profile_interval,
+        )
+        if self.profiling.enabled:  # else no layer: pyinstrument is not imported, nothing runs
+            self.app = ProfilingLayer(
+                app,
+                self.profiling,
+                allowed=expose,
+                route_from_scope=self.route_from_scope,
+                clock=clock,
+            )
+        objectives = slos if isinstance(slos, tuple) else parse_slos(slos or "", "slos")
+        self.slo = (
+            SloTracker(objectives, parse_slo_windows(slo_windows, "slo_windows"), clock)
+            if objectives
+            else None
+        )
         self._adds_headers = self._expose is not False or self.response_time_header is not None
         self._routes: dict[tuple[str, str], RouteStats] = {}
         # template -> raw method -> series: the per-request lookup, without building a key
@@ -370,6 +414,10 @@ class TimingMiddleware(EnvConfigurable):
                     failed = status >= 500 or not isinstance(exc, asyncio.CancelledError)
                     if failed:
                         series.errors += 1
+                objectives = series.slo
+                if objectives is not None:
+                    for spec in objectives:
+                        spec.record(start + duration, duration, failed)
                 # a streamed response (events, a download) is slow to start, not to end
                 if (duration if ex.ttfb is None else ex.ttfb) >= self._slow_after:
                     series.slow += 1
@@ -414,6 +462,8 @@ class TimingMiddleware(EnvConfigurable):
                 if series is not None:
                     return series
             series = self._routes[key] = RouteStats()
+            if self.slo is not None and key[1] == template:
+                series.slo = self.slo.for_series(normalised, template)
         if key[1] == template and method == normalised:
             self._index.setdefault(template, {})[method] = series
         return series

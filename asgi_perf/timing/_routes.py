@@ -23,15 +23,31 @@ import re
 
 from asgi_perf._core.asgi import Scope
 
-__all__ = ["UNMATCHED", "collapse_path", "route_template", "template_of"]
+__all__ = [
+    "KNOWN_METHODS",
+    "UNMATCHED",
+    "collapse_path",
+    "method_label",
+    "route_template",
+    "template_of",
+]
 
 UNMATCHED = "__unmatched__"
+# RFC 9110 §9 plus PATCH (RFC 5789): anything else is one "_OTHER" series, as in OTel semconv
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 MAX_TEMPLATE_LENGTH = 200
 
 _UUID = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 )
 _HEX = re.compile(r"^(?=[a-fA-F]*[0-9])(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,}$")
+
+
+def method_label(method: str) -> str:
+    """The method a series is labelled with: a registered one, else ``_OTHER``."""
+    return method if method in KNOWN_METHODS else "_OTHER"
 
 
 def _collapse_segment(segment: str) -> str:
