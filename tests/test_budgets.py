@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Python calls per request beyond the bare app's, at most (CPython 3.11).
 BUDGET_CALLS: dict[str, float] = {
     "compress-skip-tiny": 5,
-    "compress-skip-noae": 8,
+    "compress-skip-noae": 7,
     "ratelimit-allow-raw": 11,
     "cache-hit-memory": 9,
     "cache-miss-memory": 248,

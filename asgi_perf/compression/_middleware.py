@@ -102,7 +102,13 @@ from asgi_perf.compression._dictionaries import (
     ttl,
 )
 from asgi_perf.compression._dictionary_rules import Rule, parse_rules
-from asgi_perf.compression._responder import VARY_TOKENS, Responder, with_vary
+from asgi_perf.compression._responder import (
+    VARY_FIELD,
+    VARY_TOKENS,
+    Responder,
+    vary_field,
+    with_vary,
+)
 from asgi_perf.stores import Store
 
 __all__ = [
@@ -341,7 +347,8 @@ class CompressionMiddleware(EnvConfigurable):
             length = -1
             has_vary = False
             names = self._names
-            for key, value in message.get("headers", ()):
+            headers = message.get("headers", ())
+            for key, value in headers:
                 try:
                     field = names[key]
                 except KeyError:
@@ -381,10 +388,11 @@ class CompressionMiddleware(EnvConfigurable):
             if chosen is None and (length >= 0 or verdict == _SSE or scope["method"] == "HEAD"):
                 # Not encoded for this client, but it would be for another: say so, send at
                 # once (a new header list: the app's is left as it was).
-                headers = message.get("headers", ())
-                message["headers"] = with_vary(
-                    list(headers) if has_vary else headers, has_vary, vary
-                )
+                if has_vary:
+                    message["headers"] = with_vary(list(headers), True, vary)
+                else:
+                    vary_item = VARY_FIELD if rule is None else vary_field(vary)
+                    message["headers"] = [*headers, vary_item]
                 await send(message)
                 return
             responder = Responder(self, chosen, send, has_vary, verdict == _SSE, vary, offer)

@@ -22,7 +22,7 @@ from asgi_perf.compression._dictionaries import Offer
 if TYPE_CHECKING:
     from asgi_perf.compression._middleware import CompressionMiddleware
 
-__all__ = ["VARY_TOKENS", "Responder", "with_vary"]
+__all__ = ["VARY_FIELD", "VARY_TOKENS", "Responder", "vary_field", "with_vary"]
 
 VARY_TOKENS = (b"Accept-Encoding",)
 
@@ -30,11 +30,27 @@ VARY_TOKENS = (b"Accept-Encoding",)
 _HOLD, _STREAM, _PASS = 0, 1, 2
 
 
+_VARY_FIELDS: dict[tuple[bytes, ...], tuple[bytes, bytes]] = {}
+
+
+def vary_field(vary: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    """The ``Vary`` field listing ``vary``, made once per distinct list (there are as many as
+    dictionary rules, plus the plain one)."""
+    field = _VARY_FIELDS.get(vary)
+    if field is None:
+        field = _VARY_FIELDS[vary] = (b"vary", b", ".join(vary))
+    return field
+
+
+#: ``Vary: Accept-Encoding``, the field of every response not on a dictionary path.
+VARY_FIELD = vary_field(VARY_TOKENS)
+
+
 def with_vary(headers: Headers, has_vary: bool, vary: tuple[bytes, ...]) -> Headers:
     """``headers`` with the ``vary`` tokens: merged into the app's ``Vary`` (``headers`` is
     then a list of our own), else as one new field."""
     if not has_vary:
-        return [*headers, (b"vary", b", ".join(vary))]
+        return [*headers, vary_field(vary)]
     for token in vary:
         headers = merge_vary(headers, token)
     return headers

@@ -398,7 +398,7 @@ class QueryMiddleware(EnvConfigurable):
         if self.raises and n1:
             raise NPlusOneError(n1)
         ms = log.duration * 1000
-        in_n1 = sum(f.count for f in n1)  # queries, like X-Query-Count: never patterns
+        in_n1 = sum(f.count for f in n1) if n1 else 0  # queries, like X-Query-Count
         desc = f"{log.count} quer{'y' if log.count == 1 else 'ies'}"
         if n1:
             desc += f", {in_n1} of them N+1"
