@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from asgi_perf._core.config import REDIS_SCHEMES, ConfigError, store_scheme
-from asgi_perf.stores._base import Store, StoreUnavailable, Subscription
+from asgi_perf.stores._base import Store, StoreFull, StoreUnavailable, Subscription
 
 __all__ = ["RedisStore"]
 
@@ -175,6 +175,10 @@ class _Notifier:
             self.pubsub = None
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _parse_hosts(url: str) -> list[tuple[str, int]]:
     hosts = []
     for hostport in urlsplit(url).netloc.rpartition("@")[2].split(","):
@@ -192,9 +196,10 @@ def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
     try:
         import redis.asyncio as aredis
         from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.retry import Retry
         from redis.asyncio.sentinel import Sentinel
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        from redis.exceptions import ConnectionError as RedisConnectionError
     except ImportError:  # pragma: no cover - exercised only without the extra
         raise ConfigError(
             "storage", url, "redis installed: pip install 'asgi-perf[redis]'"
@@ -204,8 +209,10 @@ def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
         "socket_timeout": timeout,
         "socket_connect_timeout": max(timeout, 1.0),
         # One retry on a fresh connection: a pooled connection that Redis closed (restart,
-        # idle timeout) fails once; more retries would only stretch an outage.
-        "retry": Retry(NoBackoff(), 1),
+        # idle timeout) fails once; more retries would only stretch an outage. Only for a
+        # connection error: a timeout retried would double the wait on a slow server. (The
+        # asyncio ``Retry``: the sync one, given to an asyncio client, never retries.)
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -307,6 +314,8 @@ class RedisStore(Store):
                 await self._initialize()
             return await operation()
         except self._errors as exc:
+            if str(exc).startswith("OOM"):  # maxmemory reached under noeviction
+                raise StoreFull(f"{type(exc).__name__}: {exc}") from exc
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def _initialize(self) -> None:
@@ -491,6 +500,33 @@ class RedisStore(Store):
 
         await self.call(scan)
         await self._delete_many(keys)
+
+    async def evicts(self) -> str | None:
+        """Why Redis may evict a key that has a TTL before it expires, or ``None`` when it
+        will not (no ``maxmemory``, or ``maxmemory-policy noeviction``: writes then fail with
+        an ``OOM`` error, raised as :class:`StoreFull`). ``CONFIG GET`` may be denied (managed
+        Redis, ACLs): then a reason saying it could not be checked. Raises
+        :class:`StoreUnavailable` when Redis does not answer."""
+        from redis.exceptions import ResponseError
+
+        client = self.client
+
+        async def config() -> Any:
+            try:
+                return await client.config_get("maxmemory*")
+            except ResponseError as exc:  # denied, renamed or unknown: not an outage
+                return exc
+
+        reply = await self.call(config)
+        if isinstance(reply, ResponseError):
+            return f"its maxmemory-policy could not be read ({reply})"
+        if self.cluster and reply and all(isinstance(v, dict) for v in reply.values()):
+            reply = next(iter(reply.values()))  # one node's answer (every node should agree)
+        settings = {_text(k): _text(v) for k, v in (reply or {}).items()}
+        policy = settings.get("maxmemory-policy", "")
+        if settings.get("maxmemory", "0") == "0" or policy == "noeviction":
+            return None
+        return f"maxmemory-policy is {policy or 'unknown'}"
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "round_trips": self.round_trips, "cluster": self.cluster}
