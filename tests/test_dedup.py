@@ -310,7 +310,9 @@ async def _discard(message: dict[str, Any]) -> None:
 # -- the leader fails or does not produce a shareable response -------------------------------
 async def _leader_and_waiters(mw: DedupMiddleware, n: int = 10, **kw: Any) -> list[Any]:
     leader = asyncio.create_task(call(mw, "POST", "/f", body=b"same", **kw))
-    await asyncio.sleep(0.02)  # the leader holds the claim
+    async with asyncio.timeout(WAIT):  # the leader holds the claim (a cluster's first call
+        while mw.stats()["leaders"] < 1:  # takes a while: no fixed sleep is long enough)
+            await asyncio.sleep(0.005)
     waiters = [asyncio.create_task(call(mw, "POST", "/f", body=b"same")) for _ in range(n)]
     done = await asyncio.wait_for(asyncio.gather(leader, *waiters, return_exceptions=True), WAIT)
     return list(done)
@@ -458,7 +460,11 @@ async def test_private_responses_are_not_shared(header: tuple[bytes, bytes]) -> 
     assert app.calls == 2
 
 
-async def test_store_outage_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+async def test_store_outage_fails_open_for_duplicates_and_closed_for_keys(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Duplicates run un-deduplicated; a keyed request is refused (503 + Retry-After), never
+    run without the protection its key asks for."""
     caplog.set_level("WARNING", logger="asgi_perf.dedup")
     app = CountingApp()
     dead = create_store(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
@@ -467,10 +473,12 @@ async def test_store_outage_fails_open(caplog: pytest.LogCaptureFixture) -> None
         r = await call(mw, "POST", "/o", body=b"x")
         assert r.status == 200
     r = await call(mw, "POST", "/o", body=b"x", headers=[("Idempotency-Key", "k1")])
-    assert r.status == 200
-    assert app.calls == 4
-    outage = mw.stats()["outage"]
-    assert outage["incidents"] == 1 and outage["failures"] == 4
+    assert r.status == 503 and r.header("retry-after") == "1"
+    assert r.header("content-type") == "application/problem+json"
+    assert app.calls == 3
+    stats = mw.stats()
+    assert stats["unavailable"] == 1
+    assert stats["outage"]["incidents"] == 1 and stats["outage"]["failures"] == 4
     assert len([r for r in caplog.records if r.name == "asgi_perf.dedup"]) == 1  # logged once
 
 
@@ -489,13 +497,14 @@ class UnreachableStore(MemoryStore):
 
 async def test_failing_memory_store_subclass_fails_open() -> None:
     app = CountingApp()
-    mw = DedupMiddleware(app, storage=UnreachableStore())
+    mw = DedupMiddleware(app, storage=UnreachableStore(), idempotency_storage=UnreachableStore())
     for _ in range(2):
         assert (await call(mw, "GET", "/u")).status == 200
         r = await call(mw, "POST", "/u", body=b"x", headers=[("Idempotency-Key", "k")])
-        assert r.status == 200
-    assert app.calls == 4
-    assert mw.stats()["outage"]["failures"] == 4
+        assert r.status == 503  # a keyed request fails closed
+    assert app.calls == 2
+    stats = mw.stats()
+    assert stats["outage"]["failures"] == 2 and stats["idempotency_outage"]["failures"] == 2
 
 
 async def test_header_names_in_any_case_are_fingerprinted() -> None:
@@ -544,8 +553,9 @@ async def test_redis_round_trips(redis_url: str, key_prefix: str) -> None:
     finally:
         await store.clear()
         await store.close()
-    # non-duplicate: read-or-claim, fulfil; a hit: one read; the same with a key
-    assert counts == [2, 1, 2, 1]
+    # non-duplicate: read-or-claim, fulfil; a hit: one read; the same with a key (the first
+    # keyed request of the middleware also asks Redis, once, whether it may evict records)
+    assert counts == [2, 1, 3, 1]
     assert app.calls == 2
 
 
