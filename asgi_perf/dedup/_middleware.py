@@ -26,7 +26,7 @@ What is shared (the choices where the spec is silent):
   the app produced is one client's answer at one moment (identity is in the fingerprint, so
   it is never served to *another* client either way); responses from outer layers never
   pass through this one;
-- only what :func:`~asgi_perf.dedup._rules.shareable` allows: never a response with
+- only what :func:`~asgi_perf.dedup._rules.replayable` allows: never a response with
   ``Set-Cookie`` or ``no-store``; a ``private`` one only when the identity is a user key (an
   address is shared by everyone behind one NAT); none whose ``Vary`` names a request field
   the fingerprint does not hold;
@@ -69,7 +69,7 @@ non-duplicate path is written for speed (``benchmarks``: dedup-memory, dedup-red
   any other request's body is read first, as it is part of the fingerprint;
 - the leader keeps only the start message's headers and the single body message, decides at
   the start message whether the response can be shared (status, then
-  :func:`~asgi_perf.dedup._rules.shareable`: if not, it keeps nothing and releases the
+  :func:`~asgi_perf.dedup._rules.replayable`: if not, it keeps nothing and releases the
   waiters at once) and encodes the record without an intermediate object.
 
 **Store outages** fail open for duplicate suppression: the request runs un-deduplicated,
@@ -100,7 +100,7 @@ from asgi_perf._core.config import (
     to_size,
 )
 from asgi_perf._core.context import add_timing
-from asgi_perf._core.http import canonical_query, fingerprint, replayable_headers, single_host
+from asgi_perf._core.http import canonical_query, fingerprint, single_host
 from asgi_perf._core.identity import (
     PROXY_HEADER_ENV,
     TRUSTED_PROXIES_ENV,
@@ -110,7 +110,7 @@ from asgi_perf._core.identity import (
 from asgi_perf._core.outage import Outage
 from asgi_perf._core.recording import RecordedResponse, encode_response
 from asgi_perf.dedup._keyed import IdempotencyKeys
-from asgi_perf.dedup._rules import FINGERPRINTED, UNSAFE_METHODS, path_matches, shareable
+from asgi_perf.dedup._rules import FINGERPRINTED, UNSAFE_METHODS, path_matches, replayable
 from asgi_perf.stores import (
     KeepingMemoryStore,
     MemoryStore,
@@ -260,7 +260,7 @@ class DedupMiddleware(EnvConfigurable):
         self._auth = self._slots[b"authorization"]
         self._no_headers = [b""] * len(self._slots)
         #: The request fields a response's ``Vary`` may name and still be shared.
-        self.held = frozenset((*self._slots, b"host"))
+        self.fingerprinted = frozenset((*self._slots, b"host"))
         # Any spelling of a header name seen -> its slot, _FRAMING or _IGNORED.
         self._names: dict[bytes, int] = {**dict.fromkeys(_FRAMING_NAMES, _FRAMING), **self._slots}
         self._peers: dict[str, bytes] = {}  # peer address -> identity part (no proxies)
@@ -390,6 +390,7 @@ class DedupMiddleware(EnvConfigurable):
         # sync operations, no lease and no renewal; else ``lease``.
         self.leaders += 1
         max_body = self.max_body_size
+        user = parts[3][:2] == b"u:"  # the identity is a user key, not an address
         held = True  # the claim is ours and the waiters still wait for our record
         status = 0
         kept: Headers | None = None
@@ -401,14 +402,10 @@ class DedupMiddleware(EnvConfigurable):
                 kind = message["type"]
                 if kind == "http.response.start" and kept is None:
                     status = message["status"]
-                    headers = message.get("headers", ())
-                    if (
-                        status < 500
-                        and status not in NOT_SHARED
-                        and shareable(headers, self.held, parts[3][:2] == b"u:")
-                    ):
-                        kept = replayable_headers(headers)
-                    else:
+                    if status < 500 and status not in NOT_SHARED:
+                        headers = message.get("headers", ())
+                        kept = replayable(headers, self.fingerprinted, user)
+                    if kept is None:
                         held = False
                         await self._give_up(claim_key, token, lease, record_key)
                 elif (

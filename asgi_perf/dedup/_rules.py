@@ -14,16 +14,18 @@
   a marker that the request completed with a response too large to keep.
 - :func:`fingerprint` (:mod:`asgi_perf._core.http`): an injective digest of the request's
   parts and body, so no request can shift a boundary to take on another's fingerprint.
-- :data:`FINGERPRINTED` and :func:`shareable`: which request fields the fingerprint holds
+- :data:`FINGERPRINTED` and :func:`replayable`: which request fields the fingerprint holds
   besides the ``vary_headers``, and which responses may be replayed to another request of the
-  same fingerprint (RFC 9111's answer for a shared cache, applied to a replay).
+  same fingerprint, with which fields (RFC 9111's answer for a shared cache, applied to a
+  replay).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from asgi_perf._core.http import canonical_query, fingerprint
+from asgi_perf._core.asgi import Headers
+from asgi_perf._core.http import PER_EXCHANGE, canonical_query, fingerprint
 
 __all__ = [
     "FINGERPRINTED",
@@ -36,7 +38,7 @@ __all__ = [
     "fingerprint",
     "parse_idempotency_key",
     "path_matches",
-    "shareable",
+    "replayable",
 ]
 
 MAX_KEY_LENGTH = 255
@@ -59,36 +61,43 @@ FINGERPRINTED = (
     b"x-forwarded-host",
     b"x-forwarded-proto",
 )
+_DECISIVE = frozenset({b"set-cookie", b"cache-control", b"vary"})  # fields that can forbid
 
 
-def shareable(
+def replayable(
     headers: Iterable[tuple[bytes, bytes]], held: frozenset[bytes], authenticated: bool
-) -> bool:
-    """May a response with these fields be replayed to another request of its fingerprint?
+) -> Headers | None:
+    """The fields a replay of this response carries to another request of its fingerprint,
+    or ``None`` when it must not be replayed at all. One pass over the response's fields.
 
-    Not with ``Set-Cookie`` (one client's session) nor ``Cache-Control: no-store``; one marked
-    ``private`` only when ``authenticated`` (the fingerprint holds a user key, not an address
-    that everyone behind one NAT shares); not when ``Vary`` names a request field outside
-    ``held`` (the lowercase names the fingerprint holds), or is ``*``: the response may
-    depend on something two requests of one fingerprint do not share.
+    Not replayed: a response with ``Set-Cookie`` (one client's session) or
+    ``Cache-Control: no-store``; one marked ``private`` unless ``authenticated`` (the
+    fingerprint holds a user key, not an address that everyone behind one NAT shares); one
+    whose ``Vary`` names a request field outside ``held`` (the lowercase names the fingerprint
+    holds), or is ``*``: it may depend on something two requests of one fingerprint do not
+    share. Dropped from a replay: the fields that describe one exchange (:data:`PER_EXCHANGE`,
+    the one list every layer that stores or replays uses).
     """
+    kept: Headers = []
     for name, value in headers:
-        size = len(name)  # lower() only the names that can match: 4, 10 and 13 bytes
-        if size == 10:
-            if name.lower() == b"set-cookie":
-                return False
-        elif size == 13:
-            if name.lower() == b"cache-control":
+        lowered = name.lower()
+        if lowered in PER_EXCHANGE:
+            continue
+        if lowered in _DECISIVE:
+            if lowered == b"set-cookie":
+                return None
+            if lowered == b"vary":
+                for field in value.lower().split(b","):
+                    field = field.strip()
+                    if field and field not in held:
+                        return None
+            else:
                 for directive in value.lower().split(b","):
                     token = directive.partition(b"=")[0].strip()
                     if token == b"no-store" or (token == b"private" and not authenticated):
-                        return False
-        elif size == 4 and name.lower() == b"vary":
-            for field in value.lower().split(b","):
-                field = field.strip()
-                if field and field not in held:
-                    return False
-    return True
+                        return None
+        kept.append((name, value))
+    return kept
 
 
 class InvalidKey(ValueError):

@@ -57,6 +57,9 @@ class MemoryStore(Store):
     kind = "memory"
     #: A read moves the entry to the recently used end (the order eviction follows).
     lru = True
+    #: Every entry written is stored, even one larger than ``max_bytes``: its claim
+    #: reserved the room, and a promise is never dropped for its size.
+    keeps = False
 
     def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_entries = max_entries
@@ -107,8 +110,8 @@ class MemoryStore(Store):
         if key in data:
             self._drop(key)
         size = len(key) + len(value) + _OVERHEAD
-        if not self._fits(size):
-            return
+        if (size > self.max_bytes or self.max_entries < 1) and not self.keeps:
+            return  # could never fit: storing it would evict everything for nothing
         tag_tuple = tuple(tags) if tags else ()
         expires = time.monotonic() + ttl if ttl else 0.0
         data[key] = _Entry(value, expires, tag_tuple, size)
@@ -117,11 +120,6 @@ class MemoryStore(Store):
             self._tags.setdefault(tag, set()).add(key)
         if len(data) > self.max_entries or self.bytes > self.max_bytes:
             self._make_room()
-
-    def _fits(self, size: int) -> bool:
-        """Whether an entry of ``size`` bytes can be stored at all: one that could never fit
-        would evict everything for nothing."""
-        return size <= self.max_bytes and self.max_entries >= 1
 
     def _make_room(self) -> None:
         """Back within the bounds: drop entries from the least recently used end; those
@@ -302,6 +300,7 @@ class KeepingMemoryStore(MemoryStore):
     """
 
     lru = False
+    keeps = True
 
     def _full(self) -> bool:
         return (
@@ -311,9 +310,6 @@ class KeepingMemoryStore(MemoryStore):
 
     async def evicts(self) -> str | None:
         return None
-
-    def _fits(self, size: int) -> bool:
-        return True  # its claim reserved the room: a promise is never dropped for its size
 
     def _make_room(self) -> None:
         self._sweep()
