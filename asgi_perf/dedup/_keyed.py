@@ -81,6 +81,7 @@ class IdempotencyKeys:
         self.lease_ttl = lease_ttl
         self.renew = store.kind != "memory"  # a memory claim cannot outlive its process
         self._checked = False  # whether the store was asked if it may evict records
+        self._full_logged = False
         self.leaders = 0
         self.replayed = 0
         self.conflicts = 0
@@ -123,7 +124,9 @@ class IdempotencyKeys:
         try:
             won, value, holder = await self._claim(record_key, claim_key, token)
         except StoreFull as exc:
-            self.logger.warning("idempotency records: no room for a new key (%s)", exc)
+            if not self._full_logged:  # once until a key is kept again
+                self._full_logged = True
+                self.logger.warning("no room for a new Idempotency-Key record (%s)", exc)
             await self._refuse(send, full=True)
             return
         except StoreUnavailable as exc:
@@ -132,6 +135,7 @@ class IdempotencyKeys:
             return
         self.outage.ok()
         if won:
+            self._full_logged = False  # there was room again
             lease = Lease(self.store, claim_key, token, self.lease_ttl)
             await self._first(scope, body, send, lease, record_key)
         elif value is not None:
@@ -182,11 +186,12 @@ class IdempotencyKeys:
     async def _check_eviction(self) -> None:
         """Warn once when the store may drop a record before ``idempotency_ttl`` (asked
         again next time if the store did not answer)."""
+        self._checked = True
         try:
             reason = await self.store.evicts()
         except StoreUnavailable:
+            self._checked = False
             return
-        self._checked = True
         if reason is not None:
             self.logger.warning(
                 "Idempotency-Key records in the %s store may be lost before they expire (%s): "

@@ -304,8 +304,7 @@ class KeepingMemoryStore(MemoryStore):
 
     def _full(self) -> bool:
         return (
-            len(self._data) + len(self._claims) >= self.max_entries
-            or self.bytes >= self.max_bytes
+            len(self._data) + len(self._claims) >= self.max_entries or self.bytes >= self.max_bytes
         )
 
     async def evicts(self) -> str | None:

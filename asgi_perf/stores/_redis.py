@@ -273,6 +273,9 @@ class RedisStore(Store):
         self._scripts: dict[str, Any] = {}
         self._notifier: _Notifier | None = None
         self._errors = _unavailable_errors()
+        from redis.exceptions import OutOfMemoryError
+
+        self._full = OutOfMemoryError
         self._initialized = not self.cluster
         self._init_lock = asyncio.Lock()
         self.round_trips = 0
@@ -314,7 +317,7 @@ class RedisStore(Store):
                 await self._initialize()
             return await operation()
         except self._errors as exc:
-            if str(exc).startswith("OOM"):  # maxmemory reached under noeviction
+            if isinstance(exc, self._full):  # maxmemory reached under noeviction
                 raise StoreFull(f"{type(exc).__name__}: {exc}") from exc
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
