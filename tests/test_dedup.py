@@ -1055,8 +1055,10 @@ def test_from_env() -> None:
         "ASGI_PERF_IDEMPOTENCY_REQUIRED": "/pay,/v1/*",
         "ASGI_PERF_IDEMPOTENCY_HEADER": "X-Request-Key",
         "ASGI_PERF_TRUSTED_PROXIES": "10.0.0.0/8",
+        "ASGI_PERF_IDEMPOTENCY_STORAGE": "memory://?max_entries=7",
     }
     mw = DedupMiddleware.from_env(CountingApp(), environ=env)
+    assert mw.keys is not None and mw.keys.store.stats()["max_entries"] == 7
     assert mw.window == 2.0
     assert mw.methods == {"POST", "PUT"}
     assert mw.max_body_size == 64 * 1024
@@ -1082,6 +1084,7 @@ def test_from_env() -> None:
         ("ASGI_PERF_DEDUP_METHODS", "GET,P0ST"),
         ("ASGI_PERF_IDEMPOTENCY_HEADER", "Bad Header"),
         ("ASGI_PERF_DEDUP_WAIT_TIMEOUT", "0"),
+        ("ASGI_PERF_IDEMPOTENCY_STORAGE", "postgres://db"),
     ],
 )
 def test_bad_env_values_name_the_variable(var: str, value: str) -> None:
@@ -1099,6 +1102,8 @@ def test_bad_env_values_name_the_variable(var: str, value: str) -> None:
         ("max_body_size", -5),
         ("vary_headers", 3),
         ("key_prefix", 3),
+        ("idempotency_storage", 5),
+        ("idempotency_storage", "mysql://db"),
     ],
 )
 def test_bad_options_name_the_option(option: str, value: Any) -> None:

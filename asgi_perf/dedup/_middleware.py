@@ -29,7 +29,7 @@ What is shared (the choices where the spec is silent):
 - only what :func:`~asgi_perf.dedup._rules.replayable` allows: never a response with
   ``Set-Cookie`` or ``no-store``; a ``private`` one only when the identity is a user key (an
   address is shared by everyone behind one NAT); none whose ``Vary`` names a request field
-  the fingerprint does not hold;
+  the fingerprint does not hold (add it to ``vary_headers``: ``origin`` behind a CORS layer);
 - without the fields that describe one exchange (:data:`~asgi_perf._core.http.PER_EXCHANGE`:
   an inner cache's ``X-Cache``, timing, query counts, rate-limit state...): a replay carries
   the response, not another request's exchange;
