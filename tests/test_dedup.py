@@ -721,7 +721,7 @@ async def test_remembered_peer_identities_are_bounded() -> None:
     for i in range(4200):
         await call(mw, "GET", "/b", client=(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 1))
     assert app.calls == 4200
-    assert len(mw._peers) <= 4096
+    assert len(mw.parts._peers) <= 4096
 
 
 async def test_redis_round_trips(redis_url: str, key_prefix: str) -> None:

@@ -100,7 +100,7 @@ from asgi_perf._core.config import (
     to_size,
 )
 from asgi_perf._core.context import add_timing
-from asgi_perf._core.http import canonical_query, fingerprint, single_host
+from asgi_perf._core.http import fingerprint
 from asgi_perf._core.identity import (
     PROXY_HEADER_ENV,
     TRUSTED_PROXIES_ENV,
@@ -109,8 +109,9 @@ from asgi_perf._core.identity import (
 )
 from asgi_perf._core.outage import Outage
 from asgi_perf._core.recording import RecordedResponse, encode_response
+from asgi_perf.dedup._fingerprint import IDENTITY, RequestParts
 from asgi_perf.dedup._keyed import IdempotencyKeys
-from asgi_perf.dedup._rules import FINGERPRINTED, UNSAFE_METHODS, path_matches, replayable
+from asgi_perf.dedup._rules import UNSAFE_METHODS, path_matches, replayable
 from asgi_perf.stores import (
     KeepingMemoryStore,
     MemoryStore,
@@ -130,11 +131,6 @@ RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can
 NOT_SHARED = frozenset({408, 425, 429})
 #: The record of a fingerprint whose responses are not shared ("hit-for-pass").
 PASS = b"asgi-perf:pass"
-_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
-_FIXED = 6  # fingerprint parts before the headers: method, path, query, identity, scheme, host
-_SCHEMES = {"http": b"http", "https": b"https"}
-_FRAMING = -2  # header slot: says the request has a body
-_IGNORED = -1  # header slot: not part of the fingerprint
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 _HTTP1 = frozenset({"1.0", "1.1"})
 _TOKENS = map(str, itertools.count())  # claim tokens of the in-process fast path: unique here
@@ -173,14 +169,6 @@ def _store_url(value: object, name: str) -> str:
     url = str(value).strip()
     store_scheme(url, name)
     return url
-
-
-def _path(scope: Scope) -> bytes:
-    raw = scope.get("raw_path")
-    if isinstance(raw, bytes):
-        return raw
-    path: str = scope.get("root_path", "") + scope["path"]
-    return path.encode("utf-8", "surrogatepass")
 
 
 class DedupMiddleware(EnvConfigurable):
@@ -229,8 +217,7 @@ class DedupMiddleware(EnvConfigurable):
         self.methods = _methods(methods, "methods")
         if identity is not None and not callable(identity):
             raise ConfigError("identity", identity, "a callable scope -> str | None, or None")
-        self.identity = identity or default_user_key
-        self.client_ip = ClientIP(trusted_proxies, proxy_header=proxy_header)
+        client_ip = ClientIP(trusted_proxies, proxy_header=proxy_header)
         label = _header_name(idempotency_header, "idempotency_header")
         self.header_label = label or "Idempotency-Key"
         self.idempotency_header = None if label is None else label.lower().encode("ascii")
@@ -254,33 +241,11 @@ class DedupMiddleware(EnvConfigurable):
         self.flight = SingleFlight(
             self.store, lease_ttl=self.lease_ttl, wait_timeout=self.wait_timeout
         )
-        # Every header the fingerprint reads, with its slot: one pass over the request headers.
-        names = dict.fromkeys((*vary, *FINGERPRINTED))
-        self._slots = {name: _FIXED + i for i, name in enumerate(names)}  # index in parts
-        self._auth = self._slots[b"authorization"]
-        self._no_headers = [b""] * len(self._slots)
-        #: The request fields a response's ``Vary`` may name and still be shared.
-        self.fingerprinted = frozenset((*self._slots, b"host"))
-        # Any spelling of a header name seen -> its slot, _FRAMING or _IGNORED.
-        self._names: dict[bytes, int] = {**dict.fromkeys(_FRAMING_NAMES, _FRAMING), **self._slots}
-        self._peers: dict[str, bytes] = {}  # peer address -> identity part (no proxies)
+        self.parts = RequestParts(vary, identity or default_user_key, client_ip)
         self.outage = Outage(logger, f"{self.store.kind} store")
-        self.keys: IdempotencyKeys | None = None
+        self.keys = None
         if label is not None:
-            keys_store = self._keys_store(storage, idempotency_storage, prefix)
-            outage = self.outage
-            if keys_store is not self.store:
-                outage = Outage(logger, f"{keys_store.kind} idempotency store")
-            self.keys = IdempotencyKeys(
-                app,
-                keys_store,
-                outage,
-                logger,
-                label=label,
-                ttl=self.idempotency_ttl,
-                max_body_size=self.max_body_size,
-                lease_ttl=LEASE_TTL if keys_store.kind != "memory" else MEMORY_LEASE_TTL,
-            )
+            self.keys = self._idempotency(label, storage, idempotency_storage, prefix)
         self.requests = 0
         self.leaders = 0
         self.hits = 0
@@ -293,16 +258,32 @@ class DedupMiddleware(EnvConfigurable):
         self.bypassed = 0
         _stats.register("dedup", self)
 
-    def _keys_store(self, storage: str | Store, given: str | Store | None, prefix: str) -> Store:
-        """Where Idempotency-Key records live: ``given``, else apart from the window records
-        when those are in memory (an LRU area ordinary traffic churns), else the same store
-        (a Redis: its own keys, ``{i…}``, which it keeps as its maxmemory-policy allows)."""
+    def _idempotency(
+        self, label: str, storage: str | Store, given: str | Store | None, prefix: str
+    ) -> IdempotencyKeys:
+        """The Idempotency-Key job. Its records live in ``given``, else apart from the window
+        records when those are in memory (an LRU area ordinary traffic churns: the records get
+        a never-evicting area of the same bounds), else in the same store (a Redis: their own
+        keys, ``{i…}``, kept as its maxmemory-policy allows)."""
         if given is not None:
-            return create_store(given, prefix=prefix, name="idempotency_storage", keep=True)
-        if self.store.kind == "memory" and not isinstance(self.store, KeepingMemoryStore):
-            url = storage if isinstance(storage, str) else "memory://"
-            return create_store(url, name="storage", keep=True)
-        return self.store
+            store = create_store(given, prefix=prefix, name="idempotency_storage", keep=True)
+        elif self.store.kind == "memory" and not isinstance(self.store, KeepingMemoryStore):
+            store = create_store(storage if isinstance(storage, str) else "memory://", keep=True)
+        else:
+            store = self.store
+        outage = self.outage
+        if store is not self.store:
+            outage = Outage(logger, f"{store.kind} idempotency store")
+        return IdempotencyKeys(
+            self.app,
+            store,
+            outage,
+            logger,
+            label=label,
+            ttl=self.idempotency_ttl,
+            max_body_size=self.max_body_size,
+            lease_ttl=LEASE_TTL if store.kind != "memory" else MEMORY_LEASE_TTL,
+        )
 
     # -- entry -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -316,8 +297,8 @@ class DedupMiddleware(EnvConfigurable):
                 self.require_idempotency_key
                 and path_matches(scope["path"], self.require_idempotency_key)
             ):
-                parts, _ = self._request_parts(scope)
-                auth = b"" if parts is None else parts[self._auth]
+                parts, _ = self.parts(scope)
+                auth = b"" if parts is None else parts[self.parts.auth]
                 await self.keys(scope, receive, send, values, parts, auth)
                 return
         if method not in self.methods:
@@ -326,7 +307,7 @@ class DedupMiddleware(EnvConfigurable):
         # Duplicate suppression. The hot path (one body message, memory store, first of its
         # fingerprint) is written out here: every call and allocation saved is measurable.
         self.requests += 1
-        parts, framed = self._request_parts(scope)
+        parts, framed = self.parts(scope)
         if parts is None:  # a repeated or invalid Host: which site is asked is not clear
             self.bypassed += 1
             await self.app(scope, receive, send)
@@ -390,7 +371,7 @@ class DedupMiddleware(EnvConfigurable):
         # sync operations, no lease and no renewal; else ``lease``.
         self.leaders += 1
         max_body = self.max_body_size
-        user = parts[3][:2] == b"u:"  # the identity is a user key, not an address
+        user = parts[IDENTITY][:2] == b"u:"  # the identity is a user key, not an address
         held = True  # the claim is ours and the waiters still wait for our record
         status = 0
         kept: Headers | None = None
@@ -404,7 +385,7 @@ class DedupMiddleware(EnvConfigurable):
                     status = message["status"]
                     if status < 500 and status not in NOT_SHARED:
                         headers = message.get("headers", ())
-                        kept = replayable(headers, self.fingerprinted, user)
+                        kept = replayable(headers, self.parts.fingerprinted, user)
                     if kept is None:
                         held = False
                         await self._give_up(claim_key, token, lease, record_key)
@@ -443,67 +424,6 @@ class DedupMiddleware(EnvConfigurable):
                 await self._give_up(claim_key, token, lease)
 
     # -- shared pieces ---------------------------------------------------------------------
-    def _who(self, scope: Scope) -> bytes:
-        # "surrogatepass": never fails on any str, and keeps distinct strings distinct
-        user = self.identity(scope)
-        if user is not None:
-            return b"u:" + str(user).encode("utf-8", "surrogatepass")
-        if self.client_ip.trusted:  # the address may come from the request's headers
-            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-        # Else it depends on the peer address alone: remember the last few thousand.
-        client = scope.get("client")
-        peer = client[0] if client else None
-        if type(peer) is not str:
-            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-        who = self._peers.get(peer)
-        if who is None:
-            if len(self._peers) >= 4096:
-                self._peers.clear()
-            who = b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-            self._peers[peer] = who
-        return who
-
-    def _request_parts(self, scope: Scope) -> tuple[list[bytes] | None, bool]:
-        """The fingerprint's parts but the body: method, raw path, canonical query, identity,
-        scheme, host (:data:`_FIXED` parts), then the fingerprinted headers, each in its slot
-        (repeats comma-joined); and whether the request says how its body is framed
-        (Content-Length or Transfer-Encoding). ``None`` for the parts when the ``Host`` is
-        repeated or invalid."""
-        headers = scope["headers"]
-        host = single_host(headers)
-        if host is None:
-            return None, False
-        query = scope.get("query_string", b"")
-        if b"&" in query:
-            query = canonical_query(query)
-        path = scope.get("raw_path")
-        if type(path) is not bytes:
-            path = _path(scope)
-        scheme = scope.get("scheme") or "http"
-        parts = [
-            scope["method"].encode("ascii"),
-            path,
-            query,
-            self._who(scope),
-            _SCHEMES.get(scheme) or str(scheme).encode("utf-8", "surrogatepass"),
-            host,
-        ]
-        parts += self._no_headers
-        names = self._names
-        framed = False
-        for name, value in headers:
-            i = names.get(name)
-            if i is None:  # a spelling not seen yet: learn it (a bounded number of them)
-                lowered = name.lower()
-                i = self._slots.get(lowered, _FRAMING if lowered in _FRAMING_NAMES else _IGNORED)
-                if len(names) < 1024:
-                    names[name] = i
-            if i >= 0:
-                parts[i] = value if not parts[i] else parts[i] + b"," + value
-            elif i == _FRAMING:
-                framed = True
-        return parts, framed
-
     async def release(self, lease: Lease) -> None:
         try:
             await lease.release()
