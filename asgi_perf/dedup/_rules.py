@@ -61,7 +61,7 @@ FINGERPRINTED = (
     b"x-forwarded-host",
     b"x-forwarded-proto",
 )
-_DECISIVE = frozenset({b"set-cookie", b"cache-control", b"vary"})  # fields that can forbid
+_SPECIAL = PER_EXCHANGE | {b"set-cookie", b"cache-control", b"vary"}  # dropped, or can forbid
 
 
 def replayable(
@@ -81,9 +81,9 @@ def replayable(
     kept: Headers = []
     for name, value in headers:
         lowered = name.lower()
-        if lowered in PER_EXCHANGE:
-            continue
-        if lowered in _DECISIVE:
+        if lowered in _SPECIAL:  # one look-up for the ordinary fields
+            if lowered in PER_EXCHANGE:
+                continue
             if lowered == b"set-cookie":
                 return None
             if lowered == b"vary":
