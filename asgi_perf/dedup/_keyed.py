@@ -116,8 +116,6 @@ class IdempotencyKeys:
         claim_key = "{i" + scoped + "}c"
         record_key = "{i" + scoped + "}r"
         token = payload + "." + os.urandom(16).hex()
-        if not self._checked:
-            await self._check_eviction()
         if not self.outage.allow():  # the circuit is open: counted as a failure
             await self._refuse(send, full=False)
             return
@@ -134,6 +132,8 @@ class IdempotencyKeys:
             await self._refuse(send, full=False)
             return
         self.outage.ok()
+        if not self._checked:  # once, when the store answers
+            await self._check_eviction()
         if won:
             self._full_logged = False  # there was room again
             lease = Lease(self.store, claim_key, token, self.lease_ttl)
