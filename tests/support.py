@@ -239,6 +239,21 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def fill_redis(url: str) -> None:
+    """Make a Redis of this test run full: ~2 MB of ballast, then ``maxmemory`` below it with
+    ``noeviction``, so every write fails with ``OOM`` (and a read still answers)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for i in range(20):
+            client.set(f"ballast:{i}", b"x" * 100_000)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1mb")
+    finally:
+        client.close()
+
+
 def redis_server_available() -> bool:
     return shutil.which("redis-server") is not None
 

@@ -354,3 +354,84 @@ async def test_lifespan_and_websocket_pass_through_the_full_stack() -> None:
 
 async def _pop(queue: list[dict[str, Any]]) -> dict[str, Any]:
     return queue.pop(0)
+
+
+# -- from_env: no replay across requests that HTTP tells apart --------------------------------
+class EchoApp:
+    """Answers from the request fields a page can depend on, so a replay to the wrong request
+    shows in its body: ``<scheme>://<host><path> key=<X-API-Key>``, a 206 slice of it for a
+    Range, a 304 for ``If-None-Match: "v1"``; private and varied when an API key is sent."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def page(scope: dict[str, Any]) -> tuple[int, bytes]:
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"-").decode()
+        key = headers.get(b"x-api-key", b"-").decode()
+        body = f"{scope['scheme']}://{host}{scope['path']} key={key}".encode()
+        if headers.get(b"if-none-match") == b'"v1"':
+            return 304, b""
+        if b"range" in headers:
+            first, last = (int(n) for n in headers[b"range"][6:].split(b"-"))
+            return 206, body[first : last + 1]
+        return 200, body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls += 1
+        status, body = self.page(scope)
+        headers = [(b"etag", b'"v1"'), (b"content-type", b"text/plain")]
+        if b"x-api-key" in dict(scope["headers"]):
+            headers += [(b"cache-control", b"private"), (b"vary", b"X-API-Key")]
+        else:
+            headers.append((b"cache-control", b"public, max-age=60"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+TOLD_APART = [
+    # (first request, second request): same client address, within the dedup window
+    ({"headers": [("host", "tenant-a.example")]}, {"headers": [("host", "tenant-b.example")]}),
+    ({"scheme": "http"}, {"scheme": "https"}),
+    ({"headers": [("range", "bytes=0-3")]}, {"headers": [("range", "bytes=4-7")]}),
+    ({"headers": [("if-none-match", '"v1"')]}, {"headers": []}),
+    ({"headers": [("x-api-key", "alice")]}, {"headers": [("x-api-key", "bob")]}),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), TOLD_APART)
+async def test_from_env_never_replays_one_request_s_answer_to_another(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    """Dedup outside the cache (the recommended order): the answer the second request gets
+    is the one the app gives that request, whatever the first got."""
+    from asgi_perf import from_env
+    from tests.support import make_scope
+
+    app = EchoApp()
+    env = {"ASGI_PERF_DEDUP_ENABLED": "true", "ASGI_PERF_CACHE_ENABLED": "true"}
+    stack = from_env(app, environ={"ASGI_PERF_STORAGE_URL": "memory://", **env})
+    for spec in (first, second):
+        headers = [("host", "site.example"), *spec.get("headers", [])]
+        scope = make_scope("GET", "/page", headers=headers, scheme=spec.get("scheme", "https"))
+        response = await call(stack, "GET", scope=scope)
+        assert (response.status, response.body) == EchoApp.page(scope), spec
+        assert response.header("x-dedup") is None
+
+
+async def test_from_env_replays_carry_no_per_exchange_fields_of_inner_layers() -> None:
+    """The second of two identical requests is a dedup replay: it carries neither the inner
+    cache's ``X-Cache: MISS`` of the first nor the first's Server-Timing entries."""
+    from asgi_perf import from_env
+
+    app = EchoApp()
+    env = {"ASGI_PERF_DEDUP_ENABLED": "true", "ASGI_PERF_CACHE_ENABLED": "true"}
+    stack = from_env(app, environ={"ASGI_PERF_STORAGE_URL": "memory://", **env})
+    first = await call(stack, "GET", "/page", headers=[("host", "site.example")])
+    second = await call(stack, "GET", "/page", headers=[("host", "site.example")])
+    assert first.header("x-cache") == "MISS" and second.header("x-dedup") == "hit"
+    assert second.header("x-cache") is None and second.body == first.body
+    timing = ",".join(second.header_list("server-timing"))
+    assert "cache" not in timing and "dedup" in timing, timing  # this exchange's own entries
+    assert app.calls == 1

@@ -132,6 +132,44 @@ PAIRS = [
     ({"headers": [("X-Other", "1")]}, {"headers": [("X-Other", "2")]}, True),
     ({"method": "GET"}, {"method": "HEAD"}, False),
     ({"path": "/a"}, {"path": "/b"}, False),
+    # what a shared cache keys on: scheme and Host (one site's page is never another's)
+    (
+        {"headers": [("Host", "tenant-a.example")]},
+        {"headers": [("Host", "tenant-b.example")]},
+        False,
+    ),
+    ({"headers": [("Host", "a.example")]}, {"headers": [("Host", "A.Example")]}, True),
+    ({"headers": [("Host", "a.example")]}, {"headers": [("Host", "a.example:8443")]}, False),
+    ({"headers": [("Host", "a.example")]}, {}, False),
+    ({"scheme": "http"}, {"scheme": "https"}, False),
+    # the origin a proxy reports, as apps read it for links and redirects
+    (
+        {"headers": [("X-Forwarded-Proto", "http")]},
+        {"headers": [("X-Forwarded-Proto", "https")]},
+        False,
+    ),
+    ({"headers": [("X-Forwarded-Host", "evil.example")]}, {}, False),
+    ({"headers": [("Forwarded", "host=evil.example")]}, {}, False),
+    # a 206 answers its own range only; a 304 or 412 its own validators only
+    ({"headers": [("Range", "bytes=0-99")]}, {"headers": [("Range", "bytes=100-199")]}, False),
+    ({"headers": [("Range", "bytes=0-99")]}, {}, False),
+    ({"headers": [("Range", "bytes=0-99")]}, {"headers": [("Range", "bytes=0-99")]}, True),
+    (
+        {"headers": [("Range", "bytes=0-99"), ("If-Range", '"v1"')]},
+        {"headers": [("Range", "bytes=0-99"), ("If-Range", '"v2"')]},
+        False,
+    ),
+    ({"headers": [("If-None-Match", '"v1"')]}, {}, False),
+    ({"headers": [("If-None-Match", '"v1"')]}, {"headers": [("If-None-Match", '"v1"')]}, True),
+    ({"headers": [("If-Modified-Since", "Sun, 01 Nov 2026 00:00:00 GMT")]}, {}, False),
+    ({"headers": [("If-Match", '"v1"')]}, {}, False),
+    ({"headers": [("If-Unmodified-Since", "Sun, 01 Nov 2026 00:00:00 GMT")]}, {}, False),
+    # bytes moved from the last fingerprinted header into the body make another request
+    (
+        {"headers": [("Cookie", "s=ab")], "body": b"cd"},
+        {"headers": [("Cookie", "s=abc")], "body": b"d"},
+        False,
+    ),
 ]
 
 
@@ -157,6 +195,153 @@ async def test_which_requests_are_merged(
     second_response = await send(second)
     assert app.calls == (1 if merged else 2)
     assert (second_response.header("x-dedup") == "hit") is merged
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        [("Host", "evil.example"), ("Host", "victim.example")],
+        [("Host", "victim.example"), ("HOST", "victim.example")],
+        [("Host", "bad host")],
+        [("Host", "victim.example/x")],
+        [("Host", "a" * 300)],
+    ],
+    ids=["two", "repeated", "space", "slash", "long"],
+)
+async def test_repeated_or_invalid_host_bypasses_dedup(hosts: list[tuple[str, str]]) -> None:
+    """Frameworks read the first Host, a naive key the last: a request that two readers could
+    see as two sites is never merged, recorded nor replayed; with a key it is refused."""
+    app = CountingApp()
+    mw = DedupMiddleware(app)
+    for _ in range(2):
+        response = await call(mw, "GET", "/", headers=hosts)
+        assert response.status == 200 and response.header("x-dedup") is None
+    keyed = await call(mw, "POST", "/pay", headers=[*hosts, ("Idempotency-Key", "k")], body=b"a")
+    assert keyed.status == 400 and json.loads(keyed.body)["title"] == "Invalid Host"
+    assert app.calls == 2
+    assert mw.stats()["bypassed"] == 2 and mw.stats()["rejected"] == 1
+
+
+class AccountApp:
+    """An API that answers with the account of the caller's X-API-Key, with ``headers``."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.calls += 1
+        await receive()
+        await asyncio.sleep(0.02)
+        key = dict(scope["headers"]).get(b"x-api-key", b"-")
+        body = b"account of " + key
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+PRIVATE = [(b"cache-control", b"private")]
+VARY_KEY = [(b"vary", b"X-API-Key")]
+DEFAULT_VARY = "accept,accept-encoding,accept-language"
+SHARING = [
+    # (response fields, (user, X-API-Key) of the two requests, vary_headers, app calls)
+    (PRIVATE, [(None, "a"), (None, "b")], DEFAULT_VARY, 2),  # two clients behind one NAT
+    (PRIVATE, [(None, "a"), (None, "a")], DEFAULT_VARY, 2),  # an address is no identity
+    (PRIVATE, [("alice", "a"), ("alice", "a")], DEFAULT_VARY, 1),  # an authenticated user
+    (VARY_KEY, [(None, "a"), (None, "b")], DEFAULT_VARY, 2),
+    (VARY_KEY, [(None, "a"), (None, "a")], DEFAULT_VARY, 2),  # Vary names a field not held
+    (VARY_KEY, [(None, "a"), (None, "a")], DEFAULT_VARY + ",x-api-key", 1),
+    (VARY_KEY, [(None, "a"), (None, "b")], DEFAULT_VARY + ",x-api-key", 2),
+    (PRIVATE + VARY_KEY, [("u", "a"), ("u", "a")], DEFAULT_VARY, 2),
+    ([(b"vary", b"*")], [("u", "a"), ("u", "a")], DEFAULT_VARY, 2),
+    ([(b"vary", b"Accept-Encoding")], [(None, "a"), (None, "a")], DEFAULT_VARY, 1),
+]
+
+
+@pytest.mark.parametrize(("fields", "requests", "vary", "calls"), SHARING)
+@pytest.mark.parametrize("concurrent", [False, True], ids=["after", "in-flight"])
+async def test_private_and_varied_responses_reach_only_their_own_requester(
+    fields: list[tuple[bytes, bytes]],
+    requests: list[tuple[str | None, str]],
+    vary: str,
+    calls: int,
+    concurrent: bool,
+) -> None:
+    """``private`` is replayed only to the same user key, never on a shared address; a
+    response whose Vary names a field the fingerprint does not hold is not replayed at all."""
+    app = AccountApp(fields)
+    mw = DedupMiddleware(app, vary_headers=vary)
+
+    async def ask(user: str | None, key: str) -> Response:
+        scope = make_scope("GET", "/account", headers=[("X-API-Key", key)])
+        if user is not None:
+            scope["state"]["user_id"] = user
+        return await call(mw, "GET", scope=scope)
+
+    if concurrent:
+        responses = list(await asyncio.wait_for(asyncio.gather(*(ask(*r) for r in requests)), WAIT))
+    else:
+        responses = [await ask(*r) for r in requests]
+    assert [r.body for r in responses] == [b"account of " + k.encode() for _, k in requests]
+    assert app.calls == calls
+    assert sum(r.header("x-dedup") is not None for r in responses) == 2 - calls
+
+
+async def test_replays_carry_no_per_exchange_fields() -> None:
+    """An inner cache's X-Cache, timing, query counts and rate-limit state describe the first
+    exchange: a replay (window or Idempotency-Key) carries the response without them."""
+    app = CountingApp()
+    per_exchange = [
+        (b"X-Cache", b"MISS"),
+        (b"cache-status", b"asgi-perf; fwd=miss"),
+        (b"server-timing", b"app;dur=54.6"),
+        (b"x-response-time", b"54.6ms"),
+        (b"x-query-count", b"9"),
+        (b"x-n-plus-one", b"8"),
+        (b"ratelimit", b'"default";r=9;t=60'),
+        (b"x-ratelimit-remaining", b"9"),
+    ]
+    app.extra_headers = [*per_exchange, (b"content-language", b"en")]
+    mw = DedupMiddleware(app)
+    key = [("Idempotency-Key", "k")]
+    for method, headers, mark in (("GET", [], "x-dedup"), ("POST", key, "idempotent-replayed")):
+        first = await call(mw, method, "/page", headers=headers, body=b"b")
+        replay = await call(mw, method, "/page", headers=headers, body=b"b")
+        assert first.header("x-cache") == "MISS"  # the first exchange is passed on as it is
+        assert replay.header(mark) in ("hit", "true")
+        assert replay.body == first.body and replay.header("content-language") == "en"
+        for name, _ in per_exchange:
+            assert replay.header(name.decode()) is None, name
+    assert app.calls == 2
+
+
+async def test_partial_and_not_modified_answers_reach_only_their_own_request() -> None:
+    body = b"0123456789"
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        status, out, fields = 200, body, [(b"etag", b'"v1"')]
+        if headers.get(b"if-none-match") == b'"v1"':
+            status, out = 304, b""
+        elif b"range" in headers:
+            first, last = (int(n) for n in headers[b"range"][6:].split(b"-"))
+            status, out = 206, body[first : last + 1]
+            fields.append((b"content-range", b"bytes %d-%d/10" % (first, last)))
+        await send({"type": "http.response.start", "status": status, "headers": fields})
+        await send({"type": "http.response.body", "body": out})
+
+    mw = DedupMiddleware(app)
+    cases = [
+        ([("If-None-Match", '"v1"')], 304, b""),
+        ([], 200, body),
+        ([("Range", "bytes=0-3")], 206, b"0123"),
+        ([("Range", "bytes=4-7")], 206, b"4567"),
+        ([("Range", "bytes=0-3")], 206, b"0123"),  # the same range: may be replayed
+        ([("If-None-Match", '"v1"')], 304, b""),
+    ]
+    for headers, status, expected in cases:
+        response = await call(mw, "GET", "/file", headers=headers)
+        assert (response.status, response.body) == (status, expected), headers
+    assert mw.stats()["hits"] == 2
 
 
 async def test_methods_not_listed_pass_through() -> None:
@@ -310,7 +495,9 @@ async def _discard(message: dict[str, Any]) -> None:
 # -- the leader fails or does not produce a shareable response -------------------------------
 async def _leader_and_waiters(mw: DedupMiddleware, n: int = 10, **kw: Any) -> list[Any]:
     leader = asyncio.create_task(call(mw, "POST", "/f", body=b"same", **kw))
-    await asyncio.sleep(0.02)  # the leader holds the claim
+    async with asyncio.timeout(WAIT):  # the leader holds the claim (a cluster's first call
+        while mw.stats()["leaders"] < 1:  # takes a while: no fixed sleep is long enough)
+            await asyncio.sleep(0.005)
     waiters = [asyncio.create_task(call(mw, "POST", "/f", body=b"same")) for _ in range(n)]
     done = await asyncio.wait_for(asyncio.gather(leader, *waiters, return_exceptions=True), WAIT)
     return list(done)
@@ -458,7 +645,11 @@ async def test_private_responses_are_not_shared(header: tuple[bytes, bytes]) -> 
     assert app.calls == 2
 
 
-async def test_store_outage_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+async def test_store_outage_fails_open_for_duplicates_and_closed_for_keys(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Duplicates run un-deduplicated; a keyed request is refused (503 + Retry-After), never
+    run without the protection its key asks for."""
     caplog.set_level("WARNING", logger="asgi_perf.dedup")
     app = CountingApp()
     dead = create_store(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
@@ -467,10 +658,12 @@ async def test_store_outage_fails_open(caplog: pytest.LogCaptureFixture) -> None
         r = await call(mw, "POST", "/o", body=b"x")
         assert r.status == 200
     r = await call(mw, "POST", "/o", body=b"x", headers=[("Idempotency-Key", "k1")])
-    assert r.status == 200
-    assert app.calls == 4
-    outage = mw.stats()["outage"]
-    assert outage["incidents"] == 1 and outage["failures"] == 4
+    assert r.status == 503 and r.header("retry-after") == "1"
+    assert r.header("content-type") == "application/problem+json"
+    assert app.calls == 3
+    stats = mw.stats()
+    assert stats["unavailable"] == 1
+    assert stats["outage"]["incidents"] == 1 and stats["outage"]["failures"] == 4
     assert len([r for r in caplog.records if r.name == "asgi_perf.dedup"]) == 1  # logged once
 
 
@@ -489,13 +682,14 @@ class UnreachableStore(MemoryStore):
 
 async def test_failing_memory_store_subclass_fails_open() -> None:
     app = CountingApp()
-    mw = DedupMiddleware(app, storage=UnreachableStore())
+    mw = DedupMiddleware(app, storage=UnreachableStore(), idempotency_storage=UnreachableStore())
     for _ in range(2):
         assert (await call(mw, "GET", "/u")).status == 200
         r = await call(mw, "POST", "/u", body=b"x", headers=[("Idempotency-Key", "k")])
-        assert r.status == 200
-    assert app.calls == 4
-    assert mw.stats()["outage"]["failures"] == 4
+        assert r.status == 503  # a keyed request fails closed
+    assert app.calls == 2
+    stats = mw.stats()
+    assert stats["outage"]["failures"] == 2 and stats["idempotency_outage"]["failures"] == 2
 
 
 async def test_header_names_in_any_case_are_fingerprinted() -> None:
@@ -527,7 +721,7 @@ async def test_remembered_peer_identities_are_bounded() -> None:
     for i in range(4200):
         await call(mw, "GET", "/b", client=(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 1))
     assert app.calls == 4200
-    assert len(mw._peers) <= 4096
+    assert len(mw.parts._peers) <= 4096
 
 
 async def test_redis_round_trips(redis_url: str, key_prefix: str) -> None:
@@ -544,8 +738,9 @@ async def test_redis_round_trips(redis_url: str, key_prefix: str) -> None:
     finally:
         await store.clear()
         await store.close()
-    # non-duplicate: read-or-claim, fulfil; a hit: one read; the same with a key
-    assert counts == [2, 1, 2, 1]
+    # non-duplicate: read-or-claim, fulfil; a hit: one read; the same with a key (the first
+    # keyed request of the middleware also asks Redis, once, whether it may evict records)
+    assert counts == [2, 1, 3, 1]
     assert app.calls == 2
 
 
@@ -728,6 +923,110 @@ async def test_large_body_with_key_is_still_protected_and_reaches_app_intact() -
     assert app.calls == 1
 
 
+async def test_idempotency_record_outlives_ordinary_traffic() -> None:
+    """Window records churn through their bounded LRU area; a key's record lives apart and is
+    never pushed out by them (ordinary GETs used to evict a payment's record)."""
+    app = CountingApp()
+    mw = DedupMiddleware(app, storage="memory://?max_entries=50")
+    first = await call(mw, "POST", body=b"amount=1", **keyed())
+    for page in range(200):
+        await call(mw, "GET", "/list", query=f"page={page}")
+    retry = await call(mw, "POST", body=b"amount=1", **keyed())
+    assert retry.header("idempotent-replayed") == "true" and retry.body == first.body
+    assert app.calls == 201
+    assert mw.stats()["store"]["evictions"] > 0  # the window area did churn
+
+
+async def test_full_idempotency_area_refuses_new_keys_and_keeps_the_old_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = CountingApp()
+    mw = DedupMiddleware(app, idempotency_storage="memory://?max_entries=2")
+    for key in ("k1", "k2"):
+        assert (await call(mw, "POST", body=b"a", **keyed(key))).status == 200
+    refused = await call(mw, "POST", body=b"a", **keyed("k3"))
+    assert refused.status == 503 and refused.header("retry-after") == "60"
+    assert json.loads(refused.body)["title"] == "Idempotency records full"
+    for key in ("k1", "k2"):  # never dropped to make room
+        replay = await call(mw, "POST", body=b"a", **keyed(key))
+        assert replay.header("idempotent-replayed") == "true"
+    assert app.calls == 2
+    stats = mw.stats()
+    assert stats["full"] == 1 and stats["outage"]["failures"] == 0  # full is not an outage
+    assert (await call(mw, "POST", body=b"a", **keyed("k4"))).status == 503
+    assert caplog.text.count("no room for a new Idempotency-Key record") == 1  # logged once
+
+
+async def test_an_idempotency_store_that_may_evict_is_named_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger="asgi_perf.dedup")
+    for store, warned in ((MemoryStore(), True), (None, False)):
+        caplog.clear()
+        mw = DedupMiddleware(CountingApp(), idempotency_storage=store)
+        for key in ("k1", "k2", "k3"):
+            await call(mw, "POST", body=b"a", **keyed(key))
+        warnings = [r.message for r in caplog.records if r.name == "asgi_perf.dedup"]
+        assert len(warnings) == int(warned), warnings
+        assert all("least recently used" in w for w in warnings)
+
+
+@pytest.mark.parametrize("status", [200, 201, 422])
+async def test_a_sent_response_keeps_its_record_when_the_app_raises_after_it(
+    store_url: str, key_prefix: str, status: int
+) -> None:
+    """A background task fails after the response went out: the client saw a result, so the
+    retry gets the same one and the operation does not run twice."""
+    calls = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await receive()
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"charged %d" % calls})
+        raise RuntimeError("background task failed")
+
+    mw = DedupMiddleware(app, storage=store_url, key_prefix=key_prefix)
+    try:
+        with pytest.raises(RuntimeError):
+            await call(mw, "POST", body=b"amount=1", **keyed())
+        retry = await call(mw, "POST", body=b"amount=1", **keyed())
+    finally:
+        await mw.store.clear()
+        await mw.store.close()
+    assert (retry.status, retry.body) == (status, b"charged 1")
+    assert retry.header("idempotent-replayed") == "true" and calls == 1
+
+
+class CountingUnreachableStore(UnreachableStore):
+    """Counts the calls that reach it."""
+
+    calls = 0
+
+    async def get_or_claim(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        self.calls += 1
+        return await super().get_or_claim(record_key, claim_key, token, ttl)
+
+
+async def test_open_circuit_skips_the_store_duplicates_pass_keys_are_refused() -> None:
+    """Five failures in a row open the circuit; then only one call in 20 reaches the store
+    (a probe): duplicates run un-deduplicated, keyed requests get 503 without a store call."""
+    app = CountingApp()
+    store = CountingUnreachableStore()
+    mw = DedupMiddleware(app, storage=store, idempotency_storage=store)
+    mw.outage.probe_interval = 3600  # probes by count only: a deterministic number of calls
+    for n in range(25):
+        assert (await call(mw, "GET", "/c", query=f"n={n}")).status == 200
+    assert store.calls == 6  # five to open the circuit, then the 20th skipped one probes
+    refused = await call(mw, "POST", body=b"a", **keyed())
+    assert refused.status == 503 and store.calls == 6
+    assert app.calls == 25
+    assert mw.stats()["unavailable"] == 1
+
+
 async def test_keyed_requests_skip_the_dedup_window() -> None:
     app = CountingApp()
     mw = DedupMiddleware(app)
@@ -756,8 +1055,10 @@ def test_from_env() -> None:
         "ASGI_PERF_IDEMPOTENCY_REQUIRED": "/pay,/v1/*",
         "ASGI_PERF_IDEMPOTENCY_HEADER": "X-Request-Key",
         "ASGI_PERF_TRUSTED_PROXIES": "10.0.0.0/8",
+        "ASGI_PERF_IDEMPOTENCY_STORAGE": "memory://?max_entries=7",
     }
     mw = DedupMiddleware.from_env(CountingApp(), environ=env)
+    assert mw.keys is not None and mw.keys.store.stats()["max_entries"] == 7
     assert mw.window == 2.0
     assert mw.methods == {"POST", "PUT"}
     assert mw.max_body_size == 64 * 1024
@@ -783,6 +1084,7 @@ def test_from_env() -> None:
         ("ASGI_PERF_DEDUP_METHODS", "GET,P0ST"),
         ("ASGI_PERF_IDEMPOTENCY_HEADER", "Bad Header"),
         ("ASGI_PERF_DEDUP_WAIT_TIMEOUT", "0"),
+        ("ASGI_PERF_IDEMPOTENCY_STORAGE", "postgres://db"),
     ],
 )
 def test_bad_env_values_name_the_variable(var: str, value: str) -> None:
@@ -800,6 +1102,8 @@ def test_bad_env_values_name_the_variable(var: str, value: str) -> None:
         ("max_body_size", -5),
         ("vary_headers", 3),
         ("key_prefix", 3),
+        ("idempotency_storage", 5),
+        ("idempotency_storage", "mysql://db"),
     ],
 )
 def test_bad_options_name_the_option(option: str, value: Any) -> None:

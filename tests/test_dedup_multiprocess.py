@@ -17,18 +17,29 @@ PER_PROCESS = 25
 async def _run(
     url: str, prefix: str, barrier: Any, fail_first: bool
 ) -> tuple[int, list[bytes], list[str | None]]:
+    import redis.asyncio as aredis
+
     from asgi_perf.dedup import DedupMiddleware
     from tests.support import call
 
     calls = 0
+    arrived = prefix + "arrived"  # processes whose requests all reached the middleware
+    client = aredis.from_url(url) if fail_first else None  # on a single Redis
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         nonlocal calls
         calls += 1
         first = calls == 1
         await receive()
-        await asyncio.sleep(0.3)  # long enough for every process's requests to arrive
-        if fail_first and first and await mw.store.claim("first", "me", 60):
+        await asyncio.sleep(0.3)
+        if client is not None and first and await mw.store.claim("first", "me", 60):
+            # Fail only once every process's requests wait for this leader: a request
+            # arriving after the failure would rightly lead (and be shared) itself. Process
+            # start-up under load takes far longer than a request's first round trip.
+            async with asyncio.timeout(30):
+                while int(await client.get(arrived) or 0) < PROCESSES:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
             raise RuntimeError("the leader fails")  # in whichever process leads
         body = b'{"order": 1, "pid": %d}' % multiprocessing.current_process().pid
         await send({"type": "http.response.start", "status": 201, "headers": []})
@@ -37,14 +48,19 @@ async def _run(
     mw = DedupMiddleware(app, storage=url, key_prefix=prefix, window=5)
     await mw.store.get("warm-up")  # connect before the start line, not after
     await asyncio.to_thread(barrier.wait, 30)
-    done = await asyncio.wait_for(
-        asyncio.gather(
-            *(call(mw, "POST", "/orders", body=b'{"item": 7}') for _ in range(PER_PROCESS)),
-            return_exceptions=True,
-        ),
-        30,
+    requests = asyncio.gather(
+        *(call(mw, "POST", "/orders", body=b'{"item": 7}') for _ in range(PER_PROCESS)),
+        return_exceptions=True,
     )
+    async with asyncio.timeout(30):
+        while mw.stats()["requests"] < PER_PROCESS:
+            await asyncio.sleep(0.005)
+    if client is not None:
+        await client.incr(arrived)
+    done = await asyncio.wait_for(requests, 30)
     await mw.store.close()
+    if client is not None:
+        await client.aclose()
     responses = [r for r in done if not isinstance(r, BaseException)]
     failed = [b"<raised>" for r in done if isinstance(r, RuntimeError)]
     return calls, [r.body for r in responses] + failed, [r.header("x-dedup") for r in responses]

@@ -25,7 +25,14 @@ from asgi_perf.cache import CacheMiddleware
 from asgi_perf.dedup import DedupMiddleware
 from asgi_perf.ratelimit import RateLimitMiddleware
 from tests.faults import FaultProxy
-from tests.support import RedisServer, Response, call, redis_server_available, skip_or_fail
+from tests.support import (
+    RedisServer,
+    Response,
+    call,
+    fill_redis,
+    redis_server_available,
+    skip_or_fail,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -444,3 +451,125 @@ async def test_busy_redis_is_not_an_outage(
             assert all(r.header("ratelimit-policy") for r in responses)  # none failed open
     finally:
         await kind.close(mw)
+
+
+# -- Idempotency-Key: fail closed ----------------------------------------------------------------
+class PaymentApp:
+    """``POST /pay``: charges once per call and says which charge it was."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls += 1
+        await receive()
+        body = b"charge %d" % self.calls
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def pay(mw: Any, key: str) -> Response:
+    headers = [("Idempotency-Key", key)]
+    return await asyncio.wait_for(
+        call(mw, "POST", "/pay", headers=headers, body=b"amount=10"), REQUEST_TIMEOUT
+    )
+
+
+async def test_keyed_retry_after_a_redis_restart_is_replayed(
+    key_prefix: str, logs: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarts (its data on disk) between a payment and its retry: the retry's pooled
+    connection is dead. It is retried once on a fresh connection and the retry gets the
+    recorded answer; it never runs the payment a second time."""
+    if not redis_server_available():
+        skip_or_fail("no redis-server on PATH")
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    app = PaymentApp()
+    mw = DedupMiddleware(app, storage=server.url, key_prefix=key_prefix)
+    try:
+        first = await pay(mw, "pay-1")
+        server.stop()
+        server.start()
+        retry = await pay(mw, "pay-1")
+    finally:
+        await mw.store.close()
+        server.cleanup()
+    assert (first.status, first.body) == (201, b"charge 1")
+    assert (retry.status, retry.body) == (201, b"charge 1")
+    assert retry.header("idempotent-replayed") == "true"
+    assert app.calls == 1 and mw.stats()["outage"]["failures"] == 0
+
+
+@pytest.mark.parametrize("fault", ["delay", "drop", "refuse"])
+async def test_keyed_requests_fail_closed_while_redis_cannot_answer(
+    fault: Any, proxy: FaultProxy, key_prefix: str, logs: pytest.LogCaptureFixture
+) -> None:
+    """Slow past the store timeout, a black hole, refused: a keyed request (new key or retry)
+    gets 503 + Retry-After and the app does not run; once Redis answers again the retry gets
+    the recorded answer. Duplicate suppression meanwhile passes through (fails open)."""
+    app = PaymentApp()
+    mw = DedupMiddleware(app, storage=proxy.url, key_prefix=key_prefix)
+    try:
+        assert (await pay(mw, "pay-1")).body == b"charge 1"
+        proxy.set_mode(fault, delay_ms=600)
+        try:
+            for key in ("pay-1", "pay-2", "pay-1"):
+                refused = await pay(mw, key)
+                assert refused.status == 503 and refused.header("retry-after") == "1"
+            assert app.calls == 1
+            passed = await asyncio.wait_for(call(mw, "GET", "/list"), REQUEST_TIMEOUT)
+            assert passed.status == 201 and app.calls == 2
+        finally:
+            proxy.set_mode("pass")
+
+        async def replayed() -> bool:
+            return (await pay(mw, "pay-1")).header("idempotent-replayed") == "true"
+
+        await eventually(replayed)
+    finally:
+        await mw.store.close()
+    assert app.calls == 2
+    assert mw.stats()["unavailable"] >= 3
+    warnings, recovered = outage_lines(logs, "asgi_perf.dedup")
+    assert (warnings, recovered) == (1, 1)
+
+
+async def test_keyed_request_on_a_full_redis_is_refused(
+    own_redis: RedisServer, key_prefix: str, logs: pytest.LogCaptureFixture
+) -> None:
+    """Redis at maxmemory under noeviction: a new key gets 503 (counted as full, not as an
+    outage) instead of running without a record; a recorded key is still replayed."""
+    own_redis.start()
+    app = PaymentApp()
+    mw = DedupMiddleware(app, storage=own_redis.url, key_prefix=key_prefix)
+    try:
+        await pay(mw, "pay-1")
+        fill_redis(own_redis.url)
+        refused = await pay(mw, "pay-2")
+        replay = await pay(mw, "pay-1")
+    finally:
+        await mw.store.close()
+    assert refused.status == 503 and refused.header("retry-after") == "60"
+    assert replay.header("idempotent-replayed") == "true" and replay.body == b"charge 1"
+    assert app.calls == 1
+    stats = mw.stats()
+    assert stats["full"] == 1 and stats["outage"]["failures"] == 0
+
+
+@pytest.mark.parametrize(("policy", "warned"), [("allkeys-lru", 1), ("noeviction", 0)])
+async def test_a_redis_that_may_evict_records_is_named_in_one_warning(
+    policy: str, warned: int, key_prefix: str, logs: pytest.LogCaptureFixture
+) -> None:
+    if not redis_server_available():
+        skip_or_fail("no redis-server on PATH")
+    server = RedisServer(extra=["--maxmemory", "100mb", "--maxmemory-policy", policy]).start()
+    mw = DedupMiddleware(PaymentApp(), storage=server.url, key_prefix=key_prefix)
+    try:
+        for key in ("pay-1", "pay-2", "pay-3"):
+            assert (await pay(mw, key)).status == 201
+    finally:
+        await mw.store.close()
+        server.cleanup()
+    warnings = [r.message for r in logs.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == warned, warnings
+    assert all(policy in w and "noeviction" in w for w in warnings)

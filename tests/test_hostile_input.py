@@ -291,6 +291,45 @@ def test_idempotency_key_sf_string_round_trip(key: str) -> None:
     assert parse_idempotency_key([quoted.encode()]) == key
 
 
+# -- Host: one valid line or no dedup ------------------------------------------------------------
+HOSTS = st.lists(
+    st.one_of(
+        st.sampled_from([b"a.example", b"A.EXAMPLE:8080", b"[::1]:443", b"b.example", b""]),
+        HEADER_BYTES,
+    ),
+    max_size=3,
+)
+
+
+@STACK
+@given(HOSTS, st.sampled_from(["GET", "POST"]))
+@example([b"evil.example", b"victim.example"], "GET")
+@example([b"evil.example, victim.example"], "GET")
+async def test_hostile_host_lines_never_merge_two_sites(hosts: list[bytes], method: str) -> None:
+    """Whatever Host lines a client sends, dedup never raises; a request whose Host lines two
+    readers could see as two sites (repeated or invalid: :func:`single_host` is ``None``) is
+    never recorded nor replayed, and a replay only ever answers the same single host."""
+    from asgi_perf._core.http import single_host
+
+    seen: list[bytes | None] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        seen.append(single_host(scope["headers"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % len(seen)})
+
+    mw = DedupMiddleware(app)
+    scope = make_scope(method, "/")
+    scope["headers"] = [(b"host", h) for h in hosts]
+    replies = [await call(mw, method, scope=dict(scope, headers=list(scope["headers"])))]
+    replies.append(await call(mw, method, scope=dict(scope, headers=list(scope["headers"]))))
+    host = single_host(scope["headers"])
+    assert [r.status for r in replies] == [200, 200]
+    assert (replies[1].header("x-dedup") == "hit") is (host is not None)
+    assert len(seen) == (1 if host is not None else 2)
+
+
 # -- Server-Timing from inner layers -------------------------------------------------------------
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'

@@ -1,4 +1,5 @@
-"""The pure rules behind DedupMiddleware: Idempotency-Key syntax, canonical query, fingerprints."""
+"""The pure rules behind DedupMiddleware: Idempotency-Key syntax, canonical query, fingerprints,
+which responses are replayed and with which fields."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from asgi_perf._core.http import PER_EXCHANGE
 from asgi_perf.dedup._rules import (
     InvalidKey,
     canonical_query,
@@ -16,6 +18,7 @@ from asgi_perf.dedup._rules import (
     fingerprint,
     parse_idempotency_key,
     path_matches,
+    replayable,
 )
 
 VALID_KEYS = [
@@ -104,6 +107,29 @@ def test_fingerprint_parts_cannot_collide_by_concatenation() -> None:
     assert len(fingerprint([b"x"])) == 32
 
 
+# Requests that a concatenating encoding merges: bytes moved across the boundary between
+# two parts, or between the last part and the body (the dedup fingerprint's last header and
+# the body; the Idempotency-Key payload's "truncated" marker and the body).
+COLLIDING = [
+    (([b"POST", b"/p", b"s=ab"], b"cd"), ([b"POST", b"/p", b"s=abc"], b"d")),
+    (([b"POST", b"/p", b"truncated"], b"x"), ([b"POST", b"/p", b""], b"truncatedx")),
+    (([b"a"], b"\0b"), ([b"a", b"b"], b"")),
+    (([b"a", b""], b"b"), ([b"a"], b"\0b")),
+    (([b"ab", b"c"], b""), ([b"a", b"bc"], b"")),
+    (([b"a\0b"], b"c"), ([b"a", b"b"], b"c")),
+    (([b"a"], b"bc"), ([b"ab"], b"c")),
+    (([], b"a"), ([b"a"], b"")),
+]
+
+
+@pytest.mark.parametrize(("one", "other"), COLLIDING)
+def test_fingerprint_is_injective_across_every_boundary(
+    one: tuple[list[bytes], bytes], other: tuple[list[bytes], bytes]
+) -> None:
+    assert fingerprint(*one) != fingerprint(*other)
+    assert fingerprint(*one) == fingerprint(list(one[0]), bytes(one[1]))
+
+
 RAW_PAIRS = [
     ([b"ab", b"c"], [b"a", b"bc"]),
     ([b"a", b""], [b"a"]),
@@ -151,3 +177,57 @@ def test_record_round_trip() -> None:
     assert decode_record(encode_record(payload, None)) == (payload, None)
     assert decode_record(encode_record(payload, b"")) == (payload, b"")
     assert decode_record(b"garbage") is None
+
+
+HELD = frozenset({b"accept", b"accept-encoding", b"authorization", b"cookie", b"host"})
+CT = (b"content-type", b"text/plain")
+
+REPLAYABLE = [
+    # (response fields, the identity is a user key, fields a replay carries or None)
+    ([CT], False, [CT]),
+    ([CT, (b"Set-Cookie", b"s=1")], True, None),
+    ([CT, (b"cache-control", b"no-store")], True, None),
+    ([CT, (b"Cache-Control", b"max-age=0, No-Store")], True, None),
+    ([CT, (b"cache-control", b"private")], False, None),  # an address is no identity
+    (
+        [CT, (b"cache-control", b"private, max-age=60")],
+        True,
+        [CT, (b"cache-control", b"private, max-age=60")],
+    ),
+    ([CT, (b"cache-control", b'private="x-account"')], False, None),
+    (
+        [CT, (b"cache-control", b"public, max-age=60")],
+        False,
+        [CT, (b"cache-control", b"public, max-age=60")],
+    ),
+    ([CT, (b"vary", b"Accept-Encoding")], False, [CT, (b"vary", b"Accept-Encoding")]),
+    (
+        [CT, (b"vary", b"accept, Cookie"), (b"Vary", b"host")],
+        False,
+        [CT, (b"vary", b"accept, Cookie"), (b"Vary", b"host")],
+    ),
+    ([CT, (b"vary", b"X-API-Key")], True, None),  # a field the fingerprint does not hold
+    ([CT, (b"vary", b"accept"), (b"vary", b"origin")], False, None),
+    ([CT, (b"vary", b"*")], True, None),
+    ([CT, (b"vary", b"")], False, [CT, (b"vary", b"")]),
+    # per-exchange fields of other layers are dropped, whatever their spelling
+    (
+        [CT, (b"X-Cache", b"MISS"), (b"server-timing", b"db;dur=5"), (b"x-query-count", b"9")],
+        False,
+        [CT],
+    ),
+    ([(b"ratelimit", b"x"), (b"x-dedup", b"hit"), (b"connection", b"close"), CT], False, [CT]),
+]
+
+
+@pytest.mark.parametrize(("headers", "user", "expected"), REPLAYABLE)
+def test_replayable(
+    headers: list[tuple[bytes, bytes]], user: bool, expected: list[tuple[bytes, bytes]] | None
+) -> None:
+    assert replayable(headers, HELD, user) == expected
+
+
+def test_replayable_drops_every_per_exchange_field() -> None:
+    fields = [(name, b"1") for name in sorted(PER_EXCHANGE)]
+    assert replayable([*fields, CT], HELD, False) == [CT]
+    assert replayable([*((n.upper(), v) for n, v in fields), CT], HELD, False) == [CT]

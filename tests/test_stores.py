@@ -11,8 +11,23 @@ from typing import Any
 import pytest
 
 from asgi_perf import ConfigError, StoreUnavailable, create_store
-from asgi_perf.stores import MemoryStore, Store, StoreOptions, register_scheme
-from tests.support import RedisServer, free_port
+from asgi_perf.stores import (
+    KeepingMemoryStore,
+    MemoryStore,
+    Store,
+    StoreFull,
+    StoreOptions,
+    register_scheme,
+)
+from tests.support import RedisServer, fill_redis, free_port
+
+
+class Clock:
+    """``time.monotonic`` for the memory stores, moved by hand: expiry without sleeping."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        monkeypatch.setattr("asgi_perf.stores._memory.time.monotonic", lambda: self.now)
 
 
 @pytest.fixture
@@ -227,6 +242,57 @@ async def test_memory_store_skips_values_that_cannot_fit() -> None:
     assert await store.get("small") == b"1", "a value too big to store evicts nothing"
 
 
+async def test_memory_store_sweeps_expired_entries_before_evicting_live_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(monkeypatch)
+    store = MemoryStore(max_entries=3)
+    for key in ("a", "b", "c"):
+        await store.set(key, b"1", ttl=5)
+    clock.now += 6  # all three expired
+    for key in ("d", "e", "f"):
+        await store.set(key, b"1", ttl=5)
+    assert store.evictions == 0  # expired entries were swept, nothing live was evicted
+    await store.set("g", b"1", ttl=5)
+    assert store.evictions == 1 and await store.get("d") is None
+
+
+async def test_keeping_memory_store_never_evicts_and_refuses_new_claims_when_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records and claims share ``max_entries``; without room a new claim raises StoreFull
+    (an existing record is still read, a held claim still answers "taken"); expired records
+    and claims are swept to make room; nothing is ever evicted."""
+    clock = Clock(monkeypatch)
+    store = create_store("memory://?max_entries=3", keep=True)
+    assert isinstance(store, KeepingMemoryStore) and await store.evicts() is None
+    assert await store.get_or_claim("{1}r", "{1}c", "t1", ttl=10) == (None, True)
+    await store.fulfil("{1}c", "t1", "{1}r", b"one", ttl=60)
+    await store.set("{2}r", b"two", ttl=120)
+    assert await store.get_or_claim("{3}r", "{3}c", "t3", ttl=10) == (None, True)
+    with pytest.raises(StoreFull):  # 2 records + 1 claim: full
+        await store.get_or_claim("{4}r", "{4}c", "t4", ttl=10)
+    assert await store.get_or_claim("{1}r", "{1}c", "t", ttl=10) == (b"one", False)
+    assert await store.get_or_claim("{3}r", "{3}c", "t", ttl=10) == (None, False)
+    assert store.evictions == 0
+    clock.now += 61  # the first record expires, its room is swept free
+    assert await store.get_or_claim("{4}r", "{4}c", "t4", ttl=10) == (None, True)
+    assert await store.get("{2}r") == b"two"
+    clock.now += 11  # both claims expire (leaders that never came back)
+    assert await store.claim("{5}c", "t5", ttl=10) and await store.claim("{6}c", "t6", ttl=10)
+    with pytest.raises(StoreFull):
+        await store.claim("{7}c", "t7", ttl=10)
+
+
+async def test_keeping_memory_store_keeps_a_claimed_record_beyond_max_bytes() -> None:
+    store = KeepingMemoryStore(max_bytes=1024)
+    assert await store.claim("{1}c", "t1", ttl=10)
+    await store.fulfil("{1}c", "t1", "{1}r", b"x" * 5000, ttl=60)  # its claim reserved room
+    assert await store.get("{1}r") == b"x" * 5000
+    with pytest.raises(StoreFull):  # now full by bytes: no new claim
+        await store.claim("{2}c", "t2", ttl=10)
+
+
 def test_memory_url_parameters() -> None:
     store = create_store("memory://?max_entries=7&max_bytes=1KiB")
     assert isinstance(store, MemoryStore)
@@ -262,6 +328,58 @@ async def test_redis_store_recovers_after_restart() -> None:
         assert await store.get("k") is None  # the server kept nothing; it answers again
         await store.set("k", b"again")
         assert await store.get("k") == b"again"
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+async def test_redis_store_retries_a_dead_pooled_connection_once() -> None:
+    """Redis restarts between two calls: the pooled connection is dead, and the first call
+    after the restart is retried on a fresh connection instead of failing."""
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    store = create_store(server.url, prefix="retry:", timeout=0.3)
+    try:
+        await store.set("k", b"v")
+        server.stop()
+        server.start()
+        assert await store.get("k") == b"v"  # the data was kept on disk; the call succeeds
+        assert await store.get_or_claim("{k}r", "{k}c", "t", ttl=5) == (None, True)
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("settings", "evicts"),
+    [
+        ([], None),
+        (["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"], None),
+        (["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"], "allkeys-lru"),
+        (["--maxmemory", "100mb", "--maxmemory-policy", "volatile-ttl"], "volatile-ttl"),
+        (["--maxmemory", "100mb", "--rename-command", "CONFIG", '""'], "could not be read"),
+    ],
+)
+async def test_redis_store_says_whether_it_may_evict(
+    settings: list[str], evicts: str | None
+) -> None:
+    server = RedisServer(extra=settings).start()
+    store = create_store(server.url, prefix="evicts:", timeout=0.5)
+    try:
+        reason = await store.evicts()
+        assert reason is None if evicts is None else evicts in str(reason)
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+async def test_redis_store_at_maxmemory_without_eviction_is_full() -> None:
+    server = RedisServer().start()
+    store = create_store(server.url, prefix="full:", timeout=0.5)
+    try:
+        fill_redis(server.url)
+        with pytest.raises(StoreFull):
+            await store.get_or_claim("{k}r", "{k}c", "t", ttl=5)
+        assert await store.get("{k}r") is None  # reads still work: full, not down
     finally:
         await store.close()
         server.cleanup()

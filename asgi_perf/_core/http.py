@@ -104,9 +104,16 @@ def canonical_query(query: bytes) -> bytes:
 def fingerprint(parts: Sequence[bytes], body: bytes = b"", raw: bool = False) -> str:
     """A 32-hex-digit digest identifying the request made of ``parts`` and ``body``.
 
-    ``raw``: for a request without a body, the injective encoding itself (as latin-1 text,
-    starting with ``j`` or ``r``, so never equal to a digest) instead of its digest: a key
-    for an in-process store, where hashing would only cost time.
+    Injective, so no request can shift a boundary (say, move bytes from a header into the body,
+    or craft a path that ends with another client's identity) to take on another request's
+    fingerprint: the parts are joined by NUL when none holds one (HTTP fields, raw paths and
+    queries cannot), else encoded as their ``repr``; either form determines the parts. The
+    body's length, as 8 bytes, comes first, so where the parts end and the body starts is
+    fixed too (``Cookie: s=ab`` + body ``cd`` is not ``Cookie: s=abc`` + body ``d``).
+
+    ``raw``: for a request without a body, the injective encoding of the parts itself (as
+    latin-1 text, starting with ``j`` or ``r``, so never equal to a digest) instead of its
+    digest: a key for an in-process store, where hashing would only cost time.
     """
     data = b"\0".join(parts)
     if data.count(b"\0") == len(parts) - 1:
@@ -115,7 +122,7 @@ def fingerprint(parts: Sequence[bytes], body: bytes = b"", raw: bool = False) ->
         data = b"r" + repr(tuple(parts)).encode("ascii")  # self-delimiting, slower
     if raw and not body:
         return data.decode("latin-1")
-    digest = _blake2b(data, digest_size=16)
+    digest = _blake2b(len(body).to_bytes(8, "big") + data, digest_size=16)
     if body:
         digest.update(body)
     return digest.hexdigest()

@@ -1,15 +1,20 @@
 """Duplicate suppression and Idempotency-Key handling, in one process or across many.
 
 Two jobs, one mechanism (a request fingerprint and a short-lived record of its outcome),
-built on :class:`~asgi_perf.singleflight.SingleFlight` and :mod:`asgi_perf.recording`:
+built on :class:`~asgi_perf.stores._singleflight.SingleFlight` and
+:mod:`asgi_perf._core.recording`:
 
-**Duplicate suppression** (double clicks, client retries, fan-out of identical reads). The
-fingerprint covers method, path, canonical query (:func:`~asgi_perf.idempotency.canonical_query`),
-identity (user key, else client IP), the ``vary_headers``, the credential headers
-(``Authorization`` and ``Cookie``: two users behind one NAT with different sessions are never
-merged, even without an auth middleware) and the body. The first request runs; identical ones
-arriving while it runs wait and get its response (``X-Dedup: coalesced``); within ``window``
-seconds after, they get the record (``X-Dedup: hit``).
+**Duplicate suppression** (double clicks, client retries, fan-out of identical reads). Two
+requests are identical when HTTP says a shared cache could answer both with one response: the
+fingerprint covers method, raw path, canonical query, scheme, ``Host``
+(:func:`~asgi_perf._core.http.single_host`), identity (user key, else client IP), the
+``vary_headers`` and the request fields of :data:`~asgi_perf.dedup._rules.FINGERPRINTED`
+(credentials: two users behind one NAT with different sessions are never merged; ``Range`` and
+the conditionals: a 206 or a 304 only answers the request that asked for it; the forwarded
+origin) and the body, encoded injectively. A request whose ``Host`` is repeated or invalid is
+passed through untouched (two readers could see two different sites in it). The first request
+runs; identical ones arriving while it runs wait and get its response (``X-Dedup:
+coalesced``); within ``window`` seconds after, they get the record (``X-Dedup: hit``).
 
 What is shared (the choices where the spec is silent):
 
@@ -21,9 +26,13 @@ What is shared (the choices where the spec is silent):
   the app produced is one client's answer at one moment (identity is in the fingerprint, so
   it is never served to *another* client either way); responses from outer layers never
   pass through this one;
-- never a response with ``Set-Cookie`` (the identity may be an IP shared by several people)
-  or ``Cache-Control: no-store`` (the app's way to say "always fresh", e.g. a balance read
-  right after a transfer within the window);
+- only what :func:`~asgi_perf.dedup._rules.replayable` allows: never a response with
+  ``Set-Cookie`` or ``no-store``; a ``private`` one only when the identity is a user key (an
+  address is shared by everyone behind one NAT); none whose ``Vary`` names a request field
+  the fingerprint does not hold (add it to ``vary_headers``: ``origin`` behind a CORS layer);
+- without the fields that describe one exchange (:data:`~asgi_perf._core.http.PER_EXCHANGE`:
+  an inner cache's ``X-Cache``, timing, query counts, rate-limit state...): a replay carries
+  the response, not another request's exchange;
 - requests whose body exceeds ``max_body_size`` (or whose client disconnects mid-body) are
   passed through untouched, their body streamed to the app as it arrives;
 - when a leader's response turns out not shareable (by status, headers, streaming or size),
@@ -32,24 +41,17 @@ What is shared (the choices where the spec is silent):
   a leader whose answer they could not use. Without it, identical concurrent polls of a
   ``no-store`` endpoint would run one after another.
 
-**Idempotency-Key** (draft-ietf-httpapi-idempotency-key-header) for POST/PUT/PATCH/DELETE
-carrying the header: the key is scoped by identity and ``Authorization``; the first request
-runs and its complete response, whatever the status, is kept for ``idempotency_ttl``; a retry
-with the same payload replays it with ``Idempotent-Replayed: true``. Not kept (the key is free
-again): a request that failed before its response was complete (exception, disconnect), and a
-429 or 503 (the request was not processed: Stripe's rule). A response larger than
-``max_body_size`` cannot be replayed: the key is marked used and a retry gets a 409 saying so.
-The payload fingerprint covers method, path, canonical query and body (not the
-``vary_headers``: a retry with another ``Accept`` is the same operation); it travels in the
-claim's token, so a different payload is a 422 even while the first is in flight (else 409).
-A body larger than ``max_body_size`` is still protected; its payload fingerprint then covers
-the first ``max_body_size`` bytes. ``require_idempotency_key`` entries are exact paths or
-prefixes ending in ``*``; a keyed request never takes part in the ``window`` replay (a new key
-is a new operation). ``idempotency_header=None`` switches this job off.
+**Idempotency-Key**: :mod:`asgi_perf.dedup._keyed` (records kept apart from the window's, in
+``idempotency_storage``; keyed requests fail closed). ``require_idempotency_key`` entries are
+exact paths or prefixes ending in ``*``; a keyed request never takes part in the ``window``
+replay (a new key is a new operation). ``idempotency_header=None`` switches this job off.
 
 Beyond the spec's options: ``trusted_proxies`` (as in rate limiting, for the client IP),
-``wait_timeout`` (how long a waiter waits for a leader before running its own request, 10 s)
-and ``key_prefix``. ``window=0`` coalesces in-flight duplicates only.
+``wait_timeout`` (how long a waiter waits for a leader before running its own request, 10 s),
+``key_prefix`` and ``idempotency_storage`` (where Idempotency-Key records live: by default a
+memory area of their own next to ``memory://``, the same Redis as ``storage`` otherwise; give
+a Redis with ``maxmemory-policy noeviction`` when ``storage`` is a Redis that evicts).
+``window=0`` coalesces in-flight duplicates only.
 
 **Cost.** Every request is fingerprinted and every shareable response recorded, so the
 non-duplicate path is written for speed (``benchmarks``: dedup-memory, dedup-redis):
@@ -66,16 +68,17 @@ non-duplicate path is written for speed (``benchmarks``: dedup-memory, dedup-red
   (RFC 9112 §6.3): it is not read before the app (which gets the server's ``receive``);
   any other request's body is read first, as it is part of the fingerprint;
 - the leader keeps only the start message's headers and the single body message, decides at
-  the start message whether the response can be shared (status, ``Set-Cookie``,
-  ``no-store``: if not, it keeps nothing and releases the waiters at once) and encodes the
-  record without an intermediate object.
+  the start message whether the response can be shared (status, then
+  :func:`~asgi_perf.dedup._rules.replayable`: if not, it keeps nothing and releases the
+  waiters at once) and encodes the record without an intermediate object.
 
-**Store outages** fail open: the request runs un-deduplicated, logged once per outage, counted.
+**Store outages** fail open for duplicate suppression: the request runs un-deduplicated,
+logged once per outage, counted (and while the circuit is open the store is not even asked,
+but for probes: :class:`~asgi_perf._core.outage.Outage`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -84,17 +87,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgi_perf._core import stats as _stats
-from asgi_perf._core.asgi import (
-    ASGIApp,
-    Headers,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    problem_body,
-    send_response,
-)
-from asgi_perf._core.body import BufferedBody, prepend, read_body
+from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from asgi_perf._core.body import prepend, read_body
 from asgi_perf._core.config import (
     KEY_PREFIX_ENV,
     ConfigError,
@@ -109,6 +103,7 @@ from asgi_perf._core.config import to_methods as _methods
 from asgi_perf._core.config import to_paths as _paths
 from asgi_perf._core.config import to_positive_duration as _positive_duration
 from asgi_perf._core.context import add_timing
+from asgi_perf._core.http import fingerprint
 from asgi_perf._core.identity import (
     PROXY_HEADER_ENV,
     TRUSTED_PROXIES_ENV,
@@ -116,18 +111,17 @@ from asgi_perf._core.identity import (
     default_user_key,
 )
 from asgi_perf._core.outage import Outage
-from asgi_perf._core.recording import RecordedResponse, ResponseRecorder, encode_response
-from asgi_perf.dedup._rules import (
-    UNSAFE_METHODS,
-    InvalidKey,
-    canonical_query,
-    decode_record,
-    encode_record,
-    fingerprint,
-    parse_idempotency_key,
-    path_matches,
+from asgi_perf._core.recording import RecordedResponse, encode_response
+from asgi_perf.dedup._fingerprint import IDENTITY, RequestParts
+from asgi_perf.dedup._keyed import IdempotencyKeys
+from asgi_perf.dedup._rules import UNSAFE_METHODS, path_matches, replayable
+from asgi_perf.stores import (
+    KeepingMemoryStore,
+    Store,
+    StoreUnavailable,
+    create_store,
+    in_process,
 )
-from asgi_perf.stores import Store, StoreUnavailable, create_store
 from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["DedupMiddleware"]
@@ -140,37 +134,15 @@ RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can
 NOT_SHARED = frozenset({408, 425, 429})
 #: The record of a fingerprint whose responses are not shared ("hit-for-pass").
 PASS = b"asgi-perf:pass"
-NOT_KEPT_FOR_KEY = frozenset({429, 503})
-_PROBLEM = b"application/problem+json"
-_CREDENTIALS = (b"authorization", b"cookie")
-_NO_RENEWAL = contextlib.nullcontext()
-_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
-_FIXED = 4  # fingerprint parts before the headers: method, path, query, identity
-_FRAMING = -2  # header slot: says the request has a body
-_IGNORED = -1  # header slot: not part of the fingerprint
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 _HTTP1 = frozenset({"1.0", "1.1"})
 _TOKENS = map(str, itertools.count())  # claim tokens of the in-process fast path: unique here
 
 
-def _path(scope: Scope) -> bytes:
-    raw = scope.get("raw_path")
-    if isinstance(raw, bytes):
-        return raw
-    path: str = scope.get("root_path", "") + scope["path"]
-    return path.encode("utf-8", "surrogatepass")
-
-
-def _private(message: Message) -> bool:
-    """The response sets a cookie or says ``Cache-Control: no-store``: not to be shared."""
-    for name, value in message.get("headers", ()):
-        size = len(name)  # lower() only the names that can match: 10 and 13 bytes
-        if size == 10:
-            if name.lower() == b"set-cookie":
-                return True
-        elif size == 13 and name.lower() == b"cache-control" and b"no-store" in value.lower():
-            return True
-    return False
+def _store_url(value: object, name: str) -> str:
+    url = str(value).strip()
+    in_process(url, name)  # an unknown scheme is a ConfigError naming ``name``
+    return url
 
 
 class DedupMiddleware(EnvConfigurable):
@@ -187,6 +159,7 @@ class DedupMiddleware(EnvConfigurable):
         EnvVar("ASGI_PERF_IDEMPOTENCY_HEADER", "idempotency_header", _header_name),
         EnvVar("ASGI_PERF_IDEMPOTENCY_TTL", "idempotency_ttl", _positive_duration),
         EnvVar("ASGI_PERF_IDEMPOTENCY_REQUIRED", "require_idempotency_key", _paths),
+        EnvVar("ASGI_PERF_IDEMPOTENCY_STORAGE", "idempotency_storage", _store_url),
         TRUSTED_PROXIES_ENV,
         PROXY_HEADER_ENV,
         KEY_PREFIX_ENV,
@@ -209,6 +182,7 @@ class DedupMiddleware(EnvConfigurable):
         vary_headers: Iterable[str] | str = ("accept", "accept-encoding", "accept-language"),
         wait_timeout: float | str = 10.0,
         key_prefix: str = "asgi_perf:",
+        idempotency_storage: str | Store | None = None,
     ) -> None:
         self.app = app
         self.window = to_duration(window, "window")
@@ -217,8 +191,7 @@ class DedupMiddleware(EnvConfigurable):
         self.methods = _methods(methods, "methods")
         if identity is not None and not callable(identity):
             raise ConfigError("identity", identity, "a callable scope -> str | None, or None")
-        self.identity = identity or default_user_key
-        self.client_ip = ClientIP(trusted_proxies, proxy_header=proxy_header)
+        client_ip = ClientIP(trusted_proxies, proxy_header=proxy_header)
         label = _header_name(idempotency_header, "idempotency_header")
         self.header_label = label or "Idempotency-Key"
         self.idempotency_header = None if label is None else label.lower().encode("ascii")
@@ -230,7 +203,8 @@ class DedupMiddleware(EnvConfigurable):
         self.wait_timeout = _positive_duration(wait_timeout, "wait_timeout")
         if not isinstance(key_prefix, str):
             raise ConfigError("key_prefix", key_prefix, "a string such as 'asgi_perf:'")
-        self.store = create_store(storage, prefix=key_prefix + "dedup:", name="storage")
+        prefix = key_prefix + "dedup:"
+        self.store = create_store(storage, prefix=prefix, name="storage")
         # A memory store's claim cannot outlive its process and the leader always releases it
         # (``finally``): no renewal task, whose start and cancel would cost a loop iteration.
         self._renew = self.store.kind != "memory"
@@ -241,14 +215,11 @@ class DedupMiddleware(EnvConfigurable):
         self.flight = SingleFlight(
             self.store, lease_ttl=self.lease_ttl, wait_timeout=self.wait_timeout
         )
-        # Every header the fingerprint reads, with its slot: one pass over the request headers.
-        names = dict.fromkeys((*vary, *_CREDENTIALS))
-        self._slots = {name: _FIXED + i for i, name in enumerate(names)}  # index in parts
-        self._no_headers = [b""] * len(self._slots)
-        # Any spelling of a header name seen -> its slot, _FRAMING or _IGNORED.
-        self._names: dict[bytes, int] = {**dict.fromkeys(_FRAMING_NAMES, _FRAMING), **self._slots}
-        self._peers: dict[str, bytes] = {}  # peer address -> identity part (no proxies)
+        self.parts = RequestParts(vary, identity or default_user_key, client_ip)
         self.outage = Outage(logger, f"{self.store.kind} store")
+        self.keys = None
+        if label is not None:
+            self.keys = self._idempotency(label, storage, idempotency_storage, prefix)
         self.requests = 0
         self.leaders = 0
         self.hits = 0
@@ -258,11 +229,35 @@ class DedupMiddleware(EnvConfigurable):
         self.not_shared = 0
         self.passes = 0
         self.passed_through = 0
-        self.replayed = 0
-        self.conflicts = 0
-        self.mismatches = 0
-        self.rejected = 0
+        self.bypassed = 0
         _stats.register("dedup", self)
+
+    def _idempotency(
+        self, label: str, storage: str | Store, given: str | Store | None, prefix: str
+    ) -> IdempotencyKeys:
+        """The Idempotency-Key job. Its records live in ``given``, else apart from the window
+        records when those are in memory (an LRU area ordinary traffic churns: the records get
+        a never-evicting area of the same bounds), else in the same store (a Redis: their own
+        keys, ``{i…}``, kept as its maxmemory-policy allows)."""
+        if given is not None:
+            store = create_store(given, prefix=prefix, name="idempotency_storage", keep=True)
+        elif self.store.kind == "memory" and not isinstance(self.store, KeepingMemoryStore):
+            store = create_store(storage if isinstance(storage, str) else "memory://", keep=True)
+        else:
+            store = self.store
+        outage = self.outage
+        if store is not self.store:
+            outage = Outage(logger, f"{store.kind} idempotency store")
+        return IdempotencyKeys(
+            self.app,
+            store,
+            outage,
+            logger,
+            label=label,
+            ttl=self.idempotency_ttl,
+            max_body_size=self.max_body_size,
+            lease_ttl=LEASE_TTL if store.kind != "memory" else MEMORY_LEASE_TTL,
+        )
 
     # -- entry -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -270,13 +265,15 @@ class DedupMiddleware(EnvConfigurable):
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        if method in UNSAFE_METHODS and self.idempotency_header is not None:
+        if method in UNSAFE_METHODS and self.keys is not None:
             values = [v for k, v in scope["headers"] if k.lower() == self.idempotency_header]
             if values or (
                 self.require_idempotency_key
                 and path_matches(scope["path"], self.require_idempotency_key)
             ):
-                await self._idempotent(scope, receive, send, values)
+                parts, _ = self.parts(scope)
+                auth = b"" if parts is None else parts[self.parts.auth]
+                await self.keys(scope, receive, send, values, parts, auth)
                 return
         if method not in self.methods:
             await self.app(scope, receive, send)
@@ -284,7 +281,11 @@ class DedupMiddleware(EnvConfigurable):
         # Duplicate suppression. The hot path (one body message, memory store, first of its
         # fingerprint) is written out here: every call and allocation saved is measurable.
         self.requests += 1
-        parts, framed = self._request_parts(scope)
+        parts, framed = self.parts(scope)
+        if parts is None:  # a repeated or invalid Host: which site is asked is not clear
+            self.bypassed += 1
+            await self.app(scope, receive, send)
+            return
         if not framed and method in _NO_BODY_METHODS and scope.get("http_version") in _HTTP1:
             # RFC 9112 §6.3: no Content-Length nor Transfer-Encoding, no body. Nothing to
             # read before the app: it gets the server's ``receive`` itself.
@@ -315,6 +316,9 @@ class DedupMiddleware(EnvConfigurable):
             token = next(_TOKENS)
             value, won = memory.get_or_claim_nowait(record_key, claim_key, token, self.lease_ttl)
         else:
+            if not self.outage.allow():  # the circuit is open: counted as a failure
+                await self.app(scope, app_receive, send)
+                return
             token = os.urandom(16).hex()
             try:
                 value, won = await self.store.get_or_claim(
@@ -341,6 +345,7 @@ class DedupMiddleware(EnvConfigurable):
         # sync operations, no lease and no renewal; else ``lease``.
         self.leaders += 1
         max_body = self.max_body_size
+        user = parts[IDENTITY][:2] == b"u:"  # the identity is a user key, not an address
         held = True  # the claim is ours and the waiters still wait for our record
         status = 0
         kept: Headers | None = None
@@ -352,9 +357,10 @@ class DedupMiddleware(EnvConfigurable):
                 kind = message["type"]
                 if kind == "http.response.start" and kept is None:
                     status = message["status"]
-                    if status < 500 and status not in NOT_SHARED and not _private(message):
-                        kept = list(message.get("headers", ()))
-                    else:
+                    if status < 500 and status not in NOT_SHARED:
+                        headers = message.get("headers", ())
+                        kept = replayable(headers, self.parts.fingerprinted, user)
+                    if kept is None:
                         held = False
                         await self._give_up(claim_key, token, lease, record_key)
                 elif (
@@ -392,63 +398,11 @@ class DedupMiddleware(EnvConfigurable):
                 await self._give_up(claim_key, token, lease)
 
     # -- shared pieces ---------------------------------------------------------------------
-    def _who(self, scope: Scope) -> bytes:
-        # "surrogatepass": never fails on any str, and keeps distinct strings distinct
-        user = self.identity(scope)
-        if user is not None:
-            return b"u:" + str(user).encode("utf-8", "surrogatepass")
-        if self.client_ip.trusted:  # the address may come from the request's headers
-            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-        # Else it depends on the peer address alone: remember the last few thousand.
-        client = scope.get("client")
-        peer = client[0] if client else None
-        if type(peer) is not str:
-            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-        who = self._peers.get(peer)
-        if who is None:
-            if len(self._peers) >= 4096:
-                self._peers.clear()
-            who = b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-            self._peers[peer] = who
-        return who
-
-    def _request_parts(self, scope: Scope) -> tuple[list[bytes], bool]:
-        """The fingerprint's parts but the body: method, raw path, canonical query, identity
-        (:data:`_FIXED` parts), then the fingerprinted headers, each in its slot (repeats
-        comma-joined); and whether the request says how its body is framed (Content-Length
-        or Transfer-Encoding). One pass over the request headers."""
-        query = scope.get("query_string", b"")
-        if b"&" in query:
-            query = canonical_query(query)
-        path = scope.get("raw_path")
-        if type(path) is not bytes:
-            path = _path(scope)
-        parts = [scope["method"].encode("ascii"), path, query, self._who(scope)]
-        parts += self._no_headers
-        names = self._names
-        framed = False
-        for name, value in scope["headers"]:
-            i = names.get(name)
-            if i is None:  # a spelling not seen yet: learn it (a bounded number of them)
-                lowered = name.lower()
-                i = self._slots.get(lowered, _FRAMING if lowered in _FRAMING_NAMES else _IGNORED)
-                if len(names) < 1024:
-                    names[name] = i
-            if i >= 0:
-                parts[i] = value if not parts[i] else parts[i] + b"," + value
-            elif i == _FRAMING:
-                framed = True
-        return parts, framed
-
     async def release(self, lease: Lease) -> None:
         try:
             await lease.release()
         except StoreUnavailable as exc:
             self.outage.failed(exc)
-
-    async def _problem(self, send: Send, status: int, title: str, detail: str) -> None:
-        body = problem_body(status, title, detail)
-        await send_response(send, status, body, content_type=_PROBLEM)
 
     # -- duplicate suppression -------------------------------------------------------------
     async def _follow(
@@ -524,137 +478,26 @@ class DedupMiddleware(EnvConfigurable):
             except StoreUnavailable as exc:
                 self.outage.failed(exc)
 
-    # -- Idempotency-Key -------------------------------------------------------------------
-    async def _idempotent(
-        self, scope: Scope, receive: Receive, send: Send, values: list[bytes]
-    ) -> None:
-        label = self.header_label
-        if not values:
-            self.rejected += 1
-            detail = f"The {label} header is required for {scope['method']} {scope['path']}."
-            await self._problem(send, 400, f"{label} header required", detail)
-            return
-        try:
-            key = parse_idempotency_key(values)
-        except InvalidKey as exc:
-            self.rejected += 1
-            detail = (
-                f"{label} must be a quoted string (RFC 8941) or a bare token of 1 to 255 "
-                f"printable characters: {exc}."
-            )
-            await self._problem(send, 400, f"Invalid {label}", detail)
-            return
-        body = await read_body(receive, self.max_body_size)
-        if body.disconnected:
-            self.passed_through += 1
-            await self.app(scope, body.receive, send)
-            return
-        parts, _ = self._request_parts(scope)
-        method_path_query = parts[:3]
-        truncated = b"" if body.complete else b"truncated"
-        payload = fingerprint((*method_path_query, truncated), body.data)
-        auth = parts[self._slots[b"authorization"]]
-        scoped = fingerprint((parts[3], auth, key.encode("ascii")))
-        claim_key = "{i" + scoped + "}c"
-        record_key = "{i" + scoped + "}r"
-        token = payload + "." + os.urandom(16).hex()
-        store = self.store
-        holder = None
-        try:
-            value, won = await store.get_or_claim(record_key, claim_key, token, self.lease_ttl)
-            if value is None and not won:
-                holder = await store.holder(claim_key)
-                if holder is None:  # it completed between our reads
-                    value = await store.get(record_key)
-        except StoreUnavailable as exc:
-            self.outage.failed(exc)
-            await self.app(scope, body.receive, send)
-            return
-        self.outage.ok()
-        if won:
-            await self._first_with_key(
-                scope, body, send, Lease(store, claim_key, token, self.lease_ttl)
-            )
-        elif value is not None:
-            await self._replay_key(send, value, payload, label)
-        else:
-            await self._in_flight(send, holder, payload, label)
-
-    async def _in_flight(self, send: Send, holder: str | None, payload: str, label: str) -> None:
-        if holder is not None and holder.partition(".")[0] != payload:
-            await self._mismatch(send, label)
-            return
-        self.conflicts += 1
-        detail = f"A request with this {label} is still being processed; retry later."
-        await self._problem(send, 409, "Request in progress", detail)
-
-    async def _mismatch(self, send: Send, label: str) -> None:
-        self.mismatches += 1
-        detail = f"This {label} was already used with a different request payload."
-        await self._problem(send, 422, f"{label} reused", detail)
-
-    async def _replay_key(self, send: Send, value: bytes, payload: str, label: str) -> None:
-        record = decode_record(value)
-        response = None
-        if record is not None:
-            if record[0] != payload:
-                await self._mismatch(send, label)
-                return
-            if record[1] is not None:
-                response = RecordedResponse.decode(record[1])
-        if response is None:
-            self.conflicts += 1
-            detail = (
-                f"A request with this {label} already completed, but its response was too "
-                "large to keep and cannot be replayed."
-            )
-            await self._problem(send, 409, "Response not replayable", detail)
-            return
-        self.replayed += 1
-        add_timing("dedup", desc="hit")
-        await response.replay(send, ((b"idempotent-replayed", b"true"),))
-
-    async def _first_with_key(
-        self, scope: Scope, body: BufferedBody, send: Send, lease: Lease
-    ) -> None:
-        self.leaders += 1
-        recorder = ResponseRecorder(send, self.max_body_size)
-        record_key = lease.key[:-1] + "r"
-        kept = False
-        try:
-            async with lease if self._renew else _NO_RENEWAL:
-                await self.app(scope, body.receive, recorder)
-            if recorder.started and recorder.complete and recorder.status not in NOT_KEPT_FOR_KEY:
-                response = recorder.result()
-                payload = lease.token.partition(".")[0]
-                encoded = None if response is None else response.encode()
-                try:
-                    await lease.fulfil(
-                        record_key, encode_record(payload, encoded), self.idempotency_ttl
-                    )
-                    kept = True
-                except StoreUnavailable as exc:
-                    self.outage.failed(exc)
-        finally:
-            if not kept:
-                await self.release(lease)
-
     # -- report ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        return {
+        keys = self.keys
+        out: dict[str, Any] = {
             "requests": self.requests,
-            "leaders": self.leaders,
+            "leaders": self.leaders + (keys.leaders if keys else 0),
             "hits": self.hits,
             "coalesced": self.coalesced,
             "released": self.released,
             "timeouts": self.timeouts,
             "not_shared": self.not_shared,
             "passes": self.passes,
-            "passed_through": self.passed_through,
-            "idempotent_replays": self.replayed,
-            "conflicts": self.conflicts,
-            "mismatches": self.mismatches,
-            "rejected": self.rejected,
+            "passed_through": self.passed_through + (keys.passed_through if keys else 0),
+            "bypassed": self.bypassed,
             "store": self.store.stats(),
             "outage": self.outage.stats(),
         }
+        if keys is not None:
+            out.update(keys.stats())
+            if keys.store is not self.store:
+                out["idempotency_store"] = keys.store.stats()
+                out["idempotency_outage"] = keys.outage.stats()
+        return out

@@ -12,21 +12,23 @@
 - :func:`encode_record` / :func:`decode_record`: what a used key stores: the fingerprint of the
   payload that used it (a retry with another payload is 422, §2.6) and the response it got, or
   a marker that the request completed with a response too large to keep.
-- :func:`fingerprint`: a BLAKE2b digest of the parts joined by NUL (when no part holds one,
-  which HTTP fields, raw paths and queries cannot) or else of their ``repr``, then the body.
-  Either encoding is injective, so no request can shift a boundary (say, craft a path that
-  ends with another client's identity) to take on another request's fingerprint. For an
-  in-process store a request without a body may use that encoding itself as its key
-  (``raw=True``): distinct requests keep distinct keys without the cost of a digest.
+- :func:`fingerprint` (:mod:`asgi_perf._core.http`): an injective digest of the request's
+  parts and body, so no request can shift a boundary to take on another's fingerprint.
+- :data:`FINGERPRINTED` and :func:`replayable`: which request fields the fingerprint holds
+  besides the ``vary_headers``, and which responses may be replayed to another request of the
+  same fingerprint, with which fields (RFC 9111's answer for a shared cache, applied to a
+  replay).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from asgi_perf._core.http import canonical_query, fingerprint
+from asgi_perf._core.asgi import Headers
+from asgi_perf._core.http import PER_EXCHANGE, canonical_query, fingerprint
 
 __all__ = [
+    "FINGERPRINTED",
     "MAX_KEY_LENGTH",
     "UNSAFE_METHODS",
     "InvalidKey",
@@ -36,10 +38,66 @@ __all__ = [
     "fingerprint",
     "parse_idempotency_key",
     "path_matches",
+    "replayable",
 ]
 
 MAX_KEY_LENGTH = 255
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Request fields every fingerprint holds, besides the ``vary_headers`` and the ``Host``:
+#: the credentials (two sessions behind one address are never merged), the range (RFC 9110
+#: §14.2: a 206 answers only its own range) and the conditionals (§13.1: a 304 or 412 answers
+#: only the validators sent), and the origin a proxy says the client asked for (what apps
+#: read to build absolute links and redirects).
+FINGERPRINTED = (
+    b"authorization",
+    b"cookie",
+    b"range",
+    b"if-range",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-match",
+    b"if-unmodified-since",
+    b"forwarded",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+)
+_SPECIAL = PER_EXCHANGE | {b"set-cookie", b"cache-control", b"vary"}  # dropped, or can forbid
+
+
+def replayable(
+    headers: Iterable[tuple[bytes, bytes]], held: frozenset[bytes], authenticated: bool
+) -> Headers | None:
+    """The fields a replay of this response carries to another request of its fingerprint,
+    or ``None`` when it must not be replayed at all. One pass over the response's fields.
+
+    Not replayed: a response with ``Set-Cookie`` (one client's session) or
+    ``Cache-Control: no-store``; one marked ``private`` unless ``authenticated`` (the
+    fingerprint holds a user key, not an address that everyone behind one NAT shares); one
+    whose ``Vary`` names a request field outside ``held`` (the lowercase names the fingerprint
+    holds), or is ``*``: it may depend on something two requests of one fingerprint do not
+    share. Dropped from a replay: the fields that describe one exchange (:data:`PER_EXCHANGE`,
+    the one list every layer that stores or replays uses).
+    """
+    kept: Headers = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _SPECIAL:  # one look-up for the ordinary fields
+            if lowered in PER_EXCHANGE:
+                continue
+            if lowered == b"set-cookie":
+                return None
+            if lowered == b"vary":
+                for field in value.lower().split(b","):
+                    field = field.strip()
+                    if field and field not in held:
+                        return None
+            else:
+                for directive in value.lower().split(b","):
+                    token = directive.partition(b"=")[0].strip()
+                    if token == b"no-store" or (token == b"private" and not authenticated):
+                        return None
+        kept.append((name, value))
+    return kept
 
 
 class InvalidKey(ValueError):

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf.stores import _redis  # noqa: F401 - importing it registers the Redis schemes
-from asgi_perf.stores._base import Store, StoreUnavailable, Subscription, SyncOperations
-from asgi_perf.stores._memory import MemoryStore
+from asgi_perf.stores._base import (
+    Store,
+    StoreFull,
+    StoreUnavailable,
+    Subscription,
+    SyncOperations,
+)
+from asgi_perf.stores._memory import KeepingMemoryStore, MemoryStore
 from asgi_perf.stores._registry import (
     StoreFactory,
     StoreOptions,
@@ -20,9 +26,11 @@ from asgi_perf.stores._registry import (
 )
 
 __all__ = [
+    "KeepingMemoryStore",
     "MemoryStore",
     "Store",
     "StoreFactory",
+    "StoreFull",
     "StoreOptions",
     "StoreUnavailable",
     "Subscription",
@@ -41,17 +49,20 @@ def create_store(
     max_bytes: int = 64 * 1024 * 1024,
     timeout: float = 0.25,
     name: str = "storage",
+    keep: bool = False,
 ) -> Store:
     """A store for ``url`` (an existing :class:`Store` is returned as it is).
 
     ``prefix`` namespaces a Redis store's keys (each middleware passes its own under it);
     ``max_entries``/``max_bytes`` bound a memory store, and may be given in the URL as
     ``memory://?max_entries=100&max_bytes=1MiB``. An unknown scheme, or a known one whose
-    extra is not installed, is a ``ConfigError`` naming ``name``.
+    extra is not installed, is a ``ConfigError`` naming ``name``. ``keep``: entries are
+    promises, a memory store never evicts them (:class:`KeepingMemoryStore`); Redis keeps them
+    as its ``maxmemory-policy`` allows (see :meth:`RedisStore.evicts`).
     """
     if isinstance(url, Store):
         return url
     if not isinstance(url, str):
         raise ConfigError(name, url, "a store URL (memory://, redis://…) or a Store")
-    options = StoreOptions(prefix, max_entries, max_bytes, timeout, name)
+    options = StoreOptions(prefix, max_entries, max_bytes, timeout, name, keep)
     return factory_for(url, name)(url, options)

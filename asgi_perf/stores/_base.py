@@ -3,7 +3,9 @@
 Keys are ``str`` chosen by the caller; the store adds its own prefix. Keys that one atomic
 operation touches together (``fulfil``'s claim and record) must share a Redis Cluster hash tag,
 written by the caller as ``{...}`` inside the key. Every failure to reach the backing service
-is raised as :class:`StoreUnavailable`, so callers handle one exception.
+is raised as :class:`StoreUnavailable`, so callers handle one exception; a store that is
+reachable but has no room for a new entry it must not evict raises :class:`StoreFull` (a kind
+of :class:`StoreUnavailable`, so callers that do not tell them apart degrade the same way).
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-__all__ = ["Store", "StoreUnavailable", "Subscription", "SyncOperations"]
+__all__ = ["Store", "StoreFull", "StoreUnavailable", "Subscription", "SyncOperations"]
 
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store answered, but has no room for a new entry and may not evict one to make it
+    (a :class:`~asgi_perf.stores.KeepingMemoryStore` at its bounds, Redis at ``maxmemory``
+    under ``noeviction``)."""
 
 
 class Subscription(ABC):
@@ -133,6 +141,11 @@ class Store(ABC):
 
     @abstractmethod
     def stats(self) -> dict[str, Any]: ...
+
+    async def evicts(self) -> str | None:
+        """Why an entry may be dropped before its TTL to make room, or ``None`` when it never
+        is (a caller keeping promises there warns). Unknown for a store that does not say."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - a no-op is right for stores without connections
         """Release connections; the store may be used again afterwards (it reconnects)."""

@@ -1,5 +1,10 @@
 """The embedded store: one process, bounded by entries and bytes, LRU, TTL, O(1) operations.
 
+:class:`MemoryStore` makes room by dropping the least recently used entry (expired ones at that
+end go first and are not counted as evictions). :class:`KeepingMemoryStore` is for entries that
+are promises (idempotency records): it never evicts; a claim that would need room it does not
+have raises :class:`~asgi_perf.stores.StoreFull`.
+
 Every operation runs without an ``await`` in the middle, so it is atomic with respect to
 other tasks of the event loop; no lock is needed.
 
@@ -19,10 +24,10 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from asgi_perf.stores._base import Store, Subscription, SyncOperations
+from asgi_perf.stores._base import Store, StoreFull, Subscription, SyncOperations
 from asgi_perf.stores._registry import StoreOptions, register_scheme
 
-__all__ = ["MemoryStore"]
+__all__ = ["KeepingMemoryStore", "MemoryStore"]
 
 _OVERHEAD = 64  # bytes charged per entry beyond key and value, so tiny entries still count
 
@@ -53,6 +58,11 @@ class MemoryStore(Store):
     """``memory://?max_entries=10000&max_bytes=64MiB``."""
 
     kind = "memory"
+    #: A read moves the entry to the recently used end (the order eviction follows).
+    lru = True
+    #: Every entry written is stored, even one larger than ``max_bytes``: its claim
+    #: reserved the room, and a promise is never dropped for its size.
+    keeps = False
 
     def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_entries = max_entries
@@ -69,7 +79,8 @@ class MemoryStore(Store):
     def from_url(cls, url: str, options: StoreOptions) -> MemoryStore:
         """``memory://`` with the bounds of ``options``, or of the URL's query."""
         bounded = options.with_url(url)
-        return cls(max_entries=bounded.max_entries, max_bytes=bounded.max_bytes)
+        kind = KeepingMemoryStore if options.keep else cls
+        return kind(max_entries=bounded.max_entries, max_bytes=bounded.max_bytes)
 
     # -- records ---------------------------------------------------------------------------
     def _drop(self, key: str) -> _Entry | None:
@@ -95,7 +106,8 @@ class MemoryStore(Store):
         if entry.expires and entry.expires <= time.monotonic():
             self._drop(key)
             return None
-        self._data.move_to_end(key)
+        if self.lru:
+            self._data.move_to_end(key)
         return entry.value
 
     async def get(self, key: str) -> bytes | None:
@@ -109,7 +121,7 @@ class MemoryStore(Store):
         if key in data:
             self._drop(key)
         size = len(key) + len(value) + _OVERHEAD
-        if size > self.max_bytes or self.max_entries < 1:
+        if (size > self.max_bytes or self.max_entries < 1) and not self.keeps:
             return  # could never fit: storing it would evict everything for nothing
         tag_tuple = tuple(tags) if tags else ()
         expires = time.monotonic() + ttl if ttl else 0.0
@@ -117,12 +129,21 @@ class MemoryStore(Store):
         self.bytes += size
         for tag in tag_tuple:
             self._tags.setdefault(tag, set()).add(key)
+        if len(data) > self.max_entries or self.bytes > self.max_bytes:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Back within the bounds: drop entries from the least recently used end; those
+        that had expired are swept, the others count as evictions."""
+        data = self._data
+        now = time.monotonic()
         while len(data) > self.max_entries or self.bytes > self.max_bytes:
-            oldest, entry = data.popitem(last=False)  # the least recently used
+            oldest, entry = data.popitem(last=False)
             self.bytes -= entry.size
             if entry.tags:
                 self._untag(oldest, entry.tags)
-            self.evictions += 1
+            if not entry.expires or entry.expires > now:
+                self.evictions += 1
 
     async def set(
         self,
@@ -260,6 +281,12 @@ class MemoryStore(Store):
         self._tags.clear()
         self.bytes = 0
 
+    async def evicts(self) -> str | None:
+        return (
+            f"least recently used entries are evicted past max_entries={self.max_entries} "
+            f"or max_bytes={self.max_bytes}"
+        )
+
     def stats(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -269,6 +296,61 @@ class MemoryStore(Store):
             "max_entries": self.max_entries,
             "max_bytes": self.max_bytes,
         }
+
+
+class KeepingMemoryStore(MemoryStore):
+    """``memory://`` for entries that are promises: kept until they expire, never evicted.
+
+    Records and claims together are bounded by ``max_entries``, records by ``max_bytes``. A new
+    claim (the right to write a record later) is only granted while there is room, after
+    sweeping expired records and claims; without room it raises
+    :class:`~asgi_perf.stores.StoreFull` rather than dropping an entry someone relies on. A
+    record written under a claim is always stored, so the bytes may overshoot ``max_bytes`` by
+    the records of the claims in flight when it was reached. Reads do not reorder entries: the
+    oldest write is at the front, which, for entries of one TTL, is the first to expire.
+    """
+
+    lru = False
+    keeps = True
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        super().__init__(max_entries=max_entries, max_bytes=max_bytes)
+        self.sync = self  # its own claim_nowait is the sync operation
+
+    def _full(self) -> bool:
+        return (
+            len(self._data) + len(self._claims) >= self.max_entries or self.bytes >= self.max_bytes
+        )
+
+    async def evicts(self) -> str | None:
+        return None
+
+    def _make_room(self) -> None:
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop the expired records at the front and every expired claim."""
+        data = self._data
+        now = time.monotonic()
+        while data:
+            key, entry = next(iter(data.items()))
+            if not entry.expires or entry.expires > now:
+                break
+            self._drop(key)
+        claims = self._claims
+        for stale in [k for k, (_, expires) in claims.items() if expires <= now]:
+            del claims[stale]
+
+    def claim_nowait(self, key: str, token: str, ttl: float) -> bool:
+        if self._full() and self._holder(key) is None:
+            self._sweep()
+            if self._full():
+                raise StoreFull(
+                    f"{len(self._data)} records and {len(self._claims)} claims "
+                    f"({self.bytes} bytes) fill max_entries={self.max_entries}, "
+                    f"max_bytes={self.max_bytes}"
+                )
+        return super().claim_nowait(key, token, ttl)
 
 
 register_scheme(MemoryStore.from_url, "memory", in_process=True)

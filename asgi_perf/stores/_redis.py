@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from asgi_perf._core.config import ConfigError
-from asgi_perf.stores._base import Store, StoreUnavailable, Subscription
+from asgi_perf.stores._base import Store, StoreFull, StoreUnavailable, Subscription
 from asgi_perf.stores._redis_client import (
     READ_TIMEOUT,
     SharedClient,
@@ -108,6 +108,10 @@ class _RedisSubscription(Subscription):
         return True
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class RedisStore(Store):
     """``redis://``, ``rediss://``, ``redis+cluster://h1:p1,h2:p2``, ``redis+sentinel://…``."""
 
@@ -136,6 +140,9 @@ class RedisStore(Store):
         self._shared: SharedClient | None = None  # the client of the loop last used
         self._held: dict[asyncio.AbstractEventLoop, SharedClient] = {}
         self._errors = unavailable_errors()
+        from redis.exceptions import OutOfMemoryError
+
+        self._full = OutOfMemoryError
         self.round_trips = 0
 
     @classmethod
@@ -182,6 +189,8 @@ class RedisStore(Store):
                 return await within(self.timeout, operation())
             return await operation()
         except self._errors as exc:
+            if isinstance(exc, self._full):  # maxmemory reached under noeviction
+                raise StoreFull(f"{type(exc).__name__}: {exc}") from exc
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             READ_TIMEOUT.reset(token)
@@ -385,6 +394,33 @@ class RedisStore(Store):
 
         await self.call(scan)
         await self._delete_many(keys)
+
+    async def evicts(self) -> str | None:
+        """Why Redis may evict a key that has a TTL before it expires, or ``None`` when it
+        will not (no ``maxmemory``, or ``maxmemory-policy noeviction``: writes then fail with
+        an ``OOM`` error, raised as :class:`StoreFull`). ``CONFIG GET`` may be denied (managed
+        Redis, ACLs): then a reason saying it could not be checked. Raises
+        :class:`StoreUnavailable` when Redis does not answer."""
+        from redis.exceptions import ResponseError
+
+        client = self.client
+
+        async def config() -> Any:
+            try:
+                return await client.config_get("maxmemory*")
+            except ResponseError as exc:  # denied, renamed or unknown: not an outage
+                return exc
+
+        reply = await self.call(config)
+        if isinstance(reply, ResponseError):
+            return f"its maxmemory-policy could not be read ({reply})"
+        if self.cluster and reply and all(isinstance(v, dict) for v in reply.values()):
+            reply = next(iter(reply.values()))  # one node's answer (every node should agree)
+        settings = {_text(k): _text(v) for k, v in (reply or {}).items()}
+        policy = settings.get("maxmemory-policy", "")
+        if settings.get("maxmemory", "0") == "0" or policy == "noeviction":
+            return None
+        return f"maxmemory-policy is {policy or 'unknown'}"
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "round_trips": self.round_trips, "cluster": self.cluster}

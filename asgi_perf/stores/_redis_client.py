@@ -124,16 +124,19 @@ def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
     """A ``redis.asyncio`` client for ``url`` and whether it is a cluster client."""
     import redis.asyncio as aredis
     from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": max(timeout, 1.0),
         # One retry on a fresh connection: a pooled connection that Redis closed (restart,
-        # idle timeout) fails once; more retries would only stretch an outage.
-        "retry": Retry(NoBackoff(), 1),
+        # idle timeout) fails once; more retries would only stretch an outage. Only for a
+        # connection error: a timeout retried would double the wait on a slow server. (The
+        # asyncio ``Retry``: the sync one, given to an asyncio client, never retries.)
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     parts = urlsplit(url)
     scheme = parts.scheme.lower()

@@ -32,6 +32,7 @@ class StoreOptions:
     max_bytes: int = 64 * 1024 * 1024
     timeout: float = 0.25
     name: str = "storage"
+    keep: bool = False  # entries are promises: never evicted by an in-process store
 
     def with_url(self, url: str) -> StoreOptions:
         """These options with the bounds the URL's query gives, checked."""
@@ -41,7 +42,7 @@ class StoreOptions:
             max_entries = to_int(query["max_entries"][0], self.name + " max_entries", minimum=1)
         if "max_bytes" in query:
             max_bytes = to_size(query["max_bytes"][0], self.name + " max_bytes")
-        return StoreOptions(self.prefix, max_entries, max_bytes, self.timeout, self.name)
+        return StoreOptions(self.prefix, max_entries, max_bytes, self.timeout, self.name, self.keep)
 
 
 StoreFactory = Callable[[str, StoreOptions], Store]
