@@ -106,6 +106,7 @@ from asgi_perf.compression._responder import (
     VARY_FIELD,
     VARY_TOKENS,
     Responder,
+    Shared,
     vary_field,
     with_vary,
 )
@@ -300,12 +301,9 @@ class CompressionMiddleware(EnvConfigurable):
         self._excluded = tuple(
             (p.rstrip("/") or "/", p.rstrip("/") + "/") for p in self.exclude_paths
         )
-        # Counters for stats().
-        self.compressed = dict.fromkeys(self._tokens, 0)
-        self.streams = 0
-        self.threaded = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.shared = Shared(
+            self.minimum_size, self.thread_minimum_size, self._tokens, self._outages
+        )
         _stats.register("compression", self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -395,7 +393,7 @@ class CompressionMiddleware(EnvConfigurable):
                     message["headers"] = [*headers, vary_item]
                 await send(message)
                 return
-            responder = Responder(self, chosen, send, has_vary, verdict == _SSE, vary, offer)
+            responder = Responder(self.shared, chosen, send, has_vary, verdict == _SSE, vary, offer)
             await responder.on_start(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -469,14 +467,15 @@ class CompressionMiddleware(EnvConfigurable):
         return verdict
 
     def stats(self) -> dict[str, Any]:
+        shared = self.shared
         return {
             "encodings": list(self.encodings),
             "codecs": {name: codec.description for name, codec in self.codecs.items()},
-            "compressed": dict(self.compressed),
-            "streams": self.streams,
-            "threaded": self.threaded,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
+            "compressed": dict(shared.compressed),
+            "streams": shared.streams,
+            "threaded": shared.threaded,
+            "bytes_in": shared.bytes_in,
+            "bytes_out": shared.bytes_out,
             "codec_errors": {name: outage.stats() for name, outage in self._outages.items()},
             "dictionaries": self.dictionaries.stats() if self.dictionaries else None,
         }

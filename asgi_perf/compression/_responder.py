@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgi_perf._core.asgi import Headers, Message, Send, merge_vary
 from asgi_perf._core.context import add_timing
@@ -19,10 +19,7 @@ from asgi_perf._core.outage import Outage
 from asgi_perf.compression._codecs import Codec
 from asgi_perf.compression._dictionaries import Offer
 
-if TYPE_CHECKING:
-    from asgi_perf.compression._middleware import CompressionMiddleware
-
-__all__ = ["VARY_FIELD", "VARY_TOKENS", "Responder", "vary_field", "with_vary"]
+__all__ = ["VARY_FIELD", "VARY_TOKENS", "Responder", "Shared", "vary_field", "with_vary"]
 
 VARY_TOKENS = (b"Accept-Encoding",)
 
@@ -93,15 +90,50 @@ async def _in_thread(fn: Any, data: bytes) -> bytes:
     return bytes(await loop.run_in_executor(None, fn, data))
 
 
+class Shared:
+    """What every response of one middleware shares: the settings a responder reads and the
+    counters it adds to (the middleware's ``stats()`` reports them). Responders get this,
+    never the middleware."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "compressed",
+        "minimum_size",
+        "outages",
+        "streams",
+        "thread_minimum_size",
+        "threaded",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        minimum_size: int,
+        thread_minimum_size: int,
+        tokens: dict[str, bytes],
+        outages: dict[str, Outage],
+    ) -> None:
+        self.minimum_size = minimum_size
+        self.thread_minimum_size = thread_minimum_size
+        self.tokens = tokens  # coding name -> its Content-Encoding token
+        self.outages = outages  # coding name -> its codec's failures
+        self.compressed = dict.fromkeys(tokens, 0)
+        self.streams = 0
+        self.threaded = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
 class Responder:
     """One response: decide at the start message (or the first body), then rewrite or pass."""
 
-    __slots__ = ("codec", "event_stream", "has_vary", "mw", "offer", "send_next", "start",
+    __slots__ = ("codec", "event_stream", "has_vary", "offer", "send_next", "shared", "start",
                  "state", "stream", "vary")  # fmt: skip
 
     def __init__(
         self,
-        mw: CompressionMiddleware,
+        shared: Shared,
         codec: Codec | None,
         send: Send,
         has_vary: bool,
@@ -109,7 +141,7 @@ class Responder:
         vary: tuple[bytes, ...] = VARY_TOKENS,
         offer: Offer | None = None,
     ) -> None:
-        self.mw = mw
+        self.shared = shared
         self.codec = codec
         self.send_next = send
         self.has_vary = has_vary
@@ -152,7 +184,7 @@ class Responder:
             await self._on_stream_body(message)
 
     async def _on_first_body(self, message: Message) -> None:
-        mw = self.mw
+        mw = self.shared
         body: bytes = message.get("body", b"")
         more: bool = message.get("more_body", False)
         self.state = _PASS
@@ -181,13 +213,13 @@ class Responder:
             else:
                 encoded = codec.compress(body)
         except Exception as exc:
-            mw._outages[codec.name].failed(exc)
+            mw.outages[codec.name].failed(exc)
             encoded = body
         if len(encoded) >= len(body):
             await self.send_next(_vary_start(self.start, self.has_vary, self.vary))
             await self.send_next(message)
             return
-        _recovered(mw._outages[codec.name])
+        _recovered(mw.outages[codec.name])
         add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
         mw.compressed[codec.name] += 1
         mw.bytes_in += len(body)
@@ -195,7 +227,7 @@ class Responder:
         # With trailers coming, the body is framed as chunks: no Content-Length (as Starlette).
         length = None if self.start.get("trailers") else len(encoded)
         await self.send_next(
-            _encoded_start(self.start, mw._tokens[codec.name], length, self.has_vary, self.vary)
+            _encoded_start(self.start, mw.tokens[codec.name], length, self.has_vary, self.vary)
         )
         await self.send_next({"type": "http.response.body", "body": encoded, "more_body": False})
 
@@ -204,7 +236,7 @@ class Responder:
 
         If the codec fails here, nothing has left yet: the response goes out unencoded.
         """
-        mw = self.mw
+        mw = self.shared
         codec = self.codec
         assert codec is not None
         began = time.perf_counter()
@@ -212,10 +244,10 @@ class Responder:
             self.stream = codec.stream()
             encoded = self.stream.compress(body) if body else b""
         except Exception as exc:
-            mw._outages[codec.name].failed(exc)
+            mw.outages[codec.name].failed(exc)
             self.state = _PASS
             return _vary_start(self.start, self.has_vary, self.vary), body
-        _recovered(mw._outages[codec.name])
+        _recovered(mw.outages[codec.name])
         add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
         self.state = _STREAM
         mw.compressed[codec.name] += 1
@@ -223,11 +255,11 @@ class Responder:
         mw.bytes_in += len(body)
         mw.bytes_out += len(encoded)
         return _encoded_start(
-            self.start, mw._tokens[codec.name], None, self.has_vary, self.vary
+            self.start, mw.tokens[codec.name], None, self.has_vary, self.vary
         ), encoded
 
     async def _on_stream_body(self, message: Message) -> None:
-        mw = self.mw
+        mw = self.shared
         stream = self.stream
         assert stream is not None and self.codec is not None
         body: bytes = message.get("body", b"")
@@ -242,7 +274,7 @@ class Responder:
             else:
                 encoded = encode(body)
         except Exception as exc:
-            mw._outages[self.codec.name].failed(exc)
+            mw.outages[self.codec.name].failed(exc)
             raise
         mw.bytes_in += len(body)
         mw.bytes_out += len(encoded)
