@@ -37,10 +37,10 @@ BUDGET_CALLS: dict[str, float] = {
     "cache-miss-memory": 248,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     "dedup-memory": 61,
-    "timing": 18,
+    "timing": 13,
     "queries": 6,
-    "stack-memory": 124,  # +7 (issue 14): dedup as above, and its replay rules
-    "stack-memory-paths": 247,  # +7 (issue 14), as above
+    "stack-memory": 119,
+    "stack-memory-paths": 242,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {

@@ -81,7 +81,7 @@ class Gate:
         if self.client_ip.trusted:
             ip = "ip:" + self.client_ip(scope)
         else:  # the peer alone decides: remember its grouped form
-            client = scope["client"] if "client" in scope else None  # noqa: SIM401 (no call)
+            client = scope["client"] if "client" in scope else None
             peer = client[0] if client else None
             peers = self._peers
             if peer in peers:

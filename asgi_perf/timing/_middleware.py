@@ -546,7 +546,7 @@ class _Exchange(RequestContext):
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
-            if message.get("more_body", False):
+            if "more_body" in message and message["more_body"]:
                 if self.ttfb is None:
                     self.ttfb = self.mw._clock() - self.start
                 await self.send_next(message)
@@ -570,19 +570,18 @@ class _Exchange(RequestContext):
                     value = b"total;dur=" + (ms.rstrip(b"0").rstrip(b".") if ms[-1] == 48 else ms)
                     if self._timings:
                         value += b", " + format_server_timing(self._timings)
+                    headers = message["headers"] if "headers" in message else ()
                     if name is not None:
                         message["headers"] = [
-                            *message.get("headers", ()),
+                            *headers,
                             (b"server-timing", value),
                             (name, ms + b"ms"),
                         ]
                     else:
-                        message["headers"] = [
-                            *message.get("headers", ()),
-                            (b"server-timing", value),
-                        ]
+                        message["headers"] = [*headers, (b"server-timing", value)]
                 elif name is not None:
-                    message["headers"] = [*message.get("headers", ()), (name, ms + b"ms")]
+                    headers = message["headers"] if "headers" in message else ()
+                    message["headers"] = [*headers, (name, ms + b"ms")]
         elif kind == "http.response.pathsend":  # the file is the whole body
             await self.send_next(message)
             if self.end is None:

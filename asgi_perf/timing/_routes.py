@@ -142,10 +142,12 @@ def template_of(scope: Scope, status: int, from_scope: bool = True) -> str:
     The per-request path of ``TimingMiddleware``: a cached route or a memoised path costs
     a dictionary lookup here, without building the pair.
     """
+    # ``in`` and subscripts, not ``get``: no call event on the path every request takes
     if from_scope:
-        route = scope.get("route")
-        if route is not None:
-            cached = _by_route.get(id(route))
+        if "route" in scope and scope["route"] is not None:
+            route = scope["route"]
+            key = id(route)
+            cached = _by_route[key] if key in _by_route else None
             if cached is not None and cached[0] is route and "app_root_path" not in scope:
                 return UNMATCHED if status == 404 and cached[2] else cached[1]
             return route_template(scope, status)[0]
@@ -153,5 +155,7 @@ def template_of(scope: Scope, status: int, from_scope: bool = True) -> str:
             return route_template(scope, status)[0]
     if status == 404:
         return UNMATCHED
-    path = scope.get("path") or "/"
-    return _cache.get(path) or collapse_path(path)
+    path = scope["path"] if "path" in scope and scope["path"] else "/"
+    if path in _cache:
+        return _cache[path]
+    return collapse_path(path)
