@@ -16,7 +16,8 @@ from asgi_perf._core.config import ConfigError
 from asgi_perf._core.context import close_context, open_context
 from asgi_perf.cache import CacheMiddleware
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
-from tests.support import RedisServer, Response, call, redis_server_available
+from asgi_perf.stores._redis import RedisStore
+from tests.support import RedisServer, Response, call, make_scope, redis_server_available
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -226,6 +227,27 @@ async def test_two_hundred_concurrent_cold_requests_run_the_app_once() -> None:
     assert mw.stats()["coalesced"] == 199
 
 
+@pytest.mark.parametrize(
+    ("response", "request_cc"),
+    [
+        ([("cache-control", "max-age=50")], "min-fresh=100"),
+        ([("cache-control", "max-age=60"), ("age", "30")], "max-age=10"),
+    ],
+)
+async def test_a_waiter_honours_its_own_min_fresh_and_max_age(
+    response: list[tuple[str, str]], request_cc: str
+) -> None:
+    app = App({"/w": (200, response, lambda scope: f"v{app.calls}".encode())})
+    app.delay = 0.05
+    mw = CacheMiddleware(app)
+    plain, strict = await asyncio.gather(
+        call(mw, "GET", "/w"), call(mw, "GET", "/w", headers=[("cache-control", request_cc)])
+    )
+    assert (plain.body, x_cache(plain)) == (b"v1", "MISS")
+    assert (strict.body, x_cache(strict)) == (b"v2", "MISS")  # not the fill it waited for
+    assert app.calls == 2
+
+
 async def test_a_cancelled_fill_frees_its_key_at_once() -> None:
     app = App({"/c": (200, [], b"done")})
     app.gate = asyncio.Event()
@@ -300,6 +322,9 @@ async def test_anonymous_entry_is_not_served_to_credentialed_requests() -> None:
         "X-Rewrite-URL",
         "X-Forwarded-Scheme",
         "X-HTTP-Method-Override",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Port",
+        "Forwarded",
     ],
 )
 async def test_poisoning_headers_bypass_the_cache(header: str) -> None:
@@ -344,13 +369,89 @@ async def test_a_host_that_could_fake_key_separators_bypasses() -> None:
     assert (upper.body, x_cache(upper)) == (b"example.com", "HIT")  # host is case-insensitive
 
 
-async def test_a_keyed_header_is_not_a_bypass_header() -> None:
-    app = App({"/k": (200, [], lambda s: dict(s["headers"]).get(b"x-forwarded-host", b"-"))})
-    mw = CacheMiddleware(app, key_headers=["X-Forwarded-Host"])
-    for host in ("a.example", "b.example", "a.example"):
-        r = await call(mw, "GET", "/k", headers=[("x-forwarded-host", host)])
-        assert r.body == host.encode()
+@pytest.mark.parametrize(
+    ("header", "values"),
+    [
+        ("X-Forwarded-Host", ("a.example", "b.example")),
+        ("X-Forwarded-Proto", ("http", "https")),
+        ("Forwarded", ("host=a.example;proto=https", "host=b.example;proto=https")),
+    ],
+)
+async def test_a_keyed_header_is_not_a_bypass_header(header: str, values: tuple[str, str]) -> None:
+    name = header.lower().encode()
+    app = App({"/k": (200, [], lambda s: dict(s["headers"]).get(name, b"-"))})
+    mw = CacheMiddleware(app, key_headers=[header])
+    for value in (*values, values[0]):
+        r = await call(mw, "GET", "/k", headers=[(header, value)])
+        assert r.body == value.encode()
     assert app.calls == 2
+
+
+def first_host(scope: dict[str, Any]) -> bytes:
+    """What Starlette's ``request.url`` uses: the first ``Host`` line."""
+    return b"link to " + next((v for k, v in scope["headers"] if k == b"host"), b"-")
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["evil.example", "victim.example"],
+        ["victim.example", "victim.example"],
+        ["evil example"],
+        ["victim.example/evil"],
+        ["x" * 300],
+    ],
+)
+async def test_several_or_invalid_host_lines_bypass(hosts: list[str]) -> None:
+    app = App({"/page": (200, [("cache-control", "max-age=60")], first_host)})
+    mw = CacheMiddleware(app)
+    headers = [("host", host) for host in hosts]
+    for _ in range(2):  # the fast path and the slow one (after the path is known)
+        evil = await call(mw, "GET", "/page", headers=headers)
+        assert (evil.body, x_cache(evil)) == (b"link to " + hosts[0].encode(), "BYPASS")
+    good = await call(mw, "GET", "/page", headers=[("host", "victim.example")])
+    assert (good.body, x_cache(good)) == (b"link to victim.example", "MISS")
+    assert mw.stats()["stores"] == 1
+
+
+async def test_the_raw_path_is_the_key() -> None:
+    app = App({"/a/b": (200, [], lambda scope: scope["raw_path"])})
+    mw = CacheMiddleware(app)
+    encoded = make_scope("GET", "/a/b", raw_path=b"/a%2Fb")
+    for _ in range(2):
+        assert (await call(mw, scope=make_scope("GET", "/a/b"))).body == b"/a/b"
+        assert (await call(mw, scope=dict(encoded))).body == b"/a%2Fb"
+    assert app.calls == 2
+    no_raw = make_scope("GET", "/a/b", raw_path=None)  # a server that gives none: the path
+    assert x_cache(await call(mw, scope=no_raw)) == "HIT"
+    assert await mw.invalidate(path_prefix="/a%2F") == 1
+    assert x_cache(await call(mw, scope=dict(encoded))) == "MISS"
+    assert x_cache(await call(mw, scope=make_scope("GET", "/a/b"))) == "HIT"
+
+
+async def test_per_exchange_fields_are_never_stored_nor_replayed() -> None:
+    exchange = [
+        ("x-query-count", "9"),
+        ("x-n-plus-one", "8"),
+        ("server-timing", "total;dur=54.6"),
+        ("x-response-time", "54.6ms"),
+        ("ratelimit", '"default";r=9;t=60'),
+        ("ratelimit-policy", '"default";q=10;w=60'),
+        ("x-ratelimit-remaining", "9"),
+        ("x-cache", "MISS"),
+        ("x-dedup", "miss"),
+    ]
+    app = App({"/x": (200, [("content-type", "text/plain"), *exchange], b"x")})
+    mw = CacheMiddleware(app)
+    miss = await call(mw, "GET", "/x")
+    assert miss.header("x-query-count") == "9"  # the filling request's own exchange
+    for headers in ([], [("if-none-match", miss.header("etag") or "")]):
+        hit = await call(mw, "GET", "/x", headers=headers)
+        assert hit.header_list("x-cache") == ["HIT"]
+        for name, _ in exchange:
+            if name != "x-cache":
+                assert hit.header(name) is None, name
+    assert app.calls == 1
 
 
 async def test_key_uses_host_canonical_query_and_learned_vary() -> None:
@@ -562,7 +663,7 @@ async def test_store_outage_bypasses_and_serves_the_request(
         r = await call(mw, "GET", "/o")
         assert (r.status, r.body, x_cache(r)) == (200, b"o", "BYPASS")
     outage = mw.stats()["outage"]
-    assert outage == {"down": True, "failures": 3, "incidents": 1}
+    assert outage == {"down": True, "open": False, "failures": 3, "incidents": 1}
     assert sum("unavailable" in rec.message for rec in caplog.records) == 1
 
 
@@ -695,6 +796,55 @@ async def test_redis_stampede_and_invalidation(redis_mw: tuple[CacheMiddleware, 
     assert x_cache(await call(mw, "GET", "/r")) == "MISS"
 
 
+class LateClaims(RedisStore):
+    """A process that is slow at the worst moment: after its lookup missed, it claims the key
+    only once ``go`` is set (another process's fill completed meanwhile)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix=prefix, timeout=2.0)
+        self.go = asyncio.Event()
+
+    async def claim(self, key: str, token: str, ttl: float) -> bool:
+        await self.go.wait()
+        return await super().claim(key, token, ttl)
+
+    async def get_or_claim(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        await self.go.wait()
+        return await super().get_or_claim(record_key, claim_key, token, ttl)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("stored", ["nothing", "a stale entry"])
+async def test_a_claim_won_after_another_process_filled_uses_its_entry(
+    redis_url: str, key_prefix: str, stored: str
+) -> None:
+    app = App({"/f": (200, [("cache-control", "max-age=60")], lambda s: f"v{app.calls}".encode())})
+    fast = CacheMiddleware(app, storage=create_store(redis_url, prefix=key_prefix, timeout=2.0))
+    late_store = LateClaims(redis_url, key_prefix)
+    slow = CacheMiddleware(app, storage=late_store)
+    try:
+        if stored != "nothing":  # stale at once, kept for stale-if-error
+            app.routes["/f"] = (200, [("cache-control", "max-age=1, stale-if-error=60"),
+                                      ("age", "5")], b"old")  # fmt: skip
+            assert x_cache(await call(fast, "GET", "/f")) == "MISS"
+            app.routes["/f"] = (200, [("cache-control", "max-age=60")], b"new")
+        calls = app.calls
+        late = asyncio.create_task(call(slow, "GET", "/f"))
+        await asyncio.sleep(0.1)  # the slow process looked the key up and missed
+        filled = await call(fast, "GET", "/f")
+        assert x_cache(filled) == "MISS"
+        late_store.go.set()
+        r = await asyncio.wait_for(late, 5)
+        assert (r.body, x_cache(r)) == (filled.body, "HIT")
+        assert app.calls == calls + 1
+    finally:
+        await fast.clear()
+        await fast.store.close()
+        await late_store.close()
+
+
 @pytest.mark.cluster
 async def test_redis_cluster_hit_stampede_and_invalidation(
     redis_cluster_url: str, key_prefix: str
@@ -775,7 +925,12 @@ async def test_redis_outage_bypasses_then_recovers(key_prefix: str) -> None:
         r = await call(mw, "GET", "/o")
         assert (r.status, r.body) == (200, b"o")
         assert x_cache(await call(mw, "GET", "/o")) == "HIT"
-        assert mw.stats()["outage"] == {"down": False, "failures": 3, "incidents": 1}
+        assert mw.stats()["outage"] == {
+            "down": False,
+            "open": False,
+            "failures": 3,
+            "incidents": 1,
+        }
         await mw.store.close()
     finally:
         server.cleanup()

@@ -24,6 +24,7 @@ import gzip
 import math
 import re
 import secrets
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,7 +57,7 @@ from asgi_perf.dedup._rules import MAX_KEY_LENGTH, InvalidKey, parse_idempotency
 from asgi_perf.queries import QueryMiddleware
 from asgi_perf.ratelimit import RateLimitMiddleware
 from asgi_perf.timing import TimingMiddleware
-from tests.support import make_scope, unique_prefix
+from tests.support import UvicornThread, make_scope, unique_prefix
 
 PARSER = settings(max_examples=300, deadline=None)
 STACK = settings(
@@ -694,3 +695,35 @@ async def test_from_env_keeps_every_key_under_the_configured_prefix(
         if stray:
             redis_client.delete(*stray)
         await _close_stack(stack)
+
+
+# -- a real server that passes duplicate Host lines on ----------------------------------------
+def _raw_get(port: int, head: bytes) -> bytes:
+    """One HTTP/1.1 request written byte for byte (a client can send what httpx would not)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /page HTTP/1.1\r\n" + head + b"Connection: close\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_duplicate_host_lines_through_uvicorn_never_poison_the_cache() -> None:
+    """uvicorn with httptools passes both ``Host`` lines on; Starlette builds ``request.url``
+    from the first. The request bypasses the cache, so the next visitor gets their own page."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    async def page(request: Request) -> HTMLResponse:
+        link = f'<a href="{request.url_for("page")}">home</a>'
+        return HTMLResponse(link, headers={"Cache-Control": "max-age=60"})
+
+    app = CacheMiddleware(Starlette(routes=[Route("/page", page, name="page")]))
+    with UvicornThread(app, http="httptools") as server:
+        evil = _raw_get(server.port, b"Host: evil.example\r\nHost: victim.example\r\n")
+        assert b"evil.example" in evil and b"x-cache: BYPASS" in evil
+        victim = _raw_get(server.port, b"Host: victim.example\r\n")
+    assert b"evil.example" not in victim
+    assert b"http://victim.example/page" in victim and b"x-cache: MISS" in victim

@@ -55,7 +55,9 @@ Choices where the spec is silent (for the README):
   streamed one gets it (and a ``Content-Length``) from the first hit on.
 - ``Cache-Tag`` values (comma- or space-separated) become store tags for
   ``invalidate(tags=…)``; the header never reaches the client, whatever path the response
-  took. ``invalidate(path_prefix=…)`` matches the path as a string prefix, across hosts.
+  took. ``invalidate(path_prefix=…)`` matches the path as a string prefix, across hosts; the
+  path is the one the client sent (``raw_path``, percent-encoded: ``/a%2Fb`` is not ``/a/b``),
+  and a prefix with characters beyond printable ASCII is percent-encoded (UTF-8) first.
 - Keys are printable ASCII of at most ~900 bytes: path and query are percent-escaped and,
   past 256 characters, cut and completed by a hash (so ``invalidate(path_prefix=…)`` matches
   prefixes of up to 223 escaped characters). A ``Host`` longer than 255 bytes or with
@@ -83,12 +85,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import orjson
 
@@ -117,7 +119,7 @@ from asgi_perf._core.config import (
     to_size,
 )
 from asgi_perf._core.context import add_timing
-from asgi_perf._core.http import canonical_query, fingerprint
+from asgi_perf._core.http import canonical_query, fingerprint, replayable_headers, single_host
 from asgi_perf._core.identity import hash_secret
 from asgi_perf._core.negotiation import IDENTITY, choose_encoding
 from asgi_perf._core.outage import Outage
@@ -171,9 +173,9 @@ _PATH_REASONS = frozenset(
         "lifetime",
     }
 )
-_HOST_RE = re.compile(rb"[A-Za-z0-9.\-:\[\]_]*")
 _AE_ONLY = ("accept-encoding",)
 _NO_DIRECTIVES = RequestDirectives()
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))  # kept as they are in a raw path
 _AGES = [str(i).encode("ascii") for i in range(3600)]
 
 _HIT_FOR_MISS = b"\x00hit-for-miss"
@@ -183,22 +185,9 @@ _FRAME = struct.Struct("!3sI")  # magic, length of the JSON head that precedes t
 _X_CACHE = b"x-cache"
 _HIT, _MISS, _STALE, _BYPASS = b"HIT", b"MISS", b"STALE", b"BYPASS"
 _HIT_HEADER = (_X_CACHE, _HIT)
-_NOT_STORED = frozenset(
-    {
-        b"cache-tag",
-        b"age",
-        b"x-cache",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authentication-info",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-    }
-)
+# Never stored besides the per-exchange fields (_core.http.PER_EXCHANGE): the tags are this
+# cache's own, the age is recomputed on every hit.
+_NOT_STORED = frozenset({b"cache-tag", b"age"})
 # RFC 9110 §15.4.5: what a 304 carries (plus Last-Modified as a validator).
 _NOT_MODIFIED_FIELDS = frozenset(
     {
@@ -247,6 +236,16 @@ def _age(age: float) -> bytes:
     return _AGES[seconds] if seconds < 3600 else str(seconds).encode("ascii")
 
 
+def _raw_path(scope: Scope) -> str:
+    """The path as the client sent it (``raw_path`` where the server gives it), so that
+    ``/a%2Fb`` and ``/a/b`` are two resources, as they are to the app and to dedup."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return scope["path"]  # type: ignore[no-any-return]
+    path: str = raw.partition(b"?")[0].decode("latin-1")  # some servers leave the query in
+    return path
+
+
 def _stem(scope: Scope, host: str, identity: str, keyed: str) -> str:
     """``{path}scheme|host|identity|keyed``: the path is the Redis Cluster hash tag (all keys of
     a resource on one node) and comes first, so a path prefix selects keys for invalidation.
@@ -254,7 +253,7 @@ def _stem(scope: Scope, host: str, identity: str, keyed: str) -> str:
     scheme: str = scope.get("scheme") or "http"
     return (
         "{"
-        + key_part(scope["path"])
+        + key_part(_raw_path(scope))
         + "}"
         + key_part(scheme, 16)
         + "|"
@@ -271,7 +270,8 @@ def _query(query: bytes) -> str:
 
 
 def _fresh_headers(headers: Headers) -> Headers:
-    return [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]
+    """What an entry keeps of a response: never a field that describes one exchange."""
+    return replayable_headers(headers, _NOT_STORED)
 
 
 def _tags(headers: Headers) -> list[str]:
@@ -535,7 +535,7 @@ class CacheMiddleware(EnvConfigurable):
         self._codings: dict[bytes | None, str] = {}
         self._not_shared: dict[str, float] = {}  # base -> until (credentialed, not public)
         self._uncacheable_paths: dict[str, list[Any]] = {}  # path -> [streak, until]
-        self._resources: dict[tuple[str, bytes, bytes, str | None], _Resource] = {}
+        self._resources: dict[tuple[Any, bytes, bytes, str | None], _Resource] = {}
         self._kinds: dict[bytes, int] = {
             b"accept-encoding": _AE,
             b"cache-control": _CC,
@@ -582,7 +582,7 @@ class CacheMiddleware(EnvConfigurable):
         # keys, one store read, no decoding. Everything else goes through _handle.
         boring = self._boring
         kinds = self._kinds
-        host = b""
+        host: bytes | None = None
         accept: bytes | None = None
         plain = True
         for name, value in scope["headers"]:
@@ -590,6 +590,8 @@ class CacheMiddleware(EnvConfigurable):
                 continue
             kind = kinds[name] if name in kinds else self._classify(name)
             if kind == _HOST:
+                if host is not None:  # a second Host: _inspect bypasses
+                    plain = False
                 host = value
             elif kind == _AE and accept is None:
                 accept = value
@@ -597,16 +599,28 @@ class CacheMiddleware(EnvConfigurable):
                 plain = False
         prefetched: tuple[str, _Entry | bytes | None] | None = None
         if plain and not self.key_headers:
-            try:  # (zero-cost in the usual case where the server set both keys)
-                ident = (scope["path"], scope["query_string"], host, scope["scheme"])
+            if host is None:
+                host = b""
+            try:  # (zero-cost in the usual case where the server set the keys)
+                ident = (
+                    scope["raw_path"] or scope["path"],
+                    scope["query_string"],
+                    host,
+                    scope["scheme"],
+                )
             except KeyError:
-                ident = (scope["path"], scope.get("query_string", b""), host, scope.get("scheme"))
+                ident = (
+                    scope.get("raw_path") or scope["path"],
+                    scope.get("query_string", b""),
+                    host,
+                    scope.get("scheme"),
+                )
             resource = self._resources.get(ident)
             if resource is None:
                 if self._hinted(scope["path"]):  # (checked again in _serve_or_fill)
                     await self._pass(scope, receive, send)
                     return
-                resource = self._resource(ident)
+                resource = self._resource(scope, ident)
             if resource is not None:
                 names, until = resource.vary
                 if names is not None and (until == _FOREVER or until > time.monotonic()):
@@ -722,12 +736,14 @@ class CacheMiddleware(EnvConfigurable):
                 self._boring.add(name)
         return kind
 
-    def _resource(self, ident: tuple[str, bytes, bytes, str | None]) -> _Resource | None:
+    def _resource(
+        self, scope: Scope, ident: tuple[Any, bytes, bytes, str | None]
+    ) -> _Resource | None:
         """The keys of a plain request (``None`` for a host that cannot be keyed), memoised."""
         host = self._host_key(ident[2])
         if host is None:
             return None
-        stem = "{" + key_part(ident[0]) + "}" + key_part(ident[3] or "http", 16) + "|" + host + "||"
+        stem = _stem(scope, host, "", "")
         query = _query(ident[1])
         base = stem + "?" + query
         resource = _Resource(stem, query, self._vary_cell(base))
@@ -737,13 +753,14 @@ class CacheMiddleware(EnvConfigurable):
         return resource
 
     def _host_key(self, value: bytes) -> str | None:
-        """``Host`` for the key, lowercased; ``None`` when it holds characters no host has
-        (they could fake the key's separators)."""
+        """``Host`` for the key, lowercased; ``None`` when it is not a valid host (whose
+        characters could fake the key's separators, or that a framework reads otherwise)."""
         known = self._hosts.get(value)
         if known is None:
-            if len(value) > 255 or _HOST_RE.fullmatch(value) is None:  # RFC 1035: 253 at most
+            valid = single_host(((b"host", value),))
+            if valid is None:
                 return None
-            known = value.decode("ascii").lower()
+            known = valid.decode("ascii")
             if len(self._hosts) < _KINDS_MAX:
                 self._hosts[value] = known
         return known
@@ -755,7 +772,7 @@ class CacheMiddleware(EnvConfigurable):
         cc: list[bytes] = []
         accept: list[bytes] = []
         pragma: bytes | None = None
-        host = b""
+        host: bytes | None = None
         creds: list[bytes] = []
         keyed: list[bytes] = []
         boring = self._boring
@@ -776,6 +793,10 @@ class CacheMiddleware(EnvConfigurable):
             elif kind == _CRED:
                 creds.append(value)
             elif kind == _HOST:
+                if host is not None:
+                    # Several Host lines: the app may read another one than the key would
+                    # (RFC 9112 §3.2 makes it a 400; some servers pass it on).
+                    return None
                 host = value
             elif kind == _PRAGMA:
                 pragma = value
@@ -790,7 +811,7 @@ class CacheMiddleware(EnvConfigurable):
             if directives.no_store:
                 return None
             req.directives = directives
-        host_key = self._host_key(host)
+        host_key = self._host_key(b"" if host is None else host)
         if host_key is None:
             return None
         if accept:
@@ -1005,8 +1026,16 @@ class CacheMiddleware(EnvConfigurable):
         self, req: _Request, receive: Receive, send: Send, key: str, stale: _Entry | None
     ) -> None:
         for attempt in (1, 2):
-            outcome = await self._store_call(self.flight.join("c:" + key[2:], key, False))
+            # Nothing stored: read and claim in one atomic step, so a fill that completed
+            # since our lookup (this process was slow) is used, never repeated.
+            outcome = await self._store_call(
+                self.flight.join("c:" + key[2:], key, check_first=stale is None)
+            )
             if outcome.kind == "leader":
+                assert outcome.lease is not None
+                if stale is not None and await self._filled_meanwhile(req, send, key, stale):
+                    await self._store_call(outcome.lease.release())
+                    return
                 self.misses += 1
                 await self._fill(req, receive, send, _MISS, key, stale=stale, lease=outcome.lease)
                 return
@@ -1016,11 +1045,11 @@ class CacheMiddleware(EnvConfigurable):
                     await self._pass(req.scope, receive, send)
                     return
                 entry = self._decoded_entry(key, value) if value is not None else None
-                if entry is not None and self._usable(entry, req):
+                if entry is not None and self._serve_waited(entry, req):
                     self.coalesced += 1
                     await self._replay(entry, req, send, _HIT, entry.age(time.time()))
                     return
-                break
+                break  # not good enough for this request's own directives: ask the app
             if outcome.kind == "timeout":
                 self.lock_timeouts += 1
                 break
@@ -1029,15 +1058,33 @@ class CacheMiddleware(EnvConfigurable):
                 names, _ = await self._names(req, refresh=True)
                 new_key = self._entry_key(req, names)
                 found = await self._lookup(new_key)
-                if isinstance(found, _Entry) and self._usable(found, req):
-                    age = found.age(time.time())
-                    if satisfies(age, found.lifetime, req.directives):
-                        self.coalesced += 1
-                        await self._replay(found, req, send, _HIT, age)
-                        return
+                if isinstance(found, _Entry) and self._serve_waited(found, req):
+                    self.coalesced += 1
+                    await self._replay(found, req, send, _HIT, found.age(time.time()))
+                    return
                 key = new_key
+                stale = found if isinstance(found, _Entry) else None
         self.misses += 1
         await self._fill(req, receive, send, _MISS, key, stale=stale)
+
+    def _serve_waited(self, entry: _Entry, req: _Request) -> bool:
+        """Whether an entry another request just stored may answer this one: it must be
+        allowed to this client and satisfy its own ``max-age`` / ``min-fresh`` (§5.2.1)."""
+        return self._usable(entry, req) and satisfies(
+            entry.age(time.time()), entry.lifetime, req.directives
+        )
+
+    async def _filled_meanwhile(self, req: _Request, send: Send, key: str, stale: _Entry) -> bool:
+        """Double-checked locking: after winning the claim over a stale entry, read the key
+        again; an entry stored since our lookup that serves this request is replayed."""
+        found = await self._lookup(key)
+        if not isinstance(found, _Entry) or found.created <= stale.created:
+            return False
+        if not self._serve_waited(found, req):
+            return False
+        self.coalesced += 1
+        await self._replay(found, req, send, _HIT, found.age(time.time()))
+        return True
 
     # -- serving stored responses ----------------------------------------------------------
     async def _replay(
@@ -1169,7 +1216,7 @@ class CacheMiddleware(EnvConfigurable):
         """
         deleted = 0
         if path_prefix is not None:
-            escaped = escape_key_part(path_prefix)
+            escaped = escape_key_part(quote(path_prefix, safe=_PRINTABLE))
             deleted += await self.store.delete_prefix("e:{" + escaped)
             await self.store.delete_prefix("v:{" + escaped)
         tag_list = [tags] if isinstance(tags, str) else list(tags)

@@ -53,7 +53,9 @@ CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414
 #: it cannot plant an entry other clients receive (web cache poisoning). A header the
 #: deployment legitimately sets on every request belongs in ``key_headers`` instead.
 DEFAULT_BYPASS_HEADERS = (
+    "forwarded",  # RFC 7239: host=, proto= change absolute URLs and redirects
     "x-forwarded-host",
+    "x-forwarded-proto",
     "x-forwarded-server",
     "x-forwarded-scheme",
     "x-forwarded-prefix",
