@@ -124,7 +124,7 @@ def builders() -> dict[str, Callable[[ASGIApp], ASGIApp]]:
             app, limit="1000/minute", rules={"GET /limited": "2/minute"}
         ),
         "dedup": lambda app: DedupMiddleware(app, window=0.5),
-        "cache": lambda app: CacheMiddleware(app, ttl=60),
+        "cache": lambda app: CacheMiddleware(app, default_ttl=60),
         "compression": lambda app: CompressionMiddleware(app, minimum_size=100),
         "queries": lambda app: QueryMiddleware(app, action="header"),
     }
