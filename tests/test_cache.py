@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ from fastapi import Response as FastAPIResponse
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf._core.context import close_context, open_context
-from asgi_perf.cache import CacheMiddleware
+from asgi_perf.cache import CacheMiddleware, purge
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
 from asgi_perf.stores._redis import RedisStore
 from tests.support import RedisServer, Response, call, make_scope, redis_server_available
@@ -529,6 +530,75 @@ async def test_cache_tag_is_stripped_and_invalidation_works() -> None:
     assert x_cache(await call(mw, "GET", "/other")) == "HIT"
     await mw.clear()
     assert x_cache(await call(mw, "GET", "/other")) == "MISS"
+
+
+async def test_purge_from_a_route_handler_without_holding_the_middleware() -> None:
+    api = FastAPI()
+    calls = 0
+
+    @api.get("/items/{item_id}")
+    async def item(item_id: int, response: FastAPIResponse) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        response.headers["Cache-Control"] = "max-age=300"
+        response.headers["Cache-Tag"] = f"item:{item_id}, items"
+        return {"id": item_id}
+
+    @api.get("/admin/purge")
+    async def admin(tag: str = "", prefix: str = "", everything: bool = False) -> dict[str, int]:
+        if everything:
+            return {"deleted": await purge(everything=True)}
+        if prefix:
+            return {"deleted": await purge(path_prefix=prefix)}
+        return {"deleted": await purge(tags=[tag])}
+
+    api.add_middleware(CacheMiddleware)
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+        async def labels() -> list[str]:
+            return [(await client.get(f"/items/{i}")).headers["x-cache"] for i in (1, 2, 3)]
+
+        assert await labels() == ["MISS"] * 3
+        assert await labels() == ["HIT"] * 3
+        assert (await client.get("/admin/purge?tag=item:2")).json() == {"deleted": 1}
+        assert await labels() == ["HIT", "MISS", "HIT"]
+        assert (await client.get("/admin/purge?prefix=/items/3")).json() == {"deleted": 1}
+        assert await labels() == ["HIT", "HIT", "MISS"]
+        assert (await client.get("/admin/purge?everything=true")).json()["deleted"] >= 3
+        assert await labels() == ["MISS"] * 3
+    assert calls == 8
+    with pytest.raises(ConfigError, match="purge"):
+        await purge()
+
+
+@pytest.mark.redis
+async def test_purge_from_another_process_with_redis(redis_url: str, key_prefix: str) -> None:
+    import subprocess
+    import sys
+
+    app = App({"/t": (200, [("cache-control", "max-age=300"), ("cache-tag", "t")], b"t")})
+    mw = CacheMiddleware(app, storage=redis_url, key_prefix=key_prefix)
+    try:
+        await call(mw, "GET", "/t")
+        assert x_cache(await call(mw, "GET", "/t")) == "HIT"
+        code = (
+            "import asyncio, sys; from asgi_perf.cache import purge; "
+            "print(asyncio.run(purge(tags='t', storage=sys.argv[1], key_prefix=sys.argv[2])))"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", code, redis_url, key_prefix],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[1],  # this checkout's asgi_perf
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+        assert x_cache(await call(mw, "GET", "/t")) == "MISS"  # the fleet's entry is gone
+    finally:
+        await mw.clear()
+        await mw.store.close()
 
 
 async def test_memory_store_stays_within_max_bytes() -> None:

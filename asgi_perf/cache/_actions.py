@@ -34,13 +34,13 @@ LEASE_TTL = 10.0  # seconds a fill's claim lives without renewal (renewed while 
 _REFRESH_MAX = 100  # concurrent background revalidations per middleware
 
 
-def _tagging_send(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    """``send`` adding ``extra`` fields to the response and keeping ``Cache-Tag`` from the
-    client."""
+def _tagging_send(send: Send, extra: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> Send:
+    """``send`` adding ``extra`` fields to the response and keeping those addressed to the
+    cache (``Cache-Tag``, its own targeted field: ``drop``) from the client."""
 
     async def tagged(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"cache-tag"]
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in drop]
             message = {**message, "headers": [*headers, *extra]}
         await send(message)
 
@@ -77,7 +77,7 @@ class Actions:
         self.counters.bypasses += 1
         add_timing("cache", desc=desc)
         extra = [(X_CACHE, BYPASS), self.settings.status.forward("bypass")]
-        await self.app(scope, receive, _tagging_send(send, extra))
+        await self.app(scope, receive, _tagging_send(send, extra, self.settings.consumed))
 
     async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hit-for-miss: the key was found uncacheable moments ago; straight to the app, no
@@ -87,7 +87,7 @@ class Actions:
         self.counters.misses += 1
         add_timing("cache", desc="hit-for-miss")
         extra = [(X_CACHE, MISS), self.settings.status.forward("uri-miss")]
-        await self.app(scope, receive, _tagging_send(send, extra))
+        await self.app(scope, receive, _tagging_send(send, extra, self.settings.consumed))
 
     def usable(self, entry: Entry, req: Request) -> bool:
         """Whether this client may receive ``entry`` at all (credentials, content coding)."""

@@ -84,6 +84,7 @@ class Entry:
         "size",
         "status",
         "swr",
+        "whole_lifetime",
     )
 
     def __init__(
@@ -103,6 +104,7 @@ class Entry:
         self.body = body
         self.response_time = response_time
         self.lifetime = lifetime
+        self.whole_lifetime = int(lifetime)  # a hit's Cache-Status ttl: this minus its age
         self.initial = initial
         self.swr = swr
         self.sie = sie

@@ -201,7 +201,7 @@ class CacheMiddleware(EnvConfigurable):
                             self.counters.hits += 1
                             add_timing("cache", desc="hit")
                             age = int(now - entry.born)
-                            ttl = int(entry.fresh_until - now)
+                            ttl = entry.whole_lifetime - age
                             await send(
                                 {
                                     "type": "http.response.start",
@@ -211,7 +211,7 @@ class CacheMiddleware(EnvConfigurable):
                                         (b"age", INTS[age] if 0 <= age < 3600 else age_bytes(age)),
                                         _HIT_HEADER,
                                         (b"cache-status", self._hit_prefix + INTS[ttl])
-                                        if ttl < 3600 and self._hit_prefix
+                                        if 0 <= ttl < 3600 and self._hit_prefix
                                         else self.settings.status.hit(ttl, key),
                                     ],
                                 }

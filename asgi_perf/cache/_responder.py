@@ -234,8 +234,8 @@ class FillResponder:
             assert first is not None
             etag = strong_etag(first.get("body", b""))
             headers.append((b"etag", etag))
-        drop = (b"cache-tag", settings.own_field) if settings.own_field else (b"cache-tag",)
-        headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        consumed = settings.consumed
+        headers = [(k, v) for k, v in headers if k.lower() not in consumed]
         if (
             (req.if_none_match is not None or req.if_modified_since is not None)
             and 200 <= status < 300

@@ -126,6 +126,8 @@ class Settings:
         cdn = (b"cdn-cache-control",) if to_bool(cdn_cache_control, "cdn_cache_control") else ()
         self.targeted: tuple[bytes, ...] = (*own[:1], *cdn)
         self.drop = NOT_STORED | {self.own_field} if self.own_field else NOT_STORED
+        # Fields addressed to this cache alone: never forwarded to the client.
+        self.consumed = frozenset({b"cache-tag", *own[:1]})
         self.status = CacheStatus(
             _cache_name(cache_name, "cache_name"), to_bool(cache_status_key, "cache_status_key")
         )
