@@ -533,16 +533,7 @@ async def test_cache_tag_is_stripped_and_invalidation_works() -> None:
 
 
 async def test_purge_from_a_route_handler_without_holding_the_middleware() -> None:
-    api = FastAPI()
-    calls = 0
-
-    @api.get("/items/{item_id}")
-    async def item(item_id: int, response: FastAPIResponse) -> dict[str, int]:
-        nonlocal calls
-        calls += 1
-        response.headers["Cache-Control"] = "max-age=300"
-        response.headers["Cache-Tag"] = f"item:{item_id}, items"
-        return {"id": item_id}
+    api, calls = items_api("max-age=300")
 
     @api.get("/admin/purge")
     async def admin(tag: str = "", prefix: str = "", everything: bool = False) -> dict[str, int]:
@@ -567,7 +558,7 @@ async def test_purge_from_a_route_handler_without_holding_the_middleware() -> No
         assert await labels() == ["HIT", "HIT", "MISS"]
         assert (await client.get("/admin/purge?everything=true")).json()["deleted"] >= 3
         assert await labels() == ["MISS"] * 3
-    assert calls == 8
+    assert len(calls) == 8
     with pytest.raises(ConfigError, match="purge"):
         await purge()
 
@@ -1007,17 +998,24 @@ async def test_redis_local_ttl_serves_without_a_round_trip(redis_url: str, key_p
         await mw.store.close()
 
 
-async def test_fastapi_app_with_add_middleware() -> None:
+def items_api(cache_control: str | None = None) -> tuple[FastAPI, list[int]]:
+    """A FastAPI app whose ``/items/{item_id}`` tags its responses and counts its calls."""
     api = FastAPI()
-    calls = 0
+    calls: list[int] = []
 
     @api.get("/items/{item_id}")
     async def item(item_id: int, response: FastAPIResponse) -> dict[str, int]:
-        nonlocal calls
-        calls += 1
-        response.headers["Cache-Tag"] = f"item:{item_id}"
+        calls.append(item_id)
+        if cache_control is not None:
+            response.headers["Cache-Control"] = cache_control
+        response.headers["Cache-Tag"] = f"item:{item_id}, items"
         return {"id": item_id}
 
+    return api, calls
+
+
+async def test_fastapi_app_with_add_middleware() -> None:
+    api, calls = items_api()
     api.add_middleware(CacheMiddleware, default_ttl=60)
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -1029,7 +1027,7 @@ async def test_fastapi_app_with_add_middleware() -> None:
         etag = second.headers["etag"]
         revalidated = await client.get("/items/1?a=1&b=2", headers={"If-None-Match": etag})
         assert revalidated.status_code == 304
-    assert calls == 1
+    assert calls == [1]
 
 
 @pytest.mark.redis

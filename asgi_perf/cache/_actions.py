@@ -14,16 +14,15 @@ import logging
 import time
 import uuid
 
-from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
+from asgi_perf._core.asgi import Message, Receive, Scope, Send
 from asgi_perf._core.context import add_timing
 from asgi_perf.cache._decide import Action, decide
-from asgi_perf.cache._entries import HIT_FOR_MISS, Entries
+from asgi_perf.cache._entries import HIT_FOR_MISS
 from asgi_perf.cache._entry import Entry
-from asgi_perf.cache._request import Request, RequestReader
-from asgi_perf.cache._responder import FillResponder
+from asgi_perf.cache._request import Request
+from asgi_perf.cache._responder import FillJob, FillResponder, Parts
 from asgi_perf.cache._serve import BYPASS, HIT, MISS, STALE, X_CACHE, replay
-from asgi_perf.cache._settings import Counters, Settings
-from asgi_perf.stores import Store, StoreUnavailable
+from asgi_perf.stores import StoreUnavailable
 from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["LEASE_TTL", "Actions"]
@@ -54,22 +53,12 @@ async def _discard(message: Message) -> None:
 class Actions:
     """What the cache does for a request once it has decided (see the module docstring)."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Settings,
-        counters: Counters,
-        entries: Entries,
-        reader: RequestReader,
-        store: Store,
-    ) -> None:
-        self.app = app
-        self.settings = settings
-        self.counters = counters
-        self.entries = entries
-        self.reader = reader
-        self.store = store
-        self.flight = SingleFlight(store, lease_ttl=LEASE_TTL, wait_timeout=settings.lock_timeout)
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.app, self.settings, self.counters, self.entries, self.reader = parts
+        self.store = store = self.entries.store
+        wait = self.settings.lock_timeout
+        self.flight = SingleFlight(store, lease_ttl=LEASE_TTL, wait_timeout=wait)
         self.refreshing: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -99,18 +88,10 @@ class Actions:
             or self.reader.accepts(req.accept_encoding, entry.coding)
         )
 
-    async def coalesced(
-        self,
-        req: Request,
-        receive: Receive,
-        send: Send,
-        key: str,
-        why: str,
-        stale: Entry | None,
-        revalidate: bool,
-    ) -> None:
+    async def coalesced(self, req: Request, receive: Receive, send: Send, job: FillJob) -> None:
         """One request per key calls the app; the others wait for what it stores."""
         entries = self.entries
+        key, stale = job.key, job.stale
         for attempt in (1, 2):
             # Nothing stored: read and claim in one atomic step, so a fill that completed
             # since our lookup (this process was slow) is used, never repeated.
@@ -123,7 +104,7 @@ class Actions:
                     await entries.call(outcome.lease.release())
                     return
                 self.counters.misses += 1
-                await self.fill(req, receive, send, key, why, stale, revalidate, outcome.lease)
+                await self.fill(req, receive, send, job._replace(lease=outcome.lease))
                 return
             if outcome.kind == "record":
                 value = outcome.value
@@ -146,8 +127,9 @@ class Actions:
                 if stale is not None and await self.serve_waited(stale, req, send, key):
                     return
                 revalidate = stale is not None and stale.revalidatable
+                job = job._replace(key=key, stale=stale, revalidate=revalidate)
         self.counters.misses += 1
-        await self.fill(req, receive, send, key, why, stale, revalidate)
+        await self.fill(req, receive, send, job)
 
     async def serve_waited(self, entry: Entry, req: Request, send: Send, key: str) -> bool:
         """Serve an entry another request just stored, if this request accepts it (its own
@@ -207,34 +189,10 @@ class Actions:
         desc = "hit" if x_cache is HIT else "stale"
         add_timing("cache", desc=desc + "-304" if sent == 304 else desc)
 
-    async def fill(
-        self,
-        req: Request,
-        receive: Receive,
-        send: Send,
-        key: str,
-        why: str,
-        stale: Entry | None = None,
-        revalidate: bool = False,
-        lease: Lease | None = None,
-        x_cache: bytes = MISS,
-    ) -> None:
+    async def fill(self, req: Request, receive: Receive, send: Send, job: FillJob) -> None:
         """Run the app for this request, forward its response, store it when allowed."""
-        responder = FillResponder(
-            self.app,
-            self.settings,
-            self.counters,
-            self.entries,
-            self.reader,
-            req,
-            send,
-            key=key,
-            why=why,
-            stale=stale,
-            revalidate=revalidate,
-            lease=lease,
-            x_cache=x_cache,
-        )
+        responder = FillResponder(self.parts, req, send, job)
+        lease = job.lease
         if lease is None or self.entries.get_nowait is not None:
             # In one process the claim is freed in a finally block (run), so it needs no
             # renewal (and a timer per fill is a measurable part of a memory-store miss).
@@ -278,7 +236,7 @@ class Actions:
 
             lease = Lease(self.store, claim_key, token, LEASE_TTL)
             async with lease:
-                await self.fill(copy, receive, _discard, key, "stale", entry, True, lease)
+                await self.fill(copy, receive, _discard, FillJob(key, "stale", entry, True, lease))
         except Exception:
             logger.exception("cache: background revalidation of %s failed", req.scope["path"])
         finally:

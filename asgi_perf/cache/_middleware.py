@@ -51,6 +51,7 @@ from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._invalidate import invalidate_targets
 from asgi_perf.cache._keys import query_part, stem
 from asgi_perf.cache._request import AE, HOST, Request, RequestReader, Resource
+from asgi_perf.cache._responder import FillJob, Parts
 from asgi_perf.cache._serve import (
     BYPASS,
     HIT,
@@ -109,7 +110,8 @@ class CacheMiddleware(EnvConfigurable):
             settings.key_headers, settings.bypass_headers, settings.cache_authenticated
         )
         self.counters = Counters()
-        self.actions = Actions(app, settings, self.counters, self.entries, self.reader, self.store)
+        parts = Parts(app, settings, self.counters, self.entries, self.reader)
+        self.actions = Actions(parts)
         # "name; hit; ttl=" when no key is shown: a hit appends the digits, nothing else
         self._hit_prefix = b"" if settings.status.with_key else settings.status.hit_prefix
         self._resources: dict[tuple[Any, bytes, bytes, str | None], Resource] = {}
@@ -329,15 +331,15 @@ class CacheMiddleware(EnvConfigurable):
                 return
             # Not a shared fill: the client waits for nobody; a shareable answer is kept.
             self.counters.bypasses += 1
-            await self.actions.fill(
-                req, receive, send, key, "bypass", usable, revalidate, x_cache=BYPASS
-            )
+            job = FillJob(key, "bypass", usable, revalidate, x_cache=BYPASS)
+            await self.actions.fill(req, receive, send, job)
             return
+        job = FillJob(key, why, usable, revalidate)
         if directives.no_cache:
             self.counters.misses += 1
-            await self.actions.fill(req, receive, send, key, why, usable, revalidate)
+            await self.actions.fill(req, receive, send, job)
             return
-        await self.actions.coalesced(req, receive, send, key, why, usable, revalidate)
+        await self.actions.coalesced(req, receive, send, job)
 
     async def _ranged(
         self, req: Request, receive: Receive, send: Send, key: str, entry: Entry | None

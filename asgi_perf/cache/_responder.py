@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NamedTuple
 
 from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Send, get_header
 from asgi_perf._core.context import add_timing
@@ -36,7 +37,7 @@ from asgi_perf.cache._settings import Counters, Settings
 from asgi_perf.stores import StoreUnavailable
 from asgi_perf.stores._singleflight import Lease
 
-__all__ = ["FillResponder", "cache_tags"]
+__all__ = ["FillJob", "FillResponder", "Parts", "cache_tags"]
 
 logger = logging.getLogger("asgi_perf.cache")
 
@@ -59,6 +60,27 @@ def cache_tags(headers: Headers) -> list[str]:
                 if len(tag) <= 256 and tag.isascii() and tag.isprintable():
                     tags.append(tag)
     return tags
+
+
+class Parts(NamedTuple):
+    """What calling the app on the cache's behalf works with (never the middleware)."""
+
+    app: ASGIApp
+    settings: Settings
+    counters: Counters
+    entries: Entries
+    reader: RequestReader
+
+
+class FillJob(NamedTuple):
+    """What one call of the app is for."""
+
+    key: str  # the entry key it fills
+    why: str  # Cache-Status fwd= reason: uri-miss, stale, request, bypass
+    stale: Entry | None = None  # the stored entry it may revalidate, or serve on error
+    revalidate: bool = False  # send the stale entry's validators
+    lease: Lease | None = None  # the claim that makes it the one fill of its key
+    x_cache: bytes = MISS
 
 
 class FillResponder:
@@ -91,37 +113,13 @@ class FillResponder:
         "x_cache",
     )
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Settings,
-        counters: Counters,
-        entries: Entries,
-        reader: RequestReader,
-        req: Request,
-        send: Send,
-        *,
-        key: str,
-        why: str,
-        stale: Entry | None = None,
-        revalidate: bool = False,
-        lease: Lease | None = None,
-        x_cache: bytes = MISS,
-    ) -> None:
-        self.app = app
-        self.settings = settings
-        self.counters = counters
-        self.entries = entries
-        self.reader = reader
+    def __init__(self, parts: Parts, req: Request, send: Send, job: FillJob) -> None:
+        self.app, self.settings, self.counters, self.entries, self.reader = parts
         self.req = req
         self.send = send
-        self.key = key
-        self.why = why  # Cache-Status fwd= reason: uri-miss, stale, request, …
-        self.stale = stale
-        self.revalidating = revalidate and stale is not None
-        self.lease = lease
-        self.x_cache = x_cache
-        self.recorder = ResponseRecorder(self.forward, settings.max_body_size)
+        self.key, self.why, self.stale, revalidate, self.lease, self.x_cache = job
+        self.revalidating = revalidate and self.stale is not None
+        self.recorder = ResponseRecorder(self.forward, parts.settings.max_body_size)
         self.held: Message | None = None
         self.freshen: Message | None = None  # the app's 304 to our validators
         self.ended = False
