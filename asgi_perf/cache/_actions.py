@@ -234,9 +234,8 @@ class Actions:
                 await asyncio.Event().wait()  # the request never disconnects by itself
                 raise AssertionError("unreachable")  # pragma: no cover
 
-            lease = Lease(self.store, claim_key, token, LEASE_TTL)
-            async with lease:
-                await self.fill(copy, receive, _discard, FillJob(key, "stale", entry, True, lease))
+            lease = Lease(self.store, claim_key, token, LEASE_TTL)  # fill() renews it
+            await self.fill(copy, receive, _discard, FillJob(key, "stale", entry, True, lease))
         except Exception:
             logger.exception("cache: background revalidation of %s failed", req.scope["path"])
         finally:

@@ -120,6 +120,8 @@ class CacheMiddleware(EnvConfigurable):
 
     # -- request entry point ---------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Long on purpose: a hit is served inline, without one call more than it needs (each
+        # one is a measurable part of a 2 µs hit); everything else leaves early for _handle.
         if scope["type"] != "http" or scope["method"] not in self.settings.methods:
             if scope["type"] == "http" and scope["method"] not in _SAFE:
                 await self._unsafe(scope, receive, send)
@@ -353,7 +355,7 @@ class CacheMiddleware(EnvConfigurable):
                 return
         await self.actions.bypass(req.scope, receive, send, "bypass")
 
-    # -- calling the app -------------------------------------------------------------------
+    # -- unsafe methods --------------------------------------------------------------------
     async def _unsafe(self, scope: Scope, receive: Receive, send: Send) -> None:
         """RFC 9111 §4.4: a non-error response to an unsafe method invalidates what is
         stored for the target URI (and same-origin ``Location`` / ``Content-Location``)

@@ -147,7 +147,7 @@ class RequestReader:
     def read(self, scope: Scope) -> Request | None:
         """The request's facts; ``None`` when it must bypass the cache (an unkeyed header
         that changes the response, several or an invalid ``Host``, ``no-store``, a
-        precondition)."""
+        precondition). One loop over the headers with a branch per kind: long, but one pass."""
         req = Request(scope)
         kinds = self.kinds
         boring = self.boring

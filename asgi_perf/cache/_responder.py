@@ -234,16 +234,7 @@ class FillResponder:
             headers.append((b"etag", etag))
         consumed = settings.consumed
         headers = [(k, v) for k, v in headers if k.lower() not in consumed]
-        if (
-            (req.if_none_match is not None or req.if_modified_since is not None)
-            and 200 <= status < 300
-            and not_modified(
-                req.if_none_match,
-                req.if_modified_since,
-                etag,
-                get_header(headers, b"last-modified") or get_header(headers, b"date"),
-            )
-        ):
+        if self._not_modified(status, headers, etag):  # the client's own validators match
             status = 304
             headers = [(k, v) for k, v in headers if k.lower() in _NOT_MODIFIED_FIELDS]
             self.drop_body = True
@@ -260,6 +251,17 @@ class FillResponder:
         )
         add_timing("cache", desc=self.x_cache.decode().lower())
         await self.send({**start, "status": status, "headers": headers})
+
+    def _not_modified(self, status: int, headers: Headers, etag: bytes | None) -> bool:
+        """Whether the request's own conditionals make this response a ``304`` for it (the
+        app never saw them: the cache answers them, RFC 9110 §13.2)."""
+        req = self.req
+        if req.if_none_match is None and req.if_modified_since is None:
+            return False
+        modified = get_header(headers, b"last-modified") or get_header(headers, b"date")
+        return 200 <= status < 300 and not_modified(
+            req.if_none_match, req.if_modified_since, etag, modified
+        )
 
     # -- storing ------------------------------------------------------------------------------
     async def _keep(self, record: RecordedResponse | None) -> None:
