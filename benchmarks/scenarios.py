@@ -740,7 +740,7 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
                 Variant(
                     "asgi_perf cache hit",
                     "ours",
-                    ours("cache", "CacheMiddleware", raw(), ttl=300),
+                    ours("cache", "CacheMiddleware", raw(), default_ttl=300),
                     header_is("x-cache", "HIT"),
                     prime=1,
                 ),
@@ -752,7 +752,7 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
         Variant(
             "asgi_perf cache hit",
             "ours",
-            ours("cache", "CacheMiddleware", lambda ctx: apps.fastapi_app(), ttl=300),
+            ours("cache", "CacheMiddleware", lambda ctx: apps.fastapi_app(), default_ttl=300),
             header_is("x-cache", "HIT"),
             prime=1,
         ),
@@ -782,7 +782,7 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
                 Variant(
                     "asgi_perf cache miss",
                     "ours",
-                    ours("cache", "CacheMiddleware", raw(), ttl=300),
+                    ours("cache", "CacheMiddleware", raw(), default_ttl=300),
                     header_is("x-cache", "MISS"),
                 ),
             ],
@@ -925,7 +925,7 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
                     Variant(
                         "asgi_perf cache hit",
                         "ours",
-                        ours("cache", "CacheMiddleware", raw(), ttl=300, storage="redis"),
+                        ours("cache", "CacheMiddleware", raw(), default_ttl=300, storage="redis"),
                         header_is("x-cache", "HIT"),
                         prime=1,
                         round_trips=True,
@@ -942,7 +942,7 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
                     "cache",
                     "CacheMiddleware",
                     lambda ctx: apps.fastapi_app(),
-                    ttl=300,
+                    default_ttl=300,
                     storage="redis",
                 ),
                 header_is("x-cache", "HIT"),
@@ -982,7 +982,7 @@ def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
                     Variant(
                         "asgi_perf cache miss",
                         "ours",
-                        ours("cache", "CacheMiddleware", raw(), ttl=300, storage="redis"),
+                        ours("cache", "CacheMiddleware", raw(), default_ttl=300, storage="redis"),
                         header_is("x-cache", "MISS"),
                         round_trips=True,
                     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,9 +15,10 @@ from fastapi import Response as FastAPIResponse
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf._core.context import close_context, open_context
-from asgi_perf.cache import CacheMiddleware
+from asgi_perf.cache import CacheMiddleware, purge
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
-from tests.support import RedisServer, Response, call, redis_server_available
+from asgi_perf.stores._redis import RedisStore
+from tests.support import RedisServer, Response, call, make_scope, redis_server_available
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -53,13 +55,19 @@ class App:
             await send({"type": "http.response.body", "body": body})
 
 
+def cached(app: Any, **options: Any) -> CacheMiddleware:
+    """A cache that gives responses stating no freshness 300 s (the opt-in default TTL), for
+    tests of behaviour that does not depend on where freshness comes from."""
+    return CacheMiddleware(app, **{"default_ttl": 300, **options})
+
+
 def x_cache(response: Response) -> str | None:
     return response.header("x-cache")
 
 
 async def test_miss_then_hit_without_calling_the_app() -> None:
     app = App({"/a": (200, [("content-type", "text/plain")], b"hello")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     first = await call(mw, "GET", "/a")
     second = await call(mw, "GET", "/a")
     assert (first.status, first.body, x_cache(first)) == (200, b"hello", "MISS")
@@ -80,7 +88,7 @@ async def test_app_etag_is_kept_and_streamed_body_gets_a_hash_etag() -> None:
             "/stream": (200, [], [b"a", b"b"]),
         }
     )
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     await call(mw, "GET", "/own")
     assert (await call(mw, "GET", "/own")).header("etag") == '"v1"'
     first = await call(mw, "GET", "/stream")
@@ -92,7 +100,7 @@ async def test_app_etag_is_kept_and_streamed_body_gets_a_hash_etag() -> None:
 
 async def test_head_is_answered_from_the_get_entry_and_fills_it() -> None:
     app = App({"/h": (200, [("content-length", "4")], b"body")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     head = await call(mw, "HEAD", "/h")
     assert (head.status, head.body, head.header("content-length")) == (200, b"", "4")
     assert app.seen[0]["method"] == "GET"  # the fill asks for the full response
@@ -106,7 +114,7 @@ async def test_head_is_answered_from_the_get_entry_and_fills_it() -> None:
 async def test_if_none_match_and_if_modified_since_answer_304() -> None:
     last = "Tue, 14 Nov 2023 22:13:20 GMT"
     app = App({"/c": (200, [("last-modified", last), ("cache-control", "max-age=60")], b"c")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     etag = (await call(mw, "GET", "/c")).header("etag")
     assert etag is not None
     for headers in (
@@ -130,7 +138,7 @@ async def test_if_none_match_and_if_modified_since_answer_304() -> None:
 
 async def test_conditional_miss_hides_the_condition_from_the_app_and_answers_304() -> None:
     app = App({"/m": (200, [("etag", '"e1"')], b"m")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     r = await call(mw, "GET", "/m", headers=[("if-none-match", '"e1"')])
     assert (r.status, r.body, x_cache(r)) == (304, b"", "MISS")
     assert all(k != b"if-none-match" for k, _ in app.seen[0]["headers"])
@@ -140,7 +148,7 @@ async def test_conditional_miss_hides_the_condition_from_the_app_and_answers_304
 
 async def test_request_directives() -> None:
     app = App({"/d": (200, [], lambda scope: f"v{app.calls}".encode())})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     only = await call(mw, "GET", "/d", headers=[("cache-control", "only-if-cached")])
     assert (only.status, x_cache(only)) == (504, "MISS") and app.calls == 0
     assert (await call(mw, "GET", "/d")).body == b"v1"
@@ -165,7 +173,7 @@ async def test_request_directives() -> None:
         (200, [("set-cookie", "session=abc")]),
         (200, [("cache-control", "private")]),
         (200, [("cache-control", "no-store")]),
-        (200, [("cache-control", "no-cache")]),
+        (200, [("cache-control", "no-cache")]),  # nothing to revalidate it with
         (200, [("vary", "*")]),
         (200, [("cache-control", "max-age=0")]),
         (429, [("retry-after", "1")]),
@@ -174,8 +182,8 @@ async def test_request_directives() -> None:
     ],
 )
 async def test_never_stored(status: int, headers: list[tuple[str, str]]) -> None:
-    app = App({"/n": (status, headers, b"n")})
-    mw = CacheMiddleware(app)
+    app = App({"/n": (status, [*headers, ("x-generated-by", "app")], b"n")})
+    mw = cached(app)
     for _ in range(3):
         r = await call(mw, "GET", "/n")
         assert r.status == status and x_cache(r) == "MISS"
@@ -186,7 +194,7 @@ async def test_never_stored(status: int, headers: list[tuple[str, str]]) -> None
 async def test_hit_for_miss_lets_requests_skip_the_queue() -> None:
     app = App({"/p": (200, [("cache-control", "private"), ("cache-tag", "secret")], b"p")})
     app.delay = 0.05
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     await call(mw, "GET", "/p")  # the fill learns it is uncacheable
     results = await asyncio.gather(*(call(mw, "GET", "/p") for _ in range(20)))
     assert all(r.body == b"p" and r.header("cache-tag") is None for r in results)
@@ -202,7 +210,7 @@ async def test_a_path_that_never_caches_passes_through_for_any_query() -> None:
             "/ok": (200, [], lambda scope: scope["query_string"]),
         }
     )
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     for i in range(10):
         r = await call(mw, "GET", "/nostore", query=f"n={i}")
         assert (r.body, x_cache(r)) == (b"n", "MISS")
@@ -218,12 +226,33 @@ async def test_a_path_that_never_caches_passes_through_for_any_query() -> None:
 async def test_two_hundred_concurrent_cold_requests_run_the_app_once() -> None:
     app = App({"/hot": (200, [], b"hot")})
     app.delay = 0.05
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     results = await asyncio.gather(*(call(mw, "GET", "/hot") for _ in range(200)))
     assert app.calls == 1
     assert all(r.status == 200 and r.body == b"hot" for r in results)
     assert sorted(x_cache(r) for r in results).count("MISS") == 1
     assert mw.stats()["coalesced"] == 199
+
+
+@pytest.mark.parametrize(
+    ("response", "request_cc"),
+    [
+        ([("cache-control", "max-age=50")], "min-fresh=100"),
+        ([("cache-control", "max-age=60"), ("age", "30")], "max-age=10"),
+    ],
+)
+async def test_a_waiter_honours_its_own_min_fresh_and_max_age(
+    response: list[tuple[str, str]], request_cc: str
+) -> None:
+    app = App({"/w": (200, response, lambda scope: f"v{app.calls}".encode())})
+    app.delay = 0.05
+    mw = cached(app)
+    plain, strict = await asyncio.gather(
+        call(mw, "GET", "/w"), call(mw, "GET", "/w", headers=[("cache-control", request_cc)])
+    )
+    assert (plain.body, x_cache(plain)) == (b"v1", "MISS")
+    assert (strict.body, x_cache(strict)) == (b"v2", "MISS")  # not the fill it waited for
+    assert app.calls == 2
 
 
 async def test_a_cancelled_fill_frees_its_key_at_once() -> None:
@@ -237,7 +266,7 @@ async def test_a_cancelled_fill_frees_its_key_at_once() -> None:
             await app.gate.wait()
         await app(scope, receive, send)
 
-    mw = CacheMiddleware(hanging, lock_timeout=60)
+    mw = cached(hanging, lock_timeout=60)
     first = asyncio.create_task(call(mw, "GET", "/c"))
     await asyncio.wait_for(blocked.wait(), 5)
     first.cancel()
@@ -259,7 +288,7 @@ async def test_two_users_never_see_each_others_response(
     authenticated: bool, credential: str
 ) -> None:
     app = App({"/me": (200, [("cache-control", "max-age=60")], personal)})
-    mw = CacheMiddleware(app, cache_authenticated=authenticated)
+    mw = cached(app, cache_authenticated=authenticated)
     for _ in range(3):
         for user in ("alice", "bob"):
             r = await call(mw, "GET", "/me", headers=[(credential, user)])
@@ -275,7 +304,7 @@ async def test_two_users_never_see_each_others_response(
 
 async def test_public_responses_are_shared_with_credentialed_requests() -> None:
     app = App({"/pub": (200, [("cache-control", "public, max-age=60")], b"same for all")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     first = await call(mw, "GET", "/pub", headers=[("cookie", "a=1")])
     assert x_cache(first) == "BYPASS"
     for headers in ([("cookie", "b=2")], [("authorization", "Bearer x")], []):
@@ -286,7 +315,7 @@ async def test_public_responses_are_shared_with_credentialed_requests() -> None:
 
 async def test_anonymous_entry_is_not_served_to_credentialed_requests() -> None:
     app = App({"/a": (200, [], personal)})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     await call(mw, "GET", "/a")
     r = await call(mw, "GET", "/a", headers=[("cookie", "s=1")])
     assert (r.body, x_cache(r)) == (b"hello s=1", "BYPASS")
@@ -300,6 +329,9 @@ async def test_anonymous_entry_is_not_served_to_credentialed_requests() -> None:
         "X-Rewrite-URL",
         "X-Forwarded-Scheme",
         "X-HTTP-Method-Override",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Port",
+        "Forwarded",
     ],
 )
 async def test_poisoning_headers_bypass_the_cache(header: str) -> None:
@@ -308,7 +340,7 @@ async def test_poisoning_headers_bypass_the_cache(header: str) -> None:
         return b"link to " + headers.get(header.lower(), b"good")
 
     app = App({"/page": (200, [("cache-tag", "page")], render)})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     evil = await call(mw, "GET", "/page", headers=[(header, "evil")])
     assert (evil.body, x_cache(evil)) == (b"link to evil", "BYPASS")
     assert evil.header("cache-tag") is None
@@ -320,21 +352,46 @@ async def test_poisoning_headers_bypass_the_cache(header: str) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [("range", "bytes=0-1"), ("if-range", '"x"'), ("if-match", '"x"'),
-     ("if-unmodified-since", "Tue, 14 Nov 2023 22:13:20 GMT")],
+    [("if-range", '"x"'), ("if-match", '"x"'), ("if-unmodified-since", "Tue, 14 Nov 2023 0:0 GMT"),
+     ("range", "bytes=0-1, 3-4"), ("range", "bytes=9-"), ("range", "items=0-1")],
 )  # fmt: skip
-async def test_ranges_and_preconditions_go_to_the_app(header: tuple[str, str]) -> None:
+async def test_preconditions_and_ranges_the_cache_cannot_serve_go_to_the_app(
+    header: tuple[str, str],
+) -> None:
     app = App({"/r": (200, [], b"full")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     await call(mw, "GET", "/r")
     r = await call(mw, "GET", "/r", headers=[header])
     assert x_cache(r) == "BYPASS" and app.calls == 2
     assert x_cache(await call(mw, "GET", "/r")) == "HIT"
 
 
+@pytest.mark.parametrize(
+    ("spec", "status", "body", "content_range"),
+    [("bytes=0-1", 206, b"01", "bytes 0-1/10"), ("bytes=7-", 206, b"789", "bytes 7-9/10"),
+     ("bytes=-2", 206, b"89", "bytes 8-9/10"), ("bytes=8-100", 206, b"89", "bytes 8-9/10")],
+)  # fmt: skip
+async def test_a_byte_range_is_served_from_a_fresh_complete_entry(
+    spec: str, status: int, body: bytes, content_range: str
+) -> None:
+    app = App({"/r": (200, [("cache-control", "max-age=60")], b"0123456789")})
+    mw = CacheMiddleware(app)
+    await call(mw, "GET", "/r")
+    r = await call(mw, "GET", "/r", headers=[("range", spec)])
+    assert (r.status, r.body, x_cache(r), app.calls) == (status, body, "HIT", 1)
+    assert (r.header("content-range"), r.header("content-length")) == (
+        content_range,
+        str(len(body)),
+    )
+    cold = App({"/r": (206, [("content-range", "bytes 0-1/10")], b"01")})
+    miss = await call(CacheMiddleware(cold), "GET", "/r", headers=[("range", spec)])
+    assert (miss.status, x_cache(miss), cold.seen[0]["method"]) == (206, "BYPASS", "GET")
+    assert dict(cold.seen[0]["headers"])[b"range"] == spec.encode()  # the app's business
+
+
 async def test_a_host_that_could_fake_key_separators_bypasses() -> None:
     app = App({"/h": (200, [], lambda s: dict(s["headers"]).get(b"host", b"-"))})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     # "example.com?a" + query "b" must not share a key with "example.com" + query "a?b"
     evil = await call(mw, "GET", "/h", query="b", headers=[("host", "example.com?a")])
     assert (evil.body, x_cache(evil)) == (b"example.com?a", "BYPASS")
@@ -344,13 +401,89 @@ async def test_a_host_that_could_fake_key_separators_bypasses() -> None:
     assert (upper.body, x_cache(upper)) == (b"example.com", "HIT")  # host is case-insensitive
 
 
-async def test_a_keyed_header_is_not_a_bypass_header() -> None:
-    app = App({"/k": (200, [], lambda s: dict(s["headers"]).get(b"x-forwarded-host", b"-"))})
-    mw = CacheMiddleware(app, key_headers=["X-Forwarded-Host"])
-    for host in ("a.example", "b.example", "a.example"):
-        r = await call(mw, "GET", "/k", headers=[("x-forwarded-host", host)])
-        assert r.body == host.encode()
+@pytest.mark.parametrize(
+    ("header", "values"),
+    [
+        ("X-Forwarded-Host", ("a.example", "b.example")),
+        ("X-Forwarded-Proto", ("http", "https")),
+        ("Forwarded", ("host=a.example;proto=https", "host=b.example;proto=https")),
+    ],
+)
+async def test_a_keyed_header_is_not_a_bypass_header(header: str, values: tuple[str, str]) -> None:
+    name = header.lower().encode()
+    app = App({"/k": (200, [], lambda s: dict(s["headers"]).get(name, b"-"))})
+    mw = cached(app, key_headers=[header])
+    for value in (*values, values[0]):
+        r = await call(mw, "GET", "/k", headers=[(header, value)])
+        assert r.body == value.encode()
     assert app.calls == 2
+
+
+def first_host(scope: dict[str, Any]) -> bytes:
+    """What Starlette's ``request.url`` uses: the first ``Host`` line."""
+    return b"link to " + next((v for k, v in scope["headers"] if k == b"host"), b"-")
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["evil.example", "victim.example"],
+        ["victim.example", "victim.example"],
+        ["evil example"],
+        ["victim.example/evil"],
+        ["x" * 300],
+    ],
+)
+async def test_several_or_invalid_host_lines_bypass(hosts: list[str]) -> None:
+    app = App({"/page": (200, [("cache-control", "max-age=60")], first_host)})
+    mw = cached(app)
+    headers = [("host", host) for host in hosts]
+    for _ in range(2):  # the fast path and the slow one (after the path is known)
+        evil = await call(mw, "GET", "/page", headers=headers)
+        assert (evil.body, x_cache(evil)) == (b"link to " + hosts[0].encode(), "BYPASS")
+    good = await call(mw, "GET", "/page", headers=[("host", "victim.example")])
+    assert (good.body, x_cache(good)) == (b"link to victim.example", "MISS")
+    assert mw.stats()["stores"] == 1
+
+
+async def test_the_raw_path_is_the_key() -> None:
+    app = App({"/a/b": (200, [], lambda scope: scope["raw_path"])})
+    mw = cached(app)
+    encoded = make_scope("GET", "/a/b", raw_path=b"/a%2Fb")
+    for _ in range(2):
+        assert (await call(mw, scope=make_scope("GET", "/a/b"))).body == b"/a/b"
+        assert (await call(mw, scope=dict(encoded))).body == b"/a%2Fb"
+    assert app.calls == 2
+    no_raw = make_scope("GET", "/a/b", raw_path=None)  # a server that gives none: the path
+    assert x_cache(await call(mw, scope=no_raw)) == "HIT"
+    assert await mw.invalidate(path_prefix="/a%2F") == 1
+    assert x_cache(await call(mw, scope=dict(encoded))) == "MISS"
+    assert x_cache(await call(mw, scope=make_scope("GET", "/a/b"))) == "HIT"
+
+
+async def test_per_exchange_fields_are_never_stored_nor_replayed() -> None:
+    exchange = [
+        ("x-query-count", "9"),
+        ("x-n-plus-one", "8"),
+        ("server-timing", "total;dur=54.6"),
+        ("x-response-time", "54.6ms"),
+        ("ratelimit", '"default";r=9;t=60'),
+        ("ratelimit-policy", '"default";q=10;w=60'),
+        ("x-ratelimit-remaining", "9"),
+        ("x-cache", "MISS"),
+        ("x-dedup", "miss"),
+    ]
+    app = App({"/x": (200, [("content-type", "text/plain"), *exchange], b"x")})
+    mw = cached(app)
+    miss = await call(mw, "GET", "/x")
+    assert miss.header("x-query-count") == "9"  # the filling request's own exchange
+    for headers in ([], [("if-none-match", miss.header("etag") or "")]):
+        hit = await call(mw, "GET", "/x", headers=headers)
+        assert hit.header_list("x-cache") == ["HIT"]
+        for name, _ in exchange:
+            if name != "x-cache":
+                assert hit.header(name) is None, name
+    assert app.calls == 1
 
 
 async def test_key_uses_host_canonical_query_and_learned_vary() -> None:
@@ -363,7 +496,7 @@ async def test_key_uses_host_canonical_query_and_learned_vary() -> None:
             "/lang": (200, [("vary", "Accept-Language")], lang),
         }
     )
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     assert (await call(mw, "GET", "/q", query="a=1&b=2")).body == b"a=1&b=2"
     r = await call(mw, "GET", "/q", query="b=2&a=1")
     assert (r.body, x_cache(r)) == (b"a=1&b=2", "HIT")
@@ -383,7 +516,7 @@ async def test_cache_tag_is_stripped_and_invalidation_works() -> None:
             "/other": (200, [], b"o"),
         }
     )
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     for path in ("/users/1", "/users/2", "/other"):
         r = await call(mw, "GET", path)
         assert r.header("cache-tag") is None
@@ -399,16 +532,76 @@ async def test_cache_tag_is_stripped_and_invalidation_works() -> None:
     assert x_cache(await call(mw, "GET", "/other")) == "MISS"
 
 
+async def test_purge_from_a_route_handler_without_holding_the_middleware() -> None:
+    api, calls = items_api("max-age=300")
+
+    @api.get("/admin/purge")
+    async def admin(tag: str = "", prefix: str = "", everything: bool = False) -> dict[str, int]:
+        if everything:
+            return {"deleted": await purge(everything=True)}
+        if prefix:
+            return {"deleted": await purge(path_prefix=prefix)}
+        return {"deleted": await purge(tags=[tag])}
+
+    api.add_middleware(CacheMiddleware)
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+        async def labels() -> list[str]:
+            return [(await client.get(f"/items/{i}")).headers["x-cache"] for i in (1, 2, 3)]
+
+        assert await labels() == ["MISS"] * 3
+        assert await labels() == ["HIT"] * 3
+        assert (await client.get("/admin/purge?tag=item:2")).json() == {"deleted": 1}
+        assert await labels() == ["HIT", "MISS", "HIT"]
+        assert (await client.get("/admin/purge?prefix=/items/3")).json() == {"deleted": 1}
+        assert await labels() == ["HIT", "HIT", "MISS"]
+        assert (await client.get("/admin/purge?everything=true")).json()["deleted"] >= 3
+        assert await labels() == ["MISS"] * 3
+    assert len(calls) == 8
+    with pytest.raises(ConfigError, match="purge"):
+        await purge()
+
+
+@pytest.mark.redis
+async def test_purge_from_another_process_with_redis(redis_url: str, key_prefix: str) -> None:
+    import subprocess
+    import sys
+
+    app = App({"/t": (200, [("cache-control", "max-age=300"), ("cache-tag", "t")], b"t")})
+    mw = CacheMiddleware(app, storage=redis_url, key_prefix=key_prefix)
+    try:
+        await call(mw, "GET", "/t")
+        assert x_cache(await call(mw, "GET", "/t")) == "HIT"
+        code = (
+            "import asyncio, sys; from asgi_perf.cache import purge; "
+            "print(asyncio.run(purge(tags='t', storage=sys.argv[1], key_prefix=sys.argv[2])))"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", code, redis_url, key_prefix],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[1],  # this checkout's asgi_perf
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+        assert x_cache(await call(mw, "GET", "/t")) == "MISS"  # the fleet's entry is gone
+    finally:
+        await mw.clear()
+        await mw.store.close()
+
+
 async def test_memory_store_stays_within_max_bytes() -> None:
     max_bytes = 64 * 1024
     app = App({})
     app.routes = {f"/{i}": (200, [], bytes(1024)) for i in range(640)}  # 10x max_bytes
-    mw = CacheMiddleware(app, max_bytes=max_bytes, max_entries=100_000)
+    mw = cached(app, max_bytes=max_bytes, max_entries=100_000)
     assert isinstance(mw.store, MemoryStore)
     for i in range(640):
         await call(mw, "GET", f"/{i}")
         assert mw.store.bytes <= max_bytes
-        assert mw._decoded_bytes <= max_bytes // 4  # decoded copies kept in process
+        assert mw.entries.decoded_bytes <= max_bytes // 4  # decoded copies kept in process
     stats = mw.stats()
     assert stats["bytes"] <= max_bytes and stats["evictions"] > 500
     assert x_cache(await call(mw, "GET", "/639")) == "HIT"  # recent entries survive (LRU)
@@ -416,7 +609,7 @@ async def test_memory_store_stays_within_max_bytes() -> None:
 
 async def test_large_and_streaming_responses_pass_through_unstored() -> None:
     app = App({"/big": (200, [], [b"x" * 600, b"y" * 600]), "/live": (200, [], [b"1", b"2"])})
-    mw = CacheMiddleware(app, max_body_size=1000)
+    mw = cached(app, max_body_size=1000)
     for _ in range(2):
         r = await call(mw, "GET", "/big")
         assert r.chunks == [b"x" * 600, b"y" * 600] and x_cache(r) == "MISS"
@@ -466,7 +659,7 @@ async def test_waiters_are_freed_while_an_unstorable_stream_still_runs(
             await release.wait()
         await send({"type": "http.response.body", "body": b"end"})
 
-    mw = CacheMiddleware(app, lock_timeout=60, max_body_size=500)
+    mw = cached(app, lock_timeout=60, max_body_size=500)
     stream = asyncio.create_task(call(mw, "GET", "/live"))
     await asyncio.wait_for(first_chunk_sent.wait(), 5)
     others = await asyncio.wait_for(
@@ -481,11 +674,11 @@ async def test_waiters_are_freed_while_an_unstorable_stream_still_runs(
 async def test_stale_while_revalidate_serves_stale_and_refreshes_once() -> None:
     cc = "max-age=0, stale-while-revalidate=60"
     app = App({"/s": (200, [("cache-control", cc)], lambda s: f"v{app.calls}".encode())})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     assert (await call(mw, "GET", "/s")).body == b"v1"
     results = await asyncio.gather(*(call(mw, "GET", "/s") for _ in range(10)))
     assert {(r.body, x_cache(r)) for r in results} == {(b"v1", "STALE")}
-    await asyncio.gather(*mw._tasks)
+    await asyncio.gather(*mw.actions.tasks)
     assert app.calls == 2  # one background refresh for ten stale hits
     r = await call(mw, "GET", "/s")
     assert (r.body, x_cache(r)) == (b"v2", "STALE")
@@ -495,7 +688,7 @@ async def test_stale_while_revalidate_serves_stale_and_refreshes_once() -> None:
 @pytest.mark.parametrize("failure", ["status", "exception"])
 async def test_stale_if_error_serves_the_stale_entry(failure: str) -> None:
     app = App({"/e": (200, [("cache-control", "max-age=0, stale-if-error=60")], b"good")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     assert (await call(mw, "GET", "/e")).body == b"good"
     if failure == "status":
         app.routes["/e"] = (503, [], b"down")
@@ -510,17 +703,17 @@ async def test_stale_if_error_serves_the_stale_entry(failure: str) -> None:
     assert mw.stats()["stale_if_error"] == 1
     # without stale-if-error the failure reaches the client
     plain = App({"/f": (200, [("cache-control", "max-age=0, stale-while-revalidate=5")], b"ok")})
-    mw2 = CacheMiddleware(plain)
+    mw2 = cached(plain, stale_if_error=0)
     await call(mw2, "GET", "/f")
     plain.routes["/f"] = (503, [], b"down")
-    await asyncio.gather(*mw2._tasks)  # the stale hit's background refresh
+    await asyncio.gather(*mw2.actions.tasks)  # the stale hit's background refresh
     r = await call(mw2, "GET", "/f", headers=[("cache-control", "no-cache")])
     assert (r.status, r.body) == (503, b"down")
 
 
 async def test_server_timing_entry_before_the_start_message() -> None:
     app = App({"/t": (200, [], b"t")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     descs = []
     for _ in range(2):
         ctx, token = open_context()
@@ -534,7 +727,7 @@ async def test_server_timing_entry_before_the_start_message() -> None:
 
 async def test_other_methods_and_scopes_pass_through_untouched() -> None:
     app = App({"/x": (200, [], b"x")})
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     r = await call(mw, "POST", "/x")
     assert x_cache(r) is None
     seen: list[str] = []
@@ -542,7 +735,7 @@ async def test_other_methods_and_scopes_pass_through_untouched() -> None:
     async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen.append(scope["type"])
 
-    wrapped = CacheMiddleware(inner)
+    wrapped = cached(inner)
     for kind in ("lifespan", "websocket"):
         await wrapped({"type": kind}, None, None)  # type: ignore[arg-type]
     assert seen == ["lifespan", "websocket"]
@@ -557,7 +750,7 @@ async def test_store_outage_bypasses_and_serves_the_request(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = App({"/o": (200, [], b"o")})
-    mw = CacheMiddleware(app, storage=FailingStore())
+    mw = cached(app, storage=FailingStore())
     for _ in range(3):
         r = await call(mw, "GET", "/o")
         assert (r.status, r.body, x_cache(r)) == (200, b"o", "BYPASS")
@@ -568,7 +761,13 @@ async def test_store_outage_bypasses_and_serves_the_request(
 
 def test_options_and_env() -> None:
     env = {
-        "ASGI_PERF_CACHE_TTL": "2m",
+        "ASGI_PERF_CACHE_DEFAULT_TTL": "2m",
+        "ASGI_PERF_CACHE_PATHS": "/items/{id}, /static/*",
+        "ASGI_PERF_CACHE_MAX_STALE_KEEP": "10m",
+        "ASGI_PERF_CACHE_CDN_CACHE_CONTROL": "off",
+        "ASGI_PERF_CACHE_TARGETED_FIELD": "Edge-Control",
+        "ASGI_PERF_CACHE_NAME": "edge-1",
+        "ASGI_PERF_CACHE_STATUS_KEY": "on",
         "ASGI_PERF_CACHE_MAX_ENTRIES": "50",
         "ASGI_PERF_CACHE_MAX_BYTES": "1MiB",
         "ASGI_PERF_CACHE_MAX_BODY_SIZE": "10KB",
@@ -578,17 +777,32 @@ def test_options_and_env() -> None:
         "ASGI_PERF_CACHE_STALE_IF_ERROR": "1h",
         "ASGI_PERF_STORAGE_URL": "memory://",
     }
-    mw = CacheMiddleware.from_env(App(), environ=env, ttl=5)
-    assert mw.ttl == 5  # code wins
-    assert (mw.max_entries, mw.max_bytes, mw.max_body_size) == (50, 1024 * 1024, 10_000)
-    assert mw.cache_authenticated is True
-    assert mw.key_headers == (b"x-tenant", b"accept-language")
-    assert (mw.stale_while_revalidate, mw.stale_if_error) == (30.0, 3600.0)
+    mw = CacheMiddleware.from_env(App(), environ=env, default_ttl=5)
+    settings = mw.settings
+    assert settings.default_ttl == 5  # code wins
+    assert [settings.ttl_for(p) for p in ("/items/7", "/items/7/x", "/static/a/b", "/")] == [
+        5,
+        None,
+        5,
+        None,
+    ]
+    assert (settings.max_entries, settings.max_bytes, settings.max_body_size) == (
+        50, 1024 * 1024, 10_000
+    )  # fmt: skip
+    assert settings.cache_authenticated is True
+    assert settings.key_headers == (b"x-tenant", b"accept-language")
+    assert (settings.stale_while_revalidate, settings.stale_if_error) == (30.0, 3600.0)
+    assert (settings.max_stale_keep, settings.targeted) == (600.0, (b"edge-control",))
+    assert settings.status.hit(5, "k") == (b"cache-status", b'edge-1; hit; ttl=5; key="k"')
+    defaults = CacheMiddleware(App()).settings
+    assert (defaults.default_ttl, defaults.stale_if_error, defaults.targeted) == (
+        None, 300.0, (b"asgi-perf-cache-control", b"cdn-cache-control")
+    )  # fmt: skip
     assert isinstance(mw.store, MemoryStore) and mw.store.max_bytes == 1024 * 1024
     assert CacheMiddleware.enabled_in_env({}) is False
     assert CacheMiddleware.enabled_in_env({"ASGI_PERF_CACHE_ENABLED": "on"}) is True
-    with pytest.raises(ConfigError, match="ASGI_PERF_CACHE_TTL"):
-        CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_TTL": "soon"})
+    with pytest.raises(ConfigError, match="ASGI_PERF_CACHE_DEFAULT_TTL"):
+        CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_DEFAULT_TTL": "soon"})
     with pytest.raises(ConfigError, match="ASGI_PERF_CACHE_AUTHENTICATED"):
         CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_AUTHENTICATED": "maybe"})
     for option, value in [
@@ -598,6 +812,10 @@ def test_options_and_env() -> None:
         ("lock_timeout", 0),
         ("storage", "ftp://x"),
         ("max_bytes", "lots"),
+        ("default_ttl", "-1"),
+        ("paths", ["items/{id}"]),
+        ("targeted_field", "bad field"),
+        ("cache_name", ""),
     ]:
         with pytest.raises(ConfigError, match=option if option != "storage" else "storage"):
             CacheMiddleware(App(), **{option: value})
@@ -629,9 +847,9 @@ async def test_composition_with_compression_both_orders(cache_outside: bool) -> 
     compression = pytest.importorskip("asgi_perf.compression")
     app = App({"/j": (200, [("content-type", "application/json")], BODY)})
     if cache_outside:
-        mw: Any = CacheMiddleware(compression.CompressionMiddleware(app))
+        mw: Any = cached(compression.CompressionMiddleware(app))
     else:
-        mw = compression.CompressionMiddleware(CacheMiddleware(app))
+        mw = compression.CompressionMiddleware(cached(app))
     clients = [
         ("gzip", "gzip"),
         ("br", "br"),
@@ -659,7 +877,7 @@ async def test_composition_with_compression_both_orders(cache_outside: bool) -> 
 @pytest.fixture
 async def redis_mw(redis_url: str, key_prefix: str) -> AsyncIterator[tuple[CacheMiddleware, App]]:
     app = App({"/r": (200, [("cache-tag", "r")], b"from redis")})
-    mw = CacheMiddleware(
+    mw = cached(
         app,
         storage=create_store(redis_url, prefix=key_prefix + "cache:", timeout=2.0),
         key_prefix=key_prefix,
@@ -695,13 +913,62 @@ async def test_redis_stampede_and_invalidation(redis_mw: tuple[CacheMiddleware, 
     assert x_cache(await call(mw, "GET", "/r")) == "MISS"
 
 
+class LateClaims(RedisStore):
+    """A process that is slow at the worst moment: after its lookup missed, it claims the key
+    only once ``go`` is set (another process's fill completed meanwhile)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix=prefix, timeout=2.0)
+        self.go = asyncio.Event()
+
+    async def claim(self, key: str, token: str, ttl: float) -> bool:
+        await self.go.wait()
+        return await super().claim(key, token, ttl)
+
+    async def get_or_claim(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> tuple[bytes | None, bool]:
+        await self.go.wait()
+        return await super().get_or_claim(record_key, claim_key, token, ttl)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("stored", ["nothing", "a stale entry"])
+async def test_a_claim_won_after_another_process_filled_uses_its_entry(
+    redis_url: str, key_prefix: str, stored: str
+) -> None:
+    app = App({"/f": (200, [("cache-control", "max-age=60")], lambda s: f"v{app.calls}".encode())})
+    fast = cached(app, storage=create_store(redis_url, prefix=key_prefix, timeout=2.0))
+    late_store = LateClaims(redis_url, key_prefix)
+    slow = cached(app, storage=late_store)
+    try:
+        if stored != "nothing":  # stale at once, kept for stale-if-error
+            app.routes["/f"] = (200, [("cache-control", "max-age=1, stale-if-error=60"),
+                                      ("age", "5")], b"old")  # fmt: skip
+            assert x_cache(await call(fast, "GET", "/f")) == "MISS"
+            app.routes["/f"] = (200, [("cache-control", "max-age=60")], b"new")
+        calls = app.calls
+        late = asyncio.create_task(call(slow, "GET", "/f"))
+        await asyncio.sleep(0.1)  # the slow process looked the key up and missed
+        filled = await call(fast, "GET", "/f")
+        assert x_cache(filled) == "MISS"
+        late_store.go.set()
+        r = await asyncio.wait_for(late, 5)
+        assert (r.body, x_cache(r)) == (filled.body, "HIT")
+        assert app.calls == calls + 1
+    finally:
+        await fast.clear()
+        await fast.store.close()
+        await late_store.close()
+
+
 @pytest.mark.cluster
 async def test_redis_cluster_hit_stampede_and_invalidation(
     redis_cluster_url: str, key_prefix: str
 ) -> None:
     app = App({"/c/{x}": (200, [("cache-tag", "t")], b"cluster"), "/d": (200, [], b"d")})
     app.delay = 0.05
-    mw = CacheMiddleware(app, storage=redis_cluster_url, key_prefix=key_prefix)
+    mw = cached(app, storage=redis_cluster_url, key_prefix=key_prefix)
     try:
         for path in ("/c/{x}", "/d"):
             results = await asyncio.gather(*(call(mw, "GET", path) for _ in range(20)))
@@ -719,7 +986,7 @@ async def test_redis_cluster_hit_stampede_and_invalidation(
 @pytest.mark.redis
 async def test_redis_local_ttl_serves_without_a_round_trip(redis_url: str, key_prefix: str) -> None:
     app = App({"/l": (200, [], b"l")})
-    mw = CacheMiddleware(app, storage=redis_url, key_prefix=key_prefix, local_ttl=60)
+    mw = cached(app, storage=redis_url, key_prefix=key_prefix, local_ttl=60)
     try:
         await call(mw, "GET", "/l")
         store: Any = mw.store
@@ -731,18 +998,25 @@ async def test_redis_local_ttl_serves_without_a_round_trip(redis_url: str, key_p
         await mw.store.close()
 
 
-async def test_fastapi_app_with_add_middleware() -> None:
+def items_api(cache_control: str | None = None) -> tuple[FastAPI, list[int]]:
+    """A FastAPI app whose ``/items/{item_id}`` tags its responses and counts its calls."""
     api = FastAPI()
-    calls = 0
+    calls: list[int] = []
 
     @api.get("/items/{item_id}")
     async def item(item_id: int, response: FastAPIResponse) -> dict[str, int]:
-        nonlocal calls
-        calls += 1
-        response.headers["Cache-Tag"] = f"item:{item_id}"
+        calls.append(item_id)
+        if cache_control is not None:
+            response.headers["Cache-Control"] = cache_control
+        response.headers["Cache-Tag"] = f"item:{item_id}, items"
         return {"id": item_id}
 
-    api.add_middleware(CacheMiddleware, ttl=60)
+    return api, calls
+
+
+async def test_fastapi_app_with_add_middleware() -> None:
+    api, calls = items_api()
+    api.add_middleware(CacheMiddleware, default_ttl=60)
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         first = await client.get("/items/1?b=2&a=1")
@@ -753,7 +1027,7 @@ async def test_fastapi_app_with_add_middleware() -> None:
         etag = second.headers["etag"]
         revalidated = await client.get("/items/1?a=1&b=2", headers={"If-None-Match": etag})
         assert revalidated.status_code == 304
-    assert calls == 1
+    assert calls == [1]
 
 
 @pytest.mark.redis
@@ -763,7 +1037,7 @@ async def test_redis_outage_bypasses_then_recovers(key_prefix: str) -> None:
     server = RedisServer().start()
     try:
         app = App({"/o": (200, [], b"o")})
-        mw = CacheMiddleware(app, storage=server.url, key_prefix=key_prefix)
+        mw = cached(app, storage=server.url, key_prefix=key_prefix)
         assert x_cache(await call(mw, "GET", "/o")) == "MISS"
         assert x_cache(await call(mw, "GET", "/o")) == "HIT"
         server.stop()
@@ -784,7 +1058,7 @@ async def test_redis_outage_bypasses_then_recovers(key_prefix: str) -> None:
 
 async def test_store_keys_are_escaped_and_bounded() -> None:
     app = App()
-    mw = CacheMiddleware(app)
+    mw = cached(app)
     assert isinstance(mw.store, MemoryStore)
     hostile = [("/a\nb c", b"x=\r\n"), ("/é/{tag}?", b"q=%00&\xff=1"), ("/" + "p" * 100_000, b"")]
     for path, query in hostile:

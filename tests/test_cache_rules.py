@@ -1,25 +1,26 @@
-"""RFC 9111 rules of the cache, one table per rule (asgi_perf.cache_rules)."""
+"""RFC 9111 rules of the cache, one table per rule (asgi_perf.cache._rules, ._keys)."""
 
 from __future__ import annotations
 
 import pytest
 
 from asgi_perf._core.http import canonical_query
+from asgi_perf.cache._keys import escape_key_part, key_part
 from asgi_perf.cache._rules import (
-    CACHEABLE_STATUSES,
+    HEURISTIC_STATUSES,
+    UNDERSTOOD_STATUSES,
+    Freshness,
     RequestDirectives,
-    current_age,
+    age_value,
     delta_seconds,
-    escape_key_part,
     etag_matches,
-    freshness_lifetime,
+    freshness,
     initial_age,
-    key_part,
     not_modified,
     parse_cache_control,
     parse_http_date,
     request_directives,
-    satisfies,
+    response_directives,
     stale_windows,
     storable,
     strong_etag,
@@ -66,8 +67,21 @@ def test_delta_seconds(value: str | None, expected: int | None) -> None:
     ("value", "expected"),
     [
         (DATE, NOW),
+        (b" Tue, 14 Nov 2023 22:13:20 GMT ", NOW),  # surrounding whitespace
+        (b"TUE, 14 NOV 2023 22:13:20 gmt", NOW),  # names in any case
         (b"Tuesday, 14-Nov-23 22:13:20 GMT", NOW),  # RFC 850
         (b"Tue Nov 14 22:13:20 2023", NOW),  # asctime
+        (b"Tue Nov  8 22:13:20 2023", NOW - 6 * 86400),  # asctime pads the day with a space
+        (b"Tue, 14 Nov 2023 22:13:20 UTC", None),  # only GMT
+        (b"Tue, 14 Nov 2023 22:13:20 AEST", None),
+        (b"Tue, 14 Nov 23 22:13:20 GMT", None),  # a two-digit year needs the RFC 850 form
+        (b"Tue 14 Nov 2023 22:13:20 GMT", None),  # no comma
+        (b"Tue, 14  Nov  2023 22:13:20 GMT", None),  # double spaces
+        (b"Tue, 14-Nov-2023 22:13:20 GMT", None),  # dashes
+        (b"Tue, 14 Nov 2023 22.13.20 GMT", None),  # dotted time
+        (b"Tue, 14 Nov 2023 2:13:20 GMT", None),  # one-digit hour
+        (b"Tue, 14 Nov 2023 25:13:20 GMT", None),
+        (b"0", None),
         (b"not a date", None),
         (b"", None),
     ],
@@ -76,74 +90,138 @@ def test_parse_http_date(value: bytes, expected: float | None) -> None:
     assert parse_http_date(value) == expected
 
 
+DAY_AGO = b"Mon, 13 Nov 2023 22:13:20 GMT"
+LAST = b"Tue, 14 Nov 2023 22:13:20 GMT"
+
+
 @pytest.mark.parametrize(
-    ("headers", "expected"),
+    ("status", "headers", "default_ttl", "expected"),
     [
-        (h(("Cache-Control", "s-maxage=10, max-age=60")), 10.0),  # s-maxage wins
-        (h(("Cache-Control", "max-age=60"), ("Expires", PLUS_60.decode())), 60.0),
-        (h(("Date", DATE.decode()), ("Expires", PLUS_60.decode())), 60.0),  # Expires - Date
-        (h(("Expires", PLUS_60.decode())), 60.0),  # no Date: now
-        (h(("Expires", "0")), 0.0),  # invalid Expires: already expired (§5.3)
-        (h(("Cache-Control", "max-age=abc")), 0.0),  # invalid max-age: stale
-        (h(("Cache-Control", "public")), 300.0),  # nothing said: the configured ttl
-        (h(), 300.0),
+        (200, h(("Cache-Control", "s-maxage=10, max-age=60")), None, Freshness(10.0, True)),
+        (200, h(("Cache-Control", "max-age=60"), ("Expires", "0")), None, Freshness(60.0, True)),
+        (200, h(("Date", DATE.decode()), ("Expires", PLUS_60.decode())), None,
+         Freshness(60.0, True)),
+        (200, h(("Expires", PLUS_60.decode())), None, Freshness(60.0, True)),  # no Date: now
+        (200, h(("Expires", "0")), None, Freshness(0.0, True)),  # invalid: expired (§5.3)
+        (200, h(("Expires", PLUS_60.decode()), ("Expires", PLUS_60.decode())), None,
+         Freshness(0.0, True)),  # several Expires lines: invalid
+        (200, h(("Cache-Control", "max-age=abc")), None, Freshness(0.0, True)),
+        (200, h(("Cache-Control", "max-age=-1")), None, Freshness(0.0, True)),
+        (200, h(), None, Freshness(0.0, False)),  # nothing said, no default: not reusable
+        (200, h(), 300.0, Freshness(300.0, False, True)),  # the opt-in default TTL
+        (404, h(), 300.0, Freshness(300.0, False, True)),
+        (500, h(), 300.0, Freshness(0.0, False)),  # not heuristically cacheable
+        (500, h(("Cache-Control", "max-age=5")), None, Freshness(5.0, True)),  # explicit: any
+        # §4.2.2: 10% of the time since Last-Modified, from Date (or now), at most a day
+        (200, h(("Last-Modified", DAY_AGO.decode()), ("Date", DATE.decode())), None,
+         Freshness(8640.0, False, True)),
+        (200, h(("Last-Modified", "Mon, 01 Jan 2001 00:00:00 GMT")), None,
+         Freshness(86400.0, False, True)),
+        (599, h(("Last-Modified", DAY_AGO.decode())), None, Freshness(0.0, False)),
+        (599, h(("Last-Modified", DAY_AGO.decode()), ("Cache-Control", "public")), None,
+         Freshness(8640.0, False, True)),  # public: heuristics apply to any status
+        (200, h(("Last-Modified", DAY_AGO.decode())), 60.0, Freshness(60.0, False, True)),
     ],
-)
-def test_freshness_lifetime(headers: list[tuple[bytes, bytes]], expected: float) -> None:
+)  # fmt: skip
+def test_freshness(
+    status: int, headers: list[tuple[bytes, bytes]], default_ttl: float | None, expected: Freshness
+) -> None:
     cc = parse_cache_control(headers)
-    assert freshness_lifetime(cc, headers, 300.0, NOW) == expected
+    assert freshness(cc, headers, status, NOW, default_ttl) == expected
 
 
 @pytest.mark.parametrize(
-    ("headers", "response_time", "expected"),
+    ("headers", "targeted", "expected", "from_targeted"),
     [
-        (h(), NOW, 0.0),
-        (h(("Age", "30")), NOW, 30.0),
-        (h(("Date", DATE.decode())), NOW + 5, 5.0),  # apparent age
-        (h(("Date", DATE.decode()), ("Age", "2")), NOW + 5, 5.0),  # the larger
-        (h(("Age", "junk")), NOW, 0.0),
-        (h(("Date", PLUS_60.decode())), NOW, 0.0),  # clock skew: never negative
+        (h(("Cache-Control", "max-age=1")), [b"cdn-cache-control"], {"max-age": "1"}, False),
+        (h(("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60")),
+         [b"cdn-cache-control"], {"max-age": "60"}, True),  # Cache-Control ignored (RFC 9213)
+        (h(("CDN-Cache-Control", "max-age=60"), ("Edge", "no-store")),
+         [b"edge", b"cdn-cache-control"], {"no-store": None}, True),  # most specific first
+        (h(("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=1, &&&")),
+         [b"cdn-cache-control"], {"no-store": None}, False),  # not a Dictionary: ignored
+        (h(("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age =1")),
+         [b"cdn-cache-control"], {"no-store": None}, False),
+        (h(("Cache-Control", "no-store"), ("CDN-Cache-Control", "MaX-aGe=1")),
+         [b"cdn-cache-control"], {"no-store": None}, False),  # keys are lowercase
+        (h(("CDN-Cache-Control", 'max-age="60"')), [b"cdn-cache-control"],
+         {"max-age": '"60"'}, True),  # a string: no delta-seconds
+        (h(("CDN-Cache-Control", "foobar, max-age=60;x=1"), ("CDN-Cache-Control", "private")),
+         [b"cdn-cache-control"], {"foobar": None, "max-age": "60", "private": None}, True),
+        (h(("CDN-Cache-Control", "max-age=60")), [], {}, False),  # not obeyed
+    ],
+)  # fmt: skip
+def test_response_directives(
+    headers: list[tuple[bytes, bytes]], targeted: list[bytes], expected: object, from_targeted: bool
+) -> None:
+    cc, used = response_directives(headers, targeted)
+    assert (dict(cc), used) == (expected, from_targeted)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [([], 0.0), (["30"], 30.0), (["7200, 0"], 7200.0), (["0, 7200"], 0.0),
+     (["7200", "0"], 7200.0), (["abc"], 0.0), (["-7200"], 0.0), (["7200.0"], 0.0),
+     (["2147483648"], 2.0**31), (["99999999999"], 2.0**31)],
+)  # fmt: skip
+def test_age_value(lines: list[str], expected: float) -> None:
+    assert age_value(h(*(("Age", line) for line in lines))) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "request_time", "response_time", "expected"),
+    [
+        (h(), NOW, NOW, 0.0),
+        (h(("Age", "30")), NOW, NOW, 30.0),
+        (h(("Age", "30")), NOW - 2, NOW, 32.0),  # plus the time the app took (§4.2.3)
+        (h(("Date", DATE.decode())), NOW, NOW + 5, 5.0),  # apparent age
+        (h(("Date", DATE.decode()), ("Age", "2")), NOW + 5, NOW + 5, 5.0),  # the larger
+        (h(("Age", "junk")), NOW, NOW, 0.0),
+        (h(("Date", PLUS_60.decode())), NOW, NOW, 0.0),  # clock skew: never negative
     ],
 )
 def test_initial_age(
-    headers: list[tuple[bytes, bytes]], response_time: float, expected: float
+    headers: list[tuple[bytes, bytes]], request_time: float, response_time: float, expected: float
 ) -> None:
-    assert initial_age(headers, response_time) == expected
-
-
-def test_current_age_adds_resident_time() -> None:
-    assert current_age(5.0, NOW, NOW + 10) == 15.0
-    assert current_age(5.0, NOW, NOW - 10) == 5.0
+    assert initial_age(headers, request_time, response_time) == expected
 
 
 @pytest.mark.parametrize(
     ("status", "headers", "credentials", "authenticated", "reason"),
     [
-        (200, h(), False, False, None),
-        (404, h(), False, False, None),
-        (301, h(), False, False, None),
-        (204, h(), False, False, None),
-        (410, h(), False, False, None),
-        (501, h(), False, False, None),
-        (429, h(), False, False, "status"),
+        (200, h(("Cache-Control", "max-age=60")), False, False, None),
+        (404, h(("Cache-Control", "max-age=60")), False, False, None),
+        (500, h(("Cache-Control", "max-age=60")), False, False, None),  # explicit: any status
+        (302, h(("Expires", PLUS_60.decode())), False, False, None),
+        (599, h(("Cache-Control", "public, max-age=60")), False, False, None),
+        (200, h(), False, False, "lifetime"),  # no freshness, nothing to revalidate with
         (500, h(), False, False, "status"),
-        (206, h(), False, False, "status"),
         (302, h(), False, False, "status"),
-        (304, h(), False, False, "status"),
-        (200, h(("Cache-Control", "no-store")), False, False, "no-store"),
+        (206, h(("Cache-Control", "max-age=60")), False, False, "status"),  # not combined
+        (304, h(("Cache-Control", "max-age=60")), False, False, "status"),
+        (200, h(("Cache-Control", "no-store, max-age=60")), False, False, "no-store"),
+        (200, h(("Cache-Control", "must-understand, no-store, max-age=60")), False, False, None),
+        (599, h(("Cache-Control", "must-understand, no-store, max-age=60")), False, False,
+         "status"),  # §5.2.2.3: a status it does not understand
         (200, h(("Cache-Control", "private, max-age=60")), False, False, "private"),
-        (200, h(("Cache-Control", 'private="x"')), False, False, "private"),
+        (200, h(("Cache-Control", 'private="x", max-age=60')), False, False, "private"),
         (200, h(("Cache-Control", "no-cache")), False, False, "no-cache"),
-        (200, h(("Set-Cookie", "s=1")), False, False, "set-cookie"),
-        (200, h(("Set-Cookie", "s=1"), ("Cache-Control", "public")), False, False, "set-cookie"),
-        (200, h(("Vary", "Accept, *")), False, False, "vary-star"),
-        (200, h(("Vary", "Accept-Encoding")), False, False, None),
-        (200, h(), True, False, "credentials"),
-        (200, h(("Cache-Control", "s-maxage=60")), True, False, "credentials"),
+        (200, h(("Cache-Control", "no-cache"), ("ETag", '"a"')), False, False, None),
+        (200, h(("Cache-Control", "max-age=0"), ("Last-Modified", LAST.decode())), False, False,
+         None),  # stale at once, kept to be revalidated
+        (200, h(("Cache-Control", "max-age=0, stale-if-error=60")), False, False, None),
+        (200, h(("Cache-Control", "max-age=0")), False, False, "lifetime"),
+        (200, h(("Set-Cookie", "s=1"), ("Cache-Control", "public, max-age=60")), False, False,
+         "set-cookie"),
+        (200, h(("Vary", "Accept, *"), ("Cache-Control", "max-age=60")), False, False,
+         "vary-star"),
+        (200, h(("Cache-Control", "max-age=60")), True, False, "credentials"),
+        (200, h(("Cache-Control", "s-maxage=60")), True, False, None),  # §3.5
+        (200, h(("Cache-Control", "max-age=60, must-revalidate")), True, False, None),
         (200, h(("Cache-Control", "public, max-age=60")), True, False, None),
-        (200, h(), True, True, None),  # identity is in the key
+        (200, h(("Cache-Control", "max-age=60")), True, True, None),  # identity is in the key
     ],
-)
+)  # fmt: skip
 def test_storable(
     status: int,
     headers: list[tuple[bytes, bytes]],
@@ -152,12 +230,16 @@ def test_storable(
     reason: str | None,
 ) -> None:
     cc = parse_cache_control(headers)
-    got = storable(status, cc, headers, credentials=credentials, cache_authenticated=authenticated)
+    fresh = freshness(cc, headers, status, NOW)
+    got = storable(
+        status, cc, headers, fresh, credentials=credentials, cache_authenticated=authenticated
+    )
     assert got == reason
 
 
-def test_cacheable_statuses_never_include_429() -> None:
-    assert 429 not in CACHEABLE_STATUSES and 200 in CACHEABLE_STATUSES
+def test_status_sets() -> None:
+    assert 429 not in HEURISTIC_STATUSES and 200 in HEURISTIC_STATUSES
+    assert 599 not in UNDERSTOOD_STATUSES and 404 in UNDERSTOOD_STATUSES
 
 
 @pytest.mark.parametrize(
@@ -195,26 +277,6 @@ def test_request_directives(cc: str, pragma: bytes | None, expected: RequestDire
 
 
 @pytest.mark.parametrize(
-    ("age", "lifetime", "directives", "expected"),
-    [
-        (10, 60, RequestDirectives(), True),
-        (60, 60, RequestDirectives(), False),  # fresh means age < lifetime
-        (70, 60, RequestDirectives(), False),
-        (10, 60, RequestDirectives(no_cache=True), False),
-        (10, 60, RequestDirectives(max_age=5), False),
-        (10, 60, RequestDirectives(max_age=10), True),
-        (50, 60, RequestDirectives(min_fresh=20), False),
-        (70, 60, RequestDirectives(max_stale=20), True),
-        (90, 60, RequestDirectives(max_stale=20), False),
-    ],
-)
-def test_satisfies(
-    age: float, lifetime: float, directives: RequestDirectives, expected: bool
-) -> None:
-    assert satisfies(age, lifetime, directives) is expected
-
-
-@pytest.mark.parametrize(
     ("cc", "expected"),
     [
         ("max-age=60", (30.0, 100.0)),
@@ -222,6 +284,7 @@ def test_satisfies(
         ("max-age=60, must-revalidate", (0.0, 0.0)),
         ("max-age=60, proxy-revalidate", (0.0, 0.0)),
         ("s-maxage=60", (0.0, 0.0)),  # §5.2.2.10: implies proxy-revalidate
+        ("no-cache", (0.0, 0.0)),
         ("max-age=60, stale-while-revalidate=junk", (30.0, 100.0)),
     ],
 )
@@ -245,7 +308,6 @@ def test_etag_matches(header: bytes, etag: bytes, expected: bool) -> None:
     assert etag_matches(header, etag) is expected
 
 
-LAST = b"Tue, 14 Nov 2023 22:13:20 GMT"
 LATER = b"Tue, 14 Nov 2023 23:00:00 GMT"
 EARLIER = b"Tue, 14 Nov 2023 20:00:00 GMT"
 
@@ -259,7 +321,7 @@ EARLIER = b"Tue, 14 Nov 2023 20:00:00 GMT"
         (None, LATER, b'"x"', LAST, True),
         (None, LAST, b'"x"', LAST, True),
         (None, EARLIER, b'"x"', LAST, False),
-        (None, LATER, b'"x"', None, False),  # no Last-Modified: IMS does not apply
+        (None, LATER, b'"x"', None, False),  # nothing to compare: IMS does not apply
         (None, b"garbage", b'"x"', LAST, False),
         (None, None, b'"x"', LAST, False),
         (b'"x"', None, None, None, False),

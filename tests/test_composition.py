@@ -124,7 +124,7 @@ def builders() -> dict[str, Callable[[ASGIApp], ASGIApp]]:
             app, limit="1000/minute", rules={"GET /limited": "2/minute"}
         ),
         "dedup": lambda app: DedupMiddleware(app, window=0.5),
-        "cache": lambda app: CacheMiddleware(app, ttl=60),
+        "cache": lambda app: CacheMiddleware(app, default_ttl=60),
         "compression": lambda app: CompressionMiddleware(app, minimum_size=100),
         "queries": lambda app: QueryMiddleware(app, action="header"),
     }
@@ -299,6 +299,38 @@ async def test_full_stack(order: tuple[str, ...]) -> None:
 async def test_all_720_orders() -> None:
     for order in itertools.permutations(NAMES):
         await exercise(order)
+
+
+CACHE_OUTSIDE_EXCHANGE = [
+    ("cache", "queries"),
+    ("cache", "timing", "queries"),
+    ("timing", "cache", "queries"),
+    ("timing", "ratelimit", "cache", "queries"),
+]
+
+
+@pytest.mark.parametrize(
+    "order", CACHE_OUTSIDE_EXCHANGE, ids=["-".join(o) for o in CACHE_OUTSIDE_EXCHANGE]
+)
+async def test_a_cache_hit_shows_its_own_exchange_not_the_fill(order: tuple[str, ...]) -> None:
+    """Query counts, timings and rate-limit state of the filling request are never replayed:
+    a hit ran no query, and its timing (when Timing is outside) is its own."""
+    app, inner = build(order)
+    fill = await get(app, "/db", "10.0.4.1")
+    assert fill.header("x-query-count") == "6" and fill.header("x-cache") == "MISS"
+    hit = await get(app, "/db", "10.0.4.1")
+    assert (decode(hit), hit.header_list("x-cache"), inner.calls) == (b"queried", ["HIT"], 1)
+    inside = order[order.index("cache") + 1 :]
+    for layer, name in [("queries", "x-query-count"), ("queries", "x-n-plus-one"),
+                        ("timing", "x-response-time"), ("ratelimit", "ratelimit")]:  # fmt: skip
+        if layer in inside:
+            assert hit.header(name) is None, f"{order}: {name} of the fill replayed"
+    timing = ", ".join(hit.header_list("server-timing"))
+    assert "db;" not in timing, f"{order}: the fill's query timing replayed: {timing}"
+    if order[0] == "timing":
+        assert "cache;" in timing and "hit" in timing, timing
+    if "ratelimit" in order:  # this request's own rate-limit state, not the fill's
+        assert hit.header_list("ratelimit") != fill.header_list("ratelimit")
 
 
 async def test_lifespan_and_websocket_pass_through_the_full_stack() -> None:

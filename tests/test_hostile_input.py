@@ -25,6 +25,7 @@ import ipaddress
 import math
 import re
 import secrets
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,7 +43,7 @@ from asgi_perf._stack import from_env
 from asgi_perf.cache import CacheMiddleware
 from asgi_perf.cache._rules import (
     etag_matches,
-    freshness_lifetime,
+    freshness,
     not_modified,
     parse_cache_control,
     parse_http_date,
@@ -57,7 +58,7 @@ from asgi_perf.dedup._rules import MAX_KEY_LENGTH, InvalidKey, parse_idempotency
 from asgi_perf.queries import QueryMiddleware
 from asgi_perf.ratelimit import RateLimitMiddleware
 from asgi_perf.timing import TimingMiddleware
-from tests.support import call, make_scope, unique_prefix
+from tests.support import UvicornThread, call, make_scope, unique_prefix
 
 PARSER = settings(max_examples=300, deadline=None)
 STACK = settings(
@@ -130,13 +131,12 @@ def test_cache_control_never_raises(
     directives = request_directives(cc, pragma)
     for number in (directives.max_age, directives.min_fresh, directives.max_stale):
         assert number is None or 0 <= number <= 2**31
-    lifetime = freshness_lifetime(cc, headers, 300.0, 1_700_000_000.0)
-    assert math.isfinite(lifetime) and lifetime >= 0
+    fresh = freshness(cc, headers, 200, 1_700_000_000.0, 300.0)
+    assert math.isfinite(fresh.lifetime) and fresh.lifetime >= 0
     swr, sie = stale_windows(cc, 0.0, 0.0)
     assert swr >= 0 and sie >= 0
-    assert storable(200, cc, headers, credentials=True, cache_authenticated=False) is not None or (
-        "public" in cc
-    )
+    reason = storable(200, cc, headers, fresh, credentials=True, cache_authenticated=False)
+    assert reason is not None or "public" in cc or "s-maxage" in cc or "must-revalidate" in cc
     vary_names([(b"vary", cc_value)])
     parsed = parse_http_date(expires)
     assert parsed is None or math.isfinite(parsed)
@@ -725,7 +725,7 @@ async def test_hostile_paths_and_queries_never_reach_redis_keys_unescaped(
     redis_url: str, redis_client: redis.Redis, path: str, query: bytes
 ) -> None:
     """The decoded path (``%0A`` arrives as a newline) and the raw query, up to 100 kB:
-    the cache percent-escapes both and cuts long ones with a hash (``cache_rules.key_part``)."""
+    the cache percent-escapes both and cuts long ones with a hash (``cache._keys.key_part``)."""
     await _hostile_round(redis_url, redis_client, "GET", path, query, [])
 
 
@@ -759,3 +759,35 @@ async def test_from_env_keeps_every_key_under_the_configured_prefix(
         if stray:
             redis_client.delete(*stray)
         await _close_stack(stack)
+
+
+# -- a real server that passes duplicate Host lines on ----------------------------------------
+def _raw_get(port: int, head: bytes) -> bytes:
+    """One HTTP/1.1 request written byte for byte (a client can send what httpx would not)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /page HTTP/1.1\r\n" + head + b"Connection: close\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_duplicate_host_lines_through_uvicorn_never_poison_the_cache() -> None:
+    """uvicorn with httptools passes both ``Host`` lines on; Starlette builds ``request.url``
+    from the first. The request bypasses the cache, so the next visitor gets their own page."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    async def page(request: Request) -> HTMLResponse:
+        link = f'<a href="{request.url_for("page")}">home</a>'
+        return HTMLResponse(link, headers={"Cache-Control": "max-age=60"})
+
+    app = CacheMiddleware(Starlette(routes=[Route("/page", page, name="page")]))
+    with UvicornThread(app, http="httptools") as server:
+        evil = _raw_get(server.port, b"Host: evil.example\r\nHost: victim.example\r\n")
+        assert b"evil.example" in evil and b"x-cache: BYPASS" in evil
+        victim = _raw_get(server.port, b"Host: victim.example\r\n")
+    assert b"evil.example" not in victim
+    assert b"http://victim.example/page" in victim and b"x-cache: MISS" in victim

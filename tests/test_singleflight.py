@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from asgi_perf.stores import Store, create_store
+from asgi_perf.stores import Store, StoreUnavailable, create_store
 from asgi_perf.stores._singleflight import SingleFlight
 
 
@@ -76,3 +78,57 @@ async def test_crashed_leader_claim_expires(store: Store) -> None:
     assert first.kind == "leader"  # and never ends its lease: a crash
     outcome = await asyncio.wait_for(flight.join("{c}claim", "{c}rec"), 5)
     assert outcome.kind == "released"
+
+
+class FlakyRenewals:
+    """Wraps a store: its first ``failures`` renewals fail as a slow store's would."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        self.store = store
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def renew(self, key: str, token: str, ttl: float) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("renewal timed out")
+        return await self.store.renew(key, token, ttl)
+
+
+async def test_a_run_of_failed_renewals_does_not_lose_the_claim(store: Store) -> None:
+    flaky: Any = FlakyRenewals(store, failures=3)
+    flight = SingleFlight(flaky, lease_ttl=0.3)
+    leader = await flight.join("{f}claim", "{f}rec")
+    assert leader.lease is not None
+    async with leader.lease:
+        await asyncio.sleep(0.6)  # three failed renewals in a row, then working ones
+        assert flaky.failures == 0
+        assert await store.holder("{f}claim") == leader.lease.token
+    await leader.lease.release()
+    assert await store.holder("{f}claim") is None
+
+
+async def test_a_stalled_leader_takes_its_lapsed_claim_back(store: Store) -> None:
+    flight = SingleFlight(store, lease_ttl=0.15)
+    leader = await flight.join("{s}claim", "{s}rec")
+    assert leader.lease is not None
+    async with leader.lease:
+        time.sleep(0.3)  # the event loop stalls past the lease: the claim lapses
+        assert await store.holder("{s}claim") is None
+        # the loop runs again: the renewer takes the claim back (waited for, not timed: a
+        # loaded machine may need more than one renewal period)
+        for _ in range(100):
+            if await store.holder("{s}claim") == leader.lease.token:
+                break
+            await asyncio.sleep(0.05)
+        assert await store.holder("{s}claim") == leader.lease.token
+        # … so a waiter now waits for this leader instead of doing the work a second time
+        waiter = await asyncio.wait_for(
+            SingleFlight(store, wait_timeout=0.1).join("{s}claim", "{s}rec"), 5
+        )
+        assert waiter.kind == "timeout"
+    await leader.lease.release()
+    await asyncio.sleep(0.1)  # a renewer that outlived the release would take it back
+    assert await store.holder("{s}claim") is None

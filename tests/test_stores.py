@@ -659,3 +659,28 @@ async def test_cluster_without_sharded_pubsub_polls(
     finally:
         await store.clear()
         await store.close()
+
+
+async def test_redis_indexes_expire_with_their_longest_lived_member(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A tag or prefix index never outlives its entries (nor expires before them)."""
+    import redis.asyncio as aredis
+
+    store = create_store(redis_url, prefix=key_prefix)
+    client = aredis.Redis.from_url(redis_url)
+    tag, index = key_prefix + "__tag__:t", key_prefix + "__index__"
+    try:
+        await store.set("long", b"1", ttl=60, tags=["t"], indexed=True)
+        await store.set("short", b"2", ttl=5, tags=["t"], indexed=True)  # does not shorten it
+        for key in (tag, index):
+            assert 55_000 < await client.pttl(key) <= 60_000
+        await store.set("longer", b"3", ttl=120, tags=["t"])
+        assert 115_000 < await client.pttl(tag) <= 120_000  # extended
+        await store.set("forever", b"4", tags=["t"])
+        assert await client.pttl(tag) == -1  # a member without expiry: so is its index
+        assert await store.delete_tags(["t"]) == 4
+    finally:
+        await client.aclose()
+        await store.clear()
+        await store.close()

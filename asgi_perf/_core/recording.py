@@ -149,3 +149,10 @@ class ResponseRecorder:
         if not self.recordable:
             return None
         return RecordedResponse(self.status, self.headers, b"".join(self._parts))
+
+    def whole(self, length: int) -> RecordedResponse | None:
+        """The recorded response once its body holds ``length`` bytes (its declared
+        ``Content-Length``: the client has all of it, whatever empty messages follow)."""
+        if not self.started or self.overflow or self._size != length:
+            return None
+        return RecordedResponse(self.status, self.headers, b"".join(self._parts))

@@ -1,5 +1,6 @@
-"""The cache middleware: see :mod:`asgi_perf.cache._middleware`."""
+"""The HTTP cache: :class:`CacheMiddleware`, and :func:`purge` to empty it from anywhere."""
 
 from asgi_perf.cache._middleware import CacheMiddleware
+from asgi_perf.cache._purge import purge
 
-__all__ = ["CacheMiddleware"]
+__all__ = ["CacheMiddleware", "purge"]

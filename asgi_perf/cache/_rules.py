@@ -1,41 +1,41 @@
 """RFC 9111 (HTTP Caching) rules for a shared cache, as pure functions.
 
 Nothing here does I/O or keeps state, so every rule is tested by a table in
-``tests/test_cache_rules.py``. :mod:`asgi_perf.cache` applies them per request.
-
-Sections cited are RFC 9111 unless marked RFC 9110 (HTTP Semantics) or RFC 5861 (the
-``stale-while-revalidate`` / ``stale-if-error`` extensions).
+``tests/test_cache_rules.py``; :mod:`asgi_perf.cache._decide` and the middleware apply them.
+Sections cited are RFC 9111 unless marked RFC 9110 (HTTP Semantics), RFC 5861
+(``stale-while-revalidate`` / ``stale-if-error``) or RFC 9213 (targeted cache control).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import NamedTuple
-from urllib.parse import quote
 
 from asgi_perf._core.asgi import Headers, get_header_values, header_tokens
+from asgi_perf.cache._dates import parse_http_date
 
 __all__ = [
-    "CACHEABLE_STATUSES",
     "DEFAULT_BYPASS_HEADERS",
+    "HEURISTIC_MAX",
+    "HEURISTIC_STATUSES",
+    "UNDERSTOOD_STATUSES",
     "CacheControl",
+    "Freshness",
     "RequestDirectives",
-    "current_age",
+    "age_value",
     "delta_seconds",
-    "escape_key_part",
     "etag_matches",
-    "freshness_lifetime",
+    "freshness",
     "initial_age",
-    "key_part",
     "not_modified",
     "parse_cache_control",
     "parse_http_date",
     "request_directives",
-    "satisfies",
+    "response_directives",
+    "shareable_with_credentials",
     "stale_windows",
     "storable",
     "strong_etag",
@@ -44,16 +44,26 @@ __all__ = [
 
 CacheControl = Mapping[str, "str | None"]
 
-#: Statuses a shared cache may store here: the heuristically cacheable ones of RFC 9110
-#: §15.1 minus 206 (no range support), which includes 404/405/410/414/501 but never 429.
-CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+#: RFC 9110 §15.1: statuses a cache may reuse with heuristic freshness (or a default TTL).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+#: Final statuses whose semantics this cache knows (RFC 9110 §15): a response with
+#: ``must-understand`` and one of them is stored despite ``no-store`` (§5.2.2.3).
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 304, 305, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426, 500, 501, 502, 503, 504, 505}
+)
+HEURISTIC_FRACTION = 0.1  # §4.2.2: "10% of the time since Last-Modified" is typical
+HEURISTIC_MAX = 86_400.0  # … capped at a day
 
 #: Request headers that change what some frameworks and proxies render (absolute URLs,
 #: routing, method) yet are not in the key: a request carrying one bypasses the cache, so
 #: it cannot plant an entry other clients receive (web cache poisoning). A header the
 #: deployment legitimately sets on every request belongs in ``key_headers`` instead.
 DEFAULT_BYPASS_HEADERS = (
+    "forwarded",  # RFC 7239: host=, proto= change absolute URLs and redirects
     "x-forwarded-host",
+    "x-forwarded-proto",
     "x-forwarded-server",
     "x-forwarded-scheme",
     "x-forwarded-prefix",
@@ -85,7 +95,9 @@ def _parse_cc(value: bytes) -> CacheControl:
     return directives
 
 
-def parse_cache_control(headers: Iterable[tuple[bytes, bytes]]) -> CacheControl:
+def parse_cache_control(
+    headers: Iterable[tuple[bytes, bytes]], name: bytes = b"cache-control"
+) -> CacheControl:
     """Every ``Cache-Control`` directive (§5.2): lowercase name → argument or ``None``.
 
     Field lines combine with commas (RFC 9110 §5.3); quoted arguments are unquoted, so
@@ -93,10 +105,56 @@ def parse_cache_control(headers: Iterable[tuple[bytes, bytes]]) -> CacheControl:
     (§4.2.1). Unparseable fragments are skipped rather than failing the request. The result
     is shared between calls: treat it as read-only.
     """
-    values = get_header_values(headers, b"cache-control")
+    values = get_header_values(headers, name)
     if not values:
         return _EMPTY
     return _parse_cc(values[0] if len(values) == 1 else b",".join(values))
+
+
+# RFC 8941 Dictionary, as RFC 9213 requires of a targeted field: key[=bare-item][;params].
+_SF_KEY = r"[a-z*][a-z0-9_\-.*]*"
+_SF_ITEM = (
+    r"-?\d{1,15}(?:\.\d{1,3})?"  # integer, decimal
+    r'|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"'  # string
+    r"|[A-Za-z*][!#$%&'*+\-.^_`|~:/0-9A-Za-z]*"  # token
+    r"|:[A-Za-z0-9+/=]*:|\?[01]"  # byte sequence, boolean
+)
+_SF_MEMBER = re.compile(rf"({_SF_KEY})(?:=({_SF_ITEM}))?((?:;{_SF_KEY}(?:=(?:{_SF_ITEM}))?)*)")
+
+
+@lru_cache(maxsize=256)
+def _parse_targeted(value: bytes) -> CacheControl | None:
+    """A targeted field as cache directives; ``None`` when it is not a valid, non-empty
+    Structured Field Dictionary (the cache must then ignore it: RFC 9213 §2.1)."""
+    text = value.decode("latin-1").strip(" \t")
+    if not text:
+        return None
+    directives: dict[str, str | None] = {}
+    for member in re.split(r"[ \t]*,[ \t]*", text):
+        match = _SF_MEMBER.fullmatch(member)
+        if match is None:
+            return None
+        item = match.group(2)
+        # A string or other non-integer where a number is expected stays unparseable for
+        # delta_seconds (the directive then counts as invalid, not as its digits).
+        directives.setdefault(match.group(1), None if item is None or item == "?1" else item)
+    return directives
+
+
+def response_directives(headers: Headers, targeted: Sequence[bytes]) -> tuple[CacheControl, bool]:
+    """The directives this cache obeys, and whether they come from a targeted field.
+
+    RFC 9213 §2.1: the first of ``targeted`` (most specific first, e.g. this cache's own
+    field, then ``CDN-Cache-Control``) with a valid non-empty value is used and
+    ``Cache-Control`` is then ignored entirely; otherwise ``Cache-Control`` applies.
+    """
+    for name in targeted:
+        values = get_header_values(headers, name)
+        if values:
+            parsed = _parse_targeted(values[0] if len(values) == 1 else b", ".join(values))
+            if parsed is not None:
+                return parsed, True
+    return parse_cache_control(headers), False
 
 
 def delta_seconds(value: str | None) -> int | None:
@@ -106,75 +164,82 @@ def delta_seconds(value: str | None) -> int | None:
     return min(int(value), _MAX_DELTA)
 
 
-@lru_cache(maxsize=256)
-def parse_http_date(value: bytes) -> float | None:
-    """An HTTP-date (RFC 9110 §5.6.7, all three formats) as a Unix time; ``None`` if invalid."""
-    try:
-        parsed = parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:  # RFC 850 / asctime forms carry no zone: they are GMT
-        from datetime import timezone
-
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
-
-
 def _date(headers: Headers, name: bytes) -> float | None:
     values = get_header_values(headers, name)
-    return parse_http_date(values[0].strip()) if values else None
+    return parse_http_date(values[0]) if values else None
 
 
-def freshness_lifetime(cc: CacheControl, headers: Headers, default_ttl: float, now: float) -> float:
-    """Seconds the response is fresh for (§4.2.1), for a shared cache.
+class Freshness(NamedTuple):
+    """How long a response is fresh (§4.2.1) and where that came from."""
 
-    ``s-maxage`` wins, then ``max-age``, then ``Expires`` minus ``Date`` (``now`` when the
-    response has no valid ``Date``); a present but invalid ``Expires`` means already expired
-    (§5.3). Only when the response names no freshness does ``default_ttl`` apply: it is this
-    cache's configured policy, used in place of a heuristic (§4.2.2). An invalid ``max-age``
-    or ``s-maxage`` argument is taken as 0 (stale), the conservative reading.
+    lifetime: float
+    explicit: bool  # s-maxage, max-age or Expires said so (even "already stale")
+    heuristic: bool = False  # §4.2.2 from Last-Modified, or the configured default TTL
+
+
+def freshness(
+    cc: CacheControl,
+    headers: Headers,
+    status: int,
+    now: float,
+    default_ttl: float | None = None,
+) -> Freshness:
+    """The freshness lifetime of a response for a shared cache (§4.2.1, §4.2.2).
+
+    ``s-maxage`` > ``max-age`` > ``Expires`` - ``Date`` (``now`` without a valid ``Date``);
+    an invalid argument or ``Expires`` (several lines, or not an HTTP-date) means already
+    stale (§5.3). Without explicit freshness, a heuristically cacheable status (or any
+    ``public`` one) gets ``default_ttl`` when the deployment configured one for it, else 10%
+    of the time since ``Last-Modified`` (at most a day); otherwise nothing.
     """
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
             seconds = delta_seconds(cc[directive])
-            return 0.0 if seconds is None else float(seconds)
-    expires_values = get_header_values(headers, b"expires")
-    if expires_values:
-        expires = parse_http_date(expires_values[0].strip())
-        if expires is None:
-            return 0.0
+            return Freshness(0.0 if seconds is None else float(seconds), True)
+    expires = get_header_values(headers, b"expires")
+    if expires:
+        at = parse_http_date(expires[0]) if len(expires) == 1 else None
+        if at is None:
+            return Freshness(0.0, True)
         date = _date(headers, b"date")
-        return max(0.0, expires - (now if date is None else date))
-    return default_ttl
+        return Freshness(max(0.0, at - (now if date is None else date)), True)
+    if status not in HEURISTIC_STATUSES and "public" not in cc:
+        return Freshness(0.0, False)
+    if default_ttl is not None:
+        return Freshness(default_ttl, False, True)
+    modified = _date(headers, b"last-modified")
+    if modified is None:
+        return Freshness(0.0, False)
+    date = _date(headers, b"date")
+    since = (now if date is None else date) - modified
+    return Freshness(min(HEURISTIC_MAX, max(0.0, since * HEURISTIC_FRACTION)), False, True)
 
 
-def initial_age(headers: Headers, response_time: float) -> float:
-    """``corrected_initial_age`` of §4.2.3, taking the response delay as zero (in-process).
-
-    The larger of the ``Age`` the app sent and the apparent age ``response_time - Date``.
-    """
-    age = 0.0
+def age_value(headers: Headers) -> float:
+    """The ``Age`` the response arrived with (§5.1): the first member of the first line;
+    anything but digits (negative, decimal, text) is ignored."""
     values = get_header_values(headers, b"age")
-    if values:
-        parsed = delta_seconds(values[0].strip().decode("latin-1"))
-        if parsed is not None:
-            age = float(parsed)
+    if not values:
+        return 0.0
+    parsed = delta_seconds(values[0].split(b",", 1)[0].strip().decode("latin-1"))
+    return 0.0 if parsed is None else float(parsed)
+
+
+def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
+    """``corrected_initial_age`` of §4.2.3: the larger of the apparent age
+    (``response_time - Date``) and ``Age`` plus the time the app took to answer."""
     date = _date(headers, b"date")
     apparent = 0.0 if date is None else max(0.0, response_time - date)
-    return max(age, apparent)
-
-
-def current_age(initial: float, response_time: float, now: float) -> float:
-    """``current_age`` of §4.2.3: the initial age plus the time the entry has been resident."""
-    return initial + max(0.0, now - response_time)
+    corrected = age_value(headers) + max(0.0, response_time - request_time)
+    return max(apparent, corrected)
 
 
 def stale_windows(cc: CacheControl, default_swr: float, default_sie: float) -> tuple[float, float]:
     """Seconds past expiry the entry may be served: (while revalidating, on error).
 
     RFC 5861 §3/§4 response directives override the configured defaults. ``must-revalidate``,
-    ``proxy-revalidate`` and ``s-maxage`` (§5.2.2.2, §5.2.2.8, §5.2.2.10) and a response
-    ``no-cache`` (§5.2.2.4) forbid serving it stale at all (§4.2.4).
+    ``proxy-revalidate``, ``s-maxage`` and ``no-cache`` (§5.2.2.2, .8, .10, .4) forbid serving
+    it stale at all (§4.2.4).
     """
     if "must-revalidate" in cc or "proxy-revalidate" in cc or "s-maxage" in cc or "no-cache" in cc:
         return 0.0, 0.0
@@ -196,43 +261,60 @@ def vary_names(headers: Headers) -> tuple[str, ...] | None:
     return tuple(sorted({token.decode("latin-1") for token in tokens}))
 
 
+def shareable_with_credentials(cc: CacheControl) -> bool:
+    """§3.5: a response to a request with ``Authorization`` may serve other requests only with
+    ``public``, ``s-maxage`` or ``must-revalidate`` (applied to ``Cookie`` here as well)."""
+    return "public" in cc or "s-maxage" in cc or "must-revalidate" in cc
+
+
 def storable(
     status: int,
     cc: CacheControl,
     headers: Headers,
+    fresh: Freshness,
     *,
     credentials: bool,
     cache_authenticated: bool,
 ) -> str | None:
-    """Why a shared cache must not store this response (§3), or ``None`` when it may.
+    """Why a shared cache must not (or need not) store this response (§3), or ``None``.
 
-    - the status is not in :data:`CACHEABLE_STATUSES` (§3, final and understood);
-    - ``no-store`` (§5.2.2.5) or ``private`` (§5.2.2.7; a shared cache drops the whole
-      response rather than field-qualified parts);
-    - ``no-cache`` (§5.2.2.4): it could only be reused after revalidation with the app,
-      which this cache does by asking the app again, so storing gains nothing;
-    - ``Set-Cookie``: one client's session must never reach another (RFC 6265 §8.6 advice);
+    - a ``206``/``304`` (partial content is not combined here), or a status that is not
+      heuristically cacheable, without explicit freshness or ``public``;
+    - ``no-store`` (§5.2.2.5) unless ``must-understand`` and the status is understood
+      (§5.2.2.3); ``must-understand`` with a status it does not understand;
+    - ``private`` (§5.2.2.7; the whole response rather than field-qualified parts);
+    - ``Set-Cookie``: one client's session must never reach another (spec choice);
     - ``Vary: *`` (§4.1): it can never be selected;
-    - the request carried credentials (``Authorization`` or ``Cookie``) and the cache does
-      not key by identity: only an explicit ``public`` makes it shareable (stricter than
-      §3.5, which also admits ``s-maxage`` and ``must-revalidate``; cookies included
-      because personalisation by cookie is the common case).
+    - a request with credentials, unless the cache keys by identity or §3.5 allows it;
+    - nothing to reuse: no freshness, no validator to revalidate with, no stale window of
+      its own (``no-cache`` without a validator: every use would be a full request anyway).
     """
-    if status not in CACHEABLE_STATUSES:
+    if status in (206, 304) or status < 200:
         return "status"
-    if "no-store" in cc:
+    if not fresh.explicit and "public" not in cc and status not in HEURISTIC_STATUSES:
+        return "status"
+    if "must-understand" in cc:
+        if status not in UNDERSTOOD_STATUSES:
+            return "status"
+    elif "no-store" in cc:
         return "no-store"
     if "private" in cc:
         return "private"
-    if "no-cache" in cc:
-        return "no-cache"
     if get_header_values(headers, b"set-cookie"):
         return "set-cookie"
     if vary_names(headers) is None:
         return "vary-star"
-    if credentials and not cache_authenticated and "public" not in cc:
+    if credentials and not cache_authenticated and not shareable_with_credentials(cc):
         return "credentials"
-    return None
+    validators = any(k.lower() in (b"etag", b"last-modified") for k, _ in headers)
+    if "no-cache" in cc and not validators:
+        return "no-cache"  # every use needs the app, and there is nothing to revalidate with
+    if fresh.lifetime > 0:
+        return None
+    if validators and (fresh.explicit or "no-cache" in cc or "must-revalidate" in cc):
+        return None  # kept to be revalidated (§4.3) rather than fetched again in full
+    swr, sie = stale_windows(cc, 0.0, 0.0)
+    return None if swr or sie else "lifetime"
 
 
 class RequestDirectives(NamedTuple):
@@ -275,24 +357,6 @@ def request_directives(cc: CacheControl, pragma: bytes | None = None) -> Request
     )
 
 
-def satisfies(age: float, lifetime: float, request: RequestDirectives) -> bool:
-    """Whether a stored response may be served without going to the app (§4.2, §5.2.1).
-
-    Fresh (``age < lifetime``), within the request's ``max-age`` and ``min-fresh``; or stale
-    by no more than the request's ``max-stale``.
-    """
-    if request.no_cache:
-        return False
-    if request.max_age is not None and age > request.max_age:
-        return False
-    remaining = lifetime - age
-    if request.min_fresh is not None and remaining < request.min_fresh:
-        return False
-    if remaining > 0:
-        return True
-    return request.max_stale is not None and -remaining <= request.max_stale
-
-
 def _opaque(tag: bytes) -> bytes:
     tag = tag.strip()
     return tag[2:] if tag[:2] == b"W/" else tag
@@ -320,47 +384,18 @@ def not_modified(
     """Whether a ``GET``/``HEAD`` should be answered ``304 Not Modified`` (RFC 9110 §13.2.2).
 
     ``If-None-Match`` takes precedence: when present, ``If-Modified-Since`` is ignored. An
-    ``If-Modified-Since`` counts only with a valid date and a stored ``Last-Modified`` no later
-    than it (RFC 9110 §13.1.3); a malformed date is ignored.
+    ``If-Modified-Since`` counts only with a valid date and a ``last_modified`` (the stored
+    ``Last-Modified``, else its ``Date``: RFC 9111 §4.3.2) no later than it.
     """
     if if_none_match is not None:
         return etag is not None and etag_matches(if_none_match, etag)
     if if_modified_since is None or last_modified is None:
         return False
-    since = parse_http_date(if_modified_since.strip())
-    modified = parse_http_date(last_modified.strip())
+    since = parse_http_date(if_modified_since)
+    modified = parse_http_date(last_modified)
     return since is not None and modified is not None and modified <= since
 
 
 def strong_etag(body: bytes) -> bytes:
     """A strong validator for a body the app gave none (RFC 9110 §8.8.3): a content hash."""
     return b'"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode("ascii") + b'"'
-
-
-_KEY_UNSAFE = re.compile(r"[^\x21-\x24\x26-\x3e\x40-\x7a\x7c\x7e]")
-# Printable ASCII but % ? { } (see escape_key_part); quote() keeps letters, digits, "_.-~".
-_KEY_SAFE = "".join(
-    chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%?{}" and not chr(c).isalnum()
-)
-
-
-def escape_key_part(text: str) -> str:
-    """Make client-controlled ``text`` (a path, a query) safe inside a store key.
-
-    Everything but printable ASCII is percent-encoded (UTF-8, lone surrogates included), and
-    so are ``{``/``}`` (Redis Cluster hash tags), ``?`` (the separator before the query) and
-    ``%`` itself, so the mapping is reversible: two different texts never share a key.
-    """
-    if _KEY_UNSAFE.search(text) is None:
-        return text
-    return quote(text.encode("utf-8", "surrogatepass"), safe=_KEY_SAFE)
-
-
-def key_part(text: str, limit: int = 256) -> str:
-    """:func:`escape_key_part`, kept within ``limit`` characters: a longer result becomes its
-    first characters, ``?`` (which an escaped text never holds) and a hash of the whole."""
-    escaped = escape_key_part(text)
-    if len(escaped) <= limit:
-        return escaped
-    digest = hashlib.blake2b(escaped.encode("ascii"), digest_size=16).hexdigest()
-    return escaped[: limit - 33] + "?" + digest

@@ -13,7 +13,8 @@
   ``False`` and callers re-read with jitter).
 - Prefix deletion reads a sorted-set index written at store time; tag deletion a sorted set
   per tag. Both are trimmed of expired members on every write, so they stay bounded by the
-  live entries; neither uses ``KEYS`` or ``SCAN``.
+  live entries, and expire with their longest-lived member (:data:`_INDEX_ADD`), so a tag
+  nobody writes again does not outlive its entries; neither uses ``KEYS`` or ``SCAN``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,28 @@ return 0
 """
 
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+
+# Add a member to an index (a tag's or the prefix index), trim the expired ones, and keep the
+# index alive exactly as long as its longest-lived member: a new index expires with its first
+# member, an existing one is only ever extended; a member without expiry makes it persistent.
+# ARGV: member, expiry score (ms, or +inf), now (ms), the member's TTL (ms, 0: none).
+_INDEX_ADD = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local ttl = tonumber(ARGV[4])
+if ttl == 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif existed == 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  local current = redis.call('PTTL', KEYS[1])
+  if current >= 0 and current < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+end
+return 1
+"""
 
 
 def _hash_tagged(key: str) -> bool:
@@ -229,17 +252,14 @@ class RedisStore(Store):
             await self.call(lambda: client.set(full, value, px=px))
             return
         now_ms = int(time.time() * 1000)
-        expires = now_ms + px if px else float("inf")
+        expires = str(now_ms + px) if px else "+inf"
         pipe = client.pipeline(transaction=False)
         pipe.set(full, value, px=px)
-        for tag in tag_list:
-            tag_key = self.prefix + "__tag__:" + tag
-            pipe.zadd(tag_key, {full: expires})
-            pipe.zremrangebyscore(tag_key, "-inf", now_ms)
+        indexes = [self.prefix + "__tag__:" + tag for tag in tag_list]
         if indexed:
-            index_key = self.prefix + "__index__"
-            pipe.zadd(index_key, {full: expires})
-            pipe.zremrangebyscore(index_key, "-inf", now_ms)
+            indexes.append(self.prefix + "__index__")
+        for index in indexes:  # EVAL: each index alone (its own slot on a cluster)
+            pipe.eval(_INDEX_ADD, 1, index, full, expires, now_ms, px or 0)
         await self.call(pipe.execute)
 
     async def delete(self, key: str) -> bool:

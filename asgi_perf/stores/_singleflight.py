@@ -31,7 +31,13 @@ __all__ = ["Lease", "Outcome", "SingleFlight"]
 
 
 class Lease:
-    """The leader's claim; ``async with lease:`` renews it in the background while working."""
+    """The leader's claim; ``async with lease:`` renews it in the background while working.
+
+    Renewal is every third of the lease; a failed renewal (a slow or restarting store) is
+    retried after a twelfth, so only a run of failures loses the claim; and a leader whose
+    loop stalled past its lease takes the claim back at once if nobody else took it, so the
+    waiters do not start a second run of the work while the first still goes on.
+    """
 
     def __init__(self, store: Store, key: str, token: str, ttl: float) -> None:
         self.store = store
@@ -40,12 +46,18 @@ class Lease:
         self.ttl = ttl
         self._timer: asyncio.TimerHandle | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._ended = False
 
     async def _renew(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a failed renewal is retried; expiry is safe
-                await self.store.renew(self.key, self.token, self.ttl)
-            await asyncio.sleep(self.ttl / 3)
+        while not self._ended:
+            pause = self.ttl / 3
+            try:
+                held = await self.store.renew(self.key, self.token, self.ttl)
+                if not held and not self._ended:  # lapsed while this loop stalled
+                    await self.store.claim(self.key, self.token, self.ttl)
+            except Exception:  # retried soon; a lapse is safe (the claim just expires)
+                pause = self.ttl / 12
+            await asyncio.sleep(pause)
 
     def _start_renewing(self) -> None:
         self._timer = None
@@ -74,10 +86,12 @@ class Lease:
 
     async def fulfil(self, record_key: str, value: bytes, ttl: float) -> None:
         """Publish the record and free the claim in one atomic step."""
+        self._ended = True
         await self.store.fulfil(self.key, self.token, record_key, value, ttl)
 
     async def release(self) -> None:
         """Free the claim without a record: waiters then do their own work."""
+        self._ended = True
         await self.store.release(self.key, self.token)
 
 

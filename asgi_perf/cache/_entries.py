@@ -1,0 +1,238 @@
+"""The cache's side of the store: entries, their ``Vary`` records, hit-for-miss markers,
+invalidation, and what this process keeps in memory in front of the store.
+
+Shared by the middleware, its fill responders and :func:`asgi_perf.cache.purge`, so that
+the keys (:mod:`asgi_perf.cache._keys`) and the in-process copies stay consistent whoever
+writes or deletes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from asgi_perf._core.outage import Outage
+from asgi_perf.cache._entry import Entry
+from asgi_perf.cache._keys import PRINTABLE, escape_key_part
+from asgi_perf.stores import Store, StoreUnavailable
+
+__all__ = ["AE_ONLY", "FOREVER", "HIT_FOR_MISS", "Entries", "StoreDown"]
+
+logger = logging.getLogger("asgi_perf.cache")
+T = TypeVar("T")
+
+HIT_FOR_MISS = b"\x00hit-for-miss"
+AE_ONLY = ("accept-encoding",)
+FOREVER = float("inf")
+VARY_LOCAL_TTL = 10.0  # seconds this process trusts its copy of a resource's Vary names
+_LOCAL_MAX = 10_000  # Vary cells, hints …
+_DECODED_MAX = 1024  # decoded entries kept in process …
+_DECODED_MAX_BYTES = 16 * 1024 * 1024  # … and their bodies' total size (or max_bytes / 4)
+_PATH_STREAK = 3  # uncacheable answers in a row that make a path pass straight through
+
+
+class StoreDown(Exception):
+    """The store failed before the response started: serve the request without the cache."""
+
+
+class Entries:
+    """Entries in ``store`` and this process's copies of them."""
+
+    def __init__(self, store: Store, max_bytes: int, local_ttl: float, hit_for_miss_ttl: float):
+        self.store = store
+        self.outage = Outage(logger, f"{store.kind} store")
+        self.local_ttl = local_ttl
+        self.hit_for_miss_ttl = hit_for_miss_ttl
+        # The memory store answers without a coroutine on the hit path.
+        sync = store.sync  # an in-process store's synchronous reads, else None
+        self.get_nowait = sync.get_nowait if sync is not None else None
+        # base -> [Vary names or None (unknown), expiry]; cells are shared with memoised keys
+        self.vary: dict[str, list[Any]] = {}
+        # key -> (stored bytes, decoded entry, local expiry): a hit does not decode again
+        self.decoded: dict[str, tuple[bytes, Entry, float]] = {}
+        self.decoded_bytes = 0
+        # Decoded bodies are copies: a quarter of the memory bound at most (16 MiB cap).
+        self.decoded_max_bytes = min(_DECODED_MAX_BYTES, max_bytes // 4)
+        self.not_shared: dict[str, float] = {}  # base -> until (credentialed, not shareable)
+        self.uncacheable_paths: dict[str, list[Any]] = {}  # path -> [streak, until]
+        self.on_forget: list[Any] = []  # callbacks dropping state memoised elsewhere
+
+    # -- store calls ------------------------------------------------------------------------
+    async def call(self, operation: Awaitable[T]) -> T:
+        """Await a store operation; a failure becomes :class:`StoreDown` (bypass)."""
+        try:
+            result = await operation
+        except StoreUnavailable as exc:
+            self.outage.failed(exc)
+            raise StoreDown from exc
+        if self.outage.down:
+            self.outage.ok()
+        return result
+
+    async def lookup(self, key: str) -> Entry | bytes | None:
+        """The entry at ``key``, the hit-for-miss marker, or ``None``."""
+        raw = self.local(key) if self.local_ttl else None
+        if raw is None:
+            raw = await self.call(self.store.get(key))
+        if raw is None:
+            return None
+        if raw == HIT_FOR_MISS:
+            return HIT_FOR_MISS
+        return self.decode(key, raw)
+
+    def decode(self, key: str, raw: bytes) -> Entry | None:
+        cached = self.decoded.get(key)
+        if cached is not None and (cached[0] is raw or cached[0] == raw):
+            return cached[1]
+        entry = Entry.decode(raw)
+        if entry is not None:
+            self.keep_decoded(key, raw, entry)
+        return entry
+
+    def keep_decoded(self, key: str, raw: bytes, entry: Entry) -> None:
+        if entry.size > self.decoded_max_bytes // 8:
+            return
+        decoded = self.decoded
+        old = decoded.pop(key, None)
+        if old is not None:
+            self.decoded_bytes -= old[1].size
+        while decoded and (
+            len(decoded) >= _DECODED_MAX or self.decoded_bytes + entry.size > self.decoded_max_bytes
+        ):
+            self.decoded_bytes -= decoded.pop(next(iter(decoded)))[1].size
+        decoded[key] = (raw, entry, time.monotonic() + self.local_ttl)
+        self.decoded_bytes += entry.size
+
+    def local(self, key: str) -> bytes | None:
+        """The L1 in front of a remote store (``local_ttl``): bytes fetched recently, or None."""
+        cached = self.decoded.get(key)
+        if cached is not None and cached[2] > time.monotonic():
+            return cached[0]
+        return None
+
+    # -- Vary records -----------------------------------------------------------------------
+    async def names(self, base: str, refresh: bool = False) -> tuple[tuple[str, ...], bool]:
+        """The ``Vary`` names learned for resource ``base``, and whether they are this
+        process's copy (``True``) rather than just read from the store."""
+        if not refresh:
+            known = self.vary.get(base)
+            if known is not None and known[0] is not None and known[1] > time.monotonic():
+                return known[0], True
+        raw = await self.call(self.store.get("v:" + base))
+        names = tuple(raw.decode("latin-1").split("\n")) if raw else ()
+        self.remember_names(base, names)
+        return names, False
+
+    def vary_cell(self, base: str) -> list[Any]:
+        cell = self.vary.get(base)
+        if cell is None:
+            if len(self.vary) >= _LOCAL_MAX:
+                self.forget_local()
+            cell = self.vary[base] = [None, 0.0]
+        return cell
+
+    def remember_names(self, base: str, names: tuple[str, ...]) -> None:
+        cell = self.vary_cell(base)
+        cell[0] = AE_ONLY if names == AE_ONLY else names  # interned: checked with "is"
+        # Only this process writes a memory store: its copy never goes out of date.
+        cell[1] = FOREVER if self.get_nowait is not None else time.monotonic() + VARY_LOCAL_TTL
+
+    # -- writing ----------------------------------------------------------------------------
+    async def put(
+        self,
+        base: str,
+        key: str,
+        entry: Entry,
+        names: tuple[str, ...],
+        tags: list[str],
+        ttl: float,
+    ) -> None:
+        """Store ``entry`` at ``key`` (its own ``Vary`` names chose it) with ``tags``."""
+        data = entry.encode()
+        await self.store.set(key, data, ttl, tags=tags, indexed=True)
+        cell = self.vary.get(base)
+        if self.get_nowait is None or cell is None or cell[0] != names:
+            # The record other processes read (in one process, only after a local reset).
+            vary = "\n".join(names).encode("latin-1")
+            await self.store.set("v:" + base, vary, ttl, indexed=True)
+        self.remember_names(base, names)
+        self.keep_decoded(key, data, entry)
+
+    # -- hints this process learns ----------------------------------------------------------
+    def hinted(self, path: str) -> bool:
+        """Whether ``path`` is known to answer uncacheably (see :meth:`path_uncacheable`)."""
+        streak = self.uncacheable_paths.get(path)
+        return streak is not None and streak[1] > time.monotonic()
+
+    def path_uncacheable(self, path: str) -> None:
+        """Count an uncacheable answer (by its headers) on ``path``; after three in a row,
+        any query on it goes straight to the app for ``hit_for_miss_ttl`` seconds."""
+        paths = self.uncacheable_paths
+        streak = paths.get(path)
+        if streak is None:
+            if len(paths) >= _LOCAL_MAX:
+                paths.clear()
+            streak = paths[path] = [0, 0.0]
+        streak[0] += 1
+        if streak[0] >= _PATH_STREAK:
+            streak[0] = 0
+            streak[1] = time.monotonic() + self.hit_for_miss_ttl
+
+    def path_cacheable(self, path: str) -> None:
+        self.uncacheable_paths.pop(path, None)  # the streak is broken
+
+    def remember_not_shared(self, base: str) -> None:
+        """A credentialed request for ``base`` got a response only for itself: pass such
+        requests straight through for a while."""
+        if len(self.not_shared) >= _LOCAL_MAX:
+            self.not_shared.clear()
+        self.uncacheable_paths.clear()
+        self.not_shared[base] = time.monotonic() + self.hit_for_miss_ttl
+
+    def shared_recently_refused(self, base: str) -> bool:
+        until = self.not_shared.get(base)
+        return until is not None and until > time.monotonic()
+
+    # -- invalidation -----------------------------------------------------------------------
+    async def invalidate(self, uri_tags: Iterable[str], path: str) -> int:
+        """Delete every variant of the target URIs (RFC 9111 §4.4) by their URI tags."""
+        deleted = await self.store.delete_tags(list(uri_tags))
+        if self.local_ttl:  # only the L1 could serve them without asking the store
+            self.forget_path(path)
+        return deleted
+
+    async def purge(self, *, tags: Iterable[str] = (), path_prefix: str | None = None) -> int:
+        """Delete entries carrying any of ``tags`` and/or whose path starts with
+        ``path_prefix`` (as the client sends it: percent-encoded); indexes only, no ``KEYS``."""
+        deleted = 0
+        if path_prefix is not None:
+            escaped = escape_key_part(quote(path_prefix, safe=PRINTABLE))
+            deleted += await self.store.delete_prefix("e:{" + escaped)
+            await self.store.delete_prefix("v:{" + escaped)
+        tag_list = [tags] if isinstance(tags, str) else list(tags)
+        if tag_list:
+            deleted += await self.store.delete_tags(tag_list)
+        self.forget_local()
+        return deleted
+
+    async def clear(self) -> None:
+        await self.store.clear()
+        self.forget_local()
+
+    def forget_path(self, path: str) -> None:
+        """Drop the in-process copies of ``path``'s entries (``path`` as in a key)."""
+        prefix = "e:{" + path
+        for key in [k for k in self.decoded if k.startswith(prefix)]:
+            self.decoded_bytes -= self.decoded.pop(key)[1].size
+
+    def forget_local(self) -> None:
+        self.decoded.clear()
+        self.decoded_bytes = 0
+        self.vary.clear()
+        self.not_shared.clear()
+        self.uncacheable_paths.clear()
+        for callback in self.on_forget:
+            callback()

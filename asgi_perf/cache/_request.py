@@ -1,0 +1,267 @@
+"""What the cache reads from a request, in one pass over its headers, and the keys it maps to.
+
+:class:`RequestReader` classifies header names once per spelling (a request usually has a
+dozen fields, most of no interest), validates and memoises hosts, negotiates the content
+coding a CompressionMiddleware would pick, and builds the keys of
+:mod:`asgi_perf.cache._keys`; :class:`Request` is the result for one request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgi_perf._core.asgi import Headers, Scope
+from asgi_perf._core.http import fingerprint, single_host
+from asgi_perf._core.identity import hash_secret
+from asgi_perf._core.negotiation import choose_encoding
+from asgi_perf.cache._entries import AE_ONLY
+from asgi_perf.cache._keys import (
+    entry_key,
+    headers_variant,
+    key_part,
+    query_part,
+    raw_path,
+    stem,
+    uri_tag,
+)
+from asgi_perf.cache._rules import RequestDirectives, parse_cache_control, request_directives
+
+__all__ = ["AE", "BYPASS", "HOST", "Request", "RequestReader", "Resource"]
+
+# Request header kinds read in one pass (0: of no interest).
+HOST, AE, CC, PRAGMA, INM, IMS, CRED, KEYED, BYPASS, RANGE = range(1, 11)
+_KINDS_MAX = 1024  # distinct header spellings / hosts / Accept-Encoding values memoised
+_NO_DIRECTIVES = RequestDirectives()
+_CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since", b"range"})
+# Preconditions are the app's business (RFC 9110 §13.1): such requests go straight to it.
+_PRECONDITIONS = (b"if-range", b"if-match", b"if-unmodified-since")
+
+
+class Request:
+    """What the cache needs from one request."""
+
+    __slots__ = (
+        "accept_encoding",
+        "base",
+        "credentials",
+        "directives",
+        "head",
+        "headers",
+        "host",
+        "if_modified_since",
+        "if_none_match",
+        "path",
+        "query",
+        "range",
+        "scope",
+        "stem",
+    )
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.headers: Headers = scope["headers"]
+        self.head = scope["method"] == "HEAD"
+        self.host = ""  # lowercased Host, validated
+        self.path = ""  # the raw path as it appears in keys (escaped, bounded)
+        self.stem = ""  # "{path}scheme|host|identity|keyed headers": no "?" in it
+        self.query = ""  # canonical query string, always last in a key
+        self.base = ""  # stem + "?" + query: the resource (its Vary record)
+        self.credentials = False
+        self.directives = _NO_DIRECTIVES
+        self.if_none_match: bytes | None = None
+        self.if_modified_since: bytes | None = None
+        self.accept_encoding: bytes | None = None
+        self.range: bytes | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.scope.get("scheme") or "http"  # type: ignore[no-any-return]
+
+    def uri_tag(self) -> str:
+        return uri_tag(self.scheme, self.host, self.path, self.query)
+
+    def for_app(self, validators: Headers) -> Scope:
+        """This request as the app gets it on a fill: a ``GET`` (the entry serves ``HEAD``
+        too), without the client's own conditionals (the cache answers them), with the
+        stored entry's ``validators`` when it revalidates one."""
+        scope = dict(self.scope)
+        scope["method"] = "GET"
+        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
+        headers.extend(validators)
+        scope["headers"] = headers
+        return scope
+
+
+class RequestReader:
+    """Reads requests for one cache (its ``key_headers``, ``bypass_headers`` …)."""
+
+    def __init__(
+        self, key_headers: tuple[bytes, ...], bypass: frozenset[bytes], authenticated: bool
+    ) -> None:
+        self.key_headers = key_headers
+        self.authenticated = authenticated
+        self.boring: set[bytes] = set()
+        self.hosts: dict[bytes, str] = {}
+        self.codings: dict[bytes | None, str] = {}
+        self.kinds: dict[bytes, int] = {
+            b"accept-encoding": AE,
+            b"cache-control": CC,
+            b"pragma": PRAGMA,
+            b"if-none-match": INM,
+            b"if-modified-since": IMS,
+            b"authorization": CRED,
+            b"cookie": CRED,
+            b"host": HOST,
+            b"range": RANGE,
+        }
+        for name in (*bypass, *_PRECONDITIONS):
+            self.kinds[name] = BYPASS
+        for name in key_headers:
+            self.kinds.setdefault(name, KEYED)
+        self._encodings: tuple[str, ...] | None = None
+
+    def classify(self, name: bytes) -> int:
+        """The kind of a header name spelled this way; names of no interest are remembered
+        (bounded), so the loop over request headers skips them with one set lookup."""
+        kind = self.kinds.get(name.lower(), 0)
+        if len(self.boring) + len(self.kinds) < _KINDS_MAX:
+            if kind:
+                self.kinds[name] = kind  # another spelling of an interesting name
+            else:
+                self.boring.add(name)
+        return kind
+
+    def host_key(self, value: bytes) -> str | None:
+        """``Host`` for the key, lowercased; ``None`` when it is not a valid host (whose
+        characters could fake the key's separators, or that a framework reads otherwise)."""
+        known = self.hosts.get(value)
+        if known is None:
+            valid = single_host(((b"host", value),))
+            if valid is None:
+                return None
+            known = valid.decode("ascii")
+            if len(self.hosts) < _KINDS_MAX:
+                self.hosts[value] = known
+        return known
+
+    def read(self, scope: Scope) -> Request | None:
+        """The request's facts; ``None`` when it must bypass the cache (an unkeyed header
+        that changes the response, several or an invalid ``Host``, ``no-store``, a
+        precondition). One loop over the headers with a branch per kind: long, but one pass."""
+        req = Request(scope)
+        kinds = self.kinds
+        boring = self.boring
+        cc: list[bytes] = []
+        accept: list[bytes] = []
+        pragma: bytes | None = None
+        host: bytes | None = None
+        creds: list[bytes] = []
+        keyed: list[bytes] = []
+        for name, value in req.headers:
+            if name in boring:
+                continue
+            kind = kinds.get(name) or self.classify(name)
+            if not kind:
+                continue
+            if kind == CC:
+                cc.append(value)
+            elif kind == AE:
+                accept.append(value)
+            elif kind == INM:
+                req.if_none_match = value
+            elif kind == IMS:
+                req.if_modified_since = value
+            elif kind == CRED:
+                creds.append(value)
+            elif kind == HOST:
+                if host is not None:
+                    # Several Host lines: the app may read another one than the key would
+                    # (RFC 9112 §3.2 makes it a 400; some servers pass it on).
+                    return None
+                host = value
+            elif kind == PRAGMA:
+                pragma = value
+            elif kind == KEYED:
+                keyed.append(name.lower() + b":" + value)
+            elif kind == RANGE:
+                req.range = value
+            else:
+                return None
+        if cc or pragma is not None:
+            directives = request_directives(
+                parse_cache_control([(b"cache-control", v) for v in cc]), pragma
+            )
+            if directives.no_store:
+                return None
+            req.directives = directives
+        host_key = self.host_key(b"" if host is None else host)
+        if host_key is None:
+            return None
+        if accept:
+            req.accept_encoding = accept[0] if len(accept) == 1 else b",".join(accept)
+        identity = ""
+        if creds:
+            if self.authenticated:
+                identity = hash_secret(b"\x00".join(creds))
+            else:
+                req.credentials = True
+        req.host = host_key
+        req.path = key_part(raw_path(scope))
+        req.stem = stem(scope, host_key, identity, fingerprint(sorted(keyed))[:16] if keyed else "")
+        req.query = query_part(scope.get("query_string", b""))
+        req.base = req.stem + "?" + req.query
+        return req
+
+    # -- keys -------------------------------------------------------------------------------
+    def preference(self) -> tuple[str, ...]:
+        if self._encodings is None:
+            from asgi_perf.compression._codecs import available_encodings
+
+            self._encodings = available_encodings()
+        return self._encodings
+
+    def coding(self, accept: bytes | None) -> str:
+        """The coding a CompressionMiddleware would pick for ``accept`` (memoised, bounded)."""
+        known = self.codings.get(accept)
+        if known is not None:
+            return known
+        coding = choose_encoding(accept, self.preference())
+        if len(self.codings) < _KINDS_MAX and (accept is None or len(accept) <= 256):
+            self.codings[accept] = coding
+        return coding
+
+    def variant(self, names: tuple[str, ...], headers: Headers, accept: bytes | None) -> str:
+        """The part of the key chosen by the learned ``Vary`` names."""
+        if not names:
+            return ""
+        if names is AE_ONLY or names == AE_ONLY:  # the usual case, kept readable: "ae=gzip"
+            return "ae=" + self.coding(accept)
+        coding = self.coding(accept) if "accept-encoding" in names else None
+        return headers_variant(names, headers, coding)
+
+    def entry_key(self, req: Request, names: tuple[str, ...]) -> str:
+        return entry_key(req.stem, self.variant(names, req.headers, req.accept_encoding), req.query)
+
+    def accepts(self, accept: bytes | None, coding: str | None) -> bool:
+        """Whether a client with ``accept`` may receive a body in content ``coding``."""
+        return coding is None or choose_encoding(accept, (coding,)) == coding
+
+
+class Resource:
+    """A plain request's keys, memoised by (raw path, query, host, scheme), with a reference
+    to its resource's Vary cell (shared with :attr:`Entries.vary`)."""
+
+    __slots__ = ("base", "key", "path", "query", "stem", "variants", "vary")
+
+    def __init__(self, stem_: str, path: str, query: str, vary: list[Any]) -> None:
+        self.stem = stem_
+        self.path = path
+        self.query = query
+        self.base = stem_ + "?" + query
+        self.key = entry_key(stem_, "", query)  # the entry key when nothing varies
+        self.vary = vary  # [names or None, expiry]
+        self.variants: dict[str, str] = {}  # negotiated coding -> entry key (Vary: A-E)
+
+    def variant(self, coding: str) -> str:
+        key = self.variants[coding] = entry_key(self.stem, "ae=" + coding, self.query)
+        return key

@@ -1,0 +1,390 @@
+"""One call of the app on behalf of the cache: a fill, or a revalidation of a stored entry.
+
+The app's response goes to the client as it comes (``GET`` → ``HEAD``, ``200`` → ``304``
+for the client's own validators, a ``304`` to the cache's validators → the freshened stored
+response, a ``5xx`` → the stale entry within ``stale-if-error``) while a bounded copy is kept
+and stored when RFC 9111 allows. As soon as the response is known not to be stored (its
+headers, or its body outgrowing ``max_body_size``) the waiters are freed, so a long stream
+does not hold them back.
+
+The responder gets the settings, the counters and the cache's view of the store; it never
+sees the middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import NamedTuple
+
+from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Send, get_header
+from asgi_perf._core.context import add_timing
+from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
+from asgi_perf.cache._decide import stale_on_error
+from asgi_perf.cache._entries import HIT_FOR_MISS, Entries
+from asgi_perf.cache._entry import OWN_ETAG, Entry, build_entry, merge_not_modified
+from asgi_perf.cache._request import Request, RequestReader
+from asgi_perf.cache._rules import (
+    freshness,
+    not_modified,
+    response_directives,
+    storable,
+    strong_etag,
+    vary_names,
+)
+from asgi_perf.cache._serve import MISS, REVALIDATED, STALE, X_CACHE, replay
+from asgi_perf.cache._settings import Counters, Settings
+from asgi_perf.stores import StoreUnavailable
+from asgi_perf.stores._singleflight import Lease
+
+__all__ = ["FillJob", "FillResponder", "Parts", "cache_tags"]
+
+logger = logging.getLogger("asgi_perf.cache")
+
+# Reasons that come from how the app answers a path, not from one request or one body.
+_PATH_REASONS = frozenset(
+    {"status", "no-store", "private", "set-cookie", "vary-star", "event-stream", "lifetime"}
+)
+_NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
+)
+
+
+def cache_tags(headers: Headers) -> list[str]:
+    """``Cache-Tag`` values; a tag that is not printable ASCII of at most 256 characters is
+    ignored (it becomes part of a store key)."""
+    tags: list[str] = []
+    for name, value in headers:
+        if name.lower() == b"cache-tag":
+            for tag in value.decode("latin-1").replace(",", " ").split():
+                if len(tag) <= 256 and tag.isascii() and tag.isprintable():
+                    tags.append(tag)
+    return tags
+
+
+class Parts(NamedTuple):
+    """What calling the app on the cache's behalf works with (never the middleware)."""
+
+    app: ASGIApp
+    settings: Settings
+    counters: Counters
+    entries: Entries
+    reader: RequestReader
+
+
+class FillJob(NamedTuple):
+    """What one call of the app is for."""
+
+    key: str  # the entry key it fills
+    why: str  # Cache-Status fwd= reason: uri-miss, stale, request, bypass
+    stale: Entry | None = None  # the stored entry it may revalidate, or serve on error
+    revalidate: bool = False  # send the stale entry's validators
+    lease: Lease | None = None  # the claim that makes it the one fill of its key
+    x_cache: bytes = MISS
+
+
+class FillResponder:
+    """Runs the app once for ``req`` and answers the client; see the module docstring."""
+
+    __slots__ = (
+        "app",
+        "counters",
+        "drop_body",
+        "ended",
+        "entries",
+        "freshen",
+        "held",
+        "key",
+        "lease",
+        "length",
+        "reader",
+        "reason",
+        "recorder",
+        "req",
+        "request_time",
+        "response_time",
+        "revalidating",
+        "send",
+        "settings",
+        "stale",
+        "status",
+        "swallowed",
+        "why",
+        "x_cache",
+    )
+
+    def __init__(self, parts: Parts, req: Request, send: Send, job: FillJob) -> None:
+        self.app, self.settings, self.counters, self.entries, self.reader = parts
+        self.req = req
+        self.send = send
+        self.key, self.why, self.stale, revalidate, self.lease, self.x_cache = job
+        self.revalidating = revalidate and self.stale is not None
+        self.recorder = ResponseRecorder(self.forward, parts.settings.max_body_size)
+        self.held: Message | None = None
+        self.freshen: Message | None = None  # the app's 304 to our validators
+        self.ended = False
+        self.drop_body = req.head
+        self.swallowed = False
+        self.status = 0
+        self.length: int | None = None  # the declared Content-Length
+        self.reason: str | None = "incomplete"
+        self.request_time = self.response_time = 0.0
+
+    async def run(self, receive: Receive) -> None:
+        try:
+            await self._run(receive)
+        finally:
+            if not self.ended:  # the app raised or the request was cancelled
+                await self._end()
+
+    async def _run(self, receive: Receive) -> None:
+        validators = self.stale.validators() if self.revalidating and self.stale else []
+        scope = self.req.for_app(validators)
+        self.request_time = time.time()
+        recorder = self.recorder
+        try:
+            await self.app(scope, receive, recorder)
+        except Exception:
+            if recorder.started or not stale_on_error(self.stale, time.time()):
+                raise
+            logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
+            self.swallowed = True
+        if self.held is not None:  # a start with no body message: forward it as it is
+            held, self.held = self.held, None
+            await self._send_start(held, None)
+        if self.swallowed:
+            await self._serve_stale()
+        elif self.freshen is not None:
+            await self._freshen(self.freshen)
+        elif not self.ended:
+            await self._keep(self.recorder.result())
+
+    # -- what the app answered ----------------------------------------------------------------
+    async def forward(self, message: Message) -> None:
+        """The ``send`` the recorder forwards to: adjusts the response for this client."""
+        if self.swallowed or self.freshen is not None:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.response_time = time.time()
+            status = message["status"]
+            if status == 304 and self.revalidating:
+                self.freshen = message
+                return
+            if status >= 500 and stale_on_error(self.stale, self.response_time):
+                self.swallowed = True
+                self.status = status
+                return
+            self.held = message  # until the first body message: it may give us the ETag
+            return
+        if self.held is not None:
+            held, self.held = self.held, None
+            await self._send_start(held, message)
+        if not self.ended:
+            recorder = self.recorder
+            if recorder.overflow:
+                await self._give_up("too-large")
+            elif recorder.complete:
+                # Stored before the client has the last byte: a request it sends next (or a
+                # waiter woken now) finds the entry.
+                await self._keep(recorder.result())
+            elif self.length is not None and message.get("more_body", False):
+                record = recorder.whole(self.length)  # the last byte leaves with this chunk
+                if record is not None:
+                    await self._keep(record)
+        if kind == "http.response.body" and self.drop_body:
+            if not message.get("more_body", False):
+                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await self.send(message)
+
+    async def _send_start(self, start: Message, first: Message | None) -> None:
+        req, settings = self.req, self.settings
+        self.status = status = start["status"]
+        headers: Headers = list(start.get("headers", ()))
+        length = get_header(headers, b"content-length")
+        if length is not None and length.isdigit():
+            self.length = int(length)
+        cc, _ = response_directives(headers, settings.targeted)
+        policy = settings.policy(req.scope["path"], req.credentials)
+        fresh = freshness(cc, headers, status, self.response_time, policy.default_ttl)
+        self.reason = storable(
+            status,
+            cc,
+            headers,
+            fresh,
+            credentials=req.credentials,
+            cache_authenticated=settings.cache_authenticated,
+        )
+        if self.reason is None:
+            content_type = get_header(headers, b"content-type")
+            if content_type is not None and content_type.startswith(b"text/event-stream"):
+                self.reason = "event-stream"  # endless by design
+        if self.reason is not None:
+            await self._give_up(self.reason)
+        whole = (
+            first is not None
+            and first["type"] == "http.response.body"
+            and not first.get("more_body", False)
+        )
+        etag = get_header(headers, b"etag")
+        if etag is None and self.reason is None and whole:
+            assert first is not None
+            etag = strong_etag(first.get("body", b""))
+            headers.append((b"etag", etag))
+        consumed = settings.consumed
+        headers = [(k, v) for k, v in headers if k.lower() not in consumed]
+        if self._not_modified(status, headers, etag):  # the client's own validators match
+            status = 304
+            headers = [(k, v) for k, v in headers if k.lower() in _NOT_MODIFIED_FIELDS]
+            self.drop_body = True
+            self.counters.not_modified += 1
+        headers.append((X_CACHE, self.x_cache))
+        stored = (
+            self.reason is None
+            and first is not None
+            and whole
+            and len(first.get("body", b"")) <= settings.max_body_size
+        )
+        headers.append(
+            settings.status.forward(self.why, start["status"], stored=stored, key=self.key)
+        )
+        add_timing("cache", desc=self.x_cache.decode().lower())
+        await self.send({**start, "status": status, "headers": headers})
+
+    def _not_modified(self, status: int, headers: Headers, etag: bytes | None) -> bool:
+        """Whether the request's own conditionals make this response a ``304`` for it (the
+        app never saw them: the cache answers them, RFC 9110 §13.2)."""
+        req = self.req
+        if req.if_none_match is None and req.if_modified_since is None:
+            return False
+        modified = get_header(headers, b"last-modified") or get_header(headers, b"date")
+        return 200 <= status < 300 and not_modified(
+            req.if_none_match, req.if_modified_since, etag, modified
+        )
+
+    # -- storing ------------------------------------------------------------------------------
+    async def _keep(self, record: RecordedResponse | None) -> None:
+        if record is None:
+            if self.recorder.overflow:
+                await self._give_up("too-large")
+            else:
+                await self._end()  # incomplete (client gone, app gave up): nothing learned
+            return
+        entry = self._entry(record)
+        names = vary_names(record.headers)
+        if isinstance(entry, str) or names is None:  # names is None only for Vary: *
+            await self._give_up(entry if isinstance(entry, str) else "vary-star")
+            return
+        await self._store(entry, names, cache_tags(record.headers))
+        await self._end()
+
+    def _entry(self, record: RecordedResponse) -> Entry | str:
+        req = self.req
+        policy = self.settings.policy(req.scope["path"], req.credentials)
+        return build_entry(
+            record.status,
+            record.headers,
+            record.body,
+            self.request_time,
+            self.response_time or record.created,
+            policy,
+        )
+
+    async def _store(self, entry: Entry, names: tuple[str, ...], tags: list[str]) -> None:
+        req, entries = self.req, self.entries
+        key = self.reader.entry_key(req, names)
+        ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
+        try:
+            await entries.put(req.base, key, entry, names, [*tags, req.uri_tag()], ttl)
+        except StoreUnavailable as exc:
+            entries.outage.failed(exc)
+            return
+        entries.path_cacheable(req.scope["path"])
+        self.counters.stores += 1
+
+    async def _freshen(self, start: Message) -> None:
+        """§4.3.4: the app confirmed the stored entry; update its fields, store it again and
+        answer the client from it."""
+        stale, req = self.stale, self.req
+        assert stale is not None
+        update: Headers = list(start.get("headers", ()))
+        merged = merge_not_modified(stale.headers, update, self.settings.drop)
+        own_etag = bool(stale.flags & OWN_ETAG) or get_header(update, b"etag") is not None
+        policy = self.settings.policy(req.scope["path"], req.credentials)
+        now = self.response_time
+        entry = build_entry(
+            stale.status, merged, stale.body, self.request_time, now, policy, own_etag, update
+        )
+        self.counters.revalidated += 1
+        stored = not isinstance(entry, str)
+        if isinstance(entry, Entry):
+            names = vary_names(merged)
+            if names is not None:
+                await self._store(entry, names, cache_tags(update) or cache_tags(stale.headers))
+        else:  # no longer storable: this client still gets the confirmed response
+            entry = Entry(stale.status, merged, stale.body, now, 0.0, 0.0, 0.0, 0.0, stale.flags)
+        await self._end()
+        self.x_cache = REVALIDATED
+        add_timing("cache", desc="revalidated")
+        await self._replay(entry, stale_status=304, stored=stored)
+
+    async def _serve_stale(self) -> None:
+        assert self.stale is not None
+        self.counters.stale_if_error += 1
+        self.x_cache = STALE
+        add_timing("cache", desc="stale-if-error")
+        await self._end()
+        await self._replay(self.stale, stale_status=self.status, stored=False)
+
+    async def _replay(self, entry: Entry, *, stale_status: int, stored: bool) -> None:
+        req, now = self.req, time.time()
+        age = entry.age(now)
+        status = self.settings.status.forward(
+            self.why, stale_status, stored=stored, ttl=entry.lifetime - age, key=self.key
+        )
+        sent = await replay(
+            entry,
+            self.send,
+            [(X_CACHE, self.x_cache), status],
+            age=age,
+            head=req.head,
+            if_none_match=req.if_none_match,
+            if_modified_since=req.if_modified_since,
+        )
+        self.counters.not_modified += sent == 304
+
+    # -- ending -------------------------------------------------------------------------------
+    async def _give_up(self, reason: str) -> None:
+        """The response will not be stored: say so to the waiters now (hit-for-miss)."""
+        counters, entries, req = self.counters, self.entries, self.req
+        counters.uncacheable[reason] = counters.uncacheable.get(reason, 0) + 1
+        if reason in _PATH_REASONS and self.status < 500 and not req.credentials:
+            entries.path_uncacheable(req.scope["path"])
+        if self.status >= 500 and self.stale is not None:
+            await self._end()  # keep the stale entry for stale-if-error
+            return
+        lease = self.lease
+        self.ended = True
+        if lease is None:
+            if req.credentials:  # skip recording for such requests for a while
+                entries.remember_not_shared(req.base)
+            return
+        try:
+            await lease.fulfil(self.key, HIT_FOR_MISS, self.settings.hit_for_miss_ttl)
+        except StoreUnavailable as exc:
+            entries.outage.failed(exc)
+            await self._release()
+
+    async def _end(self) -> None:
+        """Free the claim without a record: waiters go to the app themselves (or find the
+        entry just stored under its key)."""
+        self.ended = True
+        await self._release()
+
+    async def _release(self) -> None:
+        if self.lease is not None:
+            try:
+                await self.lease.release()
+            except StoreUnavailable as exc:
+                self.entries.outage.failed(exc)
