@@ -17,6 +17,7 @@ import orjson
 
 __all__ = [
     "ASGIApp",
+    "Fields",
     "Headers",
     "Message",
     "Receive",
@@ -42,8 +43,39 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 
+class Fields(list[tuple[bytes, bytes]]):
+    """Header fields that are read by name many times (a response the cache judges: freshness,
+    storability, validators, ``Vary``…). The first lookup indexes them in one pass, each name
+    lowercased once; :func:`get_header`, :func:`get_header_values` and :func:`header_tokens`
+    then answer from the index. Appending drops the index (rebuilt on the next lookup)."""
+
+    _index: dict[bytes, list[bytes]] | None = None
+
+    def by_name(self) -> dict[bytes, list[bytes]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for key, value in self:
+                name = key.lower()
+                if name in index:
+                    index[name].append(value)
+                else:
+                    index[name] = [value]
+            self._index = index
+        return index
+
+    def append(self, field: tuple[bytes, bytes], /) -> None:
+        self._index = None
+        super().append(field)
+
+
 def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """Return the first value of ``name``, or ``None``."""
+    if type(headers) is Fields:
+        values = headers._index
+        if values is None:
+            values = headers.by_name()
+        return values[name][0] if name in values else None
     for key, value in headers:
         if key == name or key.lower() == name:
             return value
@@ -52,6 +84,11 @@ def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | N
 
 def get_header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
     """Return every value of ``name`` in order (fields that may repeat, like ``Vary``)."""
+    if type(headers) is Fields:
+        values = headers._index
+        if values is None:
+            values = headers.by_name()
+        return list(values[name]) if name in values else []
     return [value for key, value in headers if key == name or key.lower() == name]
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import NamedTuple
 
-from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Send, get_header
+from asgi_perf._core.asgi import ASGIApp, Fields, Headers, Message, Receive, Send, get_header
 from asgi_perf._core.context import add_timing
 from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
 from asgi_perf.cache._decide import stale_on_error
@@ -201,7 +201,7 @@ class FillResponder:
     async def _send_start(self, start: Message, first: Message | None) -> None:
         req, settings = self.req, self.settings
         self.status = status = start["status"]
-        headers: Headers = list(start.get("headers", ()))
+        headers: Headers = Fields(start.get("headers", ()))  # judged by name many times
         length = get_header(headers, b"content-length")
         if length is not None and length.isdigit():
             self.length = int(length)
@@ -271,6 +271,7 @@ class FillResponder:
             else:
                 await self._end()  # incomplete (client gone, app gave up): nothing learned
             return
+        record.headers = Fields(record.headers)  # judged by name many times
         entry = self._entry(record)
         names = vary_names(record.headers)
         if isinstance(entry, str) or names is None:  # names is None only for Vary: *
