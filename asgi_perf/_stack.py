@@ -56,4 +56,12 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
     for cls in reversed(middleware_classes()):
         if cls.enabled_in_env(env):
             wrapped = cls.from_env(wrapped, environ=env)
-    return wrapped  # type: ignore[no-any-return]
+    return _with_report(wrapped, app, env)
+
+
+def _with_report(stack: ASGIApp, app: ASGIApp, env: Mapping[str, str]) -> ASGIApp:
+    """The report's path past the stack, and fleet publishing (:mod:`asgi_perf._report.entry`)."""
+    from asgi_perf._report.entry import wrap_stack
+    from asgi_perf._report.settings import ReportSettings
+
+    return wrap_stack(stack, app, ReportSettings.resolve(env))
