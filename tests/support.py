@@ -13,6 +13,7 @@ import queue
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -367,3 +368,94 @@ def serve(app: Any, **config: Any) -> Iterator[str]:
     """``with serve(app) as url:`` — the app under uvicorn for the block."""
     with UvicornThread(app, **config) as server:
         yield server.url
+
+
+# -- real server processes --------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(os.path.join(entry.path, "stat")) as stat_file:
+                    stat = stat_file.read()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def worker_pids(server: subprocess.Popen[bytes]) -> list[int]:
+    """uvicorn's worker processes (not multiprocessing's resource tracker)."""
+    pids = []
+    for pid in _children(server.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"resource_tracker" in cmdline.read():
+                    continue
+        except OSError:
+            continue  # gone meanwhile
+        pids.append(pid)
+    return sorted(pids)
+
+
+def rss(pid: int) -> int:
+    """The resident set size of ``pid`` in bytes (``VmRSS``)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class ServerProcess:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        with open(self.log, errors="replace") as log:
+            return log.read()
+
+    def workers(self) -> list[int]:
+        return worker_pids(self.proc)
+
+
+@contextlib.contextmanager
+def uvicorn_process(
+    app: str, env: dict[str, str], log: str, workers: int = 0, extra: Sequence[str] = ()
+) -> Iterator[ServerProcess]:
+    """``python -m uvicorn <app>`` on a free port, with ``workers`` worker processes (0: the
+    app in the server process itself); stopped after the block, whose log must hold no
+    traceback. The log is a file, not a pipe: a full pipe would stall the workers."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    if workers:
+        command += ["--workers", str(workers)]
+    command += ["--log-level", "warning", "--no-access-log", *extra]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            command, cwd=root, env={**os.environ, **env}, stdout=log_file, stderr=log_file
+        )
+        server = ServerProcess(port, proc, log)
+        try:
+            wait_for_port(port, timeout=30)
+            deadline = time.monotonic() + 30
+            while workers and len(server.workers()) < workers and time.monotonic() < deadline:
+                time.sleep(0.1)
+            yield server
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    text = server.log_text()
+    assert "Traceback" not in text, text[-4000:]
