@@ -303,19 +303,47 @@ def test_publisher_is_one_per_backend(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "root", "expected"),
+    ("path", "root", "raw", "expected"),
     [
-        ("/__perf__", "", True),
-        ("/__perf__/", "", True),
-        ("/__perf__/metrics", "", True),
-        ("/__perfume", "", False),
-        ("/api/__perf__/metrics", "/api", True),
-        ("/items", "", False),
-        ("/", "", False),
+        ("/__perf__", "", None, True),
+        ("/__perf__/", "", None, True),
+        ("/__perf__/metrics", "", None, True),
+        ("/__perfume", "", None, False),
+        ("/api/__perf__/metrics", "/api", None, True),
+        ("/items", "", None, False),
+        ("/", "", None, False),
+        ("/metrics/", "", b"/__perf__/metrics", True),  # Litestar, below its mount point
+        ("/", "", b"/__perfume", False),
     ],
 )
-def test_under(path: str, root: str, expected: bool) -> None:
-    assert under(make_scope(path=path, root_path=root), "/__perf__") is expected
+def test_under(path: str, root: str, raw: bytes | None, expected: bool) -> None:
+    scope = make_scope(path=path, root_path=root, raw_path=raw or path.encode())
+    assert under(scope, "/__perf__") is expected
+
+
+async def test_litestar_mount_is_let_through() -> None:
+    """Litestar runs the plugin's stack with the path below the mount: the raw path decides."""
+    import httpx
+    from litestar import Litestar, get
+    from litestar.handlers import asgi
+
+    from asgi_perf.contrib.litestar import AsgiPerfPlugin
+
+    @get("/")
+    async def index() -> dict[str, int]:
+        return {"a": 1}
+
+    env = {"ASGI_PERF_RATE_LIMIT_ENABLED": "true", "ASGI_PERF_RATE_LIMIT": "1/minute"}
+    perf = asgi("/__perf__", is_mount=True, copy_scope=True)(report_app(environ={}))
+    app = Litestar(route_handlers=[index, perf], plugins=[AsgiPerfPlugin(environ=env)])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/")).status_code == 429
+        for path in ("/__perf__", "/__perf__/", "/__perf__/metrics"):
+            response = await client.get(path)
+            assert response.status_code == 200 and "ratelimit-policy" not in response.headers
+        assert (await client.get("/__perf__/metrics")).text.startswith("# HELP")
 
 
 class Counting:

@@ -22,13 +22,23 @@ from asgi_perf._report.settings import ReportSettings
 __all__ = ["StackEntry", "under", "wrap_stack"]
 
 
-def under(scope: Scope, prefix: str) -> bool:
-    """Whether the request's path (below the ASGI ``root_path``) is ``prefix`` or beneath it."""
-    path: str = scope.get("path") or ""
-    root: str = scope.get("root_path") or ""
+def _below(path: str, root: str, prefix: str) -> bool:
     if root and path.startswith(root):
         path = path[len(root) :]
     return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
+
+
+def under(scope: Scope, prefix: str) -> bool:
+    """Whether the request's path (below the ASGI ``root_path``) is ``prefix`` or beneath it.
+
+    The path as received (``raw_path``) counts too: Litestar hands the middleware of a mounted
+    app the path *below* the mount point.
+    """
+    root: str = scope.get("root_path") or ""
+    if _below(scope.get("path") or "", root, prefix):
+        return True
+    raw: bytes | None = scope.get("raw_path")
+    return raw is not None and _below(raw.decode("latin-1"), root, prefix)
 
 
 class StackEntry:
