@@ -68,10 +68,7 @@ from asgi_perf._report.settings import ReportSettings
 from asgi_perf.stores import Store
 
 __all__ = [
-    "PAGES",
     "PROMETHEUS_CONTENT_TYPE",
-    "Reply",
-    "ReportRequest",
     "negotiate",
     "render_prometheus",
     "report_app",

@@ -408,6 +408,27 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def tcp_connections(pid: int, remote_port: int) -> int:
+    """How many established TCP connections ``pid`` holds to ``remote_port`` (a Redis)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as connections:
+            next(connections)  # the header
+            for line in connections:
+                fields = line.split()
+                remote, state, inode = fields[2], fields[3], fields[9]
+                established = state == "01"
+                if established and int(remote.rpartition(":")[2], 16) == remote_port:
+                    count += inode in inodes
+    return count
+
+
 @dataclass
 class ServerProcess:
     port: int
