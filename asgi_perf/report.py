@@ -187,7 +187,11 @@ async def _view(request: ReportRequest) -> _View | Reply:
     except Exception as exc:  # the store or the directory: answer for this process
         detail = f"{type(exc).__name__}: {exc}"
         return _View("process", own, [me], f"fleet statistics unavailable ({detail})")
-    merged = merge([own, *(document["stats"] for document in others)])
+    try:
+        merged = merge([own, *(document["stats"] for document in others)])
+    except (KeyError, TypeError, ValueError) as exc:  # a snapshot of another asgi-perf version
+        detail = f"{type(exc).__name__}: {exc}"
+        return _View("process", own, [me], f"fleet statistics unreadable ({detail})")
     instances = [me] + [
         {**document["instance"], "published": document["published"]} for document in others
     ]

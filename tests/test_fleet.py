@@ -9,6 +9,7 @@ import asyncio
 import math
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,26 @@ async def test_report_merges_other_processes_from_a_directory(tmp_path: Path) ->
         publisher = publisher_for(ReportSettings.resolve(env))
         assert publisher is not None
         await publisher.stop()
+
+
+async def test_report_answers_for_this_process_when_a_snapshot_is_unreadable(
+    tmp_path: Path,
+) -> None:
+    """A snapshot this version cannot merge (another layout, another sketch accuracy)."""
+    env = {"ASGI_PERF_STATS_DIR": str(tmp_path)}
+    odd = _foreign("odd")
+    document = {
+        "format": 1,
+        "instance": odd.describe(),
+        "published": time.time(),
+        "stats": {"timing": [{"routes": [{"method": "GET"}]}]},
+    }
+    blob = zlib.compress(orjson.dumps(document))
+    await DirectorySnapshots(str(tmp_path), ttl=15).publish(odd.id, blob)
+    response = await call(report_app(environ=env))
+    assert response.status == 200
+    reply = orjson.loads(response.body)
+    assert reply["scope"] == "process" and "unreadable" in reply["note"]
 
 
 async def test_report_answers_for_this_process_when_the_fleet_is_unreachable() -> None:
