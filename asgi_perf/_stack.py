@@ -81,12 +81,14 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
         if cls.enabled_in_env(env):
             wrapped = cls.from_env(wrapped, environ=env)
             stored = stored or cls.ENV_STORAGE
+    _check_storage(env, stored)
+    if wrapped is not app:  # nothing enabled: nothing to let the report past
+        wrapped = _with_report(wrapped, app, env)
     if env.get("ASGI_PERF_CACHE_WARM", "").strip():
         # outermost: warming requests go through every layer, like the first users' requests
         from asgi_perf._warm import CacheWarmer
 
         wrapped = CacheWarmer.from_env(wrapped, environ=env)
-    _check_storage(env, stored)
     return wrapped  # type: ignore[no-any-return]
 
 
@@ -204,3 +206,11 @@ def _probe(url: str, timeout: float = 5.0) -> str | None:
     thread.start()
     thread.join(timeout + 1.0)
     return "no answer in time" if thread.is_alive() else outcome[0]
+
+
+def _with_report(stack: ASGIApp, app: ASGIApp, env: Mapping[str, str]) -> ASGIApp:
+    """The report's path past the stack, and fleet publishing (:mod:`asgi_perf._report.entry`)."""
+    from asgi_perf._report.entry import wrap_stack
+    from asgi_perf._report.settings import ReportSettings
+
+    return wrap_stack(stack, app, ReportSettings.resolve(env))

@@ -190,6 +190,9 @@ def stack_environ(storage: str) -> dict[str, str]:
         "ASGI_PERF_CACHE_ENABLED": "true",
         "ASGI_PERF_COMPRESSION_ENABLED": "true",
         "ASGI_PERF_QUERIES_ENABLED": "true",
+        # the fleet publisher (one store round trip per 5 s, off the request path) would add a
+        # background task to runs that count round trips per request
+        "ASGI_PERF_REPORT_PUBLISH_INTERVAL": "off",
     }
 
 

@@ -7,9 +7,26 @@ asgi-perf stack (it runs before the limiter decides); a real app would verify a 
 
 from __future__ import annotations
 
+import os
+import secrets
+import sys
+
 from asgi_perf.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["BearerUser"]
+__all__ = ["BearerUser", "report_token"]
+
+
+def report_token() -> str:
+    """The report's bearer token: ``ASGI_PERF_REPORT_TOKEN``, else a random one, printed.
+
+    The report shows SQL statements, routes and call sites: an example never serves it
+    unprotected. (With several workers set the variable: each worker would draw its own.)
+    """
+    token = os.environ.get("ASGI_PERF_REPORT_TOKEN", "").strip()
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"asgi-perf report: send 'Authorization: Bearer {token}'", file=sys.stderr)
+    return token
 
 
 class BearerUser:

@@ -5,7 +5,8 @@
 Routes: ``/`` (tiny), ``/items`` (12 KB JSON, cacheable), ``/users/{user_id}`` (per-user
 data, never shared), ``/authors`` (lazy loading: an N+1), ``/authors/eager`` (its fix),
 ``/events`` (server-sent events, streamed and flushed), ``/orders`` (POST; send an
-``Idempotency-Key``), ``/__perf__`` (the report: JSON, or Prometheus with ``?format=prometheus``).
+``Idempotency-Key``), ``/__perf__`` (the report: JSON, or Prometheus at ``/__perf__/metrics``;
+send ``Authorization: Bearer <ASGI_PERF_REPORT_TOKEN>``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 
 import asgi_perf
-from examples._auth import BearerUser
+from examples._auth import BearerUser, report_token
 from examples._data import authors_eager, authors_lazy
 
 app = FastAPI(title="asgi-perf example")
@@ -77,7 +78,9 @@ async def orders(
     return {"created": True, "order": order, "by": me}
 
 
-app.mount("/__perf__", asgi_perf.report_app())
+# the report: from_env's stack lets /__perf__ through (ASGI_PERF_REPORT_PATH), the token keeps
+# it private
+app.mount("/__perf__", asgi_perf.report_app(token=report_token()))
 
 # The stack, in the recommended order (Timing → RateLimit → Dedup → Cache → Compression → Query).
 # Checked now: a bad ASGI_PERF_* value stops the server from starting.

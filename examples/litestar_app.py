@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Litestar, Response, get
+from litestar.handlers import asgi
 from litestar.middleware import DefineMiddleware
 
-from asgi_perf import CompressionMiddleware
+from asgi_perf import CompressionMiddleware, report_app
 from asgi_perf.contrib.litestar import AsgiPerfPlugin
+from examples._auth import report_token
 from examples._data import authors_eager, authors_lazy
 
 ITEMS = [
@@ -52,7 +54,10 @@ async def compressed_only() -> str:
     return "a route with its own CompressionMiddleware " * 20
 
 
+# the report, mounted: the plugin's stack lets /__perf__ through, the token keeps it private
+perf = asgi("/__perf__", is_mount=True, copy_scope=True)(report_app(token=report_token()))
+
 app = Litestar(
-    route_handlers=[index, items, user, authors, authors_fixed, compressed_only],
+    route_handlers=[index, items, user, authors, authors_fixed, compressed_only, perf],
     plugins=[AsgiPerfPlugin()],
 )

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Mount, Route
 
 import asgi_perf
-from examples._auth import BearerUser
+from examples._auth import BearerUser, report_token
 from examples._data import authors_eager, authors_lazy
 
 ITEMS = [
@@ -59,7 +59,9 @@ app = Starlette(
         Route("/authors", authors),
         Route("/authors/eager", authors_fixed),
         Route("/events", events),
-        Mount("/__perf__", asgi_perf.report_app()),
+        # the report: from_env's stack lets /__perf__ through (ASGI_PERF_REPORT_PATH), the token
+        # keeps it private
+        Mount("/__perf__", asgi_perf.report_app(token=report_token())),
     ]
 )
 

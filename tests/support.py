@@ -509,3 +509,115 @@ class Chromium:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- real server processes --------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(os.path.join(entry.path, "stat")) as stat_file:
+                    stat = stat_file.read()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def worker_pids(server: subprocess.Popen[bytes]) -> list[int]:
+    """uvicorn's worker processes (not multiprocessing's resource tracker)."""
+    pids = []
+    for pid in _children(server.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"resource_tracker" in cmdline.read():
+                    continue
+        except OSError:
+            continue  # gone meanwhile
+        pids.append(pid)
+    return sorted(pids)
+
+
+def rss(pid: int) -> int:
+    """The resident set size of ``pid`` in bytes (``VmRSS``)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def tcp_connections(pid: int, remote_port: int) -> int:
+    """How many established TCP connections ``pid`` holds to ``remote_port`` (a Redis)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as connections:
+            next(connections)  # the header
+            for line in connections:
+                fields = line.split()
+                remote, state, inode = fields[2], fields[3], fields[9]
+                established = state == "01"
+                if established and int(remote.rpartition(":")[2], 16) == remote_port:
+                    count += inode in inodes
+    return count
+
+
+@dataclass
+class ServerProcess:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        with open(self.log, errors="replace") as log:
+            return log.read()
+
+    def workers(self) -> list[int]:
+        return worker_pids(self.proc)
+
+
+@contextlib.contextmanager
+def uvicorn_process(
+    app: str, env: dict[str, str], log: str, workers: int = 0, extra: Sequence[str] = ()
+) -> Iterator[ServerProcess]:
+    """``python -m uvicorn <app>`` on a free port, with ``workers`` worker processes (0: the
+    app in the server process itself); stopped after the block, whose log must hold no
+    traceback. The log is a file, not a pipe: a full pipe would stall the workers."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    if workers:
+        command += ["--workers", str(workers)]
+    command += ["--log-level", "warning", "--no-access-log", *extra]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            command, cwd=root, env={**os.environ, **env}, stdout=log_file, stderr=log_file
+        )
+        server = ServerProcess(port, proc, log)
+        try:
+            wait_for_port(port, timeout=30)
+            deadline = time.monotonic() + 30
+            while workers and len(server.workers()) < workers and time.monotonic() < deadline:
+                time.sleep(0.1)
+            yield server
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    text = server.log_text()
+    assert "Traceback" not in text, text[-4000:]

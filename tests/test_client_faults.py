@@ -382,9 +382,13 @@ def _stack(app: Any, storage: str, key_prefix: str) -> Any:
 
 
 async def _close_stack(stack: Any) -> None:
-    """Close every store the stack opened (their connections belong to this test's loop)."""
+    """Close every store the stack opened (their connections belong to this test's loop), and
+    stop the fleet publisher it started."""
     layer = stack
     while hasattr(layer, "app"):
+        publisher = getattr(layer, "publisher", None)
+        if publisher is not None:
+            await publisher.stop()
         for owner in (layer, getattr(layer, "limiter", None)):
             store = getattr(owner, "store", None)
             if store is not None:

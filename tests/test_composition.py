@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import brotli
+import httpx
 import orjson
 import pytest
 import zstandard
@@ -467,3 +468,26 @@ async def test_from_env_replays_carry_no_per_exchange_fields_of_inner_layers() -
     timing = ",".join(second.header_list("server-timing"))
     assert "cache" not in timing and "dedup" in timing, timing  # this exchange's own entries
     assert app.calls == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_timing_outside_the_cache_sees_the_framework_route(method: str) -> None:
+    """The app runs a cache fill on the request's own scope (or, for a HEAD, hands back what
+    the framework wrote into its copy): Timing outside still reads the route template."""
+    from fastapi import FastAPI
+
+    from asgi_perf import CacheMiddleware, TimingMiddleware
+
+    app = FastAPI()
+
+    @app.api_route("/users/{user_id}", methods=["GET", "HEAD"])
+    async def user(user_id: int) -> dict[str, int]:
+        return {"user_id": user_id}
+
+    timing = TimingMiddleware(CacheMiddleware(app), otel="off")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=timing), base_url="http://t"
+    ) as client:
+        assert (await client.request(method, "/users/7")).status_code == 200
+    routes = [route["route"] for route in timing.stats()["routes"]]
+    assert routes == ["/users/{user_id}"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, server_process, uvicorn_command
+from tests.support import ROOT, free_port, server_process, uvicorn_command
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,31 @@ def test_example_routes(example: tuple[str, str]) -> None:
             with client.stream("GET", "/events") as stream:
                 lines = [line for line in stream.iter_lines() if line]
                 assert lines[0] == "data: event 0" and len(lines) == 5
-            report = client.get("/__perf__/").json()
-            assert {"timing", "cache", "ratelimit", "dedup", "compression", "queries"} <= set(
-                report["stats"]
-            )
+
+        # the report: mounted protected, and let through the stack untouched
+        assert client.get("/__perf__/").status_code == 401
+        auth = {"authorization": f"Bearer {env_value('ASGI_PERF_REPORT_TOKEN')}"}
+        for _ in range(3):
+            r = client.get("/__perf__/", headers=auth)
+            assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+            for field in ("ratelimit-policy", "server-timing", "x-cache", "content-encoding"):
+                assert field not in r.headers, field
+        report = r.json()
+        assert {"timing", "cache", "ratelimit", "dedup", "compression", "queries"} <= set(
+            report["stats"]
+        )
+        routes = {route["route"] for t in report["stats"]["timing"] for route in t["routes"]}
+        assert {"/users/{user_id}", "/users/{user_id:int}"} & routes
+        assert not any("perf" in route for route in routes)  # not in its own statistics
+        metrics = client.get("/__perf__/metrics", headers=auth)
+        assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert "asgi_perf_http_requests_total{" in metrics.text
+
+
+def env_value(name: str) -> str:
+    with open(os.path.join(ROOT, "examples", ".env.example")) as env:
+        for line in env:
+            key, _, value = line.strip().partition("=")
+            if key == name:
+                return value
+    raise AssertionError(f"{name} is not in examples/.env.example")

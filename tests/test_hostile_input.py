@@ -600,6 +600,9 @@ def _explicit_stack(app: Any, url: str, prefix: str) -> Any:
 async def _close_stack(stack: Any) -> None:
     layer = stack
     while hasattr(layer, "app"):
+        publisher = getattr(layer, "publisher", None)  # the fleet publisher of from_env's stack
+        if publisher is not None:
+            await publisher.stop()
         for store in (getattr(layer, "store", None), getattr(layer, "limiter", None)):
             if store is not None:
                 await store.close()

@@ -28,8 +28,6 @@ import asyncio
 import gzip
 import hashlib
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -40,7 +38,7 @@ import brotli
 import pytest
 import zstandard
 
-from tests.support import free_port, wait_for_port
+from tests.support import ServerProcess, rss, uvicorn_process, worker_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -51,7 +49,6 @@ WARMUP = int(os.environ.get("LOAD_WARMUP", "3000"))
 # 24 MiB (allocator arenas and bounded in-process caches reaching their steady size). A
 # leak of one kilobyte per request would exceed it well before 50,000 requests.
 RSS_BOUND = (1.10, 24 * 1024 * 1024)
-ROOT = Path(__file__).resolve().parent.parent
 
 ENCODINGS = [b"gzip", b"br", b"zstd", b"gzip, br, zstd", b""]
 
@@ -187,95 +184,18 @@ async def run_load(port: int, total: int, concurrency: int, tally: Tally) -> Non
 
 
 # -- the server and its workers -----------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def worker_pids(server: subprocess.Popen[bytes]) -> list[int]:
-    """uvicorn's worker processes (not multiprocessing's resource tracker)."""
-    pids = []
-    for pid in _children(server.pid):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"resource_tracker" not in cmdline:
-            pids.append(pid)
-    return sorted(pids)
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-@dataclass
-class Server:
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
-def server(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Server]:
-    port = free_port()
-    env = {**os.environ, "LOADAPP_STORAGE_URL": redis_url, "LOADAPP_KEY_PREFIX": key_prefix}
-    log = tmp_path / "server.log"
-    log_file = log.open("wb")  # a file, not a pipe: a full pipe would stall the workers
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.apps.loadapp:app",
-            "--workers",
-            "2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--backlog",
-            "4096",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=log_file,
-    )
-    try:
-        wait_for_port(port, timeout=30)
-        deadline = time.monotonic() + 30
-        while len(worker_pids(proc)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        yield Server(port, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
-        text = log.read_text(errors="replace")
-        assert "Traceback" not in text, text[-4000:]
+def server(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    env = {"LOADAPP_STORAGE_URL": redis_url, "LOADAPP_KEY_PREFIX": key_prefix}
+    log = str(tmp_path / "server.log")
+    with uvicorn_process(
+        "tests.apps.loadapp:app", env, log, workers=2, extra=["--backlog", "4096"]
+    ) as running:
+        yield running
 
 
 @pytest.mark.timeout(max(120, REQUESTS // 20))  # the hand-run 50,000 needs more than CI's 120 s
-async def test_full_stack_under_load(server: Server) -> None:
+async def test_full_stack_under_load(server: ServerProcess) -> None:
     port, proc = server.port, server.proc
     workers = worker_pids(proc)
     assert len(workers) == 2, f"expected 2 uvicorn workers, found {workers}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["StatsSource", "register", "snapshot"]
+__all__ = ["StatsSource", "register", "snapshot", "states"]
 
 
 class StatsSource(Protocol):
@@ -33,4 +33,19 @@ def snapshot() -> dict[str, list[dict[str, Any]]]:
         source = ref()
         if source is not None:
             out.setdefault(kind, []).append(source.stats())
+    return out
+
+
+def states() -> dict[str, list[dict[str, Any]]]:
+    """:func:`snapshot`, but from each source's ``mergeable_stats()`` where it has one.
+
+    What the fleet report publishes and merges: timing's latency sketches travel as bucket
+    counts (which add up across processes) instead of percentiles (which do not).
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, ref in _sources:
+        source = ref()
+        if source is not None:
+            read = getattr(source, "mergeable_stats", None) or source.stats
+            out.setdefault(kind, []).append(read())
     return out

@@ -84,12 +84,27 @@ class Request:
         """This request as the app gets it on a fill: a ``GET`` (the entry serves ``HEAD``
         too), without the client's own conditionals (the cache answers them), with the
         stored entry's ``validators`` when it revalidates one."""
-        scope = dict(self.scope)
-        scope["method"] = "GET"
+        original = self.scope
         headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
+        if original["method"] == "GET" and not validators and len(headers) == len(self.headers):
+            # Nothing to change: the app gets the request's own scope, so what the framework
+            # writes into it (Starlette's route, FastAPI's state) reaches the outer layers
+            # (Timing's route templates) as it does without a cache.
+            return original
+        scope = dict(original)
+        scope["method"] = "GET"
         headers.extend(validators)
         scope["headers"] = headers
         return scope
+
+    def adopt(self, app_scope: Scope) -> None:
+        """After the app ran on a copy (:meth:`for_app`): the keys the framework added to it
+        (the route it matched, its state) join the request's own scope."""
+        original = self.scope
+        if app_scope is not original:
+            for key, value in app_scope.items():
+                if key not in original:
+                    original[key] = value
 
 
 class RequestReader:

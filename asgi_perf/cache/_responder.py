@@ -149,6 +149,8 @@ class FillResponder:
                 raise
             logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
             self.swallowed = True
+        finally:
+            self.req.adopt(scope)
         if self.held is not None:  # a start with no body message: forward it as it is
             held, self.held = self.held, None
             await self._send_start(held, None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
+from typing import Any
 
 __all__ = ["BATCH", "LatencyHistogram"]
 
@@ -198,3 +199,76 @@ class LatencyHistogram:
         """How many counters the sketch holds (its memory is 8 bytes each)."""
         self.flush()
         return len(self._bins)
+
+    # -- merging (the fleet report) -------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """A JSON-ready copy: the buckets from their first index, and the exact side figures.
+
+        Two sketches of one accuracy merge exactly bucket by bucket (:meth:`merge`), which is
+        what lets processes publish these and a report combine them into one fleet's quantiles.
+        """
+        self.flush()
+        return {
+            "accuracy": self.relative_accuracy,
+            "offset": self._offset,
+            "bins": self._bins.tolist(),
+            "count": self._count,
+            "sum": self._sum,
+            "min": self._min if self._count else None,
+            "max": self._max,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LatencyHistogram:
+        """The sketch :meth:`state` described (``ValueError``/``KeyError`` on a malformed one)."""
+        sketch = cls(float(state["accuracy"]))
+        bins = array("Q", (int(n) for n in state["bins"]))
+        if bins:
+            sketch._offset = int(state["offset"])
+            sketch._bins = bins
+        sketch._count = int(state["count"])
+        sketch._sum = float(state["sum"])
+        sketch._min = math.inf if state["min"] is None else float(state["min"])
+        sketch._max = float(state["max"])
+        return sketch
+
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add every value ``other`` holds, as if recorded here (same accuracy required)."""
+        if other.relative_accuracy != self.relative_accuracy:
+            raise ValueError("only sketches of the same relative accuracy merge exactly")
+        self.flush()
+        other.flush()
+        if not other._bins:
+            return
+        first, last = other._offset, other._offset + len(other._bins) - 1
+        self._add(first, 0)
+        self._add(last, 0)
+        start = first - self._offset
+        bins = self._bins
+        for position, n in enumerate(other._bins):
+            if n:
+                bins[start + position] += n
+        self._count += other._count
+        self._sum += other._sum
+        self._min = min(self._min, other._min)
+        self._max = max(self._max, other._max)
+
+    def cumulative(self, bounds: list[float]) -> list[int]:
+        """How many values fall at or below each bound (ascending): fixed histogram buckets.
+
+        A value counts by its bucket's representative value, so a bound is honoured to within
+        the sketch's relative accuracy; the counts are a sum over buckets, hence the counts of
+        merged sketches are the sums of the counts of their parts.
+        """
+        self.flush()
+        out: list[int] = []
+        seen = 0
+        position = 0
+        bins, gamma = self._bins, self._gamma
+        scale = 2.0 / (gamma + 1.0)
+        for bound in bounds:
+            while position < len(bins) and scale * gamma ** (position + self._offset) <= bound:
+                seen += bins[position]
+                position += 1
+            out.append(seen)
+        return out

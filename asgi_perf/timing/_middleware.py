@@ -117,7 +117,7 @@ if TYPE_CHECKING:
     from asgi_perf.timing._otel import Telemetry
     from asgi_perf.timing._otel import _Request as _OtelRequest
 
-__all__ = ["RouteStats", "TimingMiddleware"]
+__all__ = ["RouteStats", "TimingMiddleware", "timing_document"]
 
 logger = logging.getLogger("asgi_perf.timing")
 
@@ -178,6 +178,48 @@ class RouteStats:
             "ttfb_count": self.ttfb.count,
             "ttfb_sum_seconds": self.ttfb.sum,
         }
+
+    # -- the fleet report: a mergeable form (sketch buckets, not quantiles) ---------------------
+    def state(self, method: str, route: str) -> dict[str, Any]:
+        return {
+            "method": method,
+            "route": route,
+            "errors": self.errors,
+            "slow": self.slow,
+            "statuses": {str(code): n for code, n in self.statuses.items()},
+            "duration": self.duration.state(),
+            "ttfb": self.ttfb.state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RouteStats:
+        series = cls()
+        series.errors = int(state["errors"])
+        series.slow = int(state["slow"])
+        series.statuses = {int(code): int(n) for code, n in state["statuses"].items()}
+        series.duration = LatencyHistogram.from_state(state["duration"])
+        series.ttfb = LatencyHistogram.from_state(state["ttfb"])
+        return series
+
+    def merge(self, other: RouteStats) -> None:
+        self.errors += other.errors
+        self.slow += other.slow
+        for code, n in other.statuses.items():
+            self.statuses[code] = self.statuses.get(code, 0) + n
+        self.duration.merge(other.duration)
+        self.ttfb.merge(other.ttfb)
+
+
+def timing_document(
+    scalars: dict[str, Any], routes: Iterable[tuple[tuple[str, str], RouteStats]]
+) -> dict[str, Any]:
+    """The ``stats()`` document of one middleware, or of a fleet's merged series."""
+    series = sorted(routes, key=lambda item: item[0])
+    return {
+        "requests": sum(stats.count for _, stats in series),
+        **scalars,
+        "routes": [stats.as_dict(method, route) for (method, route), stats in series],
+    }
 
 
 class TimingMiddleware(EnvConfigurable):
@@ -493,17 +535,24 @@ class TimingMiddleware(EnvConfigurable):
         )
 
     # -- statistics ---------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def _scalars(self) -> dict[str, Any]:
         return {
-            "requests": sum(stats.count for stats in self._routes.values()),
             "in_flight": self.in_flight,
             "slow_threshold_seconds": self.slow_threshold,
             "routes_overflowed": self.overflowed,
             "record_failures": self.record_failures,
             "otel": self._telemetry is not None and self._telemetry is not _UNRESOLVED,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return timing_document(self._scalars(), self._routes.items())
+
+    def mergeable_stats(self) -> dict[str, Any]:
+        """What the fleet publisher sends: :meth:`stats` with sketch buckets, not quantiles."""
+        return {
+            **self._scalars(),
             "routes": [
-                stats.as_dict(method, route)
-                for (method, route), stats in sorted(self._routes.items())
+                stats.state(method, route) for (method, route), stats in self._routes.items()
             ],
         }
 

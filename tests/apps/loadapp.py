@@ -14,7 +14,9 @@ middleware touched it, so the client can verify every byte it decodes:
 - ``GET /dedup/<n>``: takes 20 ms, ``no-cache`` (the cache does not keep it), so identical
   requests in flight are collapsed by dedup;
 - ``GET /compress``: 12 KB JSON, ``no-store``: compressed on every request;
-- ``GET /stream``: five chunks with a pause between them (compressed chunk by chunk).
+- ``GET /stream``: five chunks with a pause between them (compressed chunk by chunk);
+- ``/__perf__/…``: the report (the fleet's: the workers publish through the Redis store),
+  which the stack lets through untouched.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     path: str = scope["path"]
     head, _, tail = path[1:].partition("/")
-    if head == "cache" and tail.isdigit() and int(tail) in DOCS:
+    if head == "__perf__":
+        await report({**scope, "root_path": "/__perf__"}, receive, send)
+    elif head == "cache" and tail.isdigit() and int(tail) in DOCS:
         await respond(send, DOCS[int(tail)], b"public, max-age=60")
     elif head == "limited":
         await respond(send, b'{"limited": true}', b"no-store")
@@ -74,4 +78,5 @@ ENV = {
     "ASGI_PERF_QUERIES_ENABLED": "true",
     "ASGI_PERF_SLOW_REQUEST_THRESHOLD": "30",
 }
+report = asgi_perf.report_app(environ=ENV)
 app = asgi_perf.from_env(bare, environ=ENV)
