@@ -499,21 +499,11 @@ async def test_in_flight_gauge() -> None:
     assert sorted(seen) == [1, 2] and mw.stats()["in_flight"] == 0
 
 
-def test_from_env() -> None:
-    env = {
-        "ASGI_PERF_SERVER_TIMING": "off",
-        "ASGI_PERF_SERVER_TIMING_TRUSTED": "10.0.0.0/8",
-        "ASGI_PERF_RESPONSE_TIME_HEADER": "X-Took",
-        "ASGI_PERF_SLOW_REQUEST_THRESHOLD": "250ms",
-        "ASGI_PERF_OTEL": "off",
-        "ASGI_PERF_TRUSTED_PROXIES": "127.0.0.1",
-        "ASGI_PERF_TIMING_MAX_ROUTES": "10",
-        "ASGI_PERF_TIMING_ROUTE_FROM_SCOPE": "false",
-    }
-    mw = TimingMiddleware.from_env(hello, environ=env)
-    assert mw.server_timing is False and mw.response_time_header == b"x-took"
-    assert mw.slow_threshold == 0.25 and mw.otel_mode == "off" and mw.max_routes == 10
-    assert mw.route_from_scope is False
+def test_env_off_switches_a_header_and_the_slow_log_off() -> None:
+    """``off`` for the two settings that take it (each variable arriving at its option:
+    test_options_contract)."""
+    mw = TimingMiddleware.from_env(hello, environ={"ASGI_PERF_RESPONSE_TIME_HEADER": "X-Took"})
+    assert mw.response_time_header == b"x-took"
     assert TimingMiddleware.enabled_in_env({}) is True
     assert TimingMiddleware.enabled_in_env({"ASGI_PERF_TIMING_ENABLED": "no"}) is False
     off = TimingMiddleware.from_env(
@@ -524,24 +514,6 @@ def test_from_env() -> None:
         },
     )
     assert off.response_time_header is None and off.slow_threshold is None
-    assert TimingMiddleware.from_env(hello, environ=env, max_routes=3).max_routes == 3
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("ASGI_PERF_SERVER_TIMING", "maybe"),
-        ("ASGI_PERF_SERVER_TIMING_TRUSTED", "10.0.0.300"),
-        ("ASGI_PERF_RESPONSE_TIME_HEADER", "X Took"),
-        ("ASGI_PERF_SLOW_REQUEST_THRESHOLD", "fast"),
-        ("ASGI_PERF_OTEL", "sometimes"),
-        ("ASGI_PERF_TIMING_MAX_ROUTES", "0"),
-    ],
-)
-def test_bad_env_values_name_the_variable(variable: str, value: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        TimingMiddleware.from_env(hello, environ={variable: value})
-    assert variable in str(info.value) and value in str(info.value)
 
 
 @pytest.mark.parametrize(
