@@ -493,7 +493,7 @@ async def test_dictionary_store_is_bounded() -> None:
     assert mw.dictionaries is not None
     store = mw.dictionaries.store
     assert isinstance(store, MemoryStore)
-    assert len(store._data) <= 3
+    assert store.stats()["entries"] <= 3
 
 
 async def test_tampered_store_entry_is_not_used() -> None:
