@@ -353,7 +353,7 @@ def _asgi_ratelimit_options(ctx: Context, per_hour: int, redis: bool) -> dict[st
     }
 
 
-def _asgi_ratelimit(per_hour: int, redis: bool) -> Callable[[Context, Any], None]:
+def asgi_ratelimit_in_starlette(per_hour: int, redis: bool) -> Callable[[Context, Any], None]:
     def add(ctx: Context, app: Any) -> None:
         from ratelimit import RateLimitMiddleware
 
@@ -373,7 +373,7 @@ def asgi_ratelimit(app: Builder, per_hour: int) -> Builder:
     return peer(factory, "asgi-ratelimit")
 
 
-def _slowapi(limit: str, redis: bool) -> Callable[[Context, Any], None]:
+def slowapi_in_starlette(limit: str, redis: bool) -> Callable[[Context, Any], None]:
     def add(ctx: Context, app: Any) -> None:
         from slowapi import Limiter, _rate_limit_exceeded_handler
         from slowapi.errors import RateLimitExceeded
@@ -394,7 +394,7 @@ def _slowapi(limit: str, redis: bool) -> Callable[[Context, Any], None]:
     return add
 
 
-def _ours_in_starlette(module: str, cls: str, **options: Any) -> Callable[[Context, Any], None]:
+def ours_in_starlette(module: str, cls: str, **options: Any) -> Callable[[Context, Any], None]:
     def add(ctx: Context, app: Any) -> None:
         klass = _import(f"asgi_perf.{module}", cls)
         app.add_middleware(klass, **_options(ctx, klass, options))
@@ -402,7 +402,7 @@ def _ours_in_starlette(module: str, cls: str, **options: Any) -> Callable[[Conte
     return add
 
 
-def _fastapi_cache(ctx: Context, redis: bool) -> Any:
+def fastapi_cache(ctx: Context, redis: bool) -> Any:
     from fastapi_cache import FastAPICache
     from fastapi_cache.decorator import cache
 
@@ -419,7 +419,7 @@ def _fastapi_cache(ctx: Context, redis: bool) -> Any:
     return apps.fastapi_app(cache(expire=300))
 
 
-class _Otel:
+class Otel:
     """One SDK tracer and meter provider shared by both OpenTelemetry variants."""
 
     def __init__(self) -> None:
@@ -476,577 +476,32 @@ class _Otel:
 
 # -- the scenarios --------------------------------------------------------------------------------
 def build_scenarios(peers: bool, redis: bool) -> list[Scenario]:
-    """Every in-process scenario; peer variants only with ``peers``, Redis ones with ``redis``."""
-    b200, b12k, b1m = BODIES["200B"], BODIES["12KB"], BODIES["1MB"]
-    streamed = b"".join(apps.STREAM_CHUNKS)
-    get = Request()
-    unique = Request(unique=True)
-    otel = _Otel()
+    """Every in-process scenario; peer variants only with ``peers``, Redis ones with ``redis``.
 
-    def bare(app: Builder) -> Variant:
-        return Variant("bare app", "bare", app)
+    One table per middleware (:mod:`benchmarks.tables`), memory first, then the Redis ones.
+    """
+    # imported here: these modules build on this one's helpers
+    from . import tables
+    from .dictionaries import dictionary_scenarios
+    from .profiling import profiling_scenarios
 
     scenarios = [
-        Scenario(
-            "floor",
-            "floor: trivial 200 B app vs the send-forwarding floor middleware",
-            get,
-            [bare(raw()), Variant("floor middleware", "floor", floor(raw()), identity(b200))],
-        ),
+        *tables.floor_scenario(),
+        *tables.compression_scenarios(peers),
+        *tables.ratelimit_scenarios(peers, redis=False),
+        *tables.cache_scenarios(peers, redis=False),
+        *tables.dedup_scenarios(redis=False),
+        *tables.timing_scenarios(peers),
+        *tables.queries_scenarios(),
+        *tables.stack_scenarios(redis=False),
+        *dictionary_scenarios(),
+        *profiling_scenarios(),
     ]
-
-    def compression(
-        sid: str, title: str, body: str, coding: str, app: Builder, data: bytes
-    ) -> None:
-        level = {"gzip": 6, "br": 4, "zstd": 3}[coding]
-        option = {"gzip": "gzip_level", "br": "brotli_quality", "zstd": "zstd_level"}[coding]
-        variants = [
-            bare(app),
-            Variant(
-                f"asgi_perf {coding}",
-                "ours",
-                ours(
-                    "compression",
-                    "CompressionMiddleware",
-                    app,
-                    encodings=(coding,),
-                    minimum_size=500,
-                    **{option: level},
-                ),
-                encoded(coding, data),
-            ),
-        ]
-        if peers and coding == "gzip":
-            variants.append(
-                Variant(
-                    "Starlette GZipMiddleware(6)",
-                    "peer",
-                    starlette_gzip(app),
-                    encoded("gzip", data),
-                )
-            )
-        if peers:
-            variants.append(
-                Variant(
-                    f"starlette-compress {coding}",
-                    "peer",
-                    starlette_compress(app, coding, level),
-                    encoded(coding, data),
-                )
-            )
-        if peers and coding == "br":
-            variants.append(
-                Variant("brotli-asgi", "peer", brotli_asgi(app, level), encoded("br", data))
-            )
-        scenarios.append(
-            Scenario(sid, title, Request(headers=(("accept-encoding", coding),)), variants)
-        )
-
-    compression(
-        "compress-12k-gzip",
-        "compression, 12 KB JSON, gzip level 6",
-        "12KB",
-        "gzip",
-        raw("12KB"),
-        b12k,
-    )
-    compression(
-        "compress-12k-zstd",
-        "compression, 12 KB JSON, zstd level 3",
-        "12KB",
-        "zstd",
-        raw("12KB"),
-        b12k,
-    )
-    compression(
-        "compress-12k-br",
-        "compression, 12 KB JSON, brotli quality 4",
-        "12KB",
-        "br",
-        raw("12KB"),
-        b12k,
-    )
-    compression(
-        "compress-1m-gzip", "compression, 1 MB JSON, gzip level 6", "1MB", "gzip", raw("1MB"), b1m
-    )
-    compression(
-        "compress-stream-gzip",
-        "compression, streaming NDJSON (16 x 4 KB), gzip 6",
-        "stream",
-        "gzip",
-        stream(),
-        streamed,
-    )
-
-    def skip(sid: str, title: str, body: str, request: Request) -> None:
-        data = BODIES[body]
-        variants = [
-            bare(raw(body)),
-            Variant("floor middleware", "floor", floor(raw(body)), identity(data)),
-            Variant(
-                "asgi_perf compression",
-                "ours",
-                ours("compression", "CompressionMiddleware", raw(body)),
-                identity(data),
-            ),
-        ]
-        if peers:
-            variants += [
-                Variant(
-                    "Starlette GZipMiddleware(6)", "peer", starlette_gzip(raw(body)), identity(data)
-                ),
-                Variant(
-                    "starlette-compress",
-                    "peer",
-                    starlette_compress(raw(body), "all", 0),
-                    identity(data),
-                ),
-            ]
-        scenarios.append(Scenario(sid, title, request, variants))
-
-    skip(
-        "compress-skip-tiny",
-        "compression not applied: 200 B body (Accept-Encoding: all)",
-        "200B",
-        Request(headers=(("accept-encoding", ALL_CODINGS),)),
-    )
-    skip(
-        "compress-skip-noae", "compression not applied: 12 KB JSON, no Accept-Encoding", "12KB", get
-    )
-
-    # rate limiting, on a one-route Starlette app (slowapi needs one), fixed window like the peers
-    def ratelimit(
-        sid: str, title: str, limit: str, per_hour: int, refuse: bool, redis_store: bool
-    ) -> None:
-        check = status(429) if refuse else status(200)
-        prime = 1 if refuse else 0
-        store = "redis" if redis_store else "memory://"
-        variants = [bare(in_starlette(lambda ctx, app: None))]
-        if redis_store:
-            variants.append(
-                Variant(
-                    "Redis PING floor",
-                    "ping",
-                    ping(in_starlette(lambda ctx, app: None)),
-                    status(200),
-                    round_trips=True,
-                )
-            )
-        variants.append(
-            Variant(
-                "asgi_perf fixed-window",
-                "ours",
-                in_starlette(
-                    _ours_in_starlette(
-                        "ratelimit",
-                        "RateLimitMiddleware",
-                        limit=limit,
-                        strategy="fixed-window",
-                        storage=store,
-                    )
-                ),
-                check,
-                prime,
-                round_trips=redis_store,
-            )
-        )
-        if not refuse:
-            variants.append(
-                Variant(
-                    "asgi_perf gcra",
-                    "ours",
-                    in_starlette(
-                        _ours_in_starlette(
-                            "ratelimit",
-                            "RateLimitMiddleware",
-                            limit=limit,
-                            strategy="gcra",
-                            storage=store,
-                        )
-                    ),
-                    check,
-                    prime,
-                    round_trips=redis_store,
-                )
-            )
-        if peers:
-            variants.append(
-                Variant(
-                    "asgi-ratelimit",
-                    "peer",
-                    peer(in_starlette(_asgi_ratelimit(per_hour, redis_store)), "asgi-ratelimit"),
-                    check,
-                    prime,
-                    round_trips=redis_store,
-                )
-            )
-            variants.append(
-                Variant(
-                    "slowapi (ASGI middleware)",
-                    "peer",
-                    peer(in_starlette(_slowapi(limit, redis_store)), "slowapi"),
-                    check,
-                    prime,
-                    round_trips=False,
-                )
-            )
-        scenarios.append(Scenario(sid, title, get, variants, needs_redis=redis_store))
-
-    ratelimit(
-        "ratelimit-allow-memory",
-        "rate limit, allowed, memory store (Starlette route)",
-        HUGE,
-        10**9,
-        False,
-        False,
-    )
-    raw_variants = [
-        bare(raw()),
-        Variant("floor middleware", "floor", floor(raw()), identity(b200)),
-        Variant(
-            "asgi_perf fixed-window",
-            "ours",
-            ours("ratelimit", "RateLimitMiddleware", raw(), limit=HUGE, strategy="fixed-window"),
-            status(200),
-        ),
-    ]
-    if peers:
-        raw_variants.append(
-            Variant("asgi-ratelimit", "peer", asgi_ratelimit(raw(), 10**9), status(200))
-        )
-    scenarios.append(
-        Scenario(
-            "ratelimit-allow-raw",
-            "rate limit, allowed, memory store (bare ASGI app: no framework noise)",
-            get,
-            raw_variants,
-        )
-    )
-    ratelimit(
-        "ratelimit-refuse-memory",
-        "rate limit, refused (429), memory store (Starlette route)",
-        "1/hour",
-        1,
-        True,
-        False,
-    )
-
-    # caching
-    scenarios.append(
-        Scenario(
-            "cache-hit-memory",
-            "cache hit, memory store, trivial app",
-            get,
-            [
-                bare(raw()),
-                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
-                Variant(
-                    "asgi_perf cache hit",
-                    "ours",
-                    ours("cache", "CacheMiddleware", raw(), default_ttl=300),
-                    header_is("x-cache", "HIT"),
-                    prime=1,
-                ),
-            ],
-        )
-    )
-    fastapi_variants = [
-        bare(lambda ctx: apps.fastapi_app()),
-        Variant(
-            "asgi_perf cache hit",
-            "ours",
-            ours("cache", "CacheMiddleware", lambda ctx: apps.fastapi_app(), default_ttl=300),
-            header_is("x-cache", "HIT"),
-            prime=1,
-        ),
-    ]
-    if peers:
-        fastapi_variants.append(
-            Variant(
-                "fastapi-cache2 hit (InMemoryBackend)",
-                "peer",
-                peer(lambda ctx: _fastapi_cache(ctx, False), "fastapi-cache2"),
-                status(200),
-                prime=1,
-            )
-        )
-    scenarios.append(
-        Scenario(
-            "cache-hit-fastapi", "cache hit, memory store, FastAPI route", get, fastapi_variants
-        )
-    )
-    scenarios.append(
-        Scenario(
-            "cache-miss-memory",
-            "cache miss (then store), memory store, 200 B",
-            unique,
-            [
-                bare(raw()),
-                Variant(
-                    "asgi_perf cache miss",
-                    "ours",
-                    ours("cache", "CacheMiddleware", raw(), default_ttl=300),
-                    header_is("x-cache", "MISS"),
-                ),
-            ],
-        )
-    )
-
-    # dedup, timing, queries
-    scenarios.append(
-        Scenario(
-            "dedup-memory",
-            "dedup, non-duplicate request, memory store",
-            unique,
-            [
-                bare(raw()),
-                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
-                Variant(
-                    "asgi_perf dedup",
-                    "ours",
-                    ours("dedup", "DedupMiddleware", raw(), window=5.0),
-                    header_absent("x-dedup"),
-                ),
-            ],
-        )
-    )
-    scenarios.append(
-        Scenario(
-            "timing",
-            "timing, OpenTelemetry off",
-            get,
-            [
-                bare(raw()),
-                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
-                Variant(
-                    "asgi_perf timing",
-                    "ours",
-                    ours("timing", "TimingMiddleware", raw(), otel="off"),
-                    has_header("server-timing"),
-                ),
-            ],
-        )
-    )
-    otel_variants = [
-        bare(raw()),
-        Variant(
-            "asgi_perf timing + OTel SDK",
-            "ours",
-            otel.ours(raw()),
-            span_recorded(otel.spans, "ours"),
-        ),
-    ]
-    if peers:
-        otel_variants.append(
-            Variant(
-                "opentelemetry-instrumentation-asgi",
-                "peer",
-                otel.theirs(raw()),
-                span_recorded(otel.spans, "theirs"),
-            )
-        )
-    scenarios.append(
-        Scenario(
-            "timing-otel", "timing with the OpenTelemetry SDK (spans + metrics)", get, otel_variants
-        )
-    )
-    scenarios.append(
-        Scenario(
-            "queries",
-            "query middleware, request with no queries",
-            get,
-            [
-                bare(raw()),
-                Variant("floor middleware", "floor", floor(raw()), identity(b200)),
-                Variant(
-                    "asgi_perf queries",
-                    "ours",
-                    ours("queries", "QueryMiddleware", raw()),
-                    status(200),
-                ),
-            ],
-        )
-    )
-    # The full stack, a never-repeated no-store request in both shapes: a new query string each
-    # time, and a new path id each time (a REST /items/{id}); caches treat them differently.
-    for sid, what, request in (
-        ("stack-memory", "new query each time", Request(unique=True, headers=ACCEPT_ALL)),
-        (
-            "stack-memory-paths",
-            "new path id each time",
-            Request(path="/items", unique_path=True, headers=ACCEPT_ALL),
-        ),
-    ):
-        scenarios.append(
-            Scenario(
-                sid,
-                f"full stack (from_env, all enabled), memory store, no-store, {what}",
-                request,
-                [
-                    bare(raw(extra=NO_STORE)),
-                    Variant(
-                        "floor middleware", "floor", floor(raw(extra=NO_STORE)), identity(b200)
-                    ),
-                    Variant(STACK, "ours", full_stack(raw(extra=NO_STORE)), status(200)),
-                ],
-            )
-        )
-
-    from .dictionaries import dictionary_scenarios  # it builds on this module
-
-    scenarios += dictionary_scenarios()
-
-    from .profiling import profiling_scenarios  # imported here: it uses this module's helpers
-
-    scenarios.extend(profiling_scenarios())
-
     if redis:
-        ratelimit(
-            "ratelimit-allow-redis",
-            "rate limit, allowed, Redis store (Starlette route)",
-            HUGE,
-            10**9,
-            False,
-            True,
-        )
-        ratelimit(
-            "ratelimit-refuse-redis",
-            "rate limit, refused (429), Redis store (Starlette route)",
-            "1/hour",
-            1,
-            True,
-            True,
-        )
-        scenarios.append(
-            Scenario(
-                "cache-hit-redis",
-                "cache hit, Redis store, trivial app",
-                get,
-                [
-                    bare(raw()),
-                    Variant("Redis PING floor", "ping", ping(raw()), status(200), round_trips=True),
-                    Variant(
-                        "asgi_perf cache hit",
-                        "ours",
-                        ours("cache", "CacheMiddleware", raw(), default_ttl=300, storage="redis"),
-                        header_is("x-cache", "HIT"),
-                        prime=1,
-                        round_trips=True,
-                    ),
-                ],
-            )
-        )
-        redis_fastapi = [
-            bare(lambda ctx: apps.fastapi_app()),
-            Variant(
-                "asgi_perf cache hit",
-                "ours",
-                ours(
-                    "cache",
-                    "CacheMiddleware",
-                    lambda ctx: apps.fastapi_app(),
-                    default_ttl=300,
-                    storage="redis",
-                ),
-                header_is("x-cache", "HIT"),
-                prime=1,
-                round_trips=True,
-            ),
+        scenarios += [
+            *tables.ratelimit_scenarios(peers, redis=True),
+            *tables.cache_scenarios(peers, redis=True),
+            *tables.stack_scenarios(redis=True),
+            *tables.dedup_scenarios(redis=True),
         ]
-        if peers:
-            redis_fastapi.append(
-                Variant(
-                    "fastapi-cache2 hit (RedisBackend)",
-                    "peer",
-                    peer(lambda ctx: _fastapi_cache(ctx, True), "fastapi-cache2"),
-                    status(200),
-                    prime=1,
-                    round_trips=True,
-                )
-            )
-        scenarios.append(
-            Scenario(
-                "cache-hit-redis-fastapi",
-                "cache hit, Redis store, FastAPI route",
-                get,
-                redis_fastapi,
-                needs_redis=True,
-            )
-        )
-        scenarios[-2].needs_redis = True
-        scenarios.append(
-            Scenario(
-                "cache-miss-redis",
-                "cache miss (then store), Redis store, 200 B",
-                unique,
-                [
-                    bare(raw()),
-                    Variant("Redis PING floor", "ping", ping(raw()), status(200), round_trips=True),
-                    Variant(
-                        "asgi_perf cache miss",
-                        "ours",
-                        ours("cache", "CacheMiddleware", raw(), default_ttl=300, storage="redis"),
-                        header_is("x-cache", "MISS"),
-                        round_trips=True,
-                    ),
-                ],
-                needs_redis=True,
-            )
-        )
-        scenarios.append(
-            Scenario(
-                "stack-redis",
-                "full stack (from_env, all enabled), Redis store, no-store, new path id each time",
-                Request(path="/items", unique_path=True, headers=ACCEPT_ALL),
-                [
-                    bare(raw(extra=NO_STORE)),
-                    Variant(
-                        STACK,
-                        "ours",
-                        full_stack(raw(extra=NO_STORE), "redis"),
-                        status(200),
-                        round_trips=True,
-                    ),
-                ],
-                needs_redis=True,
-            )
-        )
-        scenarios.append(
-            Scenario(
-                "stack-redis-hit",
-                "full stack (from_env, all enabled), Redis store, a cacheable response repeated",
-                Request(headers=ACCEPT_ALL),
-                [
-                    bare(raw(extra=CACHEABLE)),
-                    Variant(
-                        STACK,
-                        "ours",
-                        full_stack(raw(extra=CACHEABLE), "redis"),
-                        status(200),
-                        prime=1,
-                        round_trips=True,
-                    ),
-                ],
-                needs_redis=True,
-            )
-        )
-        scenarios.append(
-            Scenario(
-                "dedup-redis",
-                "dedup, non-duplicate request, Redis store",
-                unique,
-                [
-                    bare(raw()),
-                    Variant("Redis PING floor", "ping", ping(raw()), status(200), round_trips=True),
-                    Variant(
-                        "asgi_perf dedup",
-                        "ours",
-                        ours("dedup", "DedupMiddleware", raw(), window=5.0, storage="redis"),
-                        header_absent("x-dedup"),
-                        round_trips=True,
-                    ),
-                ],
-                needs_redis=True,
-            )
-        )
     return scenarios

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,11 @@ def x_cache(response: Response) -> str | None:
     return response.header("x-cache")
 
 
+def content_etag(body: bytes) -> str:
+    """The strong ETag the cache gives a body the app gave none: a 12-byte BLAKE2b hash."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
 async def test_miss_then_hit_without_calling_the_app() -> None:
     app = App({"/a": (200, [("content-type", "text/plain")], b"hello")})
     mw = cached(app)
@@ -74,8 +80,8 @@ async def test_miss_then_hit_without_calling_the_app() -> None:
     assert (second.status, second.body, x_cache(second)) == (200, b"hello", "HIT")
     assert app.calls == 1
     assert second.header("age") == "0"
-    assert second.header("etag") is not None
-    assert second.header("etag") == first.header("etag")  # one-message body: ETag on the miss
+    # one-message body: the ETag is on the miss already
+    assert second.header("etag") == first.header("etag") == content_etag(b"hello")
     stats = mw.stats()
     assert (stats["hits"], stats["misses"], stats["stores"]) == (1, 1, 1)
     assert stats["hit_ratio"] == 0.5
@@ -94,7 +100,7 @@ async def test_app_etag_is_kept_and_streamed_body_gets_a_hash_etag() -> None:
     first = await call(mw, "GET", "/stream")
     assert first.chunks == [b"a", b"b"] and first.header("etag") is None
     hit = await call(mw, "GET", "/stream")
-    assert hit.body == b"ab" and x_cache(hit) == "HIT" and hit.header("etag") is not None
+    assert hit.body == b"ab" and x_cache(hit) == "HIT" and hit.header("etag") == content_etag(b"ab")
     assert hit.header("content-length") == "2"  # the stored body is complete: its length is known
 
 
@@ -116,7 +122,7 @@ async def test_if_none_match_and_if_modified_since_answer_304() -> None:
     app = App({"/c": (200, [("last-modified", last), ("cache-control", "max-age=60")], b"c")})
     mw = cached(app)
     etag = (await call(mw, "GET", "/c")).header("etag")
-    assert etag is not None
+    assert etag == content_etag(b"c")
     for headers in (
         [("if-none-match", etag)],
         [("if-none-match", f'"other", W/{etag}')],
@@ -759,52 +765,32 @@ async def test_store_outage_bypasses_and_serves_the_request(
     assert sum("unavailable" in rec.message for rec in caplog.records) == 1
 
 
-def test_options_and_env() -> None:
+def test_env_paths_targeted_field_and_cache_status() -> None:
+    """What the cache makes of its variables (that each one arrives: test_options_contract)."""
     env = {
-        "ASGI_PERF_CACHE_DEFAULT_TTL": "2m",
         "ASGI_PERF_CACHE_PATHS": "/items/{id}, /static/*",
-        "ASGI_PERF_CACHE_MAX_STALE_KEEP": "10m",
         "ASGI_PERF_CACHE_CDN_CACHE_CONTROL": "off",
         "ASGI_PERF_CACHE_TARGETED_FIELD": "Edge-Control",
         "ASGI_PERF_CACHE_NAME": "edge-1",
         "ASGI_PERF_CACHE_STATUS_KEY": "on",
-        "ASGI_PERF_CACHE_MAX_ENTRIES": "50",
-        "ASGI_PERF_CACHE_MAX_BYTES": "1MiB",
-        "ASGI_PERF_CACHE_MAX_BODY_SIZE": "10KB",
-        "ASGI_PERF_CACHE_AUTHENTICATED": "yes",
-        "ASGI_PERF_CACHE_KEY_HEADERS": "X-Tenant, Accept-Language",
-        "ASGI_PERF_CACHE_STALE_WHILE_REVALIDATE": "30s",
-        "ASGI_PERF_CACHE_STALE_IF_ERROR": "1h",
-        "ASGI_PERF_STORAGE_URL": "memory://",
     }
-    mw = CacheMiddleware.from_env(App(), environ=env, default_ttl=5)
-    settings = mw.settings
-    assert settings.default_ttl == 5  # code wins
+    settings = CacheMiddleware.from_env(App(), environ=env, default_ttl=5).settings
     assert [settings.ttl_for(p) for p in ("/items/7", "/items/7/x", "/static/a/b", "/")] == [
         5,
         None,
         5,
         None,
     ]
-    assert (settings.max_entries, settings.max_bytes, settings.max_body_size) == (
-        50, 1024 * 1024, 10_000
-    )  # fmt: skip
-    assert settings.cache_authenticated is True
-    assert settings.key_headers == (b"x-tenant", b"accept-language")
-    assert (settings.stale_while_revalidate, settings.stale_if_error) == (30.0, 3600.0)
-    assert (settings.max_stale_keep, settings.targeted) == (600.0, (b"edge-control",))
+    assert settings.targeted == (b"edge-control",)
     assert settings.status.hit(5, "k") == (b"cache-status", b'edge-1; hit; ttl=5; key="k"')
     defaults = CacheMiddleware(App()).settings
     assert (defaults.default_ttl, defaults.stale_if_error, defaults.targeted) == (
         None, 300.0, (b"asgi-perf-cache-control", b"cdn-cache-control")
     )  # fmt: skip
-    assert isinstance(mw.store, MemoryStore) and mw.store.max_bytes == 1024 * 1024
+    sized = CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_MAX_BYTES": "1MiB"})
+    assert isinstance(sized.store, MemoryStore) and sized.store.max_bytes == 1024 * 1024
     assert CacheMiddleware.enabled_in_env({}) is False
     assert CacheMiddleware.enabled_in_env({"ASGI_PERF_CACHE_ENABLED": "on"}) is True
-    with pytest.raises(ConfigError, match="ASGI_PERF_CACHE_DEFAULT_TTL"):
-        CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_DEFAULT_TTL": "soon"})
-    with pytest.raises(ConfigError, match="ASGI_PERF_CACHE_AUTHENTICATED"):
-        CacheMiddleware.from_env(App(), environ={"ASGI_PERF_CACHE_AUTHENTICATED": "maybe"})
     for option, value in [
         ("methods", ["POST"]),
         ("max_entries", 0),

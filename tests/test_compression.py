@@ -162,9 +162,8 @@ async def test_uppercase_response_field_names() -> None:
 async def test_unchanged(case: str, app: Any) -> None:
     direct = await call(app, headers=[AE_ALL])
     res = await get(CompressionMiddleware(app), AE_ALL)
-    assert res.headers == direct.headers, case
+    assert res.headers == direct.headers, case  # Content-Encoding included: none added
     assert res.body == direct.body
-    assert res.header("content-encoding") in (None, "gzip", "identity")
 
 
 async def test_minimum_size_boundary() -> None:
@@ -658,53 +657,21 @@ def test_bad_options_raise_config_error(option: str, value: Any) -> None:
     assert repr(value) in str(info.value)
 
 
-def test_from_env() -> None:
+def test_env_codecs_and_defaults() -> None:
+    """The codecs the variables make (that each one arrives: test_options_contract)."""
     environ = {
-        "ASGI_PERF_COMPRESSION_MIN_SIZE": "1KiB",
         "ASGI_PERF_COMPRESSION_ENCODINGS": "gzip, br",
         "ASGI_PERF_GZIP_LEVEL": "9",
         "ASGI_PERF_BROTLI_QUALITY": "5",
-        "ASGI_PERF_ZSTD_LEVEL": "1",
         "ASGI_PERF_GZIP_BACKEND": "zlib",
-        "ASGI_PERF_COMPRESSION_TYPES": "text/*,application/json",
-        "ASGI_PERF_COMPRESSION_EXCLUDE_PATHS": "/metrics",
-        "ASGI_PERF_COMPRESSION_SSE": "off",
-        "ASGI_PERF_COMPRESSION_THREAD_MIN_SIZE": "1MiB",
     }
-    mw = CompressionMiddleware.from_env(make_app(), environ, zstd_level=2)
-    assert mw.encodings == ("gzip", "br")
-    assert mw.minimum_size == 1024
+    mw = CompressionMiddleware.from_env(make_app(), environ)
     assert mw.stats()["codecs"] == {"gzip": "gzip zlib level 9", "br": "br quality 5"}
-    assert mw.compressible_types == ("text/*", "application/json")
-    assert mw.exclude_paths == ("/metrics",)
-    assert mw.compress_event_stream is False
-    assert mw.thread_minimum_size == 1024 * 1024
     defaults = CompressionMiddleware.from_env(make_app(), {})
     assert (defaults.encodings, defaults.minimum_size) == (("zstd", "br", "gzip"), 500)
     assert defaults.stats()["codecs"]["zstd"] == "zstd level 3"
     assert defaults.stats()["codecs"]["br"] == "br quality 4"
     assert defaults.stats()["codecs"]["gzip"] == f"gzip {GzipCodec().backend} level 6"
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("ASGI_PERF_GZIP_LEVEL", "11"),
-        ("ASGI_PERF_BROTLI_QUALITY", "high"),
-        ("ASGI_PERF_ZSTD_LEVEL", "99"),
-        ("ASGI_PERF_COMPRESSION_MIN_SIZE", "-5"),
-        ("ASGI_PERF_COMPRESSION_ENCODINGS", "gzip,lz4"),
-        ("ASGI_PERF_GZIP_BACKEND", "pigz"),
-        ("ASGI_PERF_COMPRESSION_SSE", "sometimes"),
-        ("ASGI_PERF_COMPRESSION_TYPES", "json"),
-        ("ASGI_PERF_COMPRESSION_EXCLUDE_PATHS", "metrics"),
-    ],
-)
-def test_bad_env_names_the_variable(variable: str, value: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        CompressionMiddleware.from_env(make_app(), {variable: value})
-    assert info.value.name == variable
-    assert value in str(info.value)
 
 
 def test_enabled_by_default() -> None:

@@ -303,11 +303,14 @@ async def test_replays_carry_no_per_exchange_fields() -> None:
     app.extra_headers = [*per_exchange, (b"content-language", b"en")]
     mw = DedupMiddleware(app)
     key = [("Idempotency-Key", "k")]
-    for method, headers, mark in (("GET", [], "x-dedup"), ("POST", key, "idempotent-replayed")):
+    for method, headers, mark, value in (
+        ("GET", [], "x-dedup", "hit"),
+        ("POST", key, "idempotent-replayed", "true"),
+    ):
         first = await call(mw, method, "/page", headers=headers, body=b"b")
         replay = await call(mw, method, "/page", headers=headers, body=b"b")
         assert first.header("x-cache") == "MISS"  # the first exchange is passed on as it is
-        assert replay.header(mark) in ("hit", "true")
+        assert replay.header(mark) == value
         assert replay.body == first.body and replay.header("content-language") == "en"
         for name, _ in per_exchange:
             assert replay.header(name.decode()) is None, name
@@ -1044,53 +1047,15 @@ async def test_idempotency_can_be_switched_off() -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------
-def test_from_env() -> None:
-    env = {
-        "ASGI_PERF_DEDUP_WINDOW": "2s",
-        "ASGI_PERF_DEDUP_METHODS": "post, put",
-        "ASGI_PERF_DEDUP_MAX_BODY_SIZE": "64KiB",
-        "ASGI_PERF_DEDUP_VARY_HEADERS": "accept,x-tenant",
-        "ASGI_PERF_DEDUP_WAIT_TIMEOUT": "500ms",
-        "ASGI_PERF_IDEMPOTENCY_TTL": "1h",
-        "ASGI_PERF_IDEMPOTENCY_REQUIRED": "/pay,/v1/*",
-        "ASGI_PERF_IDEMPOTENCY_HEADER": "X-Request-Key",
-        "ASGI_PERF_TRUSTED_PROXIES": "10.0.0.0/8",
-        "ASGI_PERF_IDEMPOTENCY_STORAGE": "memory://?max_entries=7",
-    }
+def test_env_idempotency_store_and_enabled() -> None:
+    """The separate Idempotency-Key store the variable makes (each variable arriving at its
+    option: test_options_contract)."""
+    env = {"ASGI_PERF_IDEMPOTENCY_STORAGE": "memory://?max_entries=7"}
     mw = DedupMiddleware.from_env(CountingApp(), environ=env)
     assert mw.keys is not None and mw.keys.store.stats()["max_entries"] == 7
-    assert mw.window == 2.0
-    assert mw.methods == {"POST", "PUT"}
-    assert mw.max_body_size == 64 * 1024
-    assert mw.vary_headers == (b"accept", b"x-tenant")
-    assert mw.wait_timeout == 0.5
-    assert mw.idempotency_ttl == 3600.0
-    assert mw.require_idempotency_key == ("/pay", "/v1/*")
-    assert mw.idempotency_header == b"x-request-key"
     assert mw.store.kind == "memory"
     assert not DedupMiddleware.enabled_in_env({})
     assert DedupMiddleware.enabled_in_env({"ASGI_PERF_DEDUP_ENABLED": "yes"})
-    assert DedupMiddleware.from_env(CountingApp(), environ={}).window == 5.0
-    assert DedupMiddleware.from_env(CountingApp(), environ=env, window=1).window == 1.0
-
-
-@pytest.mark.parametrize(
-    ("var", "value"),
-    [
-        ("ASGI_PERF_DEDUP_WINDOW", "soon"),
-        ("ASGI_PERF_DEDUP_MAX_BODY_SIZE", "lots"),
-        ("ASGI_PERF_IDEMPOTENCY_TTL", "0"),
-        ("ASGI_PERF_IDEMPOTENCY_REQUIRED", "pay"),
-        ("ASGI_PERF_DEDUP_METHODS", "GET,P0ST"),
-        ("ASGI_PERF_IDEMPOTENCY_HEADER", "Bad Header"),
-        ("ASGI_PERF_DEDUP_WAIT_TIMEOUT", "0"),
-        ("ASGI_PERF_IDEMPOTENCY_STORAGE", "postgres://db"),
-    ],
-)
-def test_bad_env_values_name_the_variable(var: str, value: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        DedupMiddleware.from_env(CountingApp(), environ={var: value})
-    assert var in str(info.value) and repr(value) in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -208,7 +208,7 @@ async def test_memory_sync_operations_match_the_async_ones() -> None:
     store.fulfil_nowait("{s}claim", "t3", "{s}rec", b"v", ttl=5)
     await asyncio.wait_for(task, 5)
     assert woke == [True]
-    assert store.get_nowait("{s}rec") == b"v" and store._holder("{s}claim") is None
+    assert store.get_nowait("{s}rec") == b"v" and await store.holder("{s}claim") is None
     store.fulfil_nowait("{s}other", "nobody", "{s}rec2", b"w", ttl=5)  # no claim: still stored
     assert store.get_or_claim_nowait("{s}rec2", "{s}other", "t4", 5) == (b"w", False)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from asgi_perf._core.config import ConfigError
 from asgi_perf._core.context import add_timing, current
 from asgi_perf.timing import TimingMiddleware
-from tests.support import call, make_scope
+from tests.support import Response, call, make_scope
 
 # -- a parser of the W3C Server-Timing grammar ------------------------------------------------
 # Server-Timing             = #server-timing-metric
@@ -189,7 +189,7 @@ async def test_start_message_headers_list_is_not_mutated() -> None:
         await send({"type": "http.response.body", "body": b"x"})
 
     response = await call(TimingMiddleware(app))
-    assert response.header("server-timing") is not None
+    assert total_only(response)
     assert headers == [(b"content-type", b"text/plain")]
 
 
@@ -203,6 +203,13 @@ async def test_headers_can_be_switched_off_and_renamed() -> None:
     assert response.header("x-response-time") is None
 
 
+def total_only(response: Response) -> bool:
+    """The Server-Timing of an app with no entries of its own: the total, in milliseconds."""
+    return (
+        re.fullmatch(r"total;dur=\d+(\.\d+)?", response.header("server-timing") or "") is not None
+    )
+
+
 async def test_expose_server_timing_to_trusted_networks_only() -> None:
     mw = TimingMiddleware(
         hello, expose_server_timing="10.0.0.0/8, ::1", trusted_proxies="127.0.0.1"
@@ -212,12 +219,11 @@ async def test_expose_server_timing_to_trusted_networks_only() -> None:
     proxied = await call(mw, client=("127.0.0.1", 1), headers=[("x-forwarded-for", "10.9.9.9")])
     spoofed = await call(mw, client=("192.0.2.7", 1), headers=[("x-forwarded-for", "10.9.9.9")])
     garbage = await call(mw, client=None)
-    assert inside.header("server-timing") is not None
-    assert proxied.header("server-timing") is not None
+    assert total_only(inside) and total_only(proxied)
     assert outside.header("server-timing") is None
     assert spoofed.header("server-timing") is None
     assert garbage.header("server-timing") is None
-    assert outside.header("x-response-time") is not None  # not restricted
+    assert re.fullmatch(r"\d+\.\d{3}ms", outside.header("x-response-time") or "")  # not restricted
     assert route_stats(mw, "/")["count"] == 5
 
 
@@ -225,7 +231,7 @@ async def test_expose_server_timing_by_callable() -> None:
     mw = TimingMiddleware(
         hello, expose_server_timing=lambda scope: (b"x-debug", b"1") in scope["headers"]
     )
-    assert (await call(mw, headers=[("x-debug", "1")])).header("server-timing") is not None
+    assert total_only(await call(mw, headers=[("x-debug", "1")]))
     assert (await call(mw)).header("server-timing") is None
     assert (await call(TimingMiddleware(hello, expose_server_timing=False))).header(
         "server-timing"
@@ -499,21 +505,11 @@ async def test_in_flight_gauge() -> None:
     assert sorted(seen) == [1, 2] and mw.stats()["in_flight"] == 0
 
 
-def test_from_env() -> None:
-    env = {
-        "ASGI_PERF_SERVER_TIMING": "off",
-        "ASGI_PERF_SERVER_TIMING_TRUSTED": "10.0.0.0/8",
-        "ASGI_PERF_RESPONSE_TIME_HEADER": "X-Took",
-        "ASGI_PERF_SLOW_REQUEST_THRESHOLD": "250ms",
-        "ASGI_PERF_OTEL": "off",
-        "ASGI_PERF_TRUSTED_PROXIES": "127.0.0.1",
-        "ASGI_PERF_TIMING_MAX_ROUTES": "10",
-        "ASGI_PERF_TIMING_ROUTE_FROM_SCOPE": "false",
-    }
-    mw = TimingMiddleware.from_env(hello, environ=env)
-    assert mw.server_timing is False and mw.response_time_header == b"x-took"
-    assert mw.slow_threshold == 0.25 and mw.otel_mode == "off" and mw.max_routes == 10
-    assert mw.route_from_scope is False
+def test_env_off_switches_a_header_and_the_slow_log_off() -> None:
+    """``off`` for the two settings that take it (each variable arriving at its option:
+    test_options_contract)."""
+    mw = TimingMiddleware.from_env(hello, environ={"ASGI_PERF_RESPONSE_TIME_HEADER": "X-Took"})
+    assert mw.response_time_header == b"x-took"
     assert TimingMiddleware.enabled_in_env({}) is True
     assert TimingMiddleware.enabled_in_env({"ASGI_PERF_TIMING_ENABLED": "no"}) is False
     off = TimingMiddleware.from_env(
@@ -524,24 +520,6 @@ def test_from_env() -> None:
         },
     )
     assert off.response_time_header is None and off.slow_threshold is None
-    assert TimingMiddleware.from_env(hello, environ=env, max_routes=3).max_routes == 3
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("ASGI_PERF_SERVER_TIMING", "maybe"),
-        ("ASGI_PERF_SERVER_TIMING_TRUSTED", "10.0.0.300"),
-        ("ASGI_PERF_RESPONSE_TIME_HEADER", "X Took"),
-        ("ASGI_PERF_SLOW_REQUEST_THRESHOLD", "fast"),
-        ("ASGI_PERF_OTEL", "sometimes"),
-        ("ASGI_PERF_TIMING_MAX_ROUTES", "0"),
-    ],
-)
-def test_bad_env_values_name_the_variable(variable: str, value: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        TimingMiddleware.from_env(hello, environ={variable: value})
-    assert variable in str(info.value) and value in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,7 @@ from asgi_perf._core.config import (
     EnvConfigurable,
     EnvVar,
     to_duration,
+    to_header_names,
     to_list,
     to_size,
 )
@@ -198,8 +199,7 @@ class DedupMiddleware(EnvConfigurable):
         self.require_idempotency_key = _paths(require_idempotency_key, "require_idempotency_key")
         self.idempotency_ttl = _positive_duration(idempotency_ttl, "idempotency_ttl")
         self.max_body_size = to_size(max_body_size, "max_body_size")
-        vary = tuple(h.lower().encode("latin-1") for h in to_list(vary_headers, "vary_headers"))
-        self.vary_headers = vary
+        self.vary_headers = to_header_names(vary_headers, "vary_headers")
         self.wait_timeout = _positive_duration(wait_timeout, "wait_timeout")
         if not isinstance(key_prefix, str):
             raise ConfigError("key_prefix", key_prefix, "a string such as 'asgi_perf:'")
@@ -215,7 +215,7 @@ class DedupMiddleware(EnvConfigurable):
         self.flight = SingleFlight(
             self.store, lease_ttl=self.lease_ttl, wait_timeout=self.wait_timeout
         )
-        self.parts = RequestParts(vary, identity or default_user_key, client_ip)
+        self.parts = RequestParts(self.vary_headers, identity or default_user_key, client_ip)
         self.outage = Outage(logger, f"{self.store.kind} store")
         self.keys = None
         if label is not None:

@@ -313,11 +313,8 @@ class TimingMiddleware(EnvConfigurable):
                 clock=clock,
             )
         objectives = slos if isinstance(slos, tuple) else parse_slos(slos or "", "slos")
-        self.slo = (
-            SloTracker(objectives, parse_slo_windows(slo_windows, "slo_windows"), clock)
-            if objectives
-            else None
-        )
+        windows = parse_slo_windows(slo_windows, "slo_windows")  # checked even with no objective
+        self.slo = SloTracker(objectives, windows, clock) if objectives else None
         self._adds_headers = self._expose is not False or self.response_time_header is not None
         self._routes: dict[tuple[str, str], RouteStats] = {}
         # template -> raw method -> series: the per-request lookup, without building a key
