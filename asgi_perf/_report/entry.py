@@ -50,12 +50,22 @@ class StackEntry:
         self.app = stack  # ``app``: what tools walking a stack's layers follow
         self.bypass = bypass
         self.path = path
+        self._raw = None if path is None else path.encode("latin-1")
         self.publisher = publisher
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
-            if self.path is not None and under(scope, self.path):
+            path = self.path
+            # The report's path appears nowhere in most requests: ``in`` tells, without a call
+            if (
+                path is not None
+                and (
+                    path in scope["path"]
+                    or ("raw_path" in scope and self._raw in (scope["raw_path"] or b""))
+                )
+                and under(scope, path)
+            ):
                 await self.bypass(scope, receive, send)
                 return
             publisher = self.publisher

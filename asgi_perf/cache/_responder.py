@@ -150,7 +150,8 @@ class FillResponder:
             logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
             self.swallowed = True
         finally:
-            self.req.adopt(scope)
+            if scope is not self.req.scope:  # the app ran on a copy
+                self.req.adopt(scope)
         if self.held is not None:  # a start with no body message: forward it as it is
             held, self.held = self.held, None
             await self._send_start(held, None)
