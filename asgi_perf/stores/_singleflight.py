@@ -17,7 +17,6 @@ memory store within one process and on Redis across processes and machines:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import time
@@ -78,11 +77,15 @@ class Lease:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+        self._ended = True  # the work is over: a straggling renewer must not claim again
+        renewer = self._renewer
+        if renewer is not None:
             self._renewer = None
+            renewer.cancel()
+            # Bounded: a store call that swallows the cancellation (redis-py's cluster client
+            # can retry through it) must not hold the leader's response; the task ends on its
+            # own at its next check of ``_ended`` or store timeout.
+            await asyncio.wait({renewer}, timeout=self.ttl)
 
     async def fulfil(self, record_key: str, value: bytes, ttl: float) -> None:
         """Publish the record and free the claim in one atomic step."""
