@@ -11,7 +11,8 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
   coding), so a hit costs no compression at all.
 - Query innermost: it only needs the app's own queries.
 
-Any other order is also correct (``tests/test_composition.py``); this one does the least work.
+Any other order is also correct (``tests/system/test_composition.py``); this one does the
+least work.
 
 ``ASGI_PERF_CACHE_WARM`` adds :class:`asgi_perf.CacheWarmer` around all of them: its startup
 requests take the path real requests take.

@@ -1,6 +1,6 @@
 """Content-coding negotiation (RFC 9110 §12.5.3 ``Accept-Encoding``) as pure functions.
 
-Rules, each tested by the table in ``tests/test_negotiation.py``:
+Rules, each tested by the table in ``tests/unit/core/test_negotiation.py``:
 
 - Codings are case-insensitive tokens (§8.4.1); ``x-gzip`` is ``gzip`` (§8.4.1.3).
 - Each coding carries a weight ``q`` (§12.4.2, default 1); ``q=0`` means "not acceptable".

@@ -4,7 +4,7 @@ Given what is stored for the request's key (or nothing), the request's own direc
 the time, :func:`decide` says what to do: serve the entry, serve it stale, serve it stale
 while one background request revalidates it, revalidate it with the app, fetch a full
 response, or answer ``504``. The middleware only carries the decision out; every rule is
-tested by the table in ``tests/test_cache_decide.py``.
+tested by the table in ``tests/unit/cache/test_cache_decide.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """RFC 9111 (HTTP Caching) rules for a shared cache, as pure functions.
 
 Nothing here does I/O or keeps state, so every rule is tested by a table in
-``tests/test_cache_rules.py``; :mod:`asgi_perf.cache._decide` and the middleware apply them.
+``tests/unit/cache/test_cache_rules.py``; :mod:`asgi_perf.cache._decide` and the middleware
+apply them.
 Sections cited are RFC 9111 unless marked RFC 9110 (HTTP Semantics), RFC 5861
 (``stale-while-revalidate`` / ``stale-if-error``) or RFC 9213 (targeted cache control).
 """

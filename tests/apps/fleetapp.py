@@ -1,5 +1,5 @@
-"""The app ``tests/test_fleet_multiprocess.py`` serves from several processes: the client picks
-the duration each request is recorded with, so the test knows every sample exactly.
+"""The app ``tests/system/test_fleet_multiprocess.py`` serves from several processes: the
+client picks the duration each request is recorded with, so the test knows every sample exactly.
 
 Served as ``tests.apps.fleetapp:app`` by uvicorn (several workers, or one per "host").
 Environment: ``FLEETAPP_STORAGE_URL`` (default ``memory://``), ``FLEETAPP_KEY_PREFIX``,

@@ -1,4 +1,5 @@
-"""The app ``tests/test_load.py`` puts under load: every middleware on, store from the environment.
+"""The app ``tests/system/test_load.py`` puts under load: every middleware on, store from the
+environment.
 
 Served as ``tests.apps.loadapp:app`` by ``uvicorn --workers 2``. Environment:
 

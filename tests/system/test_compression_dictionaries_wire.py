@@ -23,7 +23,7 @@ from tests.support import (
     server_process,
     uvicorn_command,
 )
-from tests.test_compression_dictionaries import available, undcz
+from tests.unit.compression.test_compression_dictionaries import available, undcz
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,8 @@
 plateau.
 
 ``SOAK_SECONDS`` (default 20, the short run CI makes; ``SOAK_SECONDS=300 python -m pytest
-tests/test_soak.py -s`` for five minutes) of rounds of ``SOAK_ROUND`` requests after a warm-up,
+tests/system/test_soak.py -s`` for five minutes) of rounds of ``SOAK_ROUND`` requests after a
+warm-up,
 with the load of ``test_load.py`` (cacheable, limited, deduplicated, compressed and streamed
 requests from 200 connections, every body verified). After each round, each worker's RSS and the
 number of Redis connections it holds are sampled.
@@ -47,7 +48,7 @@ import httpx
 import pytest
 
 from tests.support import ServerProcess, rss, tcp_connections, uvicorn_process
-from tests.test_load import CONCURRENCY, WARMUP, Tally, run_load
+from tests.system.test_load import CONCURRENCY, WARMUP, Tally, run_load
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 ROUND = int(os.environ.get("SOAK_ROUND", "2000"))

@@ -60,7 +60,7 @@ def test_examples_use_only_public_names() -> None:
     import pathlib
     import re
 
-    examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
+    examples = pathlib.Path(__file__).resolve().parents[3] / "examples"
     for path in examples.glob("*.py"):
         for match in re.finditer(r"asgi_perf[\w.]*", path.read_text()):
             assert not any(p.startswith("_") for p in match.group().split(".")), (path, match)

@@ -25,7 +25,7 @@ from asgi_perf._core import config
 from asgi_perf._stack import middleware_classes
 from tests.support import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 EVERYTHING = {
     "ASGI_PERF_STORAGE_URL": "memory://",
     "ASGI_PERF_RATE_LIMIT_ENABLED": "true",

@@ -65,7 +65,7 @@ def _worker(redis_url: str, key_prefix: str, barrier: Any, results: Any) -> None
         await send({"type": "http.response.body", "body": body})
 
     async def main() -> tuple[int, list[bytes], list[str]]:
-        # A store call that times out bypasses the cache by design (tests/test_faults.py);
+        # A store call that times out bypasses the cache by design (tests/system/test_faults.py);
         # this test is about the claim, so the store may be slow under the burners but answers.
         store = RedisStore(redis_url, prefix=key_prefix + "cache:", timeout=5.0)
         mw = CacheMiddleware(app, storage=store, lock_timeout=20)

@@ -589,7 +589,7 @@ async def test_purge_from_another_process_with_redis(redis_url: str, key_prefix:
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=Path(__file__).resolve().parents[1],  # this checkout's asgi_perf
+            cwd=Path(__file__).resolve().parents[3],  # this checkout's asgi_perf
         )
         assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
         assert x_cache(await call(mw, "GET", "/t")) == "MISS"  # the fleet's entry is gone

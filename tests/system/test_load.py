@@ -19,7 +19,7 @@ What must hold:
 
 ``LOAD_REQUESTS`` (default 10,000: well under 90 s on a 2-core machine shared with other
 work) sets the request count; ``LOAD_CONCURRENCY`` (default 200) the connections. The full
-run of 50,000 is ``LOAD_REQUESTS=50000 python -m pytest tests/test_load.py -s``.
+run of 50,000 is ``LOAD_REQUESTS=50000 python -m pytest tests/system/test_load.py -s``.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from benchmarks.inprocess import VariantResult
 from benchmarks.progress import Progress
 from benchmarks.scenarios import build_scenarios
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
 @pytest.mark.slow

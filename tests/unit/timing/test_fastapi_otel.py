@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from asgi_perf.timing import TimingMiddleware
-from tests.test_otel import Otel
-from tests.test_otel import otel as otel  # the fixture: in-memory exporter and reader
+from tests.unit.timing.test_otel import Otel
+from tests.unit.timing.test_otel import otel as otel  # the fixture: in-memory exporter and reader
 
 pytest.importorskip("fastapi.telemetry")  # FastAPI with native OpenTelemetry (0.16x+)
 

@@ -21,7 +21,7 @@ from asgi_perf.queries import QueryMiddleware, record_query
 from asgi_perf.timing import TimingMiddleware
 from tests.support import call, free_port, wait_for_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 STAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING asgi_perf\.\w+: ")
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from benchmarks.goals import CALL_BUDGETS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Python calls per request beyond the bare app's, at most (CPython 3.11).
 BUDGET_CALLS: dict[str, float] = {

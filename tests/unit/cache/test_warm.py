@@ -25,7 +25,7 @@ from asgi_perf import CacheWarmer, ConfigError
 from asgi_perf._warm import WarmRequest, parse_warm
 from tests.support import UvicornThread, call, free_port, wait_for_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 # -- the parser ------------------------------------------------------------------------------------
 VALID = [

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Response
 import asgi_perf
 from asgi_perf._stack import middleware_classes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 README = (ROOT / "README.md").read_text()
 
 
@@ -205,3 +205,31 @@ async def test_every_header_the_stack_adds_is_in_the_legend() -> None:
     missing = sorted(name for name in seen - from_the_app if f"`{name}" not in legend)
     assert missing == [], missing
     assert {"x-dedup", "x-cache", "idempotent-replayed", "retry-after", "x-n-plus-one"} <= seen
+
+
+def test_every_test_the_docs_point_at_exists() -> None:
+    """SECURITY.md and the README prove their claims by naming tests: each named test exists
+    (``[path/]test_file.py::name``, and ``::name`` right after for another of the same file)."""
+    import ast
+    import re
+
+    files = {path.name: path for path in (ROOT / "tests").rglob("test_*.py")}
+    missing = []
+    for doc in ("SECURITY.md", "README.md"):
+        current: Path | None = None
+        for match in re.finditer(r"([\w/]*test_\w+\.py)?::(\w+)", (ROOT / doc).read_text()):
+            if match.group(1):
+                current = files.get(match.group(1).rsplit("/", 1)[-1])
+                if current is None:
+                    missing.append(f"{doc}: {match.group(1)} (no such file)")
+                    continue
+            if current is None:
+                continue
+            names = {
+                node.name
+                for node in ast.walk(ast.parse(current.read_text()))
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            }
+            if match.group(2) not in names:
+                missing.append(f"{doc}: {current.name}::{match.group(2)}")
+    assert missing == []
