@@ -23,7 +23,7 @@ from asgi_perf.cache._request import Request
 from asgi_perf.cache._responder import FillJob, FillResponder, Parts
 from asgi_perf.cache._serve import BYPASS, HIT, MISS, STALE, X_CACHE, replay
 from asgi_perf.stores import StoreUnavailable
-from asgi_perf.stores._singleflight import Lease, SingleFlight
+from asgi_perf.stores._singleflight import Lease, Outcome, SingleFlight
 
 __all__ = ["LEASE_TTL", "Actions"]
 
@@ -88,16 +88,30 @@ class Actions:
             or self.reader.accepts(req.accept_encoding, entry.coding)
         )
 
-    async def coalesced(self, req: Request, receive: Receive, send: Send, job: FillJob) -> None:
-        """One request per key calls the app; the others wait for what it stores."""
+    async def coalesced(
+        self,
+        req: Request,
+        receive: Receive,
+        send: Send,
+        job: FillJob,
+        lease: Lease | None = None,
+        claimed: bool | None = None,
+    ) -> None:
+        """One request per key calls the app; the others wait for what it stores.
+        ``claimed``: the lookup already tried the claim (won: ``lease``)."""
         entries = self.entries
         key, stale = job.key, job.stale
         for attempt in (1, 2):
-            # Nothing stored: read and claim in one atomic step, so a fill that completed
-            # since our lookup (this process was slow) is used, never repeated.
-            outcome = await entries.call(
-                self.flight.join("c:" + key[2:], key, check_first=stale is None)
-            )
+            if attempt == 1 and lease is not None:
+                outcome = Outcome("leader", lease=lease)
+            elif attempt == 1 and claimed is False:
+                outcome = await entries.call(self.flight.wait("c:" + key[2:], key))
+            else:
+                # Nothing stored: read and claim in one atomic step, so a fill that completed
+                # since our lookup (this process was slow) is used, never repeated.
+                outcome = await entries.call(
+                    self.flight.join("c:" + key[2:], key, check_first=stale is None)
+                )
             if outcome.kind == "leader":
                 assert outcome.lease is not None
                 if stale is not None and await self.filled_meanwhile(req, send, key, stale):

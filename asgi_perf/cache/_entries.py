@@ -18,6 +18,7 @@ from asgi_perf._core.outage import Outage
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._keys import PRINTABLE, escape_key_part
 from asgi_perf.stores import Store, StoreUnavailable
+from asgi_perf.stores._singleflight import Lease
 
 __all__ = ["AE_ONLY", "FOREVER", "HIT_FOR_MISS", "Entries", "StoreDown"]
 
@@ -113,11 +114,43 @@ class Entries:
             return cached[0]
         return None
 
+    async def lookup_or_claim(
+        self, base: str, names: tuple[str, ...], key: str, token: str, ttl: float
+    ) -> tuple[tuple[str, ...] | None, Entry | bytes | None, bool]:
+        """In one round trip on a remote store: whether ``base``'s ``Vary`` names are still
+        ``names`` (``key`` was built from them), what ``key`` holds and — when it holds
+        nothing and a ``token`` is given — the claim of its fill (``ttl`` seconds).
+
+        ``(None, found, won)``; or, when the store holds other names, ``(those names, None,
+        False)`` and nothing was read or claimed (the caller builds the key again).
+        """
+        expected = "\n".join(names).encode("latin-1")
+        claim_key = "c:" + key[2:] if token else None
+        held, raw, won = await self.call(
+            self.store.get_or_claim_if("v:" + base, expected, key, claim_key, token, ttl)
+        )
+        if held is not None:
+            learned = tuple(held.decode("latin-1").split("\n")) if held else ()
+            self.remember_names(base, learned)
+            return learned, None, False
+        self.remember_names(base, names)
+        if raw is None or raw == HIT_FOR_MISS:
+            return None, raw, won
+        return None, self.decode(key, raw), False
+
     # -- Vary records -----------------------------------------------------------------------
+    def known_names(self, base: str) -> tuple[str, ...] | None:
+        """This process's copy of ``base``'s ``Vary`` names (no store call), if it has one."""
+        known = self.vary.get(base)
+        if known is not None and known[0] is not None and known[1] > time.monotonic():
+            names: tuple[str, ...] = known[0]
+            return names
+        return None
+
     async def names(self, base: str, refresh: bool = False) -> tuple[tuple[str, ...], bool]:
         """The ``Vary`` names learned for resource ``base``, and whether they are this
         process's copy (``True``) rather than just read from the store."""
-        if not refresh:
+        if not refresh:  # known_names() inline: this is on the memory store's miss path
             known = self.vary.get(base)
             if known is not None and known[0] is not None and known[1] > time.monotonic():
                 return known[0], True
@@ -149,17 +182,28 @@ class Entries:
         names: tuple[str, ...],
         tags: list[str],
         ttl: float,
-    ) -> None:
-        """Store ``entry`` at ``key`` (its own ``Vary`` names chose it) with ``tags``."""
+        lease: Lease | None = None,
+    ) -> bool:
+        """Store ``entry`` at ``key`` (its own ``Vary`` names chose it) with ``tags``; on a
+        remote store, with its ``Vary`` record and the release of ``lease`` in the same round
+        trip. Whether ``lease`` was released."""
         data = entry.encode()
-        await self.store.set(key, data, ttl, tags=tags, indexed=True)
-        cell = self.vary.get(base)
-        if self.get_nowait is None or cell is None or cell[0] != names:
-            # The record other processes read (in one process, only after a local reset).
+        released = False
+        if self.get_nowait is None:  # the Vary record is what other processes read
             vary = "\n".join(names).encode("latin-1")
-            await self.store.set("v:" + base, vary, ttl, indexed=True)
+            release = lease.ending() if lease is not None else None
+            records = [(key, data, ttl, tags, True), ("v:" + base, vary, ttl, (), True)]
+            await self.store.set_many(records, release)
+            released = release is not None
+        else:
+            await self.store.set(key, data, ttl, tags=tags, indexed=True)
+            cell = self.vary.get(base)
+            if cell is None or cell[0] != names:  # only after a local reset: written again
+                vary = "\n".join(names).encode("latin-1")
+                await self.store.set("v:" + base, vary, ttl, indexed=True)
         self.remember_names(base, names)
         self.keep_decoded(key, data, entry)
+        return released
 
     # -- hints this process learns ----------------------------------------------------------
     def hinted(self, path: str) -> bool:

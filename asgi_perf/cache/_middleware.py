@@ -27,6 +27,7 @@ Choices where RFC 9111 leaves room are written in the README's cache section.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -44,7 +45,7 @@ from asgi_perf._core.asgi import (
 from asgi_perf._core.config import EnvConfigurable, EnvVar
 from asgi_perf._core.context import add_timing
 from asgi_perf.cache import _purge
-from asgi_perf.cache._actions import Actions
+from asgi_perf.cache._actions import LEASE_TTL, Actions
 from asgi_perf.cache._decide import Action, decide
 from asgi_perf.cache._entries import AE_ONLY, FOREVER, HIT_FOR_MISS, Entries, StoreDown
 from asgi_perf.cache._entry import Entry
@@ -64,6 +65,7 @@ from asgi_perf.cache._serve import (
 )
 from asgi_perf.cache._settings import ENV_VARS, Counters, Settings
 from asgi_perf.stores import Store, StoreUnavailable, create_store
+from asgi_perf.stores._singleflight import Lease
 
 __all__ = ["CacheMiddleware"]
 
@@ -269,23 +271,42 @@ class CacheMiddleware(EnvConfigurable):
             await self.actions.bypass(scope, receive, send, "outage")
 
     async def _lookup(
-        self, req: Request, prefetched: tuple[str, Entry | bytes | None] | None
-    ) -> tuple[str, Entry | bytes | None]:
-        """The key for this request's variant and what it holds."""
+        self, req: Request, prefetched: tuple[str, Entry | bytes | None] | None, token: str
+    ) -> tuple[str, Entry | bytes | None, bool | None]:
+        """The key for this request's variant, what it holds and, on a remote store with a
+        ``token``, whether the claim of its fill was won (``None``: not tried)."""
         entries = self.entries
-        names, local = await entries.names(req.base)
+        if entries.get_nowait is None:
+            return await self._lookup_remote(req, prefetched, token)
+        names, _ = await entries.names(req.base)  # in this process: its copy is the truth
         key = self.reader.entry_key(req, names)
         if prefetched is not None and prefetched[0] == key:
-            found = prefetched[1]
-        else:
-            found = await entries.lookup(key)
-        if found is None and local and entries.get_nowait is None:
-            # Another process may have learned a new Vary: check the store once on a miss.
-            fresh_names, _ = await entries.names(req.base, refresh=True)
-            if fresh_names != names:
-                key = self.reader.entry_key(req, fresh_names)
-                found = await entries.lookup(key)
-        return key, found
+            return key, prefetched[1], None
+        return key, await entries.lookup(key), None
+
+    async def _lookup_remote(
+        self, req: Request, prefetched: tuple[str, Entry | bytes | None] | None, token: str
+    ) -> tuple[str, Entry | bytes | None, bool | None]:
+        """:meth:`_lookup` in one round trip: the ``Vary`` names (this process's copy, checked
+        by the store), the entry and, on a miss, the claim of its fill, in one script."""
+        entries, reader = self.entries, self.reader
+        names = entries.known_names(req.base) or ()
+        key = reader.entry_key(req, names)
+        if prefetched is not None and prefetched[0] == key and prefetched[1] is not None:
+            return key, prefetched[1], None
+        if entries.local_ttl:
+            raw = entries.local(key)
+            if raw is not None:
+                return key, entries.decode(key, raw), None
+        for _ in range(3):  # another process may have learned other names meanwhile
+            learned, found, won = await entries.lookup_or_claim(
+                req.base, names, key, token, LEASE_TTL
+            )
+            if learned is None:
+                return key, found, won if token and found is None else None
+            names = learned
+            key = reader.entry_key(req, names)
+        return key, await entries.lookup(key), None  # names keep changing: no claim
 
     async def _serve_or_fill(
         self,
@@ -298,7 +319,19 @@ class CacheMiddleware(EnvConfigurable):
         if not directives.only_if_cached and self.entries.hinted(req.scope["path"]):
             await self.actions.pass_through(req.scope, receive, send)
             return
-        key, found = await self._lookup(req, prefetched)
+        token = ""  # a remote store claims the fill of a coalesced miss with the lookup
+        if self.entries.get_nowait is None and not (
+            directives.only_if_cached
+            or directives.no_cache
+            or req.credentials
+            or req.range is not None
+        ):
+            token = os.urandom(16).hex()
+        key, found, won = await self._lookup(req, prefetched, token)
+        if won is not None:  # nothing stored, and the claim was tried
+            lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL) if won else None
+            await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), lease, won)
+            return
         if found == HIT_FOR_MISS and not directives.only_if_cached:
             await self.actions.pass_through(req.scope, receive, send)
             return

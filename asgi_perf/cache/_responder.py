@@ -300,7 +300,9 @@ class FillResponder:
         key = self.reader.entry_key(req, names)
         ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
         try:
-            await entries.put(req.base, key, entry, names, [*tags, req.uri_tag()], ttl)
+            tags = [*tags, req.uri_tag()]
+            if await entries.put(req.base, key, entry, names, tags, ttl, self.lease):
+                self.lease = None  # released with the entry, in the same round trip
         except StoreUnavailable as exc:
             entries.outage.failed(exc)
             return

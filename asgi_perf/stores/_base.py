@@ -11,11 +11,21 @@ of :class:`StoreUnavailable`, so callers that do not tell them apart degrade the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-__all__ = ["Store", "StoreFull", "StoreUnavailable", "Subscription", "SyncOperations"]
+__all__ = [
+    "Record",
+    "Store",
+    "StoreFull",
+    "StoreUnavailable",
+    "Subscription",
+    "SyncOperations",
+]
+
+#: One record for :meth:`Store.set_many`: key, value, TTL, tags, indexed (as :meth:`Store.set`).
+Record = tuple[str, bytes, float | None, Sequence[str], bool]
 
 
 class StoreUnavailable(Exception):
@@ -103,6 +113,41 @@ class Store(ABC):
         if value is not None:
             return value, False
         return None, await self.claim(claim_key, token, ttl)
+
+    async def get_or_claim_if(
+        self,
+        guard_key: str,
+        expected: bytes,
+        record_key: str,
+        claim_key: str | None,
+        token: str,
+        ttl: float,
+    ) -> tuple[bytes | None, bytes | None, bool]:
+        """:meth:`get_or_claim` (or only :meth:`get`, for a ``claim_key`` of ``None``) while
+        ``guard_key`` holds ``expected`` (``b""``: absent or empty), for a record key that was
+        derived from the guard's value: ``(None, record, won)``. When the guard holds something
+        else, nothing is read or claimed: ``(what it holds, None, False)``.
+
+        One round trip on Redis (a Lua script: the three keys must share a hash tag); this
+        default takes up to three.
+        """
+        held = await self.get(guard_key) or b""
+        if held != expected:
+            return held, None, False
+        if claim_key is None:
+            return None, await self.get(record_key), False
+        value, won = await self.get_or_claim(record_key, claim_key, token, ttl)
+        return None, value, won
+
+    async def set_many(
+        self, records: Sequence[Record], release: tuple[str, str] | None = None
+    ) -> None:
+        """:meth:`set` each record in order, then :meth:`release` the claim ``release``
+        (key, token), so its waiters find them: one round trip on Redis (one pipeline)."""
+        for key, value, ttl, tags, indexed in records:
+            await self.set(key, value, ttl, tags=tags, indexed=indexed)
+        if release is not None:
+            await self.release(*release)
 
     @abstractmethod
     async def holder(self, key: str) -> str | None:

@@ -1,8 +1,11 @@
 """The distributed store on Redis or Valkey (``redis.asyncio``): one round trip per operation.
 
-- Compound operations are Lua scripts (``get_or_claim``, ``release``, ``renew``, ``fulfil``)
-  or one pipeline (``set`` with its tag and prefix indexes), so each costs one round trip on
-  a single node.
+- Compound operations are Lua scripts (``get_or_claim``, ``get_or_claim_if``, ``release``,
+  ``renew``, ``fulfil``) or one pipeline (``set`` with its tag and prefix indexes;
+  ``set_many``: several records, their indexes and the release of a claim), so each costs one
+  round trip on a single node. A script touches the keys of one hash tag only; the indexes
+  live in slots of their own, so on a cluster a pipeline is sent to each node holding one
+  (in parallel, by the client) while its script's keys stay on one slot.
 - The client is shared by every store of the process on the same URL and event loop, made on
   first use inside the running loop (:mod:`asgi_perf.stores._redis_client`); every connection
   error or timeout becomes :class:`StoreUnavailable`.
@@ -22,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from asgi_perf._core.config import ConfigError
-from asgi_perf.stores._base import Store, StoreFull, StoreUnavailable, Subscription
+from asgi_perf.stores._base import Record, Store, StoreFull, StoreUnavailable, Subscription
 from asgi_perf.stores._redis_client import (
     READ_TIMEOUT,
     SharedClient,
@@ -83,6 +86,24 @@ if redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX') then
   return 1
 end
 return 0
+"""
+
+# get_or_claim behind a guard: KEYS guard, record, claim; ARGV expected guard value, token
+# ('' : read only), lease (ms). {0, guard} when the guard changed (nothing read), {1, record},
+# {2} claim won, {3} claim held by another (or not asked for).
+_GET_OR_CLAIM_IF = """
+local guard = redis.call('GET', KEYS[1]) or ''
+if guard ~= ARGV[1] then
+  return {0, guard}
+end
+local value = redis.call('GET', KEYS[2])
+if value then
+  return {1, value}
+end
+if ARGV[2] ~= '' and redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3], 'NX') then
+  return {2}
+end
+return {3}
 """
 
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
@@ -251,15 +272,43 @@ class RedisStore(Store):
         if not tag_list and not indexed:
             await self.call(lambda: client.set(full, value, px=px))
             return
-        now_ms = int(time.time() * 1000)
-        expires = str(now_ms + px) if px else "+inf"
         pipe = client.pipeline(transaction=False)
+        self._queue_set(pipe, key, value, ttl, tag_list, indexed, int(time.time() * 1000))
+        await self.call(pipe.execute)
+
+    def _queue_set(
+        self,
+        pipe: Any,
+        key: str,
+        value: bytes,
+        ttl: float | None,
+        tags: Iterable[str],
+        indexed: bool,
+        now_ms: int,
+    ) -> None:
+        """Queue a :meth:`set` of ``key`` with its tag and prefix indexes on ``pipe``."""
+        full = self.prefix + key
+        px = max(1, int(ttl * 1000)) if ttl else None
         pipe.set(full, value, px=px)
-        indexes = [self.prefix + "__tag__:" + tag for tag in tag_list]
+        indexes = [self.prefix + "__tag__:" + tag for tag in tags]
         if indexed:
             indexes.append(self.prefix + "__index__")
+        expires = str(now_ms + px) if px else "+inf"
         for index in indexes:  # EVAL: each index alone (its own slot on a cluster)
             pipe.eval(_INDEX_ADD, 1, index, full, expires, now_ms, px or 0)
+
+    async def set_many(
+        self, records: Sequence[Record], release: tuple[str, str] | None = None
+    ) -> None:
+        # One pipeline, in order: the records and their indexes, then the release (a script on
+        # the claim's slot) that wakes the waiters, who then find the records.
+        pipe = self.client.pipeline(transaction=False)
+        now_ms = int(time.time() * 1000)
+        for key, value, ttl, tags, indexed in records:
+            self._queue_set(pipe, key, value, ttl, tags, indexed, now_ms)
+        if release is not None:
+            claim_key, token = release
+            pipe.eval(_RELEASE, 1, self.prefix + claim_key, token, *self._notice(claim_key))
         await self.call(pipe.execute)
 
     async def delete(self, key: str) -> bool:
@@ -298,6 +347,27 @@ class RedisStore(Store):
         if isinstance(result, bytes):
             return result, False
         return None, result == 1
+
+    async def get_or_claim_if(
+        self,
+        guard_key: str,
+        expected: bytes,
+        record_key: str,
+        claim_key: str | None,
+        token: str,
+        ttl: float,
+    ) -> tuple[bytes | None, bytes | None, bool]:
+        script = self.script(_GET_OR_CLAIM_IF)
+        prefix = self.prefix
+        keys = [prefix + guard_key, prefix + record_key, prefix + (claim_key or record_key)]
+        args = [expected, token if claim_key is not None else "", max(1, int(ttl * 1000))]
+        result = await self.call(lambda: script(keys=keys, args=args))
+        kind = result[0]
+        if kind == 0:
+            return result[1], None, False
+        if kind == 1:
+            return None, result[1], False
+        return None, None, kind == 2
 
     async def holder(self, key: str) -> str | None:
         client = self.client

@@ -7,8 +7,9 @@ memory store within one process and on Redis across processes and machines:
    while it works (:class:`Lease`), so a long handler is not taken over and a crashed
    leader's claim simply expires; ``join(check_first=True)`` reads an existing record and
    claims in one step (``get_or_claim``, one round trip);
-2. it ends with ``fulfil`` (record stored, claim released, waiters notified, atomically) or
-   ``release`` (nothing to share: waiters go and do their own work);
+2. it ends with ``fulfil`` (record stored, claim released, waiters notified, atomically),
+   ``release`` (nothing to share: waiters go and do their own work), or hands its claim
+   (``ending``) to a store call that writes its records and releases it in one round trip;
 3. a waiter subscribes *before* reading the record, so no wake-up is lost, and re-reads on
    every wake-up and on a jittered, growing poll (the fallback where pub/sub is missing or
    dropped) until the record appears, the claim is gone, or its deadline passes.
@@ -91,6 +92,12 @@ class Lease:
         """Publish the record and free the claim in one atomic step."""
         self._ended = True
         await self.store.fulfil(self.key, self.token, record_key, value, ttl)
+
+    def ending(self) -> tuple[str, str]:
+        """The claim (key, token), for a store call that releases it with the leader's last
+        writes (:meth:`Store.set_many`): the lease is over."""
+        self._ended = True
+        return self.key, self.token
 
     async def release(self) -> None:
         """Free the claim without a record: waiters then do their own work."""

@@ -917,6 +917,19 @@ class LateClaims(RedisStore):
         await self.go.wait()
         return await super().get_or_claim(record_key, claim_key, token, ttl)
 
+    async def get_or_claim_if(
+        self,
+        guard_key: str,
+        expected: bytes,
+        record_key: str,
+        claim_key: str | None,
+        token: str,
+        ttl: float,
+    ) -> tuple[bytes | None, bytes | None, bool]:
+        # A miss is looked up and claimed in one step: the process is slow just before it.
+        await self.go.wait()
+        return await super().get_or_claim_if(guard_key, expected, record_key, claim_key, token, ttl)
+
 
 @pytest.mark.redis
 @pytest.mark.parametrize("stored", ["nothing", "a stale entry"])
@@ -935,7 +948,7 @@ async def test_a_claim_won_after_another_process_filled_uses_its_entry(
             app.routes["/f"] = (200, [("cache-control", "max-age=60")], b"new")
         calls = app.calls
         late = asyncio.create_task(call(slow, "GET", "/f"))
-        await asyncio.sleep(0.1)  # the slow process looked the key up and missed
+        await asyncio.sleep(0.1)  # the slow process is about to look the key up (and claim)
         filled = await call(fast, "GET", "/f")
         assert x_cache(filled) == "MISS"
         late_store.go.set()
@@ -946,6 +959,42 @@ async def test_a_claim_won_after_another_process_filled_uses_its_entry(
         await fast.clear()
         await fast.store.close()
         await late_store.close()
+
+
+@pytest.mark.redis
+async def test_redis_miss_is_two_round_trips_and_vary_is_learned_with_the_lookup(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A miss is looked up and claimed in one round trip and stored (entry, Vary record,
+    indexes, release of the claim) in one more; a process that has not seen the resource
+    learns its Vary names from the lookup script and serves the right variant."""
+
+    def language(scope: dict[str, Any]) -> bytes:
+        return dict(scope["headers"]).get(b"accept-language", b"-")  # type: ignore[no-any-return]
+
+    headers = [("cache-control", "max-age=60"), ("vary", "accept-language")]
+    app = App({"/v": (200, headers, language)})
+    one = cached(app, storage=create_store(redis_url, prefix=key_prefix, timeout=2.0))
+    two = cached(app, storage=create_store(redis_url, prefix=key_prefix, timeout=2.0))
+    en, fr = [("accept-language", "en")], [("accept-language", "fr")]
+    try:
+        trips = one.store.round_trips  # type: ignore[attr-defined]
+        r = await call(one, "GET", "/v", headers=en)
+        assert (x_cache(r), r.body) == ("MISS", b"en")
+        assert one.store.round_trips - trips == 2  # type: ignore[attr-defined]
+        trips = two.store.round_trips  # type: ignore[attr-defined]
+        r = await call(two, "GET", "/v", headers=en)
+        assert (x_cache(r), r.body) == ("HIT", b"en")
+        assert two.store.round_trips - trips == 2, "names changed: one lookup more"  # type: ignore[attr-defined]
+        r = await call(two, "GET", "/v", headers=fr)
+        assert (x_cache(r), r.body) == ("MISS", b"fr")
+        r = await call(one, "GET", "/v", headers=fr)
+        assert (x_cache(r), r.body) == ("HIT", b"fr")
+        assert app.calls == 2
+    finally:
+        await one.clear()
+        await one.store.close()
+        await two.store.close()
 
 
 @pytest.mark.cluster

@@ -49,9 +49,9 @@ BUDGET_CALLS: dict[str, float] = {
 BUDGET_TRIPS: dict[str, float] = {
     "ratelimit-allow-redis": 1,
     "cache-hit-redis": 1,
-    "cache-miss-redis": 6,
+    "cache-miss-redis": 2,
     "dedup-redis": 2,
-    "stack-redis": 7,
+    "stack-redis": 5,
     "stack-redis-hit": 2,
 }
 COUNTED_PYTHON = (3, 11)

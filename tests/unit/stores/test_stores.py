@@ -115,6 +115,58 @@ async def test_get_or_claim_reads_the_record_or_claims_in_one_step(store: Store)
     assert await store.get_or_claim("{g}rec", "{g}claim", "t3", ttl=5) == (b"1", False)
 
 
+async def test_get_or_claim_if_reads_and_claims_only_behind_its_guard(store: Store) -> None:
+    def one_trip(before: int) -> None:
+        if hasattr(store, "round_trips"):
+            assert store.round_trips - before == 1, "one round trip per get_or_claim_if"
+
+    trips = getattr(store, "round_trips", 0)
+    won = await store.get_or_claim_if("{h}guard", b"", "{h}rec", "{h}claim", "t1", ttl=5)
+    assert won == (None, None, True), "an absent guard holds b''"
+    one_trip(trips)
+    assert await store.holder("{h}claim") == "t1"
+    lost = await store.get_or_claim_if("{h}guard", b"", "{h}rec", "{h}claim", "t2", ttl=5)
+    assert lost == (None, None, False)
+    assert await store.holder("{h}claim") == "t1", "a lost claim leaves the holder alone"
+    await store.set("{h}guard", b"accept-language")
+    await store.set("{h}rec", b"1", ttl=5)
+    trips = getattr(store, "round_trips", 0)
+    changed = await store.get_or_claim_if("{h}guard", b"", "{h}rec", "{h}other", "t3", ttl=5)
+    assert changed == (b"accept-language", None, False), "the guard's value, nothing read"
+    one_trip(trips)
+    assert await store.holder("{h}other") is None, "nothing claimed behind a changed guard"
+    found = await store.get_or_claim_if(
+        "{h}guard", b"accept-language", "{h}rec", "{h}other", "t3", ttl=5
+    )
+    assert found == (None, b"1", False)
+    assert await store.holder("{h}other") is None, "a record found claims nothing"
+    read = await store.get_or_claim_if("{h}guard", b"accept-language", "{h}no", None, "", 5)
+    assert read == (None, None, False)
+    assert await store.holder("{h}no") is None, "no claim key: read only"
+
+
+async def test_set_many_stores_indexes_and_releases_in_one_round_trip(store: Store) -> None:
+    assert await store.claim("{m}claim", "leader", ttl=5)
+    async with store.subscribe("{m}claim") as subscription:
+        woken = asyncio.create_task(subscription.wait(5))
+        await asyncio.sleep(0.01)
+        trips = getattr(store, "round_trips", 0)
+        records = [("{m}a", b"A", 5.0, ["mt"], True), ("{m}b", b"B", 5.0, (), True)]
+        await store.set_many(records, ("{m}claim", "leader"))
+        if hasattr(store, "round_trips"):
+            assert store.round_trips - trips == 1
+        # On a cluster without sharded pub/sub waiters poll (wait() says False).
+        assert await asyncio.wait_for(woken, 6) or getattr(store, "cluster", False)
+    assert (await store.get("{m}a"), await store.get("{m}b")) == (b"A", b"B")
+    assert await store.holder("{m}claim") is None, "released after the records"
+    assert await store.delete_tags(["mt"]) == 1, "the tag index was written"
+    assert await store.get("{m}a") is None
+    assert await store.delete_prefix("{m}") == 1, "the prefix index was written"
+    assert await store.get("{m}b") is None
+    await store.set_many([("{m}c", b"C", None, (), False)])  # no claim to release
+    assert await store.get("{m}c") == b"C"
+
+
 async def test_get_or_claim_claim_expires(store: Store) -> None:
     assert await store.get_or_claim("{ge}rec", "{ge}claim", "t1", ttl=0.05) == (None, True)
     await asyncio.sleep(0.12)
