@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from asgi_perf.timing._middleware import RouteStats, timing_document
+from asgi_perf.timing._series import RouteStats, timing_document
 
 __all__ = ["combine", "documents", "merge"]
 

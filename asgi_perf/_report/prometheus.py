@@ -106,6 +106,7 @@ def _histogram(
 
 
 def _timing(families: Families, state: dict[str, Any], labels: Labels) -> None:
+    """Long because it is a list: one family per timing figure, in exposition order."""
     p = "asgi_perf_http_"
     families.add(
         p + "requests_in_flight",

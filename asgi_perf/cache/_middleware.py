@@ -124,6 +124,8 @@ class CacheMiddleware(EnvConfigurable):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Long on purpose: a hit is served inline, without one call more than it needs (each
         # one is a measurable part of a 2 µs hit); everything else leaves early for _handle.
+        """Long on purpose: the per-request path, inlined (every call is counted by
+        ``tests/unit/package/test_budgets.py``); the decisions themselves are ``_decide``'s."""
         if scope["type"] != "http" or scope["method"] not in self.settings.methods:
             if scope["type"] == "http" and scope["method"] not in _SAFE:
                 await self._unsafe(scope, receive, send)
@@ -315,6 +317,8 @@ class CacheMiddleware(EnvConfigurable):
         send: Send,
         prefetched: tuple[str, Entry | bytes | None] | None,
     ) -> None:
+        """Long because it is the short I/O loop around the pure :func:`decide`: one branch per
+        action (serve, revalidate, fill, bypass, 504), each a few lines."""
         directives = req.directives
         if not directives.only_if_cached and self.entries.hinted(req.scope["path"]):
             await self.actions.pass_through(req.scope, receive, send)

@@ -185,6 +185,7 @@ class DedupMiddleware(EnvConfigurable):
         key_prefix: str = "asgi_perf:",
         idempotency_storage: str | Store | None = None,
     ) -> None:
+        """Long because it checks every option once, here, so that ``__call__`` checks nothing."""
         self.app = app
         self.window = to_duration(window, "window")
         self._record_ttl = self.window + RECORD_GRACE
@@ -261,6 +262,9 @@ class DedupMiddleware(EnvConfigurable):
 
     # -- entry -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Long on purpose: the non-duplicate path (read, fingerprint, claim, lead, record) is
+        written out, as every call on it is counted (``tests/unit/package/test_budgets.py``);
+        the Idempotency-Key job and the waiters' path are their own modules and methods."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

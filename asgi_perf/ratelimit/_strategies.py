@@ -39,6 +39,9 @@ Storages:
   ``{identity}`` hash tag, so the script runs on one Redis Cluster node.
 - any other store: :class:`~asgi_perf.ratelimit._storage.StoreLimiter` (the memory strategies
   over the store's records); :func:`~asgi_perf.ratelimit._storage.create_limiter` picks one.
+
+Just over 500 lines because each strategy's in-process check and its Lua twin stand side by
+side: they must give the same answers (tested against each other).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@
   per tag. Both are trimmed of expired members on every write, so they stay bounded by the
   live entries, and expire with their longest-lived member (:data:`_INDEX_ADD`), so a tag
   nobody writes again does not outlive its entries; neither uses ``KEYS`` or ``SCAN``.
+
+Over 500 lines because each Lua script stands next to the method that runs it: a script and
+its caller change together.
 """
 
 from __future__ import annotations

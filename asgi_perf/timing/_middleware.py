@@ -81,7 +81,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
+from asgi_perf._core.asgi import ASGIApp, Receive, Scope, Send
 from asgi_perf._core.config import (
     ConfigError,
     EnvConfigurable,
@@ -94,20 +94,20 @@ from asgi_perf._core.config import (
     to_int,
 )
 from asgi_perf._core.context import (
-    RequestContext,
     close_context,
     enter_context,
     format_server_timing,
 )
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
 from asgi_perf._core.stats import register
-from asgi_perf.timing._histogram import BATCH, LatencyHistogram
+from asgi_perf.timing._exchange import Exchange, ExchangeSettings
+from asgi_perf.timing._histogram import BATCH
 from asgi_perf.timing._profiling import PROFILING_ENV_VARS, ProfileOptions, ProfilingLayer
 from asgi_perf.timing._routes import method_label as _method
 from asgi_perf.timing._routes import route_template, template_of
+from asgi_perf.timing._series import OVERFLOW, RouteStats, timing_document
 from asgi_perf.timing._slo import (
     Objective,
-    RouteObjectives,
     SloTracker,
     parse_slo_windows,
     parse_slos,
@@ -117,12 +117,10 @@ if TYPE_CHECKING:
     from asgi_perf.timing._otel import Telemetry
     from asgi_perf.timing._otel import _Request as _OtelRequest
 
-__all__ = ["RouteStats", "TimingMiddleware", "timing_document"]
+__all__ = ["RouteStats", "TimingMiddleware", "timing_document"]  # the series re-exported
 
 logger = logging.getLogger("asgi_perf.timing")
 
-OVERFLOW = "__overflow__"
-QUANTILES = (0.5, 0.95, 0.99)
 _UNRESOLVED: Any = object()
 
 
@@ -138,88 +136,6 @@ def _off_or(convert: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
         return convert(value, name)
 
     return wrapped
-
-
-class RouteStats:
-    """What one ``(method, route)`` series has seen."""
-
-    __slots__ = ("duration", "errors", "slo", "slow", "statuses", "ttfb")
-
-    def __init__(self) -> None:
-        self.slo: tuple[RouteObjectives, ...] | None = None  # the route's objectives, if any
-        self.errors = 0
-        self.slow = 0
-        self.statuses: dict[int, int] = {}
-        self.duration = LatencyHistogram()
-        self.ttfb = LatencyHistogram()
-
-    @property
-    def count(self) -> int:
-        """Every request has exactly one status: counting them again would cost a request."""
-        return sum(self.statuses.values())
-
-    def as_dict(self, method: str, route: str) -> dict[str, Any]:
-        def summary(hist: LatencyHistogram) -> dict[str, float | None]:
-            out = {f"p{round(q * 100)}": hist.quantile(q) for q in QUANTILES}
-            out["max"] = hist.max if hist.count else None
-            out["mean"] = hist.mean
-            return out
-
-        return {
-            "method": method,
-            "route": route,
-            "count": self.count,
-            "errors": self.errors,
-            "slow": self.slow,
-            "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
-            "duration_seconds": summary(self.duration),
-            "duration_sum_seconds": self.duration.sum,
-            "ttfb_seconds": summary(self.ttfb),
-            "ttfb_count": self.ttfb.count,
-            "ttfb_sum_seconds": self.ttfb.sum,
-        }
-
-    # -- the fleet report: a mergeable form (sketch buckets, not quantiles) ---------------------
-    def state(self, method: str, route: str) -> dict[str, Any]:
-        return {
-            "method": method,
-            "route": route,
-            "errors": self.errors,
-            "slow": self.slow,
-            "statuses": {str(code): n for code, n in self.statuses.items()},
-            "duration": self.duration.state(),
-            "ttfb": self.ttfb.state(),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> RouteStats:
-        series = cls()
-        series.errors = int(state["errors"])
-        series.slow = int(state["slow"])
-        series.statuses = {int(code): int(n) for code, n in state["statuses"].items()}
-        series.duration = LatencyHistogram.from_state(state["duration"])
-        series.ttfb = LatencyHistogram.from_state(state["ttfb"])
-        return series
-
-    def merge(self, other: RouteStats) -> None:
-        self.errors += other.errors
-        self.slow += other.slow
-        for code, n in other.statuses.items():
-            self.statuses[code] = self.statuses.get(code, 0) + n
-        self.duration.merge(other.duration)
-        self.ttfb.merge(other.ttfb)
-
-
-def timing_document(
-    scalars: dict[str, Any], routes: Iterable[tuple[tuple[str, str], RouteStats]]
-) -> dict[str, Any]:
-    """The ``stats()`` document of one middleware, or of a fleet's merged series."""
-    series = sorted(routes, key=lambda item: item[0])
-    return {
-        "requests": sum(stats.count for _, stats in series),
-        **scalars,
-        "routes": [stats.as_dict(method, route) for (method, route), stats in series],
-    }
 
 
 class TimingMiddleware(EnvConfigurable):
@@ -275,6 +191,7 @@ class TimingMiddleware(EnvConfigurable):
         slos: str | Mapping[str, Any] | tuple[Objective, ...] | None = None,
         slo_windows: str | tuple[float | str, float | str] = (300.0, 3600.0),
     ) -> None:
+        """Long because it checks every option once, here, so that ``__call__`` checks nothing."""
         self.app = app
         self.server_timing = to_bool(server_timing, "server_timing")
         header = to_header_name(response_time_header, "response_time_header")
@@ -315,7 +232,7 @@ class TimingMiddleware(EnvConfigurable):
         objectives = slos if isinstance(slos, tuple) else parse_slos(slos or "", "slos")
         windows = parse_slo_windows(slo_windows, "slo_windows")  # checked even with no objective
         self.slo = SloTracker(objectives, windows, clock) if objectives else None
-        self._adds_headers = self._expose is not False or self.response_time_header is not None
+        self._exchange = ExchangeSettings(clock, self.response_time_header, self._expose)
         self._routes: dict[tuple[str, str], RouteStats] = {}
         # template -> raw method -> series: the per-request lookup, without building a key
         self._index: dict[str, dict[str, RouteStats]] = {}
@@ -395,13 +312,15 @@ class TimingMiddleware(EnvConfigurable):
 
     # -- request path -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Long on purpose: the per-request bookkeeping is inlined (every call on it is counted
+        by ``tests/unit/package/test_budgets.py``; Timing's budget is 13 calls)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         # one object per request: the context inner layers write into, the wrappers' state
         # (made without running an __init__: every slot is set right here)
-        ex = _new(_Exchange)
-        ex.mw = self
+        ex = _new(Exchange)
+        ex.settings = self._exchange
         ex.scope = scope
         ex.send_next = send
         ex.receive_next = receive
@@ -508,7 +427,7 @@ class TimingMiddleware(EnvConfigurable):
         return series
 
     def _log_slow(
-        self, scope: Scope, route: str, status: int, duration: float, ex: _Exchange
+        self, scope: Scope, route: str, status: int, duration: float, ex: Exchange
     ) -> None:
         method = _method(scope.get("method") or "GET")
         entries = format_server_timing(ex.timings).decode("latin-1")
@@ -552,85 +471,3 @@ class TimingMiddleware(EnvConfigurable):
                 stats.state(method, route) for (method, route), stats in self._routes.items()
             ],
         }
-
-
-class _Exchange(RequestContext):
-    """One request: the context inner layers write into, and the ``send``/``receive`` wrappers.
-
-    One object instead of a context plus closures: a request allocates it and two bound
-    methods. Every slot is set by :meth:`TimingMiddleware.__call__`.
-    """
-
-    __slots__ = (
-        "disconnected",
-        "end",
-        "mw",
-        "receive_next",
-        "scope",
-        "send_next",
-        "start",
-        "status",
-        "ttfb",
-    )
-
-    mw: TimingMiddleware
-    scope: Scope
-    send_next: Send
-    receive_next: Receive
-    start: float
-    status: int  # 0 until the response starts
-    disconnected: bool
-    ttfb: float | None
-    end: float | None
-
-    async def receive(self) -> Message:
-        message = await self.receive_next()
-        if message["type"] == "http.disconnect" and not self.status:
-            self.disconnected = True
-        return message
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.body":
-            if "more_body" in message and message["more_body"]:
-                if self.ttfb is None:
-                    self.ttfb = self.mw._clock() - self.start
-                await self.send_next(message)
-                return
-            await self.send_next(message)
-            if self.end is None:
-                self.end = self.mw._clock()
-            return
-        if kind == "http.response.start":
-            self.status = message["status"]
-            mw = self.mw
-            if mw._adds_headers:
-                # Server-Timing and X-Response-Time on a new header list (the app's, which a
-                # recorder inside may hold, is left alone), built in one go: inline, as this
-                # is most of Timing's own cost.
-                ms = b"%.3f" % ((mw._clock() - self.start) * 1000.0)
-                name = mw.response_time_header
-                expose = mw._expose
-                if expose is True or (expose is not False and expose(self.scope)):
-                    # 48 is b"0": strip trailing zeros only when there are some
-                    value = b"total;dur=" + (ms.rstrip(b"0").rstrip(b".") if ms[-1] == 48 else ms)
-                    if self._timings:
-                        value += b", " + format_server_timing(self._timings)
-                    headers = message["headers"] if "headers" in message else ()
-                    if name is not None:
-                        message["headers"] = [
-                            *headers,
-                            (b"server-timing", value),
-                            (name, ms + b"ms"),
-                        ]
-                    else:
-                        message["headers"] = [*headers, (b"server-timing", value)]
-                elif name is not None:
-                    headers = message["headers"] if "headers" in message else ()
-                    message["headers"] = [*headers, (name, ms + b"ms")]
-        elif kind == "http.response.pathsend":  # the file is the whole body
-            await self.send_next(message)
-            if self.end is None:
-                self.end = self.mw._clock()
-            return
-        await self.send_next(message)
