@@ -83,7 +83,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from asgi_perf._core import stats as _stats
@@ -126,6 +126,8 @@ from asgi_perf.stores import (
 from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["DedupMiddleware"]
+
+_new = object.__new__
 
 logger = logging.getLogger("asgi_perf.dedup")
 
@@ -348,47 +350,28 @@ class DedupMiddleware(EnvConfigurable):
         # cannot be (streaming, too large, status, cookie). ``memory``: the memory store's
         # sync operations, no lease and no renewal; else ``lease``.
         self.leaders += 1
-        max_body = self.max_body_size
-        user = parts[IDENTITY][:2] == b"u:"  # the identity is a user key, not an address
-        held = True  # the claim is ours and the waiters still wait for our record
-        status = 0
-        kept: Headers | None = None
-        content: bytes | None = None
-
-        async def leader_send(message: Message) -> None:
-            nonlocal held, status, kept, content
-            if held:
-                kind = message["type"]
-                if kind == "http.response.start" and kept is None:
-                    status = message["status"]
-                    if status < 500 and status not in NOT_SHARED:
-                        headers = message.get("headers", ())
-                        kept = replayable(headers, self.parts.fingerprinted, user)
-                    if kept is None:
-                        held = False
-                        await self._give_up(claim_key, token, lease, record_key)
-                elif (
-                    kind == "http.response.body"
-                    and kept is not None
-                    and content is None
-                    and not message.get("more_body", False)
-                    and len(chunk := message.get("body", b"")) <= max_body
-                ):
-                    content = chunk
-                else:  # streaming, too large, a second body, pathsend, trailers...
-                    held = False
-                    await self._give_up(claim_key, token, lease, record_key)
-            await send(message)
-
+        leader = _new(_Leader)  # every slot set here: no __init__ call per request
+        leader.send_next = send
+        leader.give_up = self._give_up
+        leader.fingerprinted = self.parts.fingerprinted
+        leader.max_body = self.max_body_size
+        leader.user = parts[IDENTITY][:2] == b"u:"  # a user key, not a bare address
+        leader.claim_key, leader.token, leader.lease = claim_key, token, lease
+        leader.record_key = record_key
+        leader.held = True  # the claim is ours and the waiters still wait for our record
+        leader.status = 0
+        leader.kept = None
+        leader.content = None
         try:
             if lease is not None and self._renew:
                 async with lease:
-                    await self.app(scope, app_receive, leader_send)
+                    await self.app(scope, app_receive, leader.send)
             else:
-                await self.app(scope, app_receive, leader_send)
-            if held and content is not None and kept is not None:
-                held = False
-                record = encode_response(status, kept, content, time.time())
+                await self.app(scope, app_receive, leader.send)
+            content, kept = leader.content, leader.kept
+            if leader.held and content is not None and kept is not None:
+                leader.held = False
+                record = encode_response(leader.status, kept, content, time.time())
                 if memory is not None:
                     memory.fulfil_nowait(claim_key, token, record_key, record, self._record_ttl)
                 elif lease is not None:
@@ -398,7 +381,7 @@ class DedupMiddleware(EnvConfigurable):
                         self.outage.failed(exc)
         finally:
             # Exception, disconnect, incomplete response: waiters run their own request.
-            if held:
+            if leader.held:
                 await self._give_up(claim_key, token, lease)
 
     # -- shared pieces ---------------------------------------------------------------------
@@ -505,3 +488,63 @@ class DedupMiddleware(EnvConfigurable):
                 out["idempotency_store"] = keys.store.stats()
                 out["idempotency_outage"] = keys.outage.stats()
         return out
+
+
+class _Leader:
+    """The leader's response on its way: forwarded at once, a copy kept while it can still be
+    shared (decided at the start message), the waiters released the moment it cannot be. Its
+    state for the middleware to read afterwards; it gets what it needs, not the middleware."""
+
+    __slots__ = (
+        "claim_key",
+        "content",
+        "fingerprinted",
+        "give_up",
+        "held",
+        "kept",
+        "lease",
+        "max_body",
+        "record_key",
+        "send_next",
+        "status",
+        "token",
+        "user",
+    )
+
+    send_next: Send
+    give_up: Callable[[str, str, Lease | None, str | None], Awaitable[None]]
+    fingerprinted: frozenset[bytes]
+    max_body: int
+    user: bool
+    claim_key: str
+    token: str
+    lease: Lease | None
+    record_key: str
+    held: bool
+    status: int
+    kept: Headers | None
+    content: bytes | None
+
+    async def send(self, message: Message) -> None:
+        if self.held:
+            kind = message["type"]
+            if kind == "http.response.start" and self.kept is None:
+                self.status = status = message["status"]
+                if status < 500 and status not in NOT_SHARED:
+                    headers = message.get("headers", ())
+                    self.kept = replayable(headers, self.fingerprinted, self.user)
+                if self.kept is None:
+                    self.held = False
+                    await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
+            elif (
+                kind == "http.response.body"
+                and self.kept is not None
+                and self.content is None
+                and not message.get("more_body", False)
+                and len(chunk := message.get("body", b"")) <= self.max_body
+            ):
+                self.content = chunk
+            else:  # streaming, too large, a second body, pathsend, trailers...
+                self.held = False
+                await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
+        await self.send_next(message)
