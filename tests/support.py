@@ -570,6 +570,11 @@ def tcp_connections(pid: int, remote_port: int) -> int:
     return count
 
 
+#: glibc returns freed heap to the system past 128 KiB (what the README suggests for steady RSS):
+#: RSS then shows what a worker keeps, not what the allocator held on to after a burst.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
 @dataclass
 class ServerProcess:
     port: int

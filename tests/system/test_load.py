@@ -38,7 +38,7 @@ import brotli
 import pytest
 import zstandard
 
-from tests.support import ServerProcess, rss, uvicorn_process, worker_pids
+from tests.support import STEADY_MALLOC, ServerProcess, rss, uvicorn_process, worker_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -186,7 +186,8 @@ async def run_load(port: int, total: int, concurrency: int, tally: Tally) -> Non
 # -- the server and its workers -----------------------------------------------------------------
 @pytest.fixture
 def server(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    env = {"LOADAPP_STORAGE_URL": redis_url, "LOADAPP_KEY_PREFIX": key_prefix}
+    # RSS is checked below: with the allocator settings the README suggests (as the soak test)
+    env = {"LOADAPP_STORAGE_URL": redis_url, "LOADAPP_KEY_PREFIX": key_prefix, **STEADY_MALLOC}
     log = str(tmp_path / "server.log")
     with uvicorn_process(
         "tests.apps.loadapp:app", env, log, workers=2, extra=["--backlog", "4096"]

@@ -47,16 +47,15 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.support import ServerProcess, rss, tcp_connections, uvicorn_process
+from tests.support import STEADY_MALLOC, ServerProcess, rss, tcp_connections, uvicorn_process
 from tests.system.test_load import CONCURRENCY, WARMUP, Tally, run_load
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 ROUND = int(os.environ.get("SOAK_ROUND", "2000"))
 SLACK = 2 * 2**20  # allocator arenas and bounded caches settling
 # glibc returns freed memory above 128 KiB (instead of keeping up to tens of MiB resident)
-STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 PER_CONNECTION = 32 * 2**10  # the most a pooled connection was measured to cost (12 KB replies)
-POOLS = 3  # one per store-backed middleware (rate limit, dedup, cache), 200 connections each
+POOLS = 1  # one shared client and pool per Redis URL for every store-backed layer (200 connections)
 MIB = 2**20
 
 pytestmark = [
