@@ -83,11 +83,11 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgi_perf._core import stats as _stats
-from asgi_perf._core.asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from asgi_perf._core.asgi import ASGIApp, Receive, Scope, Send
 from asgi_perf._core.body import prepend, read_body
 from asgi_perf._core.config import (
     KEY_PREFIX_ENV,
@@ -115,7 +115,8 @@ from asgi_perf._core.outage import Outage
 from asgi_perf._core.recording import RecordedResponse, encode_response
 from asgi_perf.dedup._fingerprint import IDENTITY, RequestParts
 from asgi_perf.dedup._keyed import IdempotencyKeys
-from asgi_perf.dedup._rules import UNSAFE_METHODS, path_matches, replayable
+from asgi_perf.dedup._leader import Leader
+from asgi_perf.dedup._rules import UNSAFE_METHODS, path_matches
 from asgi_perf.stores import (
     KeepingMemoryStore,
     Store,
@@ -134,7 +135,6 @@ logger = logging.getLogger("asgi_perf.dedup")
 LEASE_TTL = 10.0  # seconds; renewed while the leader works, so only a crashed leader's expires
 MEMORY_LEASE_TTL = 3600.0  # a memory claim is only a guard against a leaked one
 RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can still read it
-NOT_SHARED = frozenset({408, 425, 429})
 #: The record of a fingerprint whose responses are not shared ("hit-for-pass").
 PASS = b"asgi-perf:pass"
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
@@ -350,7 +350,7 @@ class DedupMiddleware(EnvConfigurable):
         # cannot be (streaming, too large, status, cookie). ``memory``: the memory store's
         # sync operations, no lease and no renewal; else ``lease``.
         self.leaders += 1
-        leader = _new(_Leader)  # every slot set here: no __init__ call per request
+        leader = _new(Leader)  # every slot set here: no __init__ call per request
         leader.send_next = send
         leader.give_up = self._give_up
         leader.fingerprinted = self.parts.fingerprinted
@@ -488,63 +488,3 @@ class DedupMiddleware(EnvConfigurable):
                 out["idempotency_store"] = keys.store.stats()
                 out["idempotency_outage"] = keys.outage.stats()
         return out
-
-
-class _Leader:
-    """The leader's response on its way: forwarded at once, a copy kept while it can still be
-    shared (decided at the start message), the waiters released the moment it cannot be. Its
-    state for the middleware to read afterwards; it gets what it needs, not the middleware."""
-
-    __slots__ = (
-        "claim_key",
-        "content",
-        "fingerprinted",
-        "give_up",
-        "held",
-        "kept",
-        "lease",
-        "max_body",
-        "record_key",
-        "send_next",
-        "status",
-        "token",
-        "user",
-    )
-
-    send_next: Send
-    give_up: Callable[[str, str, Lease | None, str | None], Awaitable[None]]
-    fingerprinted: frozenset[bytes]
-    max_body: int
-    user: bool
-    claim_key: str
-    token: str
-    lease: Lease | None
-    record_key: str
-    held: bool
-    status: int
-    kept: Headers | None
-    content: bytes | None
-
-    async def send(self, message: Message) -> None:
-        if self.held:
-            kind = message["type"]
-            if kind == "http.response.start" and self.kept is None:
-                self.status = status = message["status"]
-                if status < 500 and status not in NOT_SHARED:
-                    headers = message.get("headers", ())
-                    self.kept = replayable(headers, self.fingerprinted, self.user)
-                if self.kept is None:
-                    self.held = False
-                    await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
-            elif (
-                kind == "http.response.body"
-                and self.kept is not None
-                and self.content is None
-                and not message.get("more_body", False)
-                and len(chunk := message.get("body", b"")) <= self.max_body
-            ):
-                self.content = chunk
-            else:  # streaming, too large, a second body, pathsend, trailers...
-                self.held = False
-                await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
-        await self.send_next(message)

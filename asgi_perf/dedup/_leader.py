@@ -1,0 +1,74 @@
+"""The leader of a fingerprint: runs the app for everyone waiting, forwards its response at
+once, and keeps a copy while it can still be shared."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from asgi_perf._core.asgi import Headers, Message, Send
+from asgi_perf.dedup._rules import replayable
+from asgi_perf.stores._singleflight import Lease
+
+__all__ = ["NOT_SHARED", "Leader"]
+
+NOT_SHARED = frozenset({408, 425, 429})
+
+
+class Leader:
+    """The leader's response on its way: forwarded at once, a copy kept while it can still be
+    shared (decided at the start message), the waiters released the moment it cannot be. Its
+    state for the middleware to read afterwards; it gets what it needs, not the middleware."""
+
+    __slots__ = (
+        "claim_key",
+        "content",
+        "fingerprinted",
+        "give_up",
+        "held",
+        "kept",
+        "lease",
+        "max_body",
+        "record_key",
+        "send_next",
+        "status",
+        "token",
+        "user",
+    )
+
+    send_next: Send
+    give_up: Callable[[str, str, Lease | None, str | None], Awaitable[None]]
+    fingerprinted: frozenset[bytes]
+    max_body: int
+    user: bool
+    claim_key: str
+    token: str
+    lease: Lease | None
+    record_key: str
+    held: bool
+    status: int
+    kept: Headers | None
+    content: bytes | None
+
+    async def send(self, message: Message) -> None:
+        if self.held:
+            kind = message["type"]
+            if kind == "http.response.start" and self.kept is None:
+                self.status = status = message["status"]
+                if status < 500 and status not in NOT_SHARED:
+                    headers = message.get("headers", ())
+                    self.kept = replayable(headers, self.fingerprinted, self.user)
+                if self.kept is None:
+                    self.held = False
+                    await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
+            elif (
+                kind == "http.response.body"
+                and self.kept is not None
+                and self.content is None
+                and not message.get("more_body", False)
+                and len(chunk := message.get("body", b"")) <= self.max_body
+            ):
+                self.content = chunk
+            else:  # streaming, too large, a second body, pathsend, trailers...
+                self.held = False
+                await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
+        await self.send_next(message)
