@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -618,11 +619,17 @@ def uvicorn_process(
                 time.sleep(0.1)
             yield server
         finally:
+            # The workers as they are now (a test may have killed one and the server started
+            # another): none may outlive the server, whatever its shutdown did.
+            children = _children(proc.pid)
             proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     text = server.log_text()
     assert "Traceback" not in text, text[-4000:]
