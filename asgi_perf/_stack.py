@@ -34,7 +34,7 @@ from asgi_perf._core.config import (
     EnvConfigurable,
     check_environment,
     register_variables,
-    storage_url_from_env,
+    storage_variable,
     to_choice,
 )
 
@@ -162,15 +162,13 @@ def _check_storage(env: Mapping[str, str], used: bool) -> None:
     """Read one key from the store the stack uses, when ``ASGI_PERF_STORAGE_CHECK`` asks."""
     raw = env.get(STORAGE_CHECK_ENV, "").strip()
     mode = to_choice(raw, STORAGE_CHECK_ENV, ("off", "warn", "fail")) if raw else "off"
-    url = storage_url_from_env(env)
-    if mode == "off" or not used or url.startswith("memory://"):
+    found = storage_variable(env)
+    if mode == "off" or not used or found is None or found[1].startswith("memory://"):
         return
+    variable, url = found
     problem = _probe(url)
     if problem is None:
         return
-    variable = next(
-        name for name in (ENV_PREFIX + "STORAGE_URL", "REDIS_URL") if env.get(name, "").strip()
-    )
     message = f"{variable}={url!r} did not answer at start-up ({problem})"
     if mode == "warn":
         logger.warning("%s; requests fail open until it does", message)

@@ -52,6 +52,7 @@ __all__ = [
     "known_variables",
     "register_variables",
     "storage_url_from_env",
+    "storage_variable",
     "to_bool",
     "to_choice",
     "to_duration",

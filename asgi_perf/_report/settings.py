@@ -25,7 +25,7 @@ from asgi_perf._core.config import (
     ConfigError,
     EnvVar,
     register_variables,
-    storage_url_from_env,
+    storage_variable,
     to_duration,
 )
 from asgi_perf.stores import Store, in_process
@@ -96,12 +96,10 @@ class ReportSettings:
     def resolve(cls, environ: Mapping[str, str] | None = None, **options: Any) -> ReportSettings:
         """Settings from ``environ`` (default ``os.environ``), then ``options`` over them."""
         env = os.environ if environ is None else environ
-        url = storage_url_from_env(env)
-        for variable in ("ASGI_PERF_STORAGE_URL", "REDIS_URL"):  # the one it came from
-            if env.get(variable, "").strip():
-                in_process(url, variable)  # an unknown scheme: ConfigError naming it
-                break
-        values: dict[str, Any] = {"storage": url}
+        found = storage_variable(env)
+        if found is not None:
+            in_process(found[1], found[0])  # an unknown scheme: ConfigError naming the variable
+        values: dict[str, Any] = {"storage": "memory://" if found is None else found[1]}
         for var in ENV_VARS:
             raw = env.get(var.name)
             if raw is not None and raw.strip() != "":
