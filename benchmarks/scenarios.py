@@ -171,11 +171,8 @@ def full_stack(app: Builder, storage: str = "memory://") -> Builder:
 
 
 def from_env() -> Any:
-    """``asgi_perf.from_env`` (or ``asgi_perf.stack.from_env`` until the package exports it)."""
-    try:
-        return _import("asgi_perf", "from_env")
-    except Unavailable:
-        return _import("asgi_perf.stack", "from_env")  # before the package exports it
+    """``asgi_perf.from_env``."""
+    return _import("asgi_perf", "from_env")
 
 
 def stack_environ(storage: str) -> dict[str, str]:
