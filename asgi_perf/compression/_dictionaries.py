@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from asgi_perf._core.asgi import Headers, Scope
-from asgi_perf._core.config import ConfigError, to_duration, to_int
+from asgi_perf._core.config import ConfigError, install_hint, to_duration, to_int
 from asgi_perf._core.identity import hash_secret
 from asgi_perf._core.negotiation import choose_encoding
 from asgi_perf._core.outage import Outage
@@ -393,7 +393,7 @@ def build_dictionaries(
         raise ConfigError(
             "dictionaries",
             [r.match for r in rules],
-            "the zstd extra: pip install 'asgi-perf[zstd]'",
+            "the zstd extra: " + install_hint("zstd"),
         )
     if not isinstance(key_prefix, str):
         raise ConfigError("key_prefix", key_prefix, "a string such as 'asgi_perf:'")

@@ -31,7 +31,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from asgi_perf._core.config import ConfigError
+from asgi_perf._core.config import ConfigError, install_hint
 
 __all__ = [
     "READ_TIMEOUT",
@@ -66,7 +66,7 @@ def require_redis(url: str, name: str) -> None:
         import redis  # noqa: F401
     except ImportError:
         raise ConfigError(
-            name, url, "a store whose package is installed: pip install 'asgi-perf[redis]'"
+            name, url, "a store whose package is installed: " + install_hint("redis")
         ) from None
 
 

@@ -39,7 +39,15 @@ from random import random
 from typing import TYPE_CHECKING, Any
 
 from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
-from asgi_perf._core.config import ConfigError, EnvVar, to_bool, to_duration, to_int, to_size
+from asgi_perf._core.config import (
+    ConfigError,
+    EnvVar,
+    install_hint,
+    to_bool,
+    to_duration,
+    to_int,
+    to_size,
+)
 from asgi_perf._core.stats import register
 from asgi_perf.timing._profiles import ProfileArchive, ProfileRecord, pack_session
 from asgi_perf.timing._routes import method_label, template_of
@@ -129,7 +137,7 @@ def _profiler_class() -> Any:
         raise ConfigError(
             "profiling",
             True,
-            "False, or pyinstrument installed: pip install 'asgi-perf[profiling]'",
+            "False, or pyinstrument installed: " + install_hint("profiling"),
         ) from None
     return Profiler
 
