@@ -387,14 +387,18 @@ def calls_per_request(app: Any) -> int:
         if event in ("call", "c_call"):
             count += 1
 
-    coroutine = app(scope(), receive, send)
-    sys.setprofile(profile)
-    try:
-        coroutine.send(None)  # nothing awaits for real: the whole request runs here
-    except StopIteration:
-        pass
-    finally:
-        sys.setprofile(None)
+    # Twice, the first uncounted: the first request a process ever runs under a profile
+    # function (without a running loop) was seen to report 2 calls more than any later one.
+    for _ in range(2):
+        count = 0
+        coroutine = app(scope(), receive, send)
+        sys.setprofile(profile)
+        try:
+            coroutine.send(None)  # nothing awaits for real: the whole request runs here
+        except StopIteration:
+            pass
+        finally:
+            sys.setprofile(None)
     return count
 
 
