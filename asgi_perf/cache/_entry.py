@@ -18,6 +18,8 @@ from asgi_perf._core.asgi import Headers, get_header, header_tokens
 from asgi_perf._core.http import replayable_headers
 from asgi_perf._core.negotiation import IDENTITY
 from asgi_perf.cache._rules import (
+    CacheControl,
+    Freshness,
     freshness,
     initial_age,
     response_directives,
@@ -27,7 +29,7 @@ from asgi_perf.cache._rules import (
     strong_etag,
 )
 
-__all__ = ["Entry", "EntryPolicy", "build_entry", "merge_not_modified"]
+__all__ = ["Entry", "EntryPolicy", "build_entry", "judge", "merge_not_modified"]
 
 _FRAME_MAGIC = b"AC3"
 _FRAME = struct.Struct("!3sI")  # magic, length of the JSON head that precedes the body
@@ -41,6 +43,7 @@ OWN_ETAG = 8  # the ETag came from the app (only then is it sent back to it as a
 _NEGOTIATED = frozenset(
     {"gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress", "dcb", "dcz"}
 )
+_SERVING_FIELDS = frozenset({b"etag", b"last-modified", b"date", b"content-encoding"})
 #: Never stored besides the per-exchange fields: the tags are this cache's own, the age is
 #: recomputed on every use.
 NOT_STORED = frozenset({b"cache-tag", b"age"})
@@ -109,15 +112,25 @@ class Entry:
         self.swr = swr
         self.sie = sie
         self.flags = flags
-        self.etag = get_header(headers, b"etag")
+        # The first of each field that serving needs, in one pass (names lowercased once).
+        etag = modified = date = coding = None
+        for name, value in headers:
+            name = name.lower()
+            if name in _SERVING_FIELDS:
+                if name == b"etag":
+                    etag = value if etag is None else etag
+                elif name == b"last-modified":
+                    modified = value if modified is None else modified
+                elif name == b"date":
+                    date = value if date is None else date
+                elif coding is None:
+                    coding = value
+        self.etag = etag
         # RFC 9111 §4.3.2: without Last-Modified, Date stands for it in If-Modified-Since.
-        self.last_modified = get_header(headers, b"last-modified") or get_header(headers, b"date")
-        coding = get_header(headers, b"content-encoding")
+        self.last_modified = modified or date
         self.coding = None if coding is None else coding.strip().lower().decode("latin-1")
         # It can be revalidated with the app: an ETag of the app's own, or a Last-Modified.
-        self.revalidatable = bool(flags & OWN_ETAG and self.etag) or (
-            get_header(headers, b"last-modified") is not None
-        )
+        self.revalidatable = bool(flags & OWN_ETAG and etag) or modified is not None
         self.plain = self.coding is None or self.coding == IDENTITY  # any client may have it
         # A coding clients negotiate: served only to those accepting it. (Any other coding
         # the app sends whoever asks; so does the cache.)
@@ -214,20 +227,12 @@ def _stored_headers(headers: Headers, drop: frozenset[bytes]) -> Headers:
     return replayable_headers(headers, drop | named if named else drop)
 
 
-def build_entry(
-    status: int,
-    headers: Headers,
-    body: bytes,
-    request_time: float,
-    response_time: float,
-    policy: EntryPolicy,
-    own_etag: bool = True,
-    received: Headers | None = None,
-) -> Entry | str:
-    """The entry for a complete response, or why it is not stored (a reason of
-    :func:`~asgi_perf.cache._rules.storable`). ``own_etag``: whether an ``ETag`` in
-    ``headers`` is the app's; ``received``: the response the age is computed from when it is
-    not ``headers`` itself (the ``304`` that freshened stored fields)."""
+def judge(
+    status: int, headers: Headers, response_time: float, policy: EntryPolicy
+) -> tuple[CacheControl, Freshness, str | None]:
+    """The directives this cache obeys, the freshness they give and why the response is not
+    stored (``None``: it is): what a fill decides when the response starts, and what
+    :func:`build_entry` is given back instead of deciding it again."""
     cc, _ = response_directives(headers, policy.targeted)
     fresh = freshness(cc, headers, status, response_time, policy.default_ttl)
     reason = storable(
@@ -238,12 +243,37 @@ def build_entry(
         credentials=policy.credentials,
         cache_authenticated=policy.cache_authenticated,
     )
-    if reason is not None:
-        return reason
+    return cc, fresh, reason
+
+
+def build_entry(
+    status: int,
+    headers: Headers,
+    body: bytes,
+    request_time: float,
+    response_time: float,
+    policy: EntryPolicy,
+    own_etag: bool = True,
+    received: Headers | None = None,
+    judged: tuple[CacheControl, Freshness] | None = None,
+    etag: bytes | None = None,
+) -> Entry | str:
+    """The entry for a complete response, or why it is not stored (a reason of
+    :func:`~asgi_perf.cache._rules.storable`). ``own_etag``: whether an ``ETag`` in
+    ``headers`` is the app's; ``received``: the response the age is computed from when it is
+    not ``headers`` itself (the ``304`` that freshened stored fields). ``judged``: the
+    directives and freshness of a response :func:`judge` found storable; ``etag``: the strong
+    ``ETag`` of ``body`` already computed (and sent) for it."""
+    if judged is None:
+        cc, fresh, reason = judge(status, headers, response_time, policy)
+        if reason is not None:
+            return reason
+    else:
+        cc, fresh = judged
     stored = _stored_headers(headers, policy.drop)
     flags = 0
     if get_header(stored, b"etag") is None:
-        stored.append((b"etag", strong_etag(body)))
+        stored.append((b"etag", strong_etag(body) if etag is None else etag))
     elif own_etag:
         flags |= OWN_ETAG
     if status not in (204, 304) and get_header(stored, b"content-length") is None:

@@ -75,13 +75,14 @@ def raw_path(scope: Scope) -> str:
     return path
 
 
-def stem(scope: Scope, host: str, identity: str = "", keyed: str = "") -> str:
-    """``{path}scheme|host|identity|keyed``: everything of an entry key but variant and query."""
-    scheme: str = scope.get("scheme") or "http"
-    return (
-        "{" + key_part(raw_path(scope)) + "}" + key_part(scheme, 16) + "|" + host + "|"
-        + identity + "|" + keyed
-    )  # fmt: skip
+def stem(path: str, scheme: str | None, host: str, identity: str = "", keyed: str = "") -> str:
+    """``{path}scheme|host|identity|keyed``: everything of an entry key but variant and query
+    (``path`` as :func:`key_part` made it)."""
+    if not scheme:
+        scheme = "http"
+    elif scheme != "http" and scheme != "https":  # two compares: no call
+        scheme = key_part(scheme, 16)
+    return "{" + path + "}" + scheme + "|" + host + "|" + identity + "|" + keyed
 
 
 def query_part(query: bytes) -> str:

@@ -50,7 +50,7 @@ from asgi_perf.cache._decide import Action, decide
 from asgi_perf.cache._entries import AE_ONLY, FOREVER, HIT_FOR_MISS, Entries, StoreDown
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._invalidate import invalidate_targets
-from asgi_perf.cache._keys import query_part, stem
+from asgi_perf.cache._keys import key_part, query_part, raw_path, stem
 from asgi_perf.cache._request import AE, HOST, Request, RequestReader, Resource
 from asgi_perf.cache._responder import FillJob, Parts
 from asgi_perf.cache._serve import (
@@ -153,6 +153,7 @@ class CacheMiddleware(EnvConfigurable):
             elif kind:  # anything that needs a closer look, or a second Accept-Encoding
                 plain = False
         prefetched: tuple[str, Entry | bytes | None] | None = None
+        resource: Resource | None = None
         if plain and not reader.key_headers:
             try:  # (zero-cost in the usual case where the server set the keys)
                 ident = (scope["raw_path"] or scope["path"], scope["query_string"],
@@ -235,7 +236,7 @@ class CacheMiddleware(EnvConfigurable):
                         await self.actions.pass_through(scope, receive, send)
                         return
                     prefetched = (key, entry)
-        await self._handle(scope, receive, send, prefetched)
+        await self._handle(scope, receive, send, prefetched, resource, accept)
 
     def _resource(
         self, scope: Scope, ident: tuple[Any, bytes, bytes, str | None]
@@ -244,9 +245,11 @@ class CacheMiddleware(EnvConfigurable):
         host = self.reader.host_key(ident[2])
         if host is None:
             return None
-        stem_ = stem(scope, host)
+        path = key_part(raw_path(scope))
+        stem_ = stem(path, ident[3], host)
         query = query_part(ident[1])
-        resource = Resource(stem_, "", query, self.entries.vary_cell(stem_ + "?" + query))
+        base = stem_ + "?" + query
+        resource = Resource(stem_, path, host, query, self.entries.vary_cell(base))
         if len(self._resources) >= _RESOURCES_MAX:
             self._resources.clear()
         self._resources[ident] = resource
@@ -262,8 +265,15 @@ class CacheMiddleware(EnvConfigurable):
         receive: Receive,
         send: Send,
         prefetched: tuple[str, Entry | bytes | None] | None,
+        resource: Resource | None = None,
+        accept: bytes | None = None,
     ) -> None:
-        req = self.reader.read(scope)
+        """A request the fast path did not answer; a plain one comes with its ``resource``
+        (its keys) and ``Accept-Encoding``, so it is not read again."""
+        if resource is not None:
+            req: Request | None = self.reader.plain(scope, resource, accept)
+        else:
+            req = self.reader.read(scope)
         if req is None:
             await self.actions.bypass(scope, receive, send, "bypass")
             return

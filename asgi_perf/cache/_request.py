@@ -221,10 +221,24 @@ class RequestReader:
             else:
                 req.credentials = True
         req.host = host_key
-        req.path = key_part(raw_path(scope))
-        req.stem = stem(scope, host_key, identity, fingerprint(sorted(keyed))[:16] if keyed else "")
+        req.path = path = key_part(raw_path(scope))
+        keyed_part = fingerprint(sorted(keyed))[:16] if keyed else ""
+        req.stem = stem(path, scope.get("scheme"), host_key, identity, keyed_part)
         req.query = query_part(scope.get("query_string", b""))
         req.base = req.stem + "?" + req.query
+        return req
+
+    @staticmethod
+    def plain(scope: Scope, resource: Resource, accept: bytes | None) -> Request:
+        """The facts of a plain request (no directive, conditional, credential, range or keyed
+        field: what the middleware's fast path checked) whose keys ``resource`` holds."""
+        req = Request(scope)
+        req.host = resource.host
+        req.path = resource.path
+        req.stem = resource.stem
+        req.query = resource.query
+        req.base = resource.base
+        req.accept_encoding = accept
         return req
 
     # -- keys -------------------------------------------------------------------------------
@@ -266,11 +280,12 @@ class Resource:
     """A plain request's keys, memoised by (raw path, query, host, scheme), with a reference
     to its resource's Vary cell (shared with :attr:`Entries.vary`)."""
 
-    __slots__ = ("base", "key", "path", "query", "stem", "variants", "vary")
+    __slots__ = ("base", "host", "key", "path", "query", "stem", "variants", "vary")
 
-    def __init__(self, stem_: str, path: str, query: str, vary: list[Any]) -> None:
+    def __init__(self, stem_: str, path: str, host: str, query: str, vary: list[Any]) -> None:
         self.stem = stem_
         self.path = path
+        self.host = host
         self.query = query
         self.base = stem_ + "?" + query
         self.key = entry_key(stem_, "", query)  # the entry key when nothing varies

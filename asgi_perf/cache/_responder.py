@@ -22,16 +22,16 @@ from asgi_perf._core.context import add_timing
 from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
 from asgi_perf.cache._decide import stale_on_error
 from asgi_perf.cache._entries import HIT_FOR_MISS, Entries
-from asgi_perf.cache._entry import OWN_ETAG, Entry, build_entry, merge_not_modified
-from asgi_perf.cache._request import Request, RequestReader
-from asgi_perf.cache._rules import (
-    freshness,
-    not_modified,
-    response_directives,
-    storable,
-    strong_etag,
-    vary_names,
+from asgi_perf.cache._entry import (
+    OWN_ETAG,
+    Entry,
+    EntryPolicy,
+    build_entry,
+    judge,
+    merge_not_modified,
 )
+from asgi_perf.cache._request import Request, RequestReader
+from asgi_perf.cache._rules import CacheControl, Freshness, not_modified, strong_etag, vary_names
 from asgi_perf.cache._serve import MISS, REVALIDATED, STALE, X_CACHE, replay
 from asgi_perf.cache._settings import Counters, Settings
 from asgi_perf.stores import StoreUnavailable
@@ -45,6 +45,7 @@ logger = logging.getLogger("asgi_perf.cache")
 _PATH_REASONS = frozenset(
     {"status", "no-store", "private", "set-cookie", "vary-star", "event-stream", "lifetime"}
 )
+_NO_POLICY = EntryPolicy()
 _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
 )
@@ -92,11 +93,15 @@ class FillResponder:
         "drop_body",
         "ended",
         "entries",
+        "etag",
+        "fields",
         "freshen",
         "held",
+        "judged",
         "key",
         "lease",
         "length",
+        "policy",
         "reader",
         "reason",
         "recorder",
@@ -129,6 +134,11 @@ class FillResponder:
         self.length: int | None = None  # the declared Content-Length
         self.reason: str | None = "incomplete"
         self.request_time = self.response_time = 0.0
+        # Set when the response starts (_send_start), before anything is kept:
+        self.fields: Fields = Fields()
+        self.policy = _NO_POLICY
+        self.judged: tuple[CacheControl, Freshness] | None = None
+        self.etag: bytes | None = None  # the strong ETag the cache made and sent
 
     async def run(self, receive: Receive) -> None:
         try:
@@ -204,21 +214,14 @@ class FillResponder:
     async def _send_start(self, start: Message, first: Message | None) -> None:
         req, settings = self.req, self.settings
         self.status = status = start["status"]
-        headers: Headers = Fields(start.get("headers", ()))  # judged by name many times
+        # The app's fields, judged by name many times here and again when the entry is built.
+        self.fields = headers = Fields(start.get("headers", ()))
         length = get_header(headers, b"content-length")
         if length is not None and length.isdigit():
             self.length = int(length)
-        cc, _ = response_directives(headers, settings.targeted)
-        policy = settings.policy(req.scope["path"], req.credentials)
-        fresh = freshness(cc, headers, status, self.response_time, policy.default_ttl)
-        self.reason = storable(
-            status,
-            cc,
-            headers,
-            fresh,
-            credentials=req.credentials,
-            cache_authenticated=settings.cache_authenticated,
-        )
+        self.policy = policy = settings.policy(req.scope["path"], req.credentials)
+        cc, fresh, self.reason = judge(status, headers, self.response_time, policy)
+        self.judged = cc, fresh
         if self.reason is None:
             content_type = get_header(headers, b"content-type")
             if content_type is not None and content_type.startswith(b"text/event-stream"):
@@ -231,29 +234,30 @@ class FillResponder:
             and not first.get("more_body", False)
         )
         etag = get_header(headers, b"etag")
+        consumed = settings.consumed
+        if consumed.isdisjoint(headers.by_name()):
+            sent = list(headers)
+        else:
+            sent = [(k, v) for k, v in headers if k.lower() not in consumed]
         if etag is None and self.reason is None and whole:
             assert first is not None
-            etag = strong_etag(first.get("body", b""))
-            headers.append((b"etag", etag))
-        consumed = settings.consumed
-        headers = [(k, v) for k, v in headers if k.lower() not in consumed]
+            etag = self.etag = strong_etag(first.get("body", b""))
+            sent.append((b"etag", etag))
         if self._not_modified(status, headers, etag):  # the client's own validators match
             status = 304
-            headers = [(k, v) for k, v in headers if k.lower() in _NOT_MODIFIED_FIELDS]
+            sent = [(k, v) for k, v in sent if k.lower() in _NOT_MODIFIED_FIELDS]
             self.drop_body = True
             self.counters.not_modified += 1
-        headers.append((X_CACHE, self.x_cache))
+        sent.append((X_CACHE, self.x_cache))
         stored = (
             self.reason is None
             and first is not None
             and whole
             and len(first.get("body", b"")) <= settings.max_body_size
         )
-        headers.append(
-            settings.status.forward(self.why, start["status"], stored=stored, key=self.key)
-        )
+        sent.append(settings.status.forward(self.why, start["status"], stored=stored, key=self.key))
         add_timing("cache", desc=self.x_cache.decode().lower())
-        await self.send({**start, "status": status, "headers": headers})
+        await self.send({**start, "status": status, "headers": sent})
 
     def _not_modified(self, status: int, headers: Headers, etag: bytes | None) -> bool:
         """Whether the request's own conditionals make this response a ``304`` for it (the
@@ -274,7 +278,8 @@ class FillResponder:
             else:
                 await self._end()  # incomplete (client gone, app gave up): nothing learned
             return
-        record.headers = Fields(record.headers)  # judged by name many times
+        # The recorded fields are the app's start fields, already indexed and judged.
+        record.headers = self.fields
         entry = self._entry(record)
         names = vary_names(record.headers)
         if isinstance(entry, str) or names is None:  # names is None only for Vary: *
@@ -284,15 +289,15 @@ class FillResponder:
         await self._end()
 
     def _entry(self, record: RecordedResponse) -> Entry | str:
-        req = self.req
-        policy = self.settings.policy(req.scope["path"], req.credentials)
         return build_entry(
             record.status,
             record.headers,
             record.body,
             self.request_time,
             self.response_time or record.created,
-            policy,
+            self.policy,
+            judged=self.judged,
+            etag=self.etag,
         )
 
     async def _store(self, entry: Entry, names: tuple[str, ...], tags: list[str]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from asgi_perf._core.asgi import Headers, get_header_values, header_tokens
+from asgi_perf._core.asgi import Headers, get_header, get_header_values, header_tokens
 from asgi_perf.cache._dates import parse_http_date
 
 __all__ = [
@@ -307,7 +307,10 @@ def storable(
         return "vary-star"
     if credentials and not cache_authenticated and not shareable_with_credentials(cc):
         return "credentials"
-    validators = any(k.lower() in (b"etag", b"last-modified") for k, _ in headers)
+    validators = (
+        get_header(headers, b"etag") is not None
+        or get_header(headers, b"last-modified") is not None
+    )
     if "no-cache" in cc and not validators:
         return "no-cache"  # every use needs the app, and there is nothing to revalidate with
     if fresh.lifetime > 0:
