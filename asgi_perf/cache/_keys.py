@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from urllib.parse import quote, urlsplit
 
 from asgi_perf._core.asgi import Headers, Scope
-from asgi_perf._core.http import canonical_query, fingerprint
+from asgi_perf._core.http import canonical_query, fingerprint, text_fingerprint
 
 __all__ = [
     "PRINTABLE",
@@ -97,7 +97,7 @@ def entry_key(stem_: str, variant: str, query: str) -> str:
 def uri_tag(scheme: str, host: str, path: str, query: str) -> str:
     """The store tag every variant of one target URI carries (RFC 9111 §4.4 invalidates them
     all at once); ``path`` and ``query`` as in the key (raw, escaped)."""
-    return "uri:" + fingerprint([scheme.encode(), host.encode(), path.encode(), query.encode()])
+    return "uri:" + text_fingerprint((scheme, host, path, query))
 
 
 def vary_value(name: str, values: Iterable[bytes]) -> bytes:
