@@ -314,7 +314,7 @@ class CompressionMiddleware(EnvConfigurable):
             await self.app(scope, receive, send)
             return
         codec = _UNSEEN  # negotiated lazily: most responses never need it
-        extensions = scope.get("extensions")
+        extensions = scope["extensions"] if "extensions" in scope else None
         if extensions and _ZEROCOPY in extensions:
             # it would bypass this middleware: hidden when the response may be encoded
             codec = self._codec_for(scope)
@@ -327,7 +327,8 @@ class CompressionMiddleware(EnvConfigurable):
         rule = self.dictionaries.rule_for(scope["path"]) if self.dictionaries else None
 
         async def send_wrapper(message: Message) -> None:
-            # Long on purpose: the pass over the response fields, inlined (calls counted).
+            # Long on purpose: the pass over the response fields, inlined (calls counted;
+            # ``in`` and subscripts rather than ``get``: they make no call).
             nonlocal responder
             if responder is False:
                 await send(message)
@@ -349,7 +350,7 @@ class CompressionMiddleware(EnvConfigurable):
             length = -1
             has_vary = False
             names = self._names
-            headers = message.get("headers", ())
+            headers = message["headers"] if "headers" in message else ()
             for key, value in headers:
                 try:
                     field = names[key]
@@ -375,8 +376,9 @@ class CompressionMiddleware(EnvConfigurable):
             if content_type is None:
                 await send(message)
                 return
-            verdict = self._types.get(content_type)
-            if verdict is None:
+            try:
+                verdict = self._types[content_type]
+            except KeyError:
                 verdict = self._classify(content_type)
             if verdict == _NO:
                 await send(message)

@@ -8,7 +8,7 @@ relative error ``a`` of the true value of that rank, whatever the distribution.
 
 Why this one: latency percentiles are read as *relative* figures (p99 of 2 ms vs 200 ms), which is
 exactly what the log buckets guarantee; recording is a ``list.append``, folded into the buckets
-every :data:`BATCH` values (or when read) at the cost of one ``log`` per bucket present in the
+every :data:`BATCH` values (or when read) at the cost of at most a ``log`` per bucket in the
 batch (no merging step like t-digest, no reservoir that loses the tail); and memory is bounded
 by the value range, not by the number of requests. With ``a = 0.5%`` and the range 1 µs - 1 h
 clamped, a sketch holds at most 2,200 eight-byte counters (17.6 KB) and in practice only the few
@@ -87,8 +87,10 @@ class LatencyHistogram:
         """Fold the pending values into the buckets.
 
         The batch is sorted, then each bucket takes its whole run of values at once (one
-        ``bisect`` for the bucket's upper end), so the ``log`` is paid per bucket present,
-        not per value: a route's latencies sit in a few dozen neighbouring buckets.
+        ``bisect`` for the bucket's upper end), so the ``log`` is paid at most per bucket
+        present, not per value, and not for a bucket next to the previous one: a route's
+        latencies sit in a few dozen neighbouring buckets. The bins are grown once, to the
+        batch's two ends.
         """
         values = self.pending
         if not values:
@@ -106,26 +108,41 @@ class LatencyHistogram:
         if values[-1] > self._max:
             self._max = values[-1]
         gamma, inv = self._gamma, self._inv_log_gamma
+        # grown to the batch's two ends at once, not a bucket at a time as the loop meets them
+        self._add(self._index(values[0]), 0)
+        self._add(self._index(values[-1]), 0)
         i = 0
         if values[0] <= MIN_VALUE:
             i = bisect_right(values, MIN_VALUE)
             self._add(self._lo, i)
         bins, offset = self._bins, self._offset
+        end = len(bins)
+        index, bound = 0, 0.0  # the last bucket taken and its upper end (none yet)
         while i < size:
             value = values[i]
             if value >= MAX_VALUE:
                 self._add(self._hi, size - i)
                 return
-            index = _ceil(_log(value) * inv)
-            # lo=i+1: a rounding of gamma**index below value cannot stall the loop
-            j = bisect_right(values, gamma**index, i + 1)
+            # latencies sit in neighbouring buckets: the next one up needs no log
+            index = index + 1 if value <= bound * gamma else _ceil(_log(value) * inv)
+            bound = gamma**index
+            # lo=i+1: a rounding of the bound below value cannot stall the loop
+            j = bisect_right(values, bound, i + 1)
             position = index - offset
-            if 0 <= position < len(bins):
+            if 0 <= position < end:
                 bins[position] += j - i
-            else:
+            else:  # not reached unless rounding puts a value outside its batch's ends
                 self._add(index, j - i)
-                bins, offset = self._bins, self._offset
+                bins, offset, end = self._bins, self._offset, len(self._bins)
             i = j
+
+    def _index(self, value: float) -> int:
+        """The bucket of ``value``, clamped into the range."""
+        if value <= MIN_VALUE:
+            return self._lo
+        if value >= MAX_VALUE:
+            return self._hi
+        return _ceil(_log(value) * self._inv_log_gamma)
 
     def _add(self, index: int, n: int) -> None:
         position = index - self._offset

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 # Python calls per request beyond the bare app's, at most (CPython 3.11).
 BUDGET_CALLS: dict[str, float] = {
-    "compress-skip-tiny": 5,
-    "compress-skip-noae": 7,
+    "compress-skip-tiny": 3,
+    "compress-skip-noae": 4,
     "ratelimit-allow-raw": 11,
     "cache-hit-memory": 9,
     # +99 (issue 16): revalidation, Cache-Status, invalidation tags, CDN-Cache-Control and the
@@ -43,9 +43,9 @@ BUDGET_CALLS: dict[str, float] = {
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     "dedup-memory": 62,
-    "timing": 13,
-    "queries": 6,
-    "stack-memory": 123,  # +1 (issue 15), the dedup leader as above
+    "timing": 12,
+    "queries": 5,
+    "stack-memory": 118,  # +1 (issue 15), the dedup leader as above
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -126: a route answering no-store to every
     # new id is learned after three (its path shape), as a path is for every new query
