@@ -118,7 +118,7 @@ class Actions:
                     await entries.call(outcome.lease.release())
                     return
                 self.counters.misses += 1
-                await self.fill(req, receive, send, job._replace(lease=outcome.lease))
+                await self.fill(req, receive, send, job, outcome.lease)
                 return
             if outcome.kind == "record":
                 value = outcome.value
@@ -203,10 +203,14 @@ class Actions:
         desc = "hit" if x_cache is HIT else "stale"
         add_timing("cache", desc=desc + "-304" if sent == 304 else desc)
 
-    async def fill(self, req: Request, receive: Receive, send: Send, job: FillJob) -> None:
-        """Run the app for this request, forward its response, store it when allowed."""
-        responder = FillResponder(self.parts, req, send, job)
-        lease = job.lease
+    async def fill(
+        self, req: Request, receive: Receive, send: Send, job: FillJob, lease: Lease | None = None
+    ) -> None:
+        """Run the app for this request, forward its response, store it when allowed
+        (``lease``: the claim that makes it the one fill of its key, if not the job's)."""
+        if lease is None:
+            lease = job.lease
+        responder = FillResponder(self.parts, req, send, job, lease)
         if lease is None or self.entries.get_nowait is not None:
             # In one process the claim is freed in a finally block (run), so it needs no
             # renewal (and a timer per fill is a measurable part of a memory-store miss).

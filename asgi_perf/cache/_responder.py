@@ -32,7 +32,7 @@ from asgi_perf.cache._entry import (
 )
 from asgi_perf.cache._request import Request, RequestReader
 from asgi_perf.cache._rules import CacheControl, Freshness, not_modified, strong_etag, vary_names
-from asgi_perf.cache._serve import MISS, REVALIDATED, STALE, X_CACHE, replay
+from asgi_perf.cache._serve import BYPASS, HIT, MISS, REVALIDATED, STALE, X_CACHE, replay
 from asgi_perf.cache._settings import Counters, Settings
 from asgi_perf.stores import StoreUnavailable
 from asgi_perf.stores._singleflight import Lease
@@ -46,6 +46,7 @@ _PATH_REASONS = frozenset(
     {"status", "no-store", "private", "set-cookie", "vary-star", "event-stream", "lifetime"}
 )
 _NO_POLICY = EntryPolicy()
+_DESC = {x: x.decode().lower() for x in (HIT, MISS, STALE, REVALIDATED, BYPASS)}
 _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
 )
@@ -118,11 +119,14 @@ class FillResponder:
         "x_cache",
     )
 
-    def __init__(self, parts: Parts, req: Request, send: Send, job: FillJob) -> None:
+    def __init__(
+        self, parts: Parts, req: Request, send: Send, job: FillJob, lease: Lease | None
+    ) -> None:
         self.app, self.settings, self.counters, self.entries, self.reader = parts
         self.req = req
         self.send = send
-        self.key, self.why, self.stale, revalidate, self.lease, self.x_cache = job
+        self.key, self.why, self.stale, revalidate, _, self.x_cache = job
+        self.lease = lease
         self.revalidating = revalidate and self.stale is not None
         self.recorder = ResponseRecorder(self.forward, parts.settings.max_body_size)
         self.held: Message | None = None
@@ -256,7 +260,7 @@ class FillResponder:
             and len(first.get("body", b"")) <= settings.max_body_size
         )
         sent.append(settings.status.forward(self.why, start["status"], stored=stored, key=self.key))
-        add_timing("cache", desc=self.x_cache.decode().lower())
+        add_timing("cache", desc=_DESC[self.x_cache])
         await self.send({**start, "status": status, "headers": sent})
 
     def _not_modified(self, status: int, headers: Headers, etag: bytes | None) -> bool:

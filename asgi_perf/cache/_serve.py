@@ -79,7 +79,7 @@ class CacheStatus:
         ``request``, ``stale`` (RFC 9211 §2.2), with what the app answered."""
         value = self.name + b"; fwd=" + reason.encode("ascii")
         if status:
-            value += b"; fwd-status=" + str(status).encode("ascii")
+            value += b"; fwd-status=" + (INTS[status] if status < 3600 else str(status).encode())
         if ttl is not None:
             value += b"; ttl=" + _ttl(ttl)
         if stored:

@@ -119,6 +119,7 @@ class Settings:
         if not isinstance(key_prefix, str):
             raise ConfigError("key_prefix", key_prefix, "a string such as 'asgi_perf:'")
         self.key_prefix = key_prefix
+        self._policies = {cred: self._policy("/", cred) for cred in (False, True)}
 
     def ttl_for(self, path: str) -> float | None:
         """The default TTL a response on ``path`` gets when it states no freshness."""
@@ -127,6 +128,11 @@ class Settings:
         return self.default_ttl
 
     def policy(self, path: str, credentials: bool) -> EntryPolicy:
+        if self.paths is None:  # the same for every path: made once
+            return self._policies[credentials]
+        return self._policy(path, credentials)
+
+    def _policy(self, path: str, credentials: bool) -> EntryPolicy:
         return EntryPolicy(
             self.targeted,
             self.ttl_for(path),
