@@ -19,6 +19,7 @@ from asgi_perf._core.paths import collapse_path, memo
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._keys import PRINTABLE, escape_key_part
 from asgi_perf.stores import Store, StoreUnavailable
+from asgi_perf.stores._base import SyncOperations
 from asgi_perf.stores._singleflight import Lease
 
 __all__ = ["AE_ONLY", "FOREVER", "HIT_FOR_MISS", "Entries", "StoreDown"]
@@ -51,6 +52,7 @@ class Entries:
         # The memory store answers without a coroutine on the hit path.
         sync = store.sync  # an in-process store's synchronous reads, else None
         self.get_nowait = sync.get_nowait if sync is not None else None
+        self.sync = sync
         # base -> [Vary names or None (unknown), expiry]; cells are shared with memoised keys
         self.vary: dict[str, list[Any]] = {}
         # key -> (stored bytes, decoded entry, local expiry): a hit does not decode again
@@ -138,6 +140,16 @@ class Entries:
         if raw is None or raw == HIT_FOR_MISS:
             return None, raw, won
         return None, self.decode(key, raw), False
+
+    def lookup_or_claim_nowait(
+        self, sync: SyncOperations, key: str, token: str, ttl: float
+    ) -> tuple[Entry | bytes | None, bool]:
+        """On an in-process store: what ``key`` holds, or — when it holds nothing — whether
+        the claim of its fill was won, in one step (nothing can come between the two)."""
+        raw, won = sync.get_or_claim_nowait(key, "c:" + key[2:], token, ttl)
+        if raw is None or raw == HIT_FOR_MISS:
+            return raw, won
+        return self.decode(key, raw), False
 
     # -- Vary records -----------------------------------------------------------------------
     def known_names(self, base: str) -> tuple[str, ...] | None:

@@ -288,13 +288,17 @@ class CacheMiddleware(EnvConfigurable):
         """The key for this request's variant, what it holds and, on a remote store with a
         ``token``, whether the claim of its fill was won (``None``: not tried)."""
         entries = self.entries
-        if entries.get_nowait is None:
+        sync = entries.sync
+        if sync is None:
             return await self._lookup_remote(req, prefetched, token)
         names, _ = await entries.names(req.base)  # in this process: its copy is the truth
         key = self.reader.entry_key(req, names)
-        if prefetched is not None and prefetched[0] == key:
+        if prefetched is not None and prefetched[0] == key and (prefetched[1] or not token):
             return key, prefetched[1], None
-        return key, await entries.lookup(key), None
+        if not token:
+            return key, await entries.lookup(key), None
+        found, won = entries.lookup_or_claim_nowait(sync, key, token, LEASE_TTL)
+        return key, found, won if found is None else None
 
     async def _lookup_remote(
         self, req: Request, prefetched: tuple[str, Entry | bytes | None] | None, token: str
@@ -333,8 +337,8 @@ class CacheMiddleware(EnvConfigurable):
         if not directives.only_if_cached and self.entries.hinted(req.scope["path"]):
             await self.actions.pass_through(req.scope, receive, send)
             return
-        token = ""  # a remote store claims the fill of a coalesced miss with the lookup
-        if self.entries.get_nowait is None and not (
+        token = ""  # the fill of a coalesced miss is claimed with the lookup
+        if not (
             directives.only_if_cached
             or directives.no_cache
             or req.credentials

@@ -39,7 +39,7 @@ BUDGET_CALLS: dict[str, float] = {
     # -89 (issue 17): a fill judges the response once, keeps its indexed fields and ETag for
     # the entry, and a plain request's keys come from the fast path instead of a second read
     # +3: the uncacheable-path hint is kept per path shape (/items/{id}), looked up memoised
-    "cache-miss-memory": 247,  # -15: the URI tag is one encode and one digest; policies made once
+    "cache-miss-memory": 237,  # -25: URI tag, policies, read-and-claim in one step (memory too)
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     "dedup-memory": 62,
