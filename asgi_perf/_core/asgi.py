@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "LOWER",
     "ASGIApp",
     "Fields",
     "Headers",
@@ -27,12 +28,14 @@ __all__ = [
     "get_header",
     "get_header_values",
     "header_tokens",
+    "lower_name",
     "merge_vary",
     "problem_body",
     "remove_headers",
     "send_response",
     "serve_lifespan",
     "set_header",
+    "without",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -67,6 +70,29 @@ class Fields(list[tuple[bytes, bytes]]):
     def append(self, field: tuple[bytes, bytes], /) -> None:
         self._index = None
         super().append(field)
+
+
+#: Header names as seen -> lowercased, for loops that test names without a call per field:
+#: ``LOWER[k] if k in LOWER else lower_name(k)`` (bounded: names of apps, not of clients).
+LOWER: dict[bytes, bytes] = {}
+_LOWER_MAX = 512
+
+
+def lower_name(name: bytes) -> bytes:
+    """``name.lower()``, remembered in :data:`LOWER` while it has room."""
+    lowered = name.lower()
+    if len(LOWER) < _LOWER_MAX:
+        LOWER[name] = lowered
+    return lowered
+
+
+def without(headers: Headers, drop: frozenset[bytes]) -> Headers:
+    """A copy of ``headers`` without the fields named in ``drop`` (lowercase): on response
+    fields (a bounded set of names) no call per field."""
+    for name, _ in headers:
+        if (LOWER[name] if name in LOWER else lower_name(name)) in drop:
+            return [(k, v) for k, v in headers if k.lower() not in drop]
+    return list(headers)
 
 
 def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 
-from asgi_perf._core.asgi import Message, Receive, Scope, Send
+from asgi_perf._core.asgi import Message, Receive, Scope, Send, without
 from asgi_perf._core.context import add_timing
 from asgi_perf.cache._decide import Action, decide
 from asgi_perf.cache._entries import HIT_FOR_MISS
@@ -33,14 +33,17 @@ LEASE_TTL = 10.0  # seconds a fill's claim lives without renewal (renewed while 
 _REFRESH_MAX = 100  # concurrent background revalidations per middleware
 
 
-def _tagging_send(send: Send, extra: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> Send:
+def _tagging_send(
+    send: Send, extra: tuple[tuple[bytes, bytes], ...], drop: frozenset[bytes]
+) -> Send:
     """``send`` adding ``extra`` fields to the response and keeping those addressed to the
     cache (``Cache-Tag``, its own targeted field: ``drop``) from the client."""
 
     async def tagged(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in drop]
-            message = {**message, "headers": [*headers, *extra]}
+            headers = without(message["headers"], drop) if "headers" in message else []
+            headers += extra
+            message = {**message, "headers": headers}
         await send(message)
 
     return tagged
@@ -60,13 +63,15 @@ class Actions:
         wait = self.settings.lock_timeout
         self.flight = SingleFlight(store, lease_ttl=LEASE_TTL, wait_timeout=wait)
         self.refreshing: set[str] = set()
+        # The fields a bypassed or passed-through response gets (never changed: copied)
+        self._bypassed = ((X_CACHE, BYPASS), self.settings.status.forward("bypass"))
+        self._passed = ((X_CACHE, MISS), self.settings.status.forward("uri-miss"))
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def bypass(self, scope: Scope, receive: Receive, send: Send, desc: str) -> None:
         self.counters.bypasses += 1
         add_timing("cache", desc=desc)
-        extra = [(X_CACHE, BYPASS), self.settings.status.forward("bypass")]
-        await self.app(scope, receive, _tagging_send(send, extra, self.settings.consumed))
+        await self.app(scope, receive, _tagging_send(send, self._bypassed, self.settings.consumed))
 
     async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hit-for-miss: the key was found uncacheable moments ago; straight to the app, no
@@ -75,8 +80,7 @@ class Actions:
         self.counters.hit_for_miss += 1
         self.counters.misses += 1
         add_timing("cache", desc="hit-for-miss")
-        extra = [(X_CACHE, MISS), self.settings.status.forward("uri-miss")]
-        await self.app(scope, receive, _tagging_send(send, extra, self.settings.consumed))
+        await self.app(scope, receive, _tagging_send(send, self._passed, self.settings.consumed))
 
     def usable(self, entry: Entry, req: Request) -> bool:
         """Whether this client may receive ``entry`` at all (credentials, content coding)."""

@@ -17,6 +17,7 @@ from asgi_perf._core.asgi import (
     remove_headers,
     send_response,
     set_header,
+    without,
 )
 
 H = [(b"content-type", b"text/plain"), (b"Vary", b"Cookie"), (b"vary", b"Accept, Origin")]
@@ -27,6 +28,23 @@ def test_get_header_is_case_insensitive() -> None:
     assert get_header(H, b"missing") is None
     assert get_header_values(H, b"vary") == [b"Cookie", b"Accept, Origin"]
     assert header_tokens(H, b"vary") == [b"cookie", b"accept", b"origin"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "kept"),
+    [
+        ([(b"a", b"1"), (b"cache-tag", b"x")], [(b"a", b"1")]),
+        ([(b"Cache-Tag", b"x"), (b"a", b"1"), (b"CACHE-TAG", b"y")], [(b"a", b"1")]),
+        ([(b"a", b"1"), (b"b", b"2")], [(b"a", b"1"), (b"b", b"2")]),
+        ([], []),
+    ],
+)
+def test_without_drops_fields_in_any_case(
+    headers: list[tuple[bytes, bytes]], kept: list[tuple[bytes, bytes]]
+) -> None:
+    for _ in range(2):  # the second time from the memo of lowercased names
+        copy = without(headers, frozenset({b"cache-tag"}))
+        assert copy == kept and copy is not headers
 
 
 def test_set_and_remove() -> None:
