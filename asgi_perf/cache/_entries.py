@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from asgi_perf._core.outage import Outage
-from asgi_perf._core.paths import collapse_path, memo
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._keys import PRINTABLE, escape_key_part
 from asgi_perf.stores import Store, StoreUnavailable
@@ -220,18 +219,14 @@ class Entries:
 
     # -- hints this process learns ----------------------------------------------------------
     def hinted(self, path: str) -> bool:
-        """Whether ``path``'s shape is known to answer uncacheably (see
-        :meth:`path_uncacheable`)."""
-        streak = self.uncacheable_paths.get(memo.get(path) or collapse_path(path))
+        """Whether ``path`` is known to answer uncacheably (see :meth:`path_uncacheable`)."""
+        streak = self.uncacheable_paths.get(path)
         return streak is not None and streak[1] > time.monotonic()
 
     def path_uncacheable(self, path: str) -> None:
-        """Count an uncacheable answer (by its headers) on ``path``'s shape (``/items/{id}``:
-        ids collapsed, :func:`~asgi_perf._core.paths.collapse_path`); after three in a row,
-        any query on any path of that shape goes straight to the app for
-        ``hit_for_miss_ttl`` seconds (a REST route never sees the same path twice)."""
+        """Count an uncacheable answer (by its headers) on ``path``; after three in a row,
+        any query on it goes straight to the app for ``hit_for_miss_ttl`` seconds."""
         paths = self.uncacheable_paths
-        path = memo.get(path) or collapse_path(path)
         streak = paths.get(path)
         if streak is None:
             if len(paths) >= _LOCAL_MAX:
@@ -243,7 +238,7 @@ class Entries:
             streak[1] = time.monotonic() + self.hit_for_miss_ttl
 
     def path_cacheable(self, path: str) -> None:
-        self.uncacheable_paths.pop(memo.get(path) or collapse_path(path), None)  # streak broken
+        self.uncacheable_paths.pop(path, None)  # the streak is broken
 
     def remember_not_shared(self, base: str) -> None:
         """A credentialed request for ``base`` got a response only for itself: pass such

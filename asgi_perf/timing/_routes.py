@@ -19,9 +19,9 @@ nothing are the unbounded part.
 
 from __future__ import annotations
 
+import re
+
 from asgi_perf._core.asgi import Scope
-from asgi_perf._core.paths import CACHE_SIZE, collapse_path
-from asgi_perf._core.paths import memo as _cache
 
 __all__ = [
     "KNOWN_METHODS",
@@ -37,11 +37,48 @@ UNMATCHED = "__unmatched__"
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
+MAX_TEMPLATE_LENGTH = 200
+
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+_HEX = re.compile(r"^(?=[a-fA-F]*[0-9])(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,}$")
 
 
 def method_label(method: str) -> str:
     """The method a series is labelled with: a registered one, else ``_OTHER``."""
     return method if method in KNOWN_METHODS else "_OTHER"
+
+
+def _collapse_segment(segment: str) -> str:
+    if not segment:
+        return segment
+    if segment.isdigit():
+        return "{id}"
+    if len(segment) >= 32 and _UUID.match(segment):
+        return "{uuid}"
+    if len(segment) >= 16 and _HEX.match(segment):
+        return "{hex}"
+    return segment
+
+
+_cache: dict[str, str] = {}
+CACHE_SIZE = 4096
+
+
+def collapse_path(path: str) -> str:
+    """``/users/42/orders/7f3c…`` → ``/users/{id}/orders/{uuid}`` (bounded in length).
+
+    Memoised in a bounded dict (emptied when full): an app sees the same few paths again and
+    again, and splitting costs more than the rest of the request bookkeeping.
+    """
+    template = _cache.get(path)
+    if template is None:
+        template = "/".join(map(_collapse_segment, path.split("/")))[:MAX_TEMPLATE_LENGTH]
+        if len(_cache) >= CACHE_SIZE:
+            _cache.clear()
+        _cache[path] = template
+    return template
 
 
 def _framework_template(route: object, scope: Scope) -> str | None:
