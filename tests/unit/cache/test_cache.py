@@ -229,6 +229,19 @@ async def test_a_path_that_never_caches_passes_through_for_any_query() -> None:
         assert x_cache(await call(mw, "GET", "/ok", query=f"q={i}")) == "HIT"
 
 
+async def test_uncacheable_siblings_do_not_stop_a_path_being_cached() -> None:
+    """The hint is per path, never per shape: paths that differ only by an id (the public
+    conformance suite's ``/test/{uuid}``, a REST ``/items/{id}``) each get their own chance,
+    so a cacheable one after any number of uncacheable siblings is stored and served."""
+    app = App({f"/items/{i}": (200, [("cache-control", "no-store")], b"n") for i in range(6)})
+    app.routes["/items/77"] = (200, [("cache-control", "max-age=60")], b"ok")
+    mw = CacheMiddleware(app)
+    for i in range(6):
+        await call(mw, "GET", f"/items/{i}")
+    assert x_cache(await call(mw, "GET", "/items/77", headers=[("pragma", "foo")])) == "MISS"
+    assert x_cache(await call(mw, "GET", "/items/77", headers=[("pragma", "foo")])) == "HIT"
+
+
 async def test_two_hundred_concurrent_cold_requests_run_the_app_once() -> None:
     app = App({"/hot": (200, [], b"hot")})
     app.delay = 0.05
