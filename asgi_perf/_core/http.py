@@ -19,6 +19,7 @@ __all__ = [
     "replayable_headers",
     "single_host",
     "text_fingerprint",
+    "valid_host",
 ]
 
 #: RFC 9110 §7.6.1 connection-specific fields (and the obsolete ones proxies still see).
@@ -86,11 +87,14 @@ def single_host(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
             if found is not None:
                 return None
             found = value
-    if found is None:
-        return b""
-    if len(found) > 255 or _HOST_RE.fullmatch(found) is None:
+    return b"" if found is None else valid_host(found)
+
+
+def valid_host(value: bytes) -> bytes | None:
+    """``value`` lowercased when it is a valid ``Host`` (at most 255 bytes), else ``None``."""
+    if len(value) > 255 or _HOST_RE.fullmatch(value) is None:
         return None
-    return found.lower()
+    return value.lower()
 
 
 def canonical_query(query: bytes) -> bytes:

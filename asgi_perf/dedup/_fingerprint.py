@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from asgi_perf._core.asgi import Scope
-from asgi_perf._core.http import canonical_query, single_host
+from asgi_perf._core.http import canonical_query, valid_host
 from asgi_perf._core.identity import ClientIP
 from asgi_perf.dedup._rules import FINGERPRINTED
 
@@ -24,8 +24,11 @@ FIXED = 6  # parts before the header slots: method, path, query, identity, schem
 IDENTITY = 3  # the index of the identity part
 _SCHEMES = {"http": b"http", "https": b"https"}
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
+_HOST = -3  # header slot: the Host, checked after the pass
 _FRAMING = -2  # header slot: says the request has a body
 _IGNORED = -1  # header slot: not part of the fingerprint
+_SPELLINGS = 1024  # header name spellings remembered, at most
+_REMEMBERED = 4096  # peers and hosts remembered, at most (each)
 
 
 def _path(scope: Scope) -> bytes:
@@ -37,7 +40,12 @@ def _path(scope: Scope) -> bytes:
 
 
 class RequestParts:
-    """``parts(scope) -> (parts or None, the request frames a body)``."""
+    """``parts(scope) -> (parts or None, the request frames a body)``.
+
+    Every request runs this, so it reads the scope with ``in`` rather than ``get`` and
+    remembers what it worked out for a value seen before (a header spelling, the identity of
+    a peer, a ``Host``): a request like the last ones costs no call but the identity's.
+    """
 
     def __init__(
         self,
@@ -52,71 +60,92 @@ class RequestParts:
         self._slots = {name: FIXED + i for i, name in enumerate(names)}  # index in parts
         #: The index of the ``Authorization`` part.
         self.auth = self._slots[b"authorization"]
-        self._no_headers = [b""] * len(self._slots)
+        self._blank = [b""] * (FIXED + len(self._slots))
         #: The request fields a response's ``Vary`` may name and still be replayed.
         self.fingerprinted = frozenset((*self._slots, b"host"))
-        # Any spelling of a header name seen -> its slot, _FRAMING or _IGNORED.
-        self._names: dict[bytes, int] = {**dict.fromkeys(_FRAMING_NAMES, _FRAMING), **self._slots}
+        # Any spelling of a header name seen -> its slot, _HOST, _FRAMING or _IGNORED. A Host
+        # in ``vary_headers`` is checked as the Host and kept in its slot too.
+        self._names: dict[bytes, int] = {
+            **dict.fromkeys(_FRAMING_NAMES, _FRAMING),
+            **self._slots,
+            b"host": _HOST,
+        }
+        self._host_slot = self._slots.get(b"host", 0)
         self._peers: dict[str, bytes] = {}  # peer address -> identity part (no proxies)
-
-    def who(self, scope: Scope) -> bytes:
-        """The identity part: ``u:<user key>``, else ``ip:<client address>``."""
-        # "surrogatepass": never fails on any str, and keeps distinct strings distinct
-        user = self.identity(scope)
-        if user is not None:
-            return b"u:" + str(user).encode("utf-8", "surrogatepass")
-        if self.client_ip.trusted:  # the address may come from the request's headers
-            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-        # Else it depends on the peer address alone: remember the last few thousand.
-        client = scope.get("client")
-        peer = client[0] if client else None
-        if type(peer) is not str:
-            return b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-        who = self._peers.get(peer)
-        if who is None:
-            if len(self._peers) >= 4096:
-                self._peers.clear()
-            who = b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
-            self._peers[peer] = who
-        return who
+        self._hosts: dict[bytes, bytes | None] = {}  # Host value -> single_host's answer
+        self._methods: dict[str, bytes] = {}  # method -> its part
 
     def __call__(self, scope: Scope) -> tuple[list[bytes] | None, bool]:
         """The fingerprint's parts but the body: method, raw path, canonical query, identity,
         scheme, host (:data:`FIXED` parts), then the fingerprinted headers, each in its slot
         (repeats comma-joined); and whether the request says how its body is framed
         (Content-Length or Transfer-Encoding). ``None`` for the parts when the ``Host`` is
-        repeated or invalid."""
-        headers = scope["headers"]
-        host = single_host(headers)
-        if host is None:
-            return None, False
-        query = scope.get("query_string", b"")
-        if b"&" in query:
-            query = canonical_query(query)
-        path = scope.get("raw_path")
-        if type(path) is not bytes:
-            path = _path(scope)
-        scheme = scope.get("scheme") or "http"
-        parts = [
-            scope["method"].encode("ascii"),
-            path,
-            query,
-            self.who(scope),
-            _SCHEMES.get(scheme) or str(scheme).encode("utf-8", "surrogatepass"),
-            host,
-        ]
-        parts += self._no_headers
+        repeated or invalid (:func:`~asgi_perf._core.http.single_host`)."""
         names = self._names
         framed = False
-        for name, value in headers:
-            i = names.get(name)
-            if i is None:  # a spelling not seen yet: learn it (a bounded number of them)
-                lowered = name.lower()
-                i = self._slots.get(lowered, _FRAMING if lowered in _FRAMING_NAMES else _IGNORED)
-                if len(names) < 1024:
-                    names[name] = i
+        sent: bytes | None = None  # the Host field's value
+        parts = [*self._blank]
+        for name, value in scope["headers"]:
+            i = names[name] if name in names else self._slot(name)  # a new spelling: learn it
             if i >= 0:
                 parts[i] = value if not parts[i] else parts[i] + b"," + value
             elif i == _FRAMING:
                 framed = True
+            elif i == _HOST:
+                if sent is not None:
+                    return None, False
+                sent = value
+                if self._host_slot:
+                    parts[self._host_slot] = value
+        hosts = self._hosts
+        if sent is None:
+            host: bytes | None = b""
+        elif sent in hosts:
+            host = hosts[sent]
+        else:
+            if len(hosts) >= _REMEMBERED:
+                hosts.clear()
+            host = hosts[sent] = valid_host(sent)
+        if host is None:
+            return None, False
+        method = scope["method"]
+        methods = self._methods  # the few the middleware lets through
+        method_part = methods[method] if method in methods else method.encode("ascii")
+        methods[method] = method_part
+        query = scope["query_string"] if "query_string" in scope else b""
+        if b"&" in query:
+            query = canonical_query(query)
+        path = scope["raw_path"] if "raw_path" in scope else None
+        if type(path) is not bytes:
+            path = _path(scope)
+        scheme = scope["scheme"] if "scheme" in scope else None
+        if scheme in _SCHEMES:
+            scheme_part = _SCHEMES[scheme]
+        else:
+            scheme_part = str(scheme or "http").encode("utf-8", "surrogatepass")
+        # The identity: ``u:<user key>``, else ``ip:<client address>``, which depends on the
+        # peer alone without trusted proxies (remembered then). "surrogatepass": never fails
+        # on any str, and keeps distinct strings distinct.
+        user = self.identity(scope)
+        client = scope["client"] if "client" in scope else None
+        peer = client[0] if client else None
+        peers = self._peers
+        if user is not None:
+            who = b"u:" + str(user).encode("utf-8", "surrogatepass")
+        elif type(peer) is str and peer in peers:
+            who = peers[peer]
+        else:
+            who = b"ip:" + self.client_ip(scope).encode("utf-8", "surrogatepass")
+            if not self.client_ip.trusted and type(peer) is str:
+                if len(peers) >= _REMEMBERED:
+                    peers.clear()
+                peers[peer] = who
+        parts[:FIXED] = (method_part, path, query, who, scheme_part, host)
         return parts, framed
+
+    def _slot(self, name: bytes) -> int:
+        """The slot of a spelling not seen yet: its lowercase form's (all of them are known)."""
+        i = self._names.get(name.lower(), _IGNORED)
+        if len(self._names) < _SPELLINGS:
+            self._names[name] = i
+        return i

@@ -128,8 +128,6 @@ from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["DedupMiddleware"]
 
-_new = object.__new__
-
 logger = logging.getLogger("asgi_perf.dedup")
 
 LEASE_TTL = 10.0  # seconds; renewed while the leader works, so only a crashed leader's expires
@@ -292,7 +290,11 @@ class DedupMiddleware(EnvConfigurable):
             self.bypassed += 1
             await self.app(scope, receive, send)
             return
-        if not framed and method in _NO_BODY_METHODS and scope.get("http_version") in _HTTP1:
+        if (
+            not framed
+            and method in _NO_BODY_METHODS
+            and (scope["http_version"] if "http_version" in scope else None) in _HTTP1
+        ):
             # RFC 9112 §6.3: no Content-Length nor Transfer-Encoding, no body. Nothing to
             # read before the app: it gets the server's ``receive`` itself.
             data = b""
@@ -350,7 +352,7 @@ class DedupMiddleware(EnvConfigurable):
         # cannot be (streaming, too large, status, cookie). ``memory``: the memory store's
         # sync operations, no lease and no renewal; else ``lease``.
         self.leaders += 1
-        leader = _new(Leader)  # every slot set here: no __init__ call per request
+        leader = Leader()  # every slot set here: it has no __init__ to call
         leader.send_next = send
         leader.give_up = self._give_up
         leader.fingerprinted = self.parts.fingerprinted

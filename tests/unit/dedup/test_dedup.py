@@ -208,11 +208,15 @@ async def test_which_requests_are_merged(
     ],
     ids=["two", "repeated", "space", "slash", "long"],
 )
-async def test_repeated_or_invalid_host_bypasses_dedup(hosts: list[tuple[str, str]]) -> None:
+@pytest.mark.parametrize("vary", [("accept",), ("accept", "host")], ids=["default", "vary-host"])
+async def test_repeated_or_invalid_host_bypasses_dedup(
+    hosts: list[tuple[str, str]], vary: tuple[str, ...]
+) -> None:
     """Frameworks read the first Host, a naive key the last: a request that two readers could
-    see as two sites is never merged, recorded nor replayed; with a key it is refused."""
+    see as two sites is never merged, recorded nor replayed; with a key it is refused. Also
+    when ``vary_headers`` names the Host."""
     app = CountingApp()
-    mw = DedupMiddleware(app)
+    mw = DedupMiddleware(app, vary_headers=vary)
     for _ in range(2):
         response = await call(mw, "GET", "/", headers=hosts)
         assert response.status == 200 and response.header("x-dedup") is None
