@@ -55,7 +55,7 @@ class Leader:
             if kind == "http.response.start" and self.kept is None:
                 self.status = status = message["status"]
                 if status < 500 and status not in NOT_SHARED:
-                    headers = message.get("headers", ())
+                    headers = message["headers"] if "headers" in message else ()
                     self.kept = replayable(headers, self.fingerprinted, self.user)
                 if self.kept is None:
                     self.held = False
@@ -64,8 +64,8 @@ class Leader:
                 kind == "http.response.body"
                 and self.kept is not None
                 and self.content is None
-                and not message.get("more_body", False)
-                and len(chunk := message.get("body", b"")) <= self.max_body
+                and not ("more_body" in message and message["more_body"])
+                and len(chunk := message["body"] if "body" in message else b"") <= self.max_body
             ):
                 self.content = chunk
             else:  # streaming, too large, a second body, pathsend, trailers...

@@ -62,6 +62,24 @@ FINGERPRINTED = (
     b"x-forwarded-proto",
 )
 _SPECIAL = PER_EXCHANGE | {b"set-cookie", b"cache-control", b"vary"}  # dropped, or can forbid
+#: Common response fields, lowercase, that a replay carries as they are: a response with only
+#: these needs no look at each field (no call per field).
+_PLAIN = frozenset(
+    {
+        b"content-type",
+        b"content-length",
+        b"content-encoding",
+        b"content-language",
+        b"content-disposition",
+        b"date",
+        b"etag",
+        b"last-modified",
+        b"expires",
+        b"location",
+        b"accept-ranges",
+        b"server",
+    }
+)
 
 
 def replayable(
@@ -78,6 +96,11 @@ def replayable(
     share. Dropped from a replay: the fields that describe one exchange (:data:`PER_EXCHANGE`,
     the one list every layer that stores or replays uses).
     """
+    for name, _ in headers:
+        if name not in _PLAIN:
+            break
+    else:  # the common case: only fields that are kept as they are
+        return list(headers)
     kept: Headers = []
     for name, value in headers:
         lowered = name.lower()

@@ -41,14 +41,14 @@ BUDGET_CALLS: dict[str, float] = {
     "cache-miss-memory": 234,  # -25: URI tag, policies, read-and-claim in one step (memory too)
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
-    "dedup-memory": 51,
+    "dedup-memory": 38,
     "timing": 12,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
-    "stack-memory": 99,
+    "stack-memory": 98,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
-    "stack-memory-paths": 224,
+    "stack-memory-paths": 223,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
