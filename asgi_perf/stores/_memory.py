@@ -172,8 +172,7 @@ class MemoryStore(Store):
         """:meth:`claim` without the coroutine (in-process hot paths)."""
         claims = self._claims
         now = time.monotonic()
-        held = claims.get(key)
-        if held is not None and held[1] > now:
+        if key in claims and claims[key][1] > now:  # ``in``: most keys are not claimed
             return False
         if len(claims) >= 10_000:  # leaders that died without releasing: drop expired
             for stale in [k for k, (_, exp) in claims.items() if exp <= now]:
@@ -228,9 +227,9 @@ class MemoryStore(Store):
     ) -> None:
         """:meth:`fulfil` without the coroutine."""
         self._set(record_key, value, ttl, ())
-        held = self._claims.get(key)
-        if held is not None and held[0] == token:
-            del self._claims[key]
+        claims = self._claims
+        if key in claims and claims[key][0] == token:
+            del claims[key]
         if key in self._subs:
             self._notify(key)
 
