@@ -25,12 +25,38 @@ _HEAD = struct.Struct("!3sHdH")  # magic, status, created (unix time), header co
 _FIELD = struct.Struct("!HI")  # name length, value length
 
 
+#: Encoded fields seen lately: an app sends the same fields response after response, so
+#: most fields are encoded once. Bounded: ``_KNOWN_MAX`` fields (then emptied) of at most
+#: ``_KNOWN_SIZE`` bytes each.
+_KNOWN: dict[tuple[bytes, bytes], bytes] = {}
+_KNOWN_MAX = 1024
+_KNOWN_SIZE = 256
+
+
+def _encode_field(name: bytes, value: bytes) -> bytes:
+    name_size, value_size = len(name), len(value)
+    encoded = _FIELD.pack(name_size, value_size) + name + value
+    if (
+        name_size + value_size <= _KNOWN_SIZE
+        and type(name) is bytes
+        and type(value) is bytes  # hashable
+    ):
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[name, value] = encoded
+    return encoded
+
+
 def encode_response(status: int, headers: Headers, body: bytes, created: float) -> bytes:
     """``RecordedResponse(status, headers, body, created).encode()`` without making the
     object first (a hot path that records every response it passes on)."""
     parts = [_HEAD.pack(_MAGIC, status, created, len(headers))]
+    known = _KNOWN
     for name, value in headers:
-        parts += (_FIELD.pack(len(name), len(value)), name, value)  # no append call per piece
+        try:
+            parts += (known[name, value],)  # no call for a field seen lately
+        except (KeyError, TypeError):  # new, or not hashable (a bytearray value)
+            parts += (_encode_field(name, value),)
     parts.append(body)
     return b"".join(parts)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
+from asgi_perf._core.recording import RecordedResponse, ResponseRecorder, encode_response
 
 
 def test_round_trip_keeps_headers_exactly() -> None:
@@ -16,6 +16,17 @@ def test_round_trip_keeps_headers_exactly() -> None:
         b"\x00body\xff",
         1234.5,
     )
+
+
+def test_fields_seen_before_encode_the_same() -> None:
+    """The encoded fields remembered between responses change nothing in a record, and a
+    field that is not remembered (a bytearray value, a large one) is encoded all the same."""
+    headers = [(b"content-type", b"text/plain"), (b"x", bytearray(b"y")), (b"big", b"z" * 300)]
+    first = encode_response(200, headers, b"body", 1.0)
+    assert encode_response(200, headers, b"body", 1.0) == first
+    decoded = RecordedResponse.decode(first)
+    assert decoded is not None
+    assert decoded.headers == [(b"content-type", b"text/plain"), (b"x", b"y"), (b"big", b"z" * 300)]
 
 
 def test_garbage_decodes_to_none() -> None:
