@@ -57,8 +57,7 @@ def encode_response(status: int, headers: Headers, body: bytes, created: float) 
             parts += (known[name, value],)  # no call for a field seen lately
         except (KeyError, TypeError):  # new, or not hashable (a bytearray value)
             parts += (_encode_field(name, value),)
-    parts.append(body)
-    return b"".join(parts)
+    return b"".join(parts) + body
 
 
 class RecordedResponse:

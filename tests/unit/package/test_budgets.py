@@ -41,7 +41,7 @@ BUDGET_CALLS: dict[str, float] = {
     "cache-miss-memory": 233,  # -25: URI tag, policies, read-and-claim in one step (memory too)
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
-    "dedup-memory": 30,
+    "dedup-memory": 29,
     "timing": 12,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
