@@ -38,17 +38,17 @@ BUDGET_CALLS: dict[str, float] = {
     # stricter date/Age parsing of an RFC 9111 cache (391 at the merge; 347 with Fields)
     # -89 (issue 17): a fill judges the response once, keeps its indexed fields and ETag for
     # the entry, and a plain request's keys come from the fast path instead of a second read
-    "cache-miss-memory": 233,  # -25: URI tag, policies, read-and-claim in one step (memory too)
+    "cache-miss-memory": 232,  # -25: URI tag, policies, read-and-claim in one step (memory too)
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
-    "dedup-memory": 29,
+    "dedup-memory": 28,
     "timing": 12,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
-    "stack-memory": 96,
+    "stack-memory": 95,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
-    "stack-memory-paths": 219,
+    "stack-memory-paths": 217,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
