@@ -41,13 +41,17 @@ BUDGET_CALLS: dict[str, float] = {
     "cache-miss-memory": 232,  # -25: URI tag, policies, read-and-claim in one step (memory too)
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
+    # -34: one pass over the request's fields, in instead of get, a response of common fields
+    # judged at once, encoded fields remembered, leaner memory-store claim/fulfil
     "dedup-memory": 28,
     "timing": 12,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
+    # -18: the dedup diet (its request parts, the memory store's claim and writes)
     "stack-memory": 95,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
+    # -20: the dedup diet, as above
     "stack-memory-paths": 217,
 }
 # Redis round trips per request, at most.
