@@ -11,6 +11,9 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
   coding), so a hit costs no compression at all.
 - Query innermost: it only needs the app's own queries.
 
+With two or more of RateLimit, Dedup and Cache on Redis, a :class:`~asgi_perf._prefetcher.
+Prefetcher` just outside them sends their first store calls in one round trip.
+
 Any other order is also correct (``tests/system/test_composition.py``); this one does the
 least work.
 
@@ -37,6 +40,7 @@ from asgi_perf._core.config import (
     storage_variable,
     to_choice,
 )
+from asgi_perf._prefetcher import prefetching
 
 __all__ = ["STACK_ORDER", "STORAGE_CHECK_ENV", "from_env", "install", "middleware_classes"]
 
@@ -78,10 +82,18 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
     check_environment(env)
     wrapped: Any = app
     stored = False
+    stateful: list[Any] = []  # the layers with a store, innermost first
     for cls in reversed(middleware_classes()):
-        if cls.enabled_in_env(env):
-            wrapped = cls.from_env(wrapped, environ=env)
-            stored = stored or cls.ENV_STORAGE
+        if not cls.enabled_in_env(env):
+            continue
+        if stateful and not cls.ENV_STORAGE:  # just outside them: their calls sent together
+            wrapped, stateful = prefetching(wrapped, stateful), []
+        wrapped = cls.from_env(wrapped, environ=env)
+        if cls.ENV_STORAGE:
+            stored = True
+            stateful.append(wrapped)
+    if stateful:
+        wrapped = prefetching(wrapped, stateful)
     _check_storage(env, stored)
     if wrapped is not app:  # nothing enabled: nothing to let the report past
         wrapped = _with_report(wrapped, app, env)

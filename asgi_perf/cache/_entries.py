@@ -19,6 +19,7 @@ from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._keys import PRINTABLE, escape_key_part
 from asgi_perf.stores import Store, StoreUnavailable
 from asgi_perf.stores._base import SyncOperations
+from asgi_perf.stores._prefetch import PrefetchOp
 from asgi_perf.stores._singleflight import Lease
 
 __all__ = ["AE_ONLY", "FOREVER", "HIT_FOR_MISS", "Entries", "StoreDown"]
@@ -130,7 +131,7 @@ class Entries:
         claim_key = "c:" + key[2:] if token else None
         held, raw, won = await self.call(
             self.store.get_or_claim_if("v:" + base, expected, key, claim_key, token, ttl)
-        )
+        )  # (prefetched by lookup_or_claim_op, when the stack sent it ahead)
         if held is not None:
             learned = tuple(held.decode("latin-1").split("\n")) if held else ()
             self.remember_names(base, learned)
@@ -139,6 +140,14 @@ class Entries:
         if raw is None or raw == HIT_FOR_MISS:
             return None, raw, won
         return None, self.decode(key, raw), False
+
+    def lookup_or_claim_op(
+        self, base: str, names: tuple[str, ...], key: str, token: str, ttl: float
+    ) -> PrefetchOp | None:
+        """:meth:`lookup_or_claim`'s store call, to send ahead with other layers' calls."""
+        expected = "\n".join(names).encode("latin-1")
+        claim_key = "c:" + key[2:] if token else None
+        return self.store.get_or_claim_if_op("v:" + base, expected, key, claim_key, token, ttl)
 
     def lookup_or_claim_nowait(
         self, sync: SyncOperations, key: str, token: str, ttl: float

@@ -27,7 +27,6 @@ Choices where RFC 9111 leaves room are written in the README's cache section.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -65,6 +64,7 @@ from asgi_perf.cache._serve import (
 )
 from asgi_perf.cache._settings import ENV_VARS, Counters, Settings
 from asgi_perf.stores import Store, StoreUnavailable, create_store
+from asgi_perf.stores._prefetch import LOCAL_TOKENS, PREFETCH, PrefetchOp, request_token
 from asgi_perf.stores._singleflight import Lease
 
 __all__ = ["CacheMiddleware"]
@@ -74,6 +74,14 @@ logger = logging.getLogger("asgi_perf.cache")
 _RESOURCES_MAX = 4096  # plain requests' keys memoised
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 _HIT_HEADER = (X_CACHE, HIT)
+
+
+def _claims(req: Request) -> bool:
+    """Whether a miss of ``req`` claims its fill (it may share the response it gets)."""
+    directives = req.directives
+    return not (
+        directives.only_if_cached or directives.no_cache or req.credentials or req.range is not None
+    )
 
 
 class CacheMiddleware(EnvConfigurable):
@@ -108,6 +116,7 @@ class CacheMiddleware(EnvConfigurable):
         )
         self.entries.on_forget.append(self._forget_resources)
         self.outage = self.entries.outage
+        self.prefetchable = self.store.can_prefetch  # see prefetch_ops
         self.reader = RequestReader(
             settings.key_headers, settings.bypass_headers, settings.cache_authenticated
         )
@@ -154,7 +163,9 @@ class CacheMiddleware(EnvConfigurable):
                 plain = False
         prefetched: tuple[str, Entry | bytes | None] | None = None
         resource: Resource | None = None
-        if plain and not reader.key_headers:
+        # (A prefetched request's lookup is made, and answered, on the slow path.)
+        fast = self.entries.sync is not None or PREFETCH.get() is None
+        if plain and not reader.key_headers and fast:
             try:  # (zero-cost in the usual case where the server set the keys)
                 ident = (scope["raw_path"] or scope["path"], scope["query_string"],
                          host or b"", scope["scheme"])  # fmt: skip
@@ -324,6 +335,26 @@ class CacheMiddleware(EnvConfigurable):
             key = reader.entry_key(req, names)
         return key, await entries.lookup(key), None  # names keep changing: no claim
 
+    def prefetch_ops(self, scope: Scope) -> list[PrefetchOp]:
+        """The lookup (and claim) of a remote store's miss path, to send ahead with other
+        layers' first store calls; :meth:`_lookup_remote` then makes it and gets the reply.
+        (While a prefetch is on, requests take that path instead of the fast path's read.)"""
+        entries = self.entries
+        if scope["method"] not in self.settings.methods or entries.sync is not None:
+            return []
+        req = self.reader.read(scope)
+        if req is None or self.outage.down:
+            return []
+        if not req.directives.only_if_cached and entries.hinted(scope["path"]):
+            return []
+        names = entries.known_names(req.base) or ()
+        key = self.reader.entry_key(req, names)
+        if entries.local_ttl and entries.local(key) is not None:
+            return []
+        token = request_token() if _claims(req) else ""
+        op = entries.lookup_or_claim_op(req.base, names, key, token, LEASE_TTL)
+        return [] if op is None else [op]
+
     async def _serve_or_fill(
         self,
         req: Request,
@@ -338,13 +369,8 @@ class CacheMiddleware(EnvConfigurable):
             await self.actions.pass_through(req.scope, receive, send)
             return
         token = ""  # the fill of a coalesced miss is claimed with the lookup
-        if not (
-            directives.only_if_cached
-            or directives.no_cache
-            or req.credentials
-            or req.range is not None
-        ):
-            token = os.urandom(16).hex()
+        if _claims(req):
+            token = next(LOCAL_TOKENS) if self.entries.sync is not None else request_token()
         key, found, won = await self._lookup(req, prefetched, token)
         if won is not None:  # nothing stored, and the claim was tried
             lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL) if won else None

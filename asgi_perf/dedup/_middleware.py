@@ -79,9 +79,7 @@ but for probes: :class:`~asgi_perf._core.outage.Outage`).
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -124,6 +122,7 @@ from asgi_perf.stores import (
     create_store,
     in_process,
 )
+from asgi_perf.stores._prefetch import LOCAL_TOKENS, PrefetchOp, request_token
 from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["DedupMiddleware"]
@@ -137,7 +136,16 @@ RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can
 PASS = b"asgi-perf:pass"
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 _HTTP1 = frozenset({"1.0", "1.1"})
-_TOKENS = map(str, itertools.count())  # claim tokens of the in-process fast path: unique here
+
+
+def _bodiless(scope: Scope, method: str, framed: bool) -> bool:
+    """RFC 9112 §6.3: an HTTP/1 request of a method without a body, with neither
+    Content-Length nor Transfer-Encoding, has none: nothing to read before the app."""
+    return (
+        not framed
+        and method in _NO_BODY_METHODS
+        and (scope["http_version"] if "http_version" in scope else None) in _HTTP1
+    )
 
 
 def _store_url(value: object, name: str) -> str:
@@ -206,6 +214,7 @@ class DedupMiddleware(EnvConfigurable):
             raise ConfigError("key_prefix", key_prefix, "a string such as 'asgi_perf:'")
         prefix = key_prefix + "dedup:"
         self.store = create_store(storage, prefix=prefix, name="storage")
+        self.prefetchable = self.store.can_prefetch  # see prefetch_ops
         # A memory store's claim cannot outlive its process and the leader always releases it
         # (``finally``): no renewal task, whose start and cancel would cost a loop iteration.
         self._renew = self.store.kind != "memory"
@@ -261,6 +270,20 @@ class DedupMiddleware(EnvConfigurable):
         )
 
     # -- entry -----------------------------------------------------------------------------
+    def prefetch_ops(self, scope: Scope) -> list[PrefetchOp]:
+        """The claim (or read) of a request without a body, to send ahead with other layers'
+        first store calls; :meth:`__call__` then makes it and gets the reply."""
+        method = scope["method"]
+        if method not in self.methods or method in UNSAFE_METHODS or self.outage.down:
+            return []
+        parts, framed = self.parts(scope)
+        if parts is None or not _bodiless(scope, method, framed):
+            return []
+        fp = fingerprint(parts, b"", False)
+        claim_key, record_key = "{" + fp + "}c", "{" + fp + "}r"
+        op = self.store.get_or_claim_op(record_key, claim_key, request_token(), self.lease_ttl)
+        return [] if op is None else [op]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Long on purpose: the non-duplicate path (read, fingerprint, claim, lead, record) is
         written out, as every call on it is counted (``tests/unit/package/test_budgets.py``);
@@ -290,11 +313,7 @@ class DedupMiddleware(EnvConfigurable):
             self.bypassed += 1
             await self.app(scope, receive, send)
             return
-        if (
-            not framed
-            and method in _NO_BODY_METHODS
-            and (scope["http_version"] if "http_version" in scope else None) in _HTTP1
-        ):
+        if _bodiless(scope, method, framed):
             # RFC 9112 §6.3: no Content-Length nor Transfer-Encoding, no body. Nothing to
             # read before the app: it gets the server's ``receive`` itself.
             data = b""
@@ -321,13 +340,13 @@ class DedupMiddleware(EnvConfigurable):
         record_key = "{" + fp + "}r"
         lease: Lease | None = None
         if memory is not None:  # in-process: no coroutine and no allocation per store step
-            token = next(_TOKENS)
+            token = next(LOCAL_TOKENS)
             value, won = memory.get_or_claim_nowait(record_key, claim_key, token, self.lease_ttl)
         else:
             if not self.outage.allow():  # the circuit is open: counted as a failure
                 await self.app(scope, app_receive, send)
                 return
-            token = os.urandom(16).hex()
+            token = request_token()
             try:
                 value, won = await self.store.get_or_claim(
                     record_key, claim_key, token, self.lease_ttl

@@ -77,6 +77,7 @@ from asgi_perf.ratelimit._rules import (
 from asgi_perf.ratelimit._storage import create_limiter
 from asgi_perf.ratelimit._strategies import Decision, Limiter, to_strategy
 from asgi_perf.stores import Store
+from asgi_perf.stores._prefetch import PrefetchOp
 
 __all__ = ["RateLimitMiddleware", "Rule", "compile_path", "parse_rules"]
 
@@ -155,6 +156,7 @@ class RateLimitMiddleware(EnvConfigurable):
             prefix=key_prefix + "ratelimit:",
             timeout=self.storage_timeout,
         )
+        self.prefetchable = self.limiter.prefetchable
         self.outage = Outage(logger, "rate-limit store")
         self.gate = Gate(
             default=self.default,
@@ -213,6 +215,17 @@ class RateLimitMiddleware(EnvConfigurable):
             await self.app(scope, receive, send)
             return
         await self._admit(scope, receive, send, policy.fields(decision)[0])
+
+    def prefetch_ops(self, scope: Scope) -> list[PrefetchOp]:
+        """This request's check, to send ahead with other layers' first store calls (the
+        check :meth:`__call__` will then make, answered from the reply)."""
+        if (self.exempt and self._is_exempt(scope["path"])) or self.outage.down:
+            return []
+        if self.defer and self.user_key(scope) is None:
+            return []
+        identity, policy = self.gate.identify(scope)
+        op = self.limiter.hit_op(identity, policy.name, policy.windows)
+        return [] if op is None else [op]
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, extra: Headers) -> None:
         """Run the app; its response start carries the limit fields ``extra``."""

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from asgi_perf._core.identity import hash_secret
+from asgi_perf.stores._prefetch import MISSING, PrefetchOp, take
 
 __all__ = [
     "MEMORY_STRATEGIES",
@@ -108,12 +109,18 @@ class Limiter:
     """One storage with one strategy. ``remaining == -1`` marks a window that refused."""
 
     kind = "abstract"
+    prefetchable = False  # hit_op describes the check (one script on a store that prefetches)
 
     def __init__(self, strategy: str) -> None:
         self.strategy = to_strategy(strategy)
 
     async def hit(self, identity: str, rule: str, windows: Sequence[Window]) -> Decision:
         raise NotImplementedError
+
+    def hit_op(self, identity: str, rule: str, windows: Sequence[Window]) -> PrefetchOp | None:
+        """:meth:`hit` to send ahead with other layers' calls, on a store that can
+        (:mod:`asgi_perf.stores._prefetch`); ``None``: it cannot."""
+        return None
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "strategy": self.strategy}
@@ -460,10 +467,26 @@ def hash_tag(identity: str) -> str:
     return "{" + identity + "}"
 
 
+def _args(windows: Sequence[Window]) -> list[Any]:
+    """The script's arguments: amount and window in milliseconds, per window."""
+    args: list[Any] = []
+    for amount, seconds in windows:
+        args.append(amount)
+        args.append(int(seconds * 1000))
+    return args
+
+
+def _decision(reply: Any) -> Decision:
+    return Decision(
+        reply[0] == 1, [int(v) for v in reply[1::2]], [int(v) / 1000 for v in reply[2::2]]
+    )
+
+
 class RedisLimiter(Limiter):
     """Redis, Sentinel or Cluster through a :class:`RedisStore`: one ``EVALSHA`` per check."""
 
     kind = "redis"
+    prefetchable = True
 
     def __init__(self, store: Any, strategy: str = "moving-window") -> None:
         super().__init__(strategy)
@@ -481,14 +504,20 @@ class RedisLimiter(Limiter):
         head = self.store.key(hash_tag(identity) + ":" + rule + ":" + self._code)
         return [f"{head}{seconds:g}" for _, seconds in windows]
 
+    def hit_op(self, identity: str, rule: str, windows: Sequence[Window]) -> PrefetchOp | None:
+        keys = self.keys(identity, rule, windows)
+        return PrefetchOp(
+            ("ratelimit", self, *keys), self.store, self.source, keys, _args(windows), _decision
+        )
+
     async def hit(self, identity: str, rule: str, windows: Sequence[Window]) -> Decision:
         store = self.store
-        script = store.script(self.source)
         keys = self.keys(identity, rule, windows)
-        args: list[Any] = []
-        for amount, seconds in windows:
-            args.append(amount)
-            args.append(int(seconds * 1000))
+        found = take(("ratelimit", self, *keys))
+        if found is not MISSING:
+            return found  # type: ignore[no-any-return]
+        script = store.script(self.source)
+        args = _args(windows)
 
         async def evalsha() -> Any:
             # EVALSHA directly (the Script wrapper costs more per call); after a Redis
@@ -498,12 +527,7 @@ class RedisLimiter(Limiter):
             except self._no_script:
                 return await script(keys=keys, args=args)
 
-        reply = await store.call(evalsha)
-        return Decision(
-            reply[0] == 1,
-            [int(v) for v in reply[1::2]],
-            [int(v) / 1000 for v in reply[2::2]],
-        )
+        return _decision(await store.call(evalsha))
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "store": self.store.stats()}

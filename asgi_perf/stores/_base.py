@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from asgi_perf.stores._prefetch import Prefetch, PrefetchOp
+
 __all__ = [
     "Record",
     "Store",
@@ -76,6 +78,9 @@ class Store(ABC):
     #: The same operations without the coroutine, when the store has them (a capability a
     #: caller asks for, instead of testing the store's type); ``None``: use the async ones.
     sync: SyncOperations | None = None
+    #: Whether :meth:`prefetch` sends calls of several layers in one round trip (see
+    #: :mod:`asgi_perf.stores._prefetch`), and the ``*_op`` methods describe them.
+    can_prefetch: bool = False
 
     @abstractmethod
     async def get(self, key: str) -> bytes | None: ...
@@ -138,6 +143,29 @@ class Store(ABC):
             return None, await self.get(record_key), False
         value, won = await self.get_or_claim(record_key, claim_key, token, ttl)
         return None, value, won
+
+    def get_or_claim_op(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> PrefetchOp | None:
+        """:meth:`get_or_claim` to send ahead, where the store :attr:`can_prefetch`."""
+        return None
+
+    def get_or_claim_if_op(
+        self,
+        guard_key: str,
+        expected: bytes,
+        record_key: str,
+        claim_key: str | None,
+        token: str,
+        ttl: float,
+    ) -> PrefetchOp | None:
+        """:meth:`get_or_claim_if` to send ahead, where the store :attr:`can_prefetch`."""
+        return None
+
+    async def prefetch(self, ops: Sequence[PrefetchOp], into: Prefetch) -> None:
+        """Run ``ops`` (made by this store's ``*_op`` methods) in one round trip, leaving
+        their replies in ``into``; only where the store :attr:`can_prefetch`."""
+        raise NotImplementedError
 
     async def set_many(
         self, records: Sequence[Record], release: tuple[str, str] | None = None

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf.stores._base import Record, Store, StoreFull, StoreUnavailable, Subscription
+from asgi_perf.stores._prefetch import MISSING, Prefetch, PrefetchOp, take
 from asgi_perf.stores._redis_client import (
     READ_TIMEOUT,
     SharedClient,
@@ -159,10 +160,26 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _got_or_claimed(result: Any) -> tuple[bytes | None, bool]:
+    if isinstance(result, bytes):
+        return result, False
+    return None, result == 1
+
+
+def _got_or_claimed_if(result: Any) -> tuple[bytes | None, bytes | None, bool]:
+    kind = result[0]
+    if kind == 0:
+        return result[1], None, False
+    if kind == 1:
+        return None, result[1], False
+    return None, None, kind == 2
+
+
 class RedisStore(Store):
     """``redis://``, ``rediss://``, ``redis+cluster://h1:p1,h2:p2``, ``redis+sentinel://…``."""
 
     kind = "redis"
+    can_prefetch = True
 
     def __init__(
         self, url: str, prefix: str = "asgi_perf:", timeout: float = 0.25, name: str = "storage"
@@ -343,13 +360,31 @@ class RedisStore(Store):
     async def get_or_claim(
         self, record_key: str, claim_key: str, token: str, ttl: float
     ) -> tuple[bytes | None, bool]:
+        found = take(("get_or_claim", self, record_key, claim_key, token))
+        if found is not MISSING:
+            return found  # type: ignore[no-any-return]
+        op = self._get_or_claim_op(record_key, claim_key, token, ttl)
         script = self.script(_GET_OR_CLAIM)
-        keys = [self.prefix + record_key, self.prefix + claim_key]
-        args = [token, max(1, int(ttl * 1000))]
-        result = await self.call(lambda: script(keys=keys, args=args))
-        if isinstance(result, bytes):
-            return result, False
-        return None, result == 1
+        return _got_or_claimed(await self.call(lambda: script(keys=op.keys, args=op.args)))
+
+    def get_or_claim_op(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> PrefetchOp | None:
+        """:meth:`get_or_claim` to send ahead (:mod:`asgi_perf.stores._prefetch`)."""
+        return self._get_or_claim_op(record_key, claim_key, token, ttl)
+
+    def _get_or_claim_op(
+        self, record_key: str, claim_key: str, token: str, ttl: float
+    ) -> PrefetchOp:
+        return PrefetchOp(
+            ("get_or_claim", self, record_key, claim_key, token),
+            self,
+            _GET_OR_CLAIM,
+            [self.prefix + record_key, self.prefix + claim_key],
+            [token, max(1, int(ttl * 1000))],
+            _got_or_claimed,
+            lambda found: (claim_key, token) if found[1] else None,
+        )
 
     async def get_or_claim_if(
         self,
@@ -360,17 +395,63 @@ class RedisStore(Store):
         token: str,
         ttl: float,
     ) -> tuple[bytes | None, bytes | None, bool]:
+        found = take(("get_or_claim_if", self, guard_key, expected, record_key, claim_key, token))
+        if found is not MISSING:
+            return found  # type: ignore[no-any-return]
+        op = self._get_or_claim_if_op(guard_key, expected, record_key, claim_key, token, ttl)
         script = self.script(_GET_OR_CLAIM_IF)
+        return _got_or_claimed_if(await self.call(lambda: script(keys=op.keys, args=op.args)))
+
+    def get_or_claim_if_op(
+        self,
+        guard_key: str,
+        expected: bytes,
+        record_key: str,
+        claim_key: str | None,
+        token: str,
+        ttl: float,
+    ) -> PrefetchOp | None:
+        """:meth:`get_or_claim_if` to send ahead (:mod:`asgi_perf.stores._prefetch`)."""
+        return self._get_or_claim_if_op(guard_key, expected, record_key, claim_key, token, ttl)
+
+    def _get_or_claim_if_op(
+        self,
+        guard_key: str,
+        expected: bytes,
+        record_key: str,
+        claim_key: str | None,
+        token: str,
+        ttl: float,
+    ) -> PrefetchOp:
         prefix = self.prefix
-        keys = [prefix + guard_key, prefix + record_key, prefix + (claim_key or record_key)]
-        args = [expected, token if claim_key is not None else "", max(1, int(ttl * 1000))]
-        result = await self.call(lambda: script(keys=keys, args=args))
-        kind = result[0]
-        if kind == 0:
-            return result[1], None, False
-        if kind == 1:
-            return None, result[1], False
-        return None, None, kind == 2
+        return PrefetchOp(
+            ("get_or_claim_if", self, guard_key, expected, record_key, claim_key, token),
+            self,
+            _GET_OR_CLAIM_IF,
+            [prefix + guard_key, prefix + record_key, prefix + (claim_key or record_key)],
+            [expected, token if claim_key is not None else "", max(1, int(ttl * 1000))],
+            _got_or_claimed_if,
+            lambda found: (claim_key, token) if found[2] and claim_key else None,
+        )
+
+    async def prefetch(self, ops: Sequence[PrefetchOp], into: Prefetch) -> None:
+        """Run ``ops`` (scripts of this client's stores) in one pipeline, their replies left
+        in ``into``. A script Redis lost (restarted) gets no reply: its layer runs it itself;
+        when the round trip fails, every op's reply is the failure."""
+        shared = self._bound()
+        pipe = shared.client.pipeline(transaction=False)
+        for op in ops:
+            pipe.evalsha(shared.script(op.source).sha, len(op.keys), *op.keys, *op.args)
+        try:
+            replies = await self.call(lambda: pipe.execute(raise_on_error=False))
+        except StoreUnavailable as exc:
+            for op in ops:
+                into.results[op.key] = exc
+            return
+        for op, reply in zip(ops, replies, strict=True):
+            if not isinstance(reply, Exception):
+                into.results[op.key] = op.decode(reply)
+                into.ops[op.key] = op
 
     async def holder(self, key: str) -> str | None:
         client = self.client

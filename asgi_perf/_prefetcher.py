@@ -1,0 +1,82 @@
+"""The stack's first store calls in one round trip (see :mod:`asgi_perf.stores._prefetch`).
+
+:func:`asgi_perf.from_env` puts :class:`Prefetcher` just outside the layers that keep state
+(rate limiting, dedup, cache) when two or more of them use a store that can take several
+calls at once (Redis). For a ``GET``/``HEAD`` it asks each for the call it is about to make
+(the rate-limit check, dedup's claim, the cache's lookup and claim), sends them in one
+pipeline, and runs the layers, which find their replies instead of asking the store. Each
+layer used alone, or in any other stack, makes its own calls as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from asgi_perf._core.asgi import ASGIApp, Receive, Scope, Send
+from asgi_perf.stores import StoreUnavailable
+from asgi_perf.stores._prefetch import PREFETCH, Prefetch, PrefetchOp
+
+__all__ = ["Prefetcher", "prefetching"]
+
+logger = logging.getLogger("asgi_perf.stores")
+
+
+class Prefetching(Protocol):
+    """A layer whose first store call can be sent ahead."""
+
+    prefetchable: bool
+
+    def prefetch_ops(self, scope: Scope) -> list[PrefetchOp]: ...
+
+
+def prefetching(app: ASGIApp, layers: Sequence[Any]) -> ASGIApp:
+    """``app`` behind a :class:`Prefetcher` of ``layers`` when two or more can prefetch."""
+    able = [layer for layer in layers if getattr(layer, "prefetchable", False)]
+    return Prefetcher(app, able) if len(able) >= 2 else app
+
+
+class Prefetcher:
+    """Sends the first store call of each of ``layers`` for a request in one round trip."""
+
+    def __init__(self, app: ASGIApp, layers: Sequence[Prefetching]) -> None:
+        self.app = app
+        self.layers = tuple(layers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)  # a body comes first: nothing known yet
+            return
+        prefetch = Prefetch(os.urandom(16).hex())
+        reset = PREFETCH.set(prefetch)  # the layers' claims hold this request's token
+        try:
+            ops = [op for layer in self.layers for op in layer.prefetch_ops(scope)]
+        except BaseException:
+            PREFETCH.reset(reset)
+            raise
+        if len(ops) < 2:  # nothing to save: each layer asks by itself
+            PREFETCH.reset(reset)
+            await self.app(scope, receive, send)
+            return
+        try:
+            by_client: dict[int, list[PrefetchOp]] = {}
+            for op in ops:
+                by_client.setdefault(id(op.store.client), []).append(op)
+            for group in by_client.values():
+                await group[0].store.prefetch(group, prefetch)
+            await self.app(scope, receive, send)
+        finally:
+            PREFETCH.reset(reset)
+            await _release(prefetch)
+
+
+async def _release(prefetch: Prefetch) -> None:
+    """Free the claims a prefetched reply won that no layer took (a refused request never
+    reaches the cache): their waiters would otherwise wait for the lease to expire."""
+    for store, (key, token) in prefetch.unclaimed():
+        try:
+            await store.release(key, token)
+        except StoreUnavailable as exc:  # the claim expires with its lease; the layers'
+            logger.debug("unused claim %s not released: %s", key, exc)  # outages report it

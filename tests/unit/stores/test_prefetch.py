@@ -1,0 +1,124 @@
+"""The stack's first store calls in one round trip (``asgi_perf._prefetcher``), on a real Redis.
+
+``from_env`` with rate limiting, dedup and the cache on Redis sends the rate-limit check,
+dedup's claim and the cache's lookup-and-claim of a GET in one pipeline; each layer then finds
+its reply. What must hold: the round trips per request, a claim no layer took (a refused
+request) is released at once, the stack still fails open when Redis is down, and a store
+layer used alone makes its own calls as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from asgi_perf import from_env
+from asgi_perf._prefetcher import Prefetcher
+from benchmarks.driver import count_redis_round_trips
+from tests.support import call, free_port
+
+pytestmark = pytest.mark.redis
+
+
+class App:
+    def __init__(self, cache_control: str = "no-store", delay: float = 0.0) -> None:
+        self.calls = 0
+        self.cache_control = cache_control
+        self.delay = delay
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        headers = [(b"cache-control", self.cache_control.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"body of " + scope["path"].encode()})
+
+
+def environ(storage: str, key_prefix: str, limit: str = "1000000/hour") -> dict[str, str]:
+    return {
+        "ASGI_PERF_STORAGE_URL": storage,
+        "ASGI_PERF_KEY_PREFIX": key_prefix,
+        "ASGI_PERF_RATE_LIMIT_ENABLED": "true",
+        "ASGI_PERF_RATE_LIMIT": limit,
+        "ASGI_PERF_DEDUP_ENABLED": "true",
+        "ASGI_PERF_CACHE_ENABLED": "true",
+        "ASGI_PERF_FLEET": "off",
+    }
+
+
+def layers(stack: Any) -> Iterator[Any]:
+    while stack is not None:
+        yield stack
+        stack = getattr(stack, "app", None)
+
+
+async def trips(stack: Any, path: str) -> tuple[int, str | None]:
+    with count_redis_round_trips() as counter:
+        response = await call(stack, "GET", path)
+    assert response.status in (200, 429)
+    return counter.count, response.header("x-cache")
+
+
+async def test_a_stack_on_redis_sends_its_first_calls_together(
+    redis_url: str, key_prefix: str
+) -> None:
+    no_store = from_env(App(), environ(redis_url, key_prefix + "a:"))
+    cacheable = from_env(App("max-age=60"), environ(redis_url, key_prefix + "b:"))
+    assert any(isinstance(layer, Prefetcher) for layer in layers(no_store))
+    await call(no_store, "GET", "/warm")  # connections and scripts, once
+    await call(cacheable, "GET", "/warm")
+    # one trip for the three first calls; then dedup and the cache each end their claim
+    assert await trips(no_store, "/items/1") == (3, "MISS")
+    assert await trips(cacheable, "/items/1") == (3, "MISS")  # the entry, then dedup's record
+    # a repeat within dedup's window: its record answers, in the same single trip
+    assert (await trips(cacheable, "/items/1"))[0] == 1
+    await asyncio.sleep(0)
+
+
+async def test_a_claim_no_layer_took_is_released(redis_url: str, key_prefix: str) -> None:
+    """A refused request never reaches dedup or the cache: the claims its prefetch won for
+    them must not stay behind (an identical request would wait for them to expire)."""
+    app = App("max-age=60")
+    stack = from_env(app, environ(redis_url, key_prefix, limit="1/minute"))
+    assert (await call(stack, "GET", "/first")).status == 200
+    assert (await call(stack, "GET", "/second")).status == 429
+    client = redis.Redis.from_url(redis_url)
+    try:
+        left = [k for k in client.scan_iter(match=key_prefix + "*") if b"}c" in k or b":c:" in k]
+    finally:
+        client.close()
+    assert left == []
+    assert app.calls == 1
+
+
+async def test_the_stack_fails_open_when_redis_is_down(key_prefix: str) -> None:
+    app = App("max-age=60")
+    stack = from_env(app, environ(f"redis://127.0.0.1:{free_port()}/0", key_prefix))
+    response = await call(stack, "GET", "/anything")
+    assert response.status == 200 and response.body == b"body of /anything"
+    assert app.calls == 1
+
+
+async def test_concurrent_identical_requests_run_the_app_once(
+    redis_url: str, key_prefix: str
+) -> None:
+    app = App("max-age=60", delay=0.05)
+    stack = from_env(app, environ(redis_url, key_prefix))
+    responses = await asyncio.gather(*(call(stack, "GET", "/hot") for _ in range(30)))
+    assert {r.body for r in responses} == {b"body of /hot"}
+    assert app.calls == 1
+
+
+async def test_a_layer_alone_makes_its_own_calls(redis_url: str, key_prefix: str) -> None:
+    env = environ(redis_url, key_prefix)
+    del env["ASGI_PERF_DEDUP_ENABLED"], env["ASGI_PERF_RATE_LIMIT_ENABLED"]
+    stack = from_env(App("max-age=60"), env)
+    assert not any(isinstance(layer, Prefetcher) for layer in layers(stack))
+    await call(stack, "GET", "/warm")
+    assert await trips(stack, "/one") == (2, "MISS")  # lookup-and-claim, then the entry
+    assert await trips(stack, "/one") == (1, "HIT")
