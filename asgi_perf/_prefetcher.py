@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
-from asgi_perf._core.asgi import ASGIApp, Receive, Scope, Send
+from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
+from asgi_perf._core.outage import Outage
 from asgi_perf.stores import StoreUnavailable
 from asgi_perf.stores._prefetch import PREFETCH, Prefetch, PrefetchOp
 
@@ -44,6 +46,7 @@ class Prefetcher:
     def __init__(self, app: ASGIApp, layers: Sequence[Prefetching]) -> None:
         self.app = app
         self.layers = tuple(layers)
+        self.outage = Outage(logger, "store (the stack's held-back writes)")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
@@ -60,23 +63,42 @@ class Prefetcher:
             PREFETCH.reset(reset)
             await self.app(scope, receive, send)
             return
+        prefetch.deferred = []  # the layers' last writes, sent together (see flushing)
+
+        async def flushing(message: Message) -> None:
+            if prefetch.deferred:  # before the client sees what they were written for
+                await self._write(prefetch.deferred)
+                prefetch.deferred = []
+            await send(message)
+
         try:
             by_client: dict[int, list[PrefetchOp]] = {}
             for op in ops:
                 by_client.setdefault(id(op.store.client), []).append(op)
             for group in by_client.values():
                 await group[0].store.prefetch(group, prefetch)
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, flushing)
         finally:
             PREFETCH.reset(reset)
-            await _release(prefetch)
+            held, prefetch.deferred = prefetch.deferred or [], None  # (tasks write at once)
+            # The claims a prefetched reply won that no layer took (a refused request never
+            # reaches the cache): their waiters would otherwise wait for the lease to expire.
+            for store, (key, token) in prefetch.unclaimed():
+                held.append((store, partial(store.release_queued, key, token)))
+            if held:
+                await self._write(held)
 
-
-async def _release(prefetch: Prefetch) -> None:
-    """Free the claims a prefetched reply won that no layer took (a refused request never
-    reaches the cache): their waiters would otherwise wait for the lease to expire."""
-    for store, (key, token) in prefetch.unclaimed():
-        try:
-            await store.release(key, token)
-        except StoreUnavailable as exc:  # the claim expires with its lease; the layers'
-            logger.debug("unused claim %s not released: %s", key, exc)  # outages report it
+    async def _write(self, held: list[tuple[Any, Callable[[Any], None]]]) -> None:
+        """One round trip per client for the writes ``held`` back; a failure is the
+        layers' outage (the claims expire with their leases), logged once here."""
+        by_client: dict[int, list[tuple[Any, Callable[[Any], None]]]] = {}
+        for store, queue in held:
+            by_client.setdefault(id(store.client), []).append((store, queue))
+        for writes in by_client.values():
+            try:
+                await writes[0][0].write_deferred([queue for _, queue in writes])
+            except StoreUnavailable as exc:
+                self.outage.failed(exc)
+            else:
+                if self.outage.down:
+                    self.outage.ok()

@@ -3,10 +3,14 @@ once, and keeps a copy while it can still be shared."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from asgi_perf._core.asgi import Headers, Message, Send
+from asgi_perf._core.recording import encode_response
 from asgi_perf.dedup._rules import replayable
+from asgi_perf.stores import StoreUnavailable
+from asgi_perf.stores._base import SyncOperations
 from asgi_perf.stores._singleflight import Lease
 
 __all__ = ["NOT_SHARED", "Leader"]
@@ -22,13 +26,16 @@ class Leader:
     __slots__ = (
         "claim_key",
         "content",
+        "failed",
         "fingerprinted",
         "give_up",
         "held",
         "kept",
         "lease",
         "max_body",
+        "memory",
         "record_key",
+        "record_ttl",
         "send_next",
         "status",
         "token",
@@ -43,6 +50,9 @@ class Leader:
     claim_key: str
     token: str
     lease: Lease | None
+    memory: SyncOperations | None  # the memory store's sync operations (no lease), or None
+    record_ttl: float
+    failed: Callable[[Exception], None]  # a store failure: the middleware's outage
     record_key: str
     held: bool
     status: int
@@ -67,7 +77,20 @@ class Leader:
                 and not ("more_body" in message and message["more_body"])
                 and len(chunk := message["body"] if "body" in message else b"") <= self.max_body
             ):
+                # Complete: published before the client has it, so waiters (and, on a stack
+                # that holds writes back, the writes of the layers inside) go out with it.
                 self.content = chunk
+                self.held = False
+                record = encode_response(self.status, self.kept, chunk, time.time())
+                if self.memory is not None:
+                    self.memory.fulfil_nowait(
+                        self.claim_key, self.token, self.record_key, record, self.record_ttl
+                    )
+                elif self.lease is not None:
+                    try:
+                        await self.lease.fulfil(self.record_key, record, self.record_ttl)
+                    except StoreUnavailable as exc:
+                        self.failed(exc)
             else:  # streaming, too large, a second body, pathsend, trailers...
                 self.held = False
                 await self.give_up(self.claim_key, self.token, self.lease, self.record_key)

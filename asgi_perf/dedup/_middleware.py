@@ -110,7 +110,7 @@ from asgi_perf._core.identity import (
     default_user_key,
 )
 from asgi_perf._core.outage import Outage
-from asgi_perf._core.recording import RecordedResponse, encode_response
+from asgi_perf._core.recording import RecordedResponse
 from asgi_perf.dedup._fingerprint import IDENTITY, RequestParts
 from asgi_perf.dedup._keyed import IdempotencyKeys
 from asgi_perf.dedup._leader import Leader
@@ -379,6 +379,8 @@ class DedupMiddleware(EnvConfigurable):
         leader.user = parts[IDENTITY][:2] == b"u:"  # a user key, not a bare address
         leader.claim_key, leader.token, leader.lease = claim_key, token, lease
         leader.record_key = record_key
+        leader.memory, leader.record_ttl = memory, self._record_ttl
+        leader.failed = self.outage.failed
         leader.held = True  # the claim is ours and the waiters still wait for our record
         leader.status = 0
         leader.kept = None
@@ -389,23 +391,13 @@ class DedupMiddleware(EnvConfigurable):
                     await self.app(scope, app_receive, leader.send)
             else:
                 await self.app(scope, app_receive, leader.send)
-            content, kept = leader.content, leader.kept
-            if leader.held and content is not None and kept is not None:
-                leader.held = False
-                record = encode_response(leader.status, kept, content, time.time())
-                if memory is not None:
-                    memory.fulfil_nowait(claim_key, token, record_key, record, self._record_ttl)
-                elif lease is not None:
-                    try:
-                        await lease.fulfil(record_key, record, self._record_ttl)
-                    except StoreUnavailable as exc:
-                        self.outage.failed(exc)
         finally:
             # Exception, disconnect, incomplete response: waiters run their own request.
             if leader.held:
                 await self._give_up(claim_key, token, lease)
 
     # -- shared pieces ---------------------------------------------------------------------
+
     async def release(self, lease: Lease) -> None:
         try:
             await lease.release()

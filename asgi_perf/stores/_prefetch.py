@@ -11,6 +11,11 @@ A claim needs its holder's token: a layer asks :func:`request_token` for it, whi
 same for every layer of a prefetched request (each claims another key) and random otherwise.
 A reply no layer took (a refused request never reaches the cache) is undone by the
 prefetcher: a claim won for nothing is released.
+
+The layers' last writes of such a request (dedup's record and the cache's entry, each with
+the release of its claim) are held in :attr:`Prefetch.deferred` while the response moves out
+through the layers, and sent in one pipeline before it reaches the client: waiters are
+woken, and the next request finds the records, as if each layer had written on its own.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ __all__ = [
     "PREFETCH",
     "Prefetch",
     "PrefetchOp",
+    "deferred_writes",
     "request_token",
     "take",
 ]
@@ -53,12 +59,15 @@ class PrefetchOp(NamedTuple):
 class Prefetch:
     """The prefetched replies of one request (by :attr:`PrefetchOp.key`) and its token."""
 
-    __slots__ = ("ops", "results", "token")
+    __slots__ = ("deferred", "ops", "results", "token")
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.results: dict[tuple[Any, ...], Any] = {}
         self.ops: dict[tuple[Any, ...], PrefetchOp] = {}
+        # (store, a function queueing the write on a pipeline of its client), while the
+        # prefetcher holds writes back (``None``: it does not, the store writes at once)
+        self.deferred: list[tuple[Any, Callable[[Any], None]]] | None = None
 
     def unclaimed(self) -> list[tuple[Any, tuple[str, str]]]:
         """(store, (claim key, token)) of every claim a reply won that no layer took."""
@@ -91,3 +100,10 @@ def take(key: tuple[Any, ...]) -> Any:
     if isinstance(result, BaseException):  # the StoreUnavailable of the whole round trip
         raise result
     return result
+
+
+def deferred_writes() -> list[tuple[Any, Callable[[Any], None]]] | None:
+    """Where a store puts a write of this request to be sent with the others, or ``None``:
+    write now."""
+    prefetch = PREFETCH.get()
+    return None if prefetch is None else prefetch.deferred

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf.stores._base import Record, Store, StoreFull, StoreUnavailable, Subscription
-from asgi_perf.stores._prefetch import MISSING, Prefetch, PrefetchOp, take
+from asgi_perf.stores._prefetch import MISSING, Prefetch, PrefetchOp, deferred_writes, take
 from asgi_perf.stores._redis_client import (
     READ_TIMEOUT,
     SharedClient,
@@ -322,14 +322,37 @@ class RedisStore(Store):
     ) -> None:
         # One pipeline, in order: the records and their indexes, then the release (a script on
         # the claim's slot) that wakes the waiters, who then find the records.
+        held = deferred_writes()
+        if held is not None:
+            held.append((self, lambda pipe: self._queue_set_many(pipe, records, release)))
+            return
         pipe = self.client.pipeline(transaction=False)
+        self._queue_set_many(pipe, records, release)
+        await self.call(pipe.execute)
+
+    def _queue_set_many(
+        self, pipe: Any, records: Sequence[Record], release: tuple[str, str] | None
+    ) -> None:
         now_ms = int(time.time() * 1000)
         for key, value, ttl, tags, indexed in records:
             self._queue_set(pipe, key, value, ttl, tags, indexed, now_ms)
         if release is not None:
-            claim_key, token = release
-            pipe.eval(_RELEASE, 1, self.prefix + claim_key, token, *self._notice(claim_key))
-        await self.call(pipe.execute)
+            self.release_queued(*release, pipe)
+
+    def release_queued(self, key: str, token: str, pipe: Any) -> None:
+        """:meth:`release` queued on ``pipe`` (a pipeline of this store's client)."""
+        pipe.eval(_RELEASE, 1, self.prefix + key, token, *self._notice(key))
+
+    async def write_deferred(self, writes: Sequence[Callable[[Any], None]]) -> None:
+        """Send ``writes`` held back for one request (:func:`deferred_writes`, each queueing
+        itself on a pipeline of this store's client) in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for queue in writes:
+            queue(pipe)
+        replies = await self.call(lambda: pipe.execute(raise_on_error=False))
+        failed = [reply for reply in replies if isinstance(reply, Exception)]
+        if failed:  # each write ran; one that Redis refused (out of memory…) is an outage
+            raise StoreUnavailable(f"{type(failed[0]).__name__}: {failed[0]}")
 
     async def delete(self, key: str) -> bool:
         client = self.client
@@ -465,16 +488,24 @@ class RedisStore(Store):
         return bool(done)
 
     async def release(self, key: str, token: str) -> bool:
+        held = deferred_writes()
+        if held is not None:  # with the request's other writes: ours, as far as we know
+            held.append((self, lambda pipe: self.release_queued(key, token, pipe)))
+            return True
         script = self.script(_RELEASE)
         args = [token, *self._notice(key)]
         done = await self.call(lambda: script(keys=[self.prefix + key], args=args))
         return bool(done)
 
     async def fulfil(self, key: str, token: str, record_key: str, value: bytes, ttl: float) -> None:
-        script = self.script(_FULFIL)
         px = max(1, int(ttl * 1000))
         keys = [self.prefix + key, self.prefix + record_key]
         args = [token, *self._notice(key), value, px]
+        held = deferred_writes()
+        if held is not None:
+            held.append((self, lambda pipe: pipe.eval(_FULFIL, 2, *keys, *args)))
+            return
+        script = self.script(_FULFIL)
         await self.call(lambda: script(keys=keys, args=args))
 
     # -- notifications ---------------------------------------------------------------------

@@ -531,6 +531,28 @@ async def test_leader_raises_waiters_run_their_own() -> None:
     assert calls == 11
 
 
+async def test_leader_raising_after_its_complete_response_still_serves_the_waiters() -> None:
+    """The record is published when the last byte leaves the app (before the client has it),
+    so an app that fails afterwards (a failing background task) does not make every waiter
+    run the request again: they get the response its own client got."""
+    calls = 0
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await receive()
+        await asyncio.sleep(0.1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        raise RuntimeError("after the response")
+
+    mw = DedupMiddleware(app)
+    results = await _leader_and_waiters(mw)
+    assert isinstance(results[0], RuntimeError)
+    assert [(r.body, r.header("x-dedup")) for r in results[1:]] == [(b"done", "coalesced")] * 10
+    assert calls == 1
+
+
 async def test_leader_client_disconnects_mid_response_waiters_get_full_responses() -> None:
     calls = 0
 

@@ -1,10 +1,11 @@
-"""The stack's first store calls in one round trip (``asgi_perf._prefetcher``), on a real Redis.
+"""The stack's store calls in two round trips (``asgi_perf._prefetcher``), on a real Redis.
 
 ``from_env`` with rate limiting, dedup and the cache on Redis sends the rate-limit check,
-dedup's claim and the cache's lookup-and-claim of a GET in one pipeline; each layer then finds
-its reply. What must hold: the round trips per request, a claim no layer took (a refused
-request) is released at once, the stack still fails open when Redis is down, and a store
-layer used alone makes its own calls as before.
+dedup's claim and the cache's lookup-and-claim of a GET in one pipeline (each layer then finds
+its reply), and holds their last writes back until the response leaves them, to send them in
+one more. What must hold: the round trips per request, waiters and later requests find the
+records, a claim no layer took (a refused request) is released at once, the stack still fails
+open when Redis is down, and a store layer used alone makes its own calls as before.
 """
 
 from __future__ import annotations
@@ -72,12 +73,50 @@ async def test_a_stack_on_redis_sends_its_first_calls_together(
     assert any(isinstance(layer, Prefetcher) for layer in layers(no_store))
     await call(no_store, "GET", "/warm")  # connections and scripts, once
     await call(cacheable, "GET", "/warm")
-    # one trip for the three first calls; then dedup and the cache each end their claim
-    assert await trips(no_store, "/items/1") == (3, "MISS")
-    assert await trips(cacheable, "/items/1") == (3, "MISS")  # the entry, then dedup's record
+    # one trip for the three first calls, one for the last writes of dedup and the cache
+    # (their claims released: the hit-for-miss markers, or the entry and dedup's record)
+    assert await trips(no_store, "/items/1") == (2, "MISS")
+    assert await trips(cacheable, "/items/1") == (2, "MISS")
     # a repeat within dedup's window: its record answers, in the same single trip
     assert (await trips(cacheable, "/items/1"))[0] == 1
     await asyncio.sleep(0)
+
+
+async def test_held_back_writes_reach_redis_before_the_client_has_the_response(
+    redis_url: str, key_prefix: str
+) -> None:
+    """The cache's entry is in Redis when the client gets the last byte: a second stack (as
+    another worker) answers the next request from it, and no claim stays behind."""
+    env = environ(redis_url, key_prefix)
+    app = App("max-age=60")
+    first, second = from_env(app, env), from_env(app, env)
+    seen: list[list[bytes]] = []
+
+    async def watch(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            client = redis.Redis.from_url(redis_url)
+            try:
+                seen.append(list(client.scan_iter(match=key_prefix + "*")))
+            finally:
+                client.close()
+
+    scope = {"type": "http", "method": "GET", "path": "/p", "raw_path": b"/p",
+             "query_string": b"", "headers": [], "http_version": "1.1", "scheme": "http",
+             "client": ("10.0.0.1", 1234), "server": ("h", 80), "root_path": ""}  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await first(scope, receive, watch)
+    stored = seen[0]
+    assert any(b"cache:e:" in k for k in stored) and any(b"dedup:{" in k for k in stored)
+    assert not [k for k in stored if b"}c" in k or b":c:" in k]  # claims released
+    assert x_cache(await call(second, "GET", "/p")) == "HIT"
+    assert app.calls == 1
+
+
+def x_cache(response: Any) -> str | None:
+    return response.header("x-cache")  # type: ignore[no-any-return]
 
 
 async def test_a_claim_no_layer_took_is_released(redis_url: str, key_prefix: str) -> None:
