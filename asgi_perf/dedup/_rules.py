@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from asgi_perf._core.asgi import Headers
+from asgi_perf._core.asgi import LOWER, Headers, lower_name
 from asgi_perf._core.http import PER_EXCHANGE, canonical_query, fingerprint
 
 __all__ = [
@@ -103,7 +103,7 @@ def replayable(
         return list(headers)
     kept: Headers = []
     for name, value in headers:
-        lowered = name.lower()
+        lowered = LOWER[name] if name in LOWER else lower_name(name)
         if lowered in _SPECIAL:  # one look-up for the ordinary fields
             if lowered in PER_EXCHANGE:
                 continue
@@ -115,12 +115,31 @@ def replayable(
                     if field and field not in held:
                         return None
             else:
-                for directive in value.lower().split(b","):
-                    token = directive.partition(b"=")[0].strip()
-                    if token == b"no-store" or (token == b"private" and not authenticated):
-                        return None
+                verdict = _VERDICTS[value] if value in _VERDICTS else _cache_control(value)
+                if verdict is _NO_STORE or (verdict is _PRIVATE and not authenticated):
+                    return None
         kept.append((name, value))
     return kept
+
+
+_NO_STORE, _PRIVATE, _SHARED = "no-store", "private", ""
+_VERDICTS: dict[bytes, str] = {}  # Cache-Control value -> what it says of a replay (bounded)
+
+
+def _cache_control(value: bytes) -> str:
+    """Whether a ``Cache-Control`` value forbids any replay (``no-store``) or one to another
+    client (``private``), remembered: an app sends a few values again and again."""
+    verdict = _SHARED
+    for directive in value.lower().split(b","):
+        token = directive.partition(b"=")[0].strip()
+        if token == b"no-store":
+            verdict = _NO_STORE
+            break
+        if token == b"private":
+            verdict = _PRIVATE
+    if len(_VERDICTS) < 256 and len(value) <= 256:
+        _VERDICTS[value] = verdict
+    return verdict
 
 
 class InvalidKey(ValueError):

@@ -224,7 +224,8 @@ REPLAYABLE = [
 def test_replayable(
     headers: list[tuple[bytes, bytes]], user: bool, expected: list[tuple[bytes, bytes]] | None
 ) -> None:
-    assert replayable(headers, HELD, user) == expected
+    for _ in range(2):  # the second time from the remembered names and Cache-Control verdicts
+        assert replayable(headers, HELD, user) == expected
 
 
 def test_replayable_drops_every_per_exchange_field() -> None:

@@ -48,12 +48,13 @@ BUDGET_CALLS: dict[str, float] = {
     "timing": 12,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
-    # -18: the dedup diet (its request parts, the memory store's claim and writes)
-    "stack-memory": 95,
+    # -18: the dedup diet (its request parts, the memory store's claim and writes); -7: dedup's
+    # look at a response's fields without a lowercase call (memo) and Cache-Control verdicts
+    "stack-memory": 89,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
-    # -20: the dedup diet, as above
-    "stack-memory-paths": 217,
+    # -20: the dedup diet, as above; -7: dedup's look at the response, as above
+    "stack-memory-paths": 211,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
