@@ -107,7 +107,10 @@ def add_timing(name: str, dur: float | None = None, desc: str | None = None) -> 
     """Contribute a Server-Timing entry (``dur`` in milliseconds); a no-op with no reader."""
     ctx = _get()
     if ctx is not None:
-        ctx.timings.append(TimingEntry(name, dur, desc))
+        timings = ctx._timings  # (the property, inline)
+        if timings is None:
+            timings = ctx._timings = []
+        timings.append(TimingEntry(name, dur, desc))
 
 
 def incr(name: str, amount: int = 1) -> None:
@@ -140,14 +143,36 @@ def _quote(value: str) -> str:
     return '"' + value + '"'
 
 
+def _render(entry: TimingEntry) -> str:
+    part = _token(entry.name)
+    if entry.dur is not None:
+        part += f";dur={entry.dur:.3f}".rstrip("0").rstrip(".")
+    if entry.desc is not None:
+        part += ";desc=" + _quote(entry.desc)
+    return part
+
+
+# (name, desc) -> the rendered entry without a duration: layers send a handful of these
+_RENDERED: dict[tuple[str, str | None], str] = {}
+
+
+def _render_plain(entry: TimingEntry) -> str:
+    part = _render(entry)
+    if len(_RENDERED) < 256:
+        _RENDERED[entry.name, entry.desc] = part
+    return part
+
+
 def format_server_timing(entries: list[TimingEntry]) -> bytes:
     """Render entries in W3C Server-Timing syntax; names are made into valid tokens."""
-    parts: list[str] = []
-    for entry in entries:
-        part = _token(entry.name)
-        if entry.dur is not None:
-            part += f";dur={entry.dur:.3f}".rstrip("0").rstrip(".")
-        if entry.desc is not None:
-            part += ";desc=" + _quote(entry.desc)
-        parts.append(part)
+    parts = [
+        _render(entry)
+        if entry.dur is not None
+        else (
+            _RENDERED[entry.name, entry.desc]
+            if (entry.name, entry.desc) in _RENDERED
+            else _render_plain(entry)
+        )
+        for entry in entries
+    ]
     return ", ".join(parts).encode("latin-1", "replace")

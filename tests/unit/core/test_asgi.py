@@ -121,4 +121,5 @@ async def test_context_collects_for_its_request_only() -> None:
     ],
 )
 def test_server_timing_format(entries: list[context.TimingEntry], expected: bytes) -> None:
-    assert context.format_server_timing(entries) == expected
+    for _ in range(2):  # the second time, entries without a duration come from the memo
+        assert context.format_server_timing(entries) == expected

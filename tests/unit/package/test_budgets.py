@@ -50,7 +50,7 @@ BUDGET_CALLS: dict[str, float] = {
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
     # -18: the dedup diet (its request parts, the memory store's claim and writes); -7: dedup's
     # look at a response's fields without a lowercase call (memo) and Cache-Control verdicts
-    "stack-memory": 89,
+    "stack-memory": 87,  # -2: Server-Timing entries without a duration rendered once
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
