@@ -146,7 +146,10 @@ def _quote(value: str) -> str:
 def _render(entry: TimingEntry) -> str:
     part = _token(entry.name)
     if entry.dur is not None:
-        part += f";dur={entry.dur:.3f}".rstrip("0").rstrip(".")
+        dur = "%.3f" % entry.dur  # noqa: UP031 (no call, where format() would be one)
+        if dur[-1] == "0":  # trailing zeros only when there are some
+            dur = dur.rstrip("0").rstrip(".")
+        part += ";dur=" + dur
     if entry.desc is not None:
         part += ";desc=" + _quote(entry.desc)
     return part

@@ -229,8 +229,8 @@ class Entries:
     # -- hints this process learns ----------------------------------------------------------
     def hinted(self, path: str) -> bool:
         """Whether ``path`` is known to answer uncacheably (see :meth:`path_uncacheable`)."""
-        streak = self.uncacheable_paths.get(path)
-        return streak is not None and streak[1] > time.monotonic()
+        paths = self.uncacheable_paths
+        return path in paths and paths[path][1] > time.monotonic()
 
     def path_uncacheable(self, path: str) -> None:
         """Count an uncacheable answer (by its headers) on ``path``; after three in a row,

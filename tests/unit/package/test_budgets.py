@@ -38,7 +38,7 @@ BUDGET_CALLS: dict[str, float] = {
     # stricter date/Age parsing of an RFC 9111 cache (391 at the merge; 347 with Fields)
     # -89 (issue 17): a fill judges the response once, keeps its indexed fields and ETag for
     # the entry, and a plain request's keys come from the fast path instead of a second read
-    "cache-miss-memory": 232,  # -25: URI tag, policies, read-and-claim in one step (memory too)
+    "cache-miss-memory": 230,  # -25: URI tag, policies, read-and-claim in one step (memory too)
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -50,11 +50,11 @@ BUDGET_CALLS: dict[str, float] = {
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
     # -18: the dedup diet (its request parts, the memory store's claim and writes); -7: dedup's
     # look at a response's fields without a lowercase call (memo) and Cache-Control verdicts
-    "stack-memory": 87,  # -2: Server-Timing entries without a duration rendered once
+    "stack-memory": 86,  # -3: Server-Timing entries rendered with fewer calls; the path hint
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
-    "stack-memory-paths": 211,
+    "stack-memory-paths": 207,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
