@@ -175,7 +175,11 @@ class Entries:
             known = self.vary.get(base)
             if known is not None and known[0] is not None and known[1] > time.monotonic():
                 return known[0], True
-        raw = await self.call(self.store.get("v:" + base))
+        get_now = self.get_nowait  # in-process: no coroutine, cannot fail
+        if get_now is not None:
+            raw = get_now("v:" + base)
+        else:
+            raw = await self.call(self.store.get("v:" + base))
         names = tuple(raw.decode("latin-1").split("\n")) if raw else ()
         self.remember_names(base, names)
         return names, False
@@ -207,24 +211,25 @@ class Entries:
     ) -> bool:
         """Store ``entry`` at ``key`` (its own ``Vary`` names chose it) with ``tags``; on a
         remote store, with its ``Vary`` record and the release of ``lease`` in the same round
-        trip. Whether ``lease`` was released."""
+        trip (in this process: at once). Whether ``lease`` was released."""
         data = entry.encode()
-        released = False
-        if self.get_nowait is None:  # the Vary record is what other processes read
+        sync = self.sync
+        if sync is None:  # the Vary record is what other processes read
             vary = "\n".join(names).encode("latin-1")
             release = lease.ending() if lease is not None else None
             records = [(key, data, ttl, tags, True), ("v:" + base, vary, ttl, (), True)]
             await self.store.set_many(records, release)
-            released = release is not None
+            self.remember_names(base, names)
         else:
-            await self.store.set(key, data, ttl, tags=tags, indexed=True)
+            sync.set_nowait(key, data, ttl, tags)
             cell = self.vary.get(base)
-            if cell is None or cell[0] != names:  # only after a local reset: written again
-                vary = "\n".join(names).encode("latin-1")
-                await self.store.set("v:" + base, vary, ttl, indexed=True)
-        self.remember_names(base, names)
+            if cell is None or cell[0] != names:  # else known already (forever, in-process)
+                sync.set_nowait("v:" + base, "\n".join(names).encode("latin-1"), ttl, ())
+                self.remember_names(base, names)
+            if lease is not None:
+                sync.release_nowait(*lease.ending())
         self.keep_decoded(key, data, entry)
-        return released
+        return lease is not None
 
     # -- hints this process learns ----------------------------------------------------------
     def hinted(self, path: str) -> bool:

@@ -373,8 +373,12 @@ class CacheMiddleware(EnvConfigurable):
             token = next(LOCAL_TOKENS) if self.entries.sync is not None else request_token()
         key, found, won = await self._lookup(req, prefetched, token)
         if won is not None:  # nothing stored, and the claim was tried
-            lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL) if won else None
-            await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), lease, won)
+            if won:  # the one fill of this key
+                self.counters.misses += 1
+                lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL)
+                await self.actions.fill(req, receive, send, FillJob(key, "uri-miss"), lease)
+            else:
+                await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), won)
             return
         if found == HIT_FOR_MISS and not directives.only_if_cached:
             await self.actions.pass_through(req.scope, receive, send)

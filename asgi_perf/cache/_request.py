@@ -73,12 +73,8 @@ class Request:
         self.accept_encoding: bytes | None = None
         self.range: bytes | None = None
 
-    @property
-    def scheme(self) -> str:
-        return self.scope.get("scheme") or "http"  # type: ignore[no-any-return]
-
     def uri_tag(self) -> str:
-        return uri_tag(self.scheme, self.host, self.path, self.query)
+        return uri_tag(self.scope.get("scheme") or "http", self.host, self.path, self.query)
 
     def for_app(self, validators: Headers) -> Scope:
         """This request as the app gets it on a fill: a ``GET`` (the entry serves ``HEAD``
@@ -269,7 +265,8 @@ class RequestReader:
         return headers_variant(names, headers, coding)
 
     def entry_key(self, req: Request, names: tuple[str, ...]) -> str:
-        return entry_key(req.stem, self.variant(names, req.headers, req.accept_encoding), req.query)
+        variant = self.variant(names, req.headers, req.accept_encoding) if names else ""
+        return entry_key(req.stem, variant, req.query)
 
     def accepts(self, accept: bytes | None, coding: str | None) -> bool:
         """Whether a client with ``accept`` may receive a body in content ``coding``."""

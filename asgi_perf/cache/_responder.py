@@ -395,7 +395,8 @@ class FillResponder:
         """Free the claim without a record: waiters go to the app themselves (or find the
         entry just stored under its key)."""
         self.ended = True
-        await self._release()
+        if self.lease is not None:  # (none left once the entry was stored with its release)
+            await self._release()
 
     async def _release(self) -> None:
         if self.lease is not None:
