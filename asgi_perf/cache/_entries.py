@@ -175,13 +175,16 @@ class Entries:
             known = self.vary.get(base)
             if known is not None and known[0] is not None and known[1] > time.monotonic():
                 return known[0], True
+        else:
+            known = None
         get_now = self.get_nowait  # in-process: no coroutine, cannot fail
         if get_now is not None:
             raw = get_now("v:" + base)
         else:
             raw = await self.call(self.store.get("v:" + base))
+            known = None  # (cells may have been reset while it waited)
         names = tuple(raw.decode("latin-1").split("\n")) if raw else ()
-        self.remember_names(base, names)
+        self.remember_names(base, names, known)
         return names, False
 
     def vary_cell(self, base: str) -> list[Any]:
@@ -192,8 +195,12 @@ class Entries:
             cell = self.vary[base] = [None, 0.0]
         return cell
 
-    def remember_names(self, base: str, names: tuple[str, ...]) -> None:
-        cell = self.vary_cell(base)
+    def remember_names(
+        self, base: str, names: tuple[str, ...], cell: list[Any] | None = None
+    ) -> None:
+        """``base``'s names (``cell``: its cell in :attr:`vary`, when the caller holds it)."""
+        if cell is None:
+            cell = self.vary_cell(base)
         cell[0] = AE_ONLY if names == AE_ONLY else names  # interned: checked with "is"
         # Only this process writes a memory store: its copy never goes out of date.
         cell[1] = FOREVER if self.get_nowait is not None else time.monotonic() + VARY_LOCAL_TTL

@@ -171,9 +171,12 @@ class Entry:
     def storage_ttl(self, now: float, keep_stale: float) -> float:
         """How long the store keeps it: its remaining freshness plus the longest time it may
         still be of use stale (its stale windows; ``keep_stale`` when it can be revalidated)."""
-        stale_use = max(self.swr, self.sie, keep_stale if self.revalidatable else 0.0)
+        stale_use = self.swr if self.swr > self.sie else self.sie  # (no call to max)
+        if self.revalidatable and keep_stale > stale_use:
+            stale_use = keep_stale
         age = now - self.born
-        return max(1.0, self.lifetime - (age if age > 0.0 else 0.0) + stale_use)
+        ttl = self.lifetime - (age if age > 0.0 else 0.0) + stale_use
+        return ttl if ttl > 1.0 else 1.0
 
     def encode(self) -> bytes:
         """``AC4`` + JSON head length + JSON head (status, times, flags, headers) + the body.

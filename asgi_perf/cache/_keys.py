@@ -58,7 +58,8 @@ def escape_key_part(text: str) -> str:
 def key_part(text: str, limit: int = 256) -> str:
     """:func:`escape_key_part`, kept within ``limit`` characters: a longer result becomes its
     first characters, ``?`` (which an escaped text never holds) and a hash of the whole."""
-    escaped = escape_key_part(text)
+    # (the usual clean text is tested here: no call to escape_key_part)
+    escaped = text if _KEY_UNSAFE.search(text) is None else escape_key_part(text)
     if len(escaped) <= limit:
         return escaped
     digest = hashlib.blake2b(escaped.encode("ascii"), digest_size=16).hexdigest()
@@ -87,7 +88,10 @@ def stem(path: str, scheme: str | None, host: str, identity: str = "", keyed: st
 
 def query_part(query: bytes) -> str:
     """The query of a key: canonical order, escaped, bounded."""
-    return key_part(canonical_query(query).decode("latin-1")) if query else ""
+    if not query:
+        return ""
+    # (one parameter needs no canonical order: no call)
+    return key_part((canonical_query(query) if b"&" in query else query).decode("latin-1"))
 
 
 def entry_key(stem_: str, variant: str, query: str) -> str:

@@ -174,7 +174,8 @@ class CacheMiddleware(EnvConfigurable):
                          host or b"", scope.get("scheme"))  # fmt: skip
             resource = self._resources.get(ident)
             if resource is None:
-                if self.entries.hinted(scope["path"]):  # (checked again in _serve_or_fill)
+                path = scope["path"]  # (in first: the usual path has no hint, and no call)
+                if path in self.entries.uncacheable_paths and self.entries.hinted(path):
                     await self.actions.pass_through(scope, receive, send)
                     return
                 resource = self._resource(scope, ident)
@@ -365,7 +366,12 @@ class CacheMiddleware(EnvConfigurable):
         """Long because it is the short I/O loop around the pure :func:`decide`: one branch per
         action (serve, revalidate, fill, bypass, 504), each a few lines."""
         directives = req.directives
-        if not directives.only_if_cached and self.entries.hinted(req.scope["path"]):
+        path = req.scope["path"]  # (in first, as in __call__)
+        if (
+            not directives.only_if_cached
+            and path in self.entries.uncacheable_paths
+            and self.entries.hinted(path)
+        ):
             await self.actions.pass_through(req.scope, receive, send)
             return
         token = ""  # the fill of a coalesced miss is claimed with the lookup

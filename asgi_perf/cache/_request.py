@@ -51,6 +51,7 @@ class Request:
         "if_modified_since",
         "if_none_match",
         "path",
+        "plain_key",
         "query",
         "range",
         "scope",
@@ -66,6 +67,7 @@ class Request:
         self.stem = ""  # "{path}scheme|host|identity|keyed headers": no "?" in it
         self.query = ""  # canonical query string, always last in a key
         self.base = ""  # stem + "?" + query: the resource (its Vary record)
+        self.plain_key: str | None = None  # the entry key when nothing varies, once made
         self.credentials = False
         self.directives = _NO_DIRECTIVES
         self.if_none_match: bytes | None = None
@@ -81,12 +83,18 @@ class Request:
         too), without the client's own conditionals (the cache answers them), with the
         stored entry's ``validators`` when it revalidates one."""
         original = self.scope
-        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
-        if original["method"] == "GET" and not validators and len(headers) == len(self.headers):
+        if (
+            original["method"] == "GET"
+            and not validators
+            and self.if_none_match is None  # (read from the fields: none of _CONDITIONAL)
+            and self.if_modified_since is None
+            and self.range is None
+        ):
             # Nothing to change: the app gets the request's own scope, so what the framework
             # writes into it (Starlette's route, FastAPI's state) reaches the outer layers
             # (Timing's route templates) as it does without a cache.
             return original
+        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
         scope = dict(original)
         scope["method"] = "GET"
         headers.extend(validators)
@@ -234,6 +242,7 @@ class RequestReader:
         req.stem = resource.stem
         req.query = resource.query
         req.base = resource.base
+        req.plain_key = resource.key
         req.accept_encoding = accept
         return req
 
@@ -265,8 +274,14 @@ class RequestReader:
         return headers_variant(names, headers, coding)
 
     def entry_key(self, req: Request, names: tuple[str, ...]) -> str:
-        variant = self.variant(names, req.headers, req.accept_encoding) if names else ""
-        return entry_key(req.stem, variant, req.query)
+        if names:
+            return entry_key(
+                req.stem, self.variant(names, req.headers, req.accept_encoding), req.query
+            )
+        key = req.plain_key  # made once per request (a lookup, then the fill's store)
+        if key is None:
+            key = req.plain_key = entry_key(req.stem, "", req.query)
+        return key
 
     def accepts(self, accept: bytes | None, coding: str | None) -> bool:
         """Whether a client with ``accept`` may receive a body in content ``coding``."""

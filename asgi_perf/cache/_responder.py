@@ -17,7 +17,16 @@ import logging
 import time
 from typing import NamedTuple
 
-from asgi_perf._core.asgi import ASGIApp, Fields, Headers, Message, Receive, Send, get_header
+from asgi_perf._core.asgi import (
+    LOWER,
+    ASGIApp,
+    Fields,
+    Headers,
+    Message,
+    Receive,
+    Send,
+    get_header,
+)
 from asgi_perf._core.context import add_timing
 from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
 from asgi_perf.cache._decide import stale_on_error
@@ -57,7 +66,7 @@ def cache_tags(headers: Headers) -> list[str]:
     ignored (it becomes part of a store key)."""
     tags: list[str] = []
     for name, value in headers:
-        if name.lower() == b"cache-tag":
+        if (LOWER[name] if name in LOWER else name.lower()) == b"cache-tag":
             for tag in value.decode("latin-1").replace(",", " ").split():
                 if len(tag) <= 256 and tag.isascii() and tag.isprintable():
                     tags.append(tag)

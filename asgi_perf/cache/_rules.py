@@ -244,8 +244,9 @@ def stale_windows(cc: CacheControl, default_swr: float, default_sie: float) -> t
     """
     if "must-revalidate" in cc or "proxy-revalidate" in cc or "s-maxage" in cc or "no-cache" in cc:
         return 0.0, 0.0
-    swr = delta_seconds(cc.get("stale-while-revalidate"))
-    sie = delta_seconds(cc.get("stale-if-error"))
+    # (in before reading: most responses have neither, and then nothing is called)
+    swr = delta_seconds(cc["stale-while-revalidate"]) if "stale-while-revalidate" in cc else None
+    sie = delta_seconds(cc["stale-if-error"]) if "stale-if-error" in cc else None
     return (
         default_swr if swr is None else float(swr),
         default_sie if sie is None else float(sie),

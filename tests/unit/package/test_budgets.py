@@ -40,8 +40,9 @@ BUDGET_CALLS: dict[str, float] = {
     # the entry, and a plain request's keys come from the fast path instead of a second read
     # -25: URI tag, policies, read-and-claim in one step (memory too); -25: in-process stores
     # write the entry and free the claim without coroutines, one decode of the fields per
-    # entry, a won claim fills at once
-    "cache-miss-memory": 205,
+    # entry, a won claim fills at once; -30: response names lowercased once (memo), no
+    # lookup or key made twice, absent directives and a clean key part cost no call
+    "cache-miss-memory": 175,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -57,8 +58,8 @@ BUDGET_CALLS: dict[str, float] = {
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
-    # -5: the cache miss path, as above
-    "stack-memory-paths": 202,
+    # -5, -13: the cache miss path, as above
+    "stack-memory-paths": 189,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
