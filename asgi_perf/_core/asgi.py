@@ -25,6 +25,7 @@ __all__ = [
     "Scope",
     "Send",
     "append_header",
+    "field_index",
     "get_header",
     "get_header_values",
     "header_tokens",
@@ -108,6 +109,14 @@ def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | N
         if key == name or (lower[key] if key in lower else key.lower()) == name:
             return value
     return None
+
+
+def field_index(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    """Every value by lowercase name: the index of :class:`Fields` (made once), else one made
+    now, for a reader of several names (one call, then ``in``); read it, never change it."""
+    fields = headers if type(headers) is Fields else Fields(headers)
+    index = fields._index
+    return index if index is not None else fields.by_name()
 
 
 def get_header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:

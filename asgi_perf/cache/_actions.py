@@ -143,7 +143,7 @@ class Actions:
                 if stale is not None and await self.serve_waited(stale, req, send, key):
                     return
                 revalidate = stale is not None and stale.revalidatable
-                job = job._replace(key=key, stale=stale, revalidate=revalidate)
+                job.key, job.stale, job.revalidate = key, stale, revalidate
         self.counters.misses += 1
         await self.fill(req, receive, send, job)
 

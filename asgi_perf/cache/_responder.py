@@ -83,15 +83,27 @@ class Parts(NamedTuple):
     reader: RequestReader
 
 
-class FillJob(NamedTuple):
-    """What one call of the app is for."""
+class FillJob:
+    """What one call of the app is for (made on every miss: a plain class, as a NamedTuple's
+    ``__new__`` costs a call more)."""
 
-    key: str  # the entry key it fills
-    why: str  # Cache-Status fwd= reason: uri-miss, stale, request, bypass
-    stale: Entry | None = None  # the stored entry it may revalidate, or serve on error
-    revalidate: bool = False  # send the stale entry's validators
-    lease: Lease | None = None  # the claim that makes it the one fill of its key
-    x_cache: bytes = MISS
+    __slots__ = ("key", "lease", "revalidate", "stale", "why", "x_cache")
+
+    def __init__(
+        self,
+        key: str,  # the entry key it fills
+        why: str,  # Cache-Status fwd= reason: uri-miss, stale, request, bypass
+        stale: Entry | None = None,  # the stored entry it may revalidate, or serve on error
+        revalidate: bool = False,  # send the stale entry's validators
+        lease: Lease | None = None,  # the claim that makes it the one fill of its key
+        x_cache: bytes = MISS,
+    ) -> None:
+        self.key = key
+        self.why = why
+        self.stale = stale
+        self.revalidate = revalidate
+        self.lease = lease
+        self.x_cache = x_cache
 
 
 class FillResponder:
@@ -134,9 +146,9 @@ class FillResponder:
         self.app, self.settings, self.counters, self.entries, self.reader = parts
         self.req = req
         self.send = send
-        self.key, self.why, self.stale, revalidate, _, self.x_cache = job
+        self.key, self.why, self.stale, self.x_cache = job.key, job.why, job.stale, job.x_cache
         self.lease = lease
-        self.revalidating = revalidate and self.stale is not None
+        self.revalidating = job.revalidate and self.stale is not None
         self.recorder = ResponseRecorder(self.forward, parts.settings.max_body_size)
         self.held: Message | None = None
         self.freshen: Message | None = None  # the app's 304 to our validators
@@ -228,47 +240,48 @@ class FillResponder:
         req, settings = self.req, self.settings
         self.status = status = start["status"]
         # The app's fields, judged by name many times here and again when the entry is built.
-        self.fields = headers = Fields(start.get("headers", ()))
-        length = get_header(headers, b"content-length")
+        self.fields = headers = Fields(start["headers"] if "headers" in start else ())
+        index = headers.by_name()  # (read with in: no call per name)
+        length = index[b"content-length"][0] if b"content-length" in index else None
         if length is not None and length.isdigit():
             self.length = int(length)
         self.policy = policy = settings.policy(req.scope["path"], req.credentials)
         cc, fresh, self.reason = judge(status, headers, self.response_time, policy)
         self.judged = cc, fresh
-        if self.reason is None:
-            content_type = get_header(headers, b"content-type")
-            if content_type is not None and content_type.startswith(b"text/event-stream"):
-                self.reason = "event-stream"  # endless by design
+        if (
+            self.reason is None
+            and b"content-type" in index
+            and index[b"content-type"][0].startswith(b"text/event-stream")
+        ):
+            self.reason = "event-stream"  # endless by design
         if self.reason is not None:
             await self._give_up(self.reason)
-        whole = (
+        body: bytes | None = None  # all of it, when the first body message is the last
+        if (
             first is not None
             and first["type"] == "http.response.body"
-            and not first.get("more_body", False)
-        )
-        etag = get_header(headers, b"etag")
+            and not ("more_body" in first and first["more_body"])
+        ):
+            body = first["body"] if "body" in first else b""
+        etag = index[b"etag"][0] if b"etag" in index else None
         consumed = settings.consumed
-        if consumed.isdisjoint(headers.by_name()):
+        if consumed.isdisjoint(index):
             sent = list(headers)
         else:
             sent = [(k, v) for k, v in headers if k.lower() not in consumed]
-        if etag is None and self.reason is None and whole:
-            assert first is not None
-            etag = self.etag = strong_etag(first.get("body", b""))
-            sent.append((b"etag", etag))
+        if etag is None and self.reason is None and body is not None:
+            etag = self.etag = strong_etag(body)
+            sent += ((b"etag", etag),)  # (+= a tuple: no call)
         if self._not_modified(status, headers, etag):  # the client's own validators match
             status = 304
             sent = [(k, v) for k, v in sent if k.lower() in _NOT_MODIFIED_FIELDS]
             self.drop_body = True
             self.counters.not_modified += 1
-        sent.append((X_CACHE, self.x_cache))
-        stored = (
-            self.reason is None
-            and first is not None
-            and whole
-            and len(first.get("body", b"")) <= settings.max_body_size
+        stored = self.reason is None and body is not None and len(body) <= settings.max_body_size
+        sent += (
+            (X_CACHE, self.x_cache),
+            settings.status.forward(self.why, start["status"], stored=stored, key=self.key),
         )
-        sent.append(settings.status.forward(self.why, start["status"], stored=stored, key=self.key))
         add_timing("cache", desc=_DESC[self.x_cache])
         await self.send({**start, "status": status, "headers": sent})
 
