@@ -14,7 +14,14 @@ from typing import NamedTuple
 
 import orjson
 
-from asgi_perf._core.asgi import LOWER, Headers, get_header, header_tokens, lower_name
+from asgi_perf._core.asgi import (
+    LOWER,
+    Headers,
+    field_index,
+    get_header,
+    header_tokens,
+    lower_name,
+)
 from asgi_perf._core.http import replayable_headers
 from asgi_perf._core.negotiation import IDENTITY
 from asgi_perf.cache._rules import (
@@ -240,10 +247,19 @@ class Entry:
             return None
 
 
+def _not_stored(
+    index: dict[bytes, list[bytes]], headers: Headers, drop: frozenset[bytes]
+) -> frozenset[bytes]:
+    """§3.1: the fields not stored besides the per-exchange and hop-by-hop ones
+    (:func:`replayable_headers`): ``drop`` and any field ``Connection`` names (``index``:
+    ``headers`` by name)."""
+    if b"connection" not in index:
+        return drop
+    return drop | frozenset(header_tokens(headers, b"connection"))
+
+
 def _stored_headers(headers: Headers, drop: frozenset[bytes]) -> Headers:
-    """§3.1: no per-exchange or hop-by-hop field, nor any field ``Connection`` names."""
-    named = frozenset(header_tokens(headers, b"connection"))
-    return replayable_headers(headers, drop | named if named else drop)
+    return replayable_headers(headers, _not_stored(field_index(headers), headers, drop))
 
 
 def judge(
@@ -289,13 +305,17 @@ def build_entry(
             return reason
     else:
         cc, fresh = judged
-    stored = _stored_headers(headers, policy.drop)
+    index = field_index(headers)  # (what is stored is read from it: no lookup in the copy)
+    dropped = _not_stored(index, headers, policy.drop)
+    stored = replayable_headers(headers, dropped)
     flags = 0
-    if get_header(stored, b"etag") is None:
+    if b"etag" not in index or b"etag" in dropped:
         stored.append((b"etag", strong_etag(body) if etag is None else etag))
     elif own_etag:
         flags |= OWN_ETAG
-    if status not in (204, 304) and get_header(stored, b"content-length") is None:
+    if status not in (204, 304) and (
+        b"content-length" not in index or b"content-length" in dropped
+    ):
         stored.append((b"content-length", str(len(body)).encode("ascii")))
     swr, sie = stale_windows(cc, policy.stale_while_revalidate, policy.stale_if_error)
     if shareable_with_credentials(cc):

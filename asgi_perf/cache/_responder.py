@@ -119,6 +119,7 @@ class FillResponder:
         "fields",
         "freshen",
         "held",
+        "index",
         "judged",
         "key",
         "lease",
@@ -161,41 +162,39 @@ class FillResponder:
         self.request_time = self.response_time = 0.0
         # Set when the response starts (_send_start), before anything is kept:
         self.fields: Fields = Fields()
+        self.index: dict[bytes, list[bytes]] = {}  # fields by name
         self.policy = _NO_POLICY
         self.judged: tuple[CacheControl, Freshness] | None = None
         self.etag: bytes | None = None  # the strong ETag the cache made and sent
 
     async def run(self, receive: Receive) -> None:
         try:
-            await self._run(receive)
+            validators = self.stale.validators() if self.revalidating and self.stale else []
+            scope = self.req.for_app(validators)
+            self.request_time = time.time()
+            recorder = self.recorder
+            try:
+                await self.app(scope, receive, recorder)
+            except Exception:
+                if recorder.started or not stale_on_error(self.stale, time.time()):
+                    raise
+                logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
+                self.swallowed = True
+            finally:
+                if scope is not self.req.scope:  # the app ran on a copy
+                    self.req.adopt(scope)
+            if self.held is not None:  # a start with no body message: forward it as it is
+                held, self.held = self.held, None
+                await self._send_start(held, None)
+            if self.swallowed:
+                await self._serve_stale()
+            elif self.freshen is not None:
+                await self._freshen(self.freshen)
+            elif not self.ended:
+                await self._keep(self.recorder.result())
         finally:
             if not self.ended:  # the app raised or the request was cancelled
                 await self._end()
-
-    async def _run(self, receive: Receive) -> None:
-        validators = self.stale.validators() if self.revalidating and self.stale else []
-        scope = self.req.for_app(validators)
-        self.request_time = time.time()
-        recorder = self.recorder
-        try:
-            await self.app(scope, receive, recorder)
-        except Exception:
-            if recorder.started or not stale_on_error(self.stale, time.time()):
-                raise
-            logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
-            self.swallowed = True
-        finally:
-            if scope is not self.req.scope:  # the app ran on a copy
-                self.req.adopt(scope)
-        if self.held is not None:  # a start with no body message: forward it as it is
-            held, self.held = self.held, None
-            await self._send_start(held, None)
-        if self.swallowed:
-            await self._serve_stale()
-        elif self.freshen is not None:
-            await self._freshen(self.freshen)
-        elif not self.ended:
-            await self._keep(self.recorder.result())
 
     # -- what the app answered ----------------------------------------------------------------
     async def forward(self, message: Message) -> None:
@@ -241,7 +240,7 @@ class FillResponder:
         self.status = status = start["status"]
         # The app's fields, judged by name many times here and again when the entry is built.
         self.fields = headers = Fields(start["headers"] if "headers" in start else ())
-        index = headers.by_name()  # (read with in: no call per name)
+        self.index = index = headers.by_name()  # (read with in: no call per name)
         length = index[b"content-length"][0] if b"content-length" in index else None
         if length is not None and length.isdigit():
             self.length = int(length)
@@ -272,7 +271,9 @@ class FillResponder:
         if etag is None and self.reason is None and body is not None:
             etag = self.etag = strong_etag(body)
             sent += ((b"etag", etag),)  # (+= a tuple: no call)
-        if self._not_modified(status, headers, etag):  # the client's own validators match
+        if (req.if_none_match is not None or req.if_modified_since is not None) and (
+            self._not_modified(status, headers, etag)
+        ):  # the client's own validators match
             status = 304
             sent = [(k, v) for k, v in sent if k.lower() in _NOT_MODIFIED_FIELDS]
             self.drop_body = True
@@ -287,10 +288,9 @@ class FillResponder:
 
     def _not_modified(self, status: int, headers: Headers, etag: bytes | None) -> bool:
         """Whether the request's own conditionals make this response a ``304`` for it (the
-        app never saw them: the cache answers them, RFC 9110 §13.2)."""
+        app never saw them: the cache answers them, RFC 9110 §13.2); only asked when it has
+        some."""
         req = self.req
-        if req.if_none_match is None and req.if_modified_since is None:
-            return False
         modified = get_header(headers, b"last-modified") or get_header(headers, b"date")
         return 200 <= status < 300 and not_modified(
             req.if_none_match, req.if_modified_since, etag, modified
@@ -305,19 +305,10 @@ class FillResponder:
                 await self._end()  # incomplete (client gone, app gave up): nothing learned
             return
         # The recorded fields are the app's start fields, already indexed and judged.
-        record.headers = self.fields
-        entry = self._entry(record)
-        names = vary_names(record.headers)
-        if isinstance(entry, str) or names is None:  # names is None only for Vary: *
-            await self._give_up(entry if isinstance(entry, str) else "vary-star")
-            return
-        await self._store(entry, names, cache_tags(record.headers))
-        await self._end()
-
-    def _entry(self, record: RecordedResponse) -> Entry | str:
-        return build_entry(
+        headers, index = self.fields, self.index
+        entry = build_entry(
             record.status,
-            record.headers,
+            headers,
             record.body,
             self.request_time,
             self.response_time or record.created,
@@ -325,6 +316,12 @@ class FillResponder:
             judged=self.judged,
             etag=self.etag,
         )
+        names = vary_names(headers) if b"vary" in index else ()
+        if isinstance(entry, str) or names is None:  # names is None only for Vary: *
+            await self._give_up(entry if isinstance(entry, str) else "vary-star")
+            return
+        await self._store(entry, names, cache_tags(headers) if b"cache-tag" in index else [])
+        await self._end()
 
     async def _store(self, entry: Entry, names: tuple[str, ...], tags: list[str]) -> None:
         req, entries = self.req, self.entries
@@ -337,7 +334,9 @@ class FillResponder:
         except StoreUnavailable as exc:
             entries.outage.failed(exc)
             return
-        entries.path_cacheable(req.scope["path"])
+        path = req.scope["path"]
+        if path in entries.uncacheable_paths:  # (in first: no call in the usual case)
+            entries.path_cacheable(path)
         self.counters.stores += 1
 
     async def _freshen(self, start: Message) -> None:
