@@ -169,7 +169,7 @@ class ResponseRecorder:
 
     def result(self) -> RecordedResponse | None:
         """The recorded response, or ``None`` when it is not :attr:`recordable`."""
-        if not self.recordable:
+        if not (self.started and self.complete and not self.overflow):  # recordable, inline
             return None
         return RecordedResponse(self.status, self.headers, b"".join(self._parts))
 

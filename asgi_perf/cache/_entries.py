@@ -100,9 +100,8 @@ class Entries:
         if entry.size > self.decoded_max_bytes // 8:
             return
         decoded = self.decoded
-        old = decoded.pop(key, None)
-        if old is not None:
-            self.decoded_bytes -= old[1].size
+        if key in decoded:  # (in first: a new key costs no call)
+            self.decoded_bytes -= decoded.pop(key)[1].size
         while decoded and (
             len(decoded) >= _DECODED_MAX or self.decoded_bytes + entry.size > self.decoded_max_bytes
         ):

@@ -22,7 +22,6 @@ from asgi_perf.cache._keys import (
     query_part,
     raw_path,
     stem,
-    uri_tag,
 )
 from asgi_perf.cache._rules import RequestDirectives, parse_cache_control, request_directives
 
@@ -74,9 +73,6 @@ class Request:
         self.if_modified_since: bytes | None = None
         self.accept_encoding: bytes | None = None
         self.range: bytes | None = None
-
-    def uri_tag(self) -> str:
-        return uri_tag(self.scope.get("scheme") or "http", self.host, self.path, self.query)
 
     def for_app(self, validators: Headers) -> Scope:
         """This request as the app gets it on a fill: a ``GET`` (the entry serves ``HEAD``

@@ -39,6 +39,7 @@ from asgi_perf.cache._entry import (
     judge,
     merge_not_modified,
 )
+from asgi_perf.cache._keys import uri_tag
 from asgi_perf.cache._request import Request, RequestReader
 from asgi_perf.cache._rules import CacheControl, Freshness, not_modified, strong_etag, vary_names
 from asgi_perf.cache._serve import BYPASS, HIT, MISS, REVALIDATED, STALE, X_CACHE, replay
@@ -328,7 +329,8 @@ class FillResponder:
         key = self.reader.entry_key(req, names)
         ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
         try:
-            tags = [*tags, req.uri_tag()]
+            scheme = req.scope.get("scheme") or "http"
+            tags = [*tags, uri_tag(scheme, req.host, req.path, req.query)]
             if await entries.put(req.base, key, entry, names, tags, ttl, self.lease):
                 self.lease = None  # released with the entry, in the same round trip
         except StoreUnavailable as exc:
@@ -405,6 +407,12 @@ class FillResponder:
         if lease is None:
             if req.credentials:  # skip recording for such requests for a while
                 entries.remember_not_shared(req.base)
+            return
+        sync = entries.sync
+        if sync is not None:  # in-process: no coroutine, cannot fail
+            sync.fulfil_nowait(
+                *lease.ending(), self.key, HIT_FOR_MISS, self.settings.hit_for_miss_ttl
+            )
             return
         try:
             await lease.fulfil(self.key, HIT_FOR_MISS, self.settings.hit_for_miss_ttl)
