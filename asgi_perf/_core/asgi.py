@@ -25,6 +25,7 @@ __all__ = [
     "Scope",
     "Send",
     "append_header",
+    "field_index",
     "get_header",
     "get_header_values",
     "header_tokens",
@@ -58,8 +59,9 @@ class Fields(list[tuple[bytes, bytes]]):
         index = self._index
         if index is None:
             index = {}
+            lower = LOWER
             for key, value in self:
-                name = key.lower()
+                name = lower[key] if key in lower else lower_name(key)
                 if name in index:
                     index[name].append(value)
                 else:
@@ -102,10 +104,19 @@ def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | N
         if values is None:
             values = headers.by_name()
         return values[name][0] if name in values else None
+    lower = LOWER  # (a response's names are there; a request's are lowercased as they come)
     for key, value in headers:
-        if key == name or key.lower() == name:
+        if key == name or (lower[key] if key in lower else key.lower()) == name:
             return value
     return None
+
+
+def field_index(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    """Every value by lowercase name: the index of :class:`Fields` (made once), else one made
+    now, for a reader of several names (one call, then ``in``); read it, never change it."""
+    fields = headers if type(headers) is Fields else Fields(headers)
+    index = fields._index
+    return index if index is not None else fields.by_name()
 
 
 def get_header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
@@ -125,7 +136,14 @@ def header_tokens(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[b
     combine with commas, so ``Vary: a`` + ``Vary: b`` is ``Vary: a, b``.
     """
     tokens: list[bytes] = []
-    for value in get_header_values(headers, name):
+    if type(headers) is Fields:  # get_header_values inline: one call less
+        index = headers._index
+        if index is None:
+            index = headers.by_name()
+        values: Iterable[bytes] = index[name] if name in index else ()
+    else:
+        values = get_header_values(headers, name)
+    for value in values:
         for part in value.split(b","):
             token = part.strip().lower()
             if token:

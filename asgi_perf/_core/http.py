@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Sequence
 from hashlib import blake2b as _blake2b
 
+from asgi_perf._core.asgi import LOWER
+
 __all__ = [
     "HOP_BY_HOP",
     "PER_EXCHANGE",
@@ -65,7 +67,8 @@ def replayable_headers(
     """``headers`` without the per-exchange fields (and without ``also``), names lowercased
     only for the comparison: what a stored or replayed response may carry."""
     drop = PER_EXCHANGE | also if also else PER_EXCHANGE
-    return [(n, v) for n, v in headers if n.lower() not in drop]
+    lower = LOWER  # response names, lowercased without a call once seen
+    return [(n, v) for n, v in headers if (lower[n] if n in lower else n.lower()) not in drop]
 
 
 # RFC 3986 §3.2.2 host (reg-name, IPv4, IP-literal) and optional port; no userinfo.

@@ -144,17 +144,17 @@ class ResponseRecorder:
         if kind == "http.response.start":
             self.started = True
             self.status = message["status"]
-            self.headers = list(message.get("headers", ()))
-        elif kind == "http.response.body":
+            self.headers = list(message["headers"] if "headers" in message else ())
+        elif kind == "http.response.body":  # (in, not get: no call per message)
             if not self.overflow:
-                chunk = message.get("body", b"")
+                chunk = message["body"] if "body" in message else b""
                 self._size += len(chunk)
                 if self._size > self.max_body:
                     self.overflow = True
                     self._parts = []
                 elif chunk:
                     self._parts.append(chunk)
-            if not message.get("more_body", False):
+            if not ("more_body" in message and message["more_body"]):
                 self.complete = True
         else:  # http.response.pathsend / zerocopysend / trailers: not replayable by us
             self.overflow = True
@@ -169,7 +169,7 @@ class ResponseRecorder:
 
     def result(self) -> RecordedResponse | None:
         """The recorded response, or ``None`` when it is not :attr:`recordable`."""
-        if not self.recordable:
+        if not (self.started and self.complete and not self.overflow):  # recordable, inline
             return None
         return RecordedResponse(self.status, self.headers, b"".join(self._parts))
 

@@ -23,7 +23,7 @@ from asgi_perf.cache._request import Request
 from asgi_perf.cache._responder import FillJob, FillResponder, Parts
 from asgi_perf.cache._serve import BYPASS, HIT, MISS, STALE, X_CACHE, replay
 from asgi_perf.stores import StoreUnavailable
-from asgi_perf.stores._singleflight import Lease, Outcome, SingleFlight
+from asgi_perf.stores._singleflight import Lease, SingleFlight
 
 __all__ = ["LEASE_TTL", "Actions"]
 
@@ -98,17 +98,15 @@ class Actions:
         receive: Receive,
         send: Send,
         job: FillJob,
-        lease: Lease | None = None,
         claimed: bool | None = None,
     ) -> None:
         """One request per key calls the app; the others wait for what it stores.
-        ``claimed``: the lookup already tried the claim (won: ``lease``)."""
+        ``claimed``: the lookup already tried the claim (and lost it: ``False``; a won claim
+        goes straight to :meth:`fill`)."""
         entries = self.entries
         key, stale = job.key, job.stale
         for attempt in (1, 2):
-            if attempt == 1 and lease is not None:
-                outcome = Outcome("leader", lease=lease)
-            elif attempt == 1 and claimed is False:
+            if attempt == 1 and claimed is False:
                 outcome = await entries.call(self.flight.wait("c:" + key[2:], key))
             else:
                 # Nothing stored: read and claim in one atomic step, so a fill that completed
@@ -145,7 +143,7 @@ class Actions:
                 if stale is not None and await self.serve_waited(stale, req, send, key):
                     return
                 revalidate = stale is not None and stale.revalidatable
-                job = job._replace(key=key, stale=stale, revalidate=revalidate)
+                job.key, job.stale, job.revalidate = key, stale, revalidate
         self.counters.misses += 1
         await self.fill(req, receive, send, job)
 

@@ -100,9 +100,8 @@ class Entries:
         if entry.size > self.decoded_max_bytes // 8:
             return
         decoded = self.decoded
-        old = decoded.pop(key, None)
-        if old is not None:
-            self.decoded_bytes -= old[1].size
+        if key in decoded:  # (in first: a new key costs no call)
+            self.decoded_bytes -= decoded.pop(key)[1].size
         while decoded and (
             len(decoded) >= _DECODED_MAX or self.decoded_bytes + entry.size > self.decoded_max_bytes
         ):
@@ -175,9 +174,16 @@ class Entries:
             known = self.vary.get(base)
             if known is not None and known[0] is not None and known[1] > time.monotonic():
                 return known[0], True
-        raw = await self.call(self.store.get("v:" + base))
+        else:
+            known = None
+        get_now = self.get_nowait  # in-process: no coroutine, cannot fail
+        if get_now is not None:
+            raw = get_now("v:" + base)
+        else:
+            raw = await self.call(self.store.get("v:" + base))
+            known = None  # (cells may have been reset while it waited)
         names = tuple(raw.decode("latin-1").split("\n")) if raw else ()
-        self.remember_names(base, names)
+        self.remember_names(base, names, known)
         return names, False
 
     def vary_cell(self, base: str) -> list[Any]:
@@ -188,8 +194,12 @@ class Entries:
             cell = self.vary[base] = [None, 0.0]
         return cell
 
-    def remember_names(self, base: str, names: tuple[str, ...]) -> None:
-        cell = self.vary_cell(base)
+    def remember_names(
+        self, base: str, names: tuple[str, ...], cell: list[Any] | None = None
+    ) -> None:
+        """``base``'s names (``cell``: its cell in :attr:`vary`, when the caller holds it)."""
+        if cell is None:
+            cell = self.vary_cell(base)
         cell[0] = AE_ONLY if names == AE_ONLY else names  # interned: checked with "is"
         # Only this process writes a memory store: its copy never goes out of date.
         cell[1] = FOREVER if self.get_nowait is not None else time.monotonic() + VARY_LOCAL_TTL
@@ -207,24 +217,25 @@ class Entries:
     ) -> bool:
         """Store ``entry`` at ``key`` (its own ``Vary`` names chose it) with ``tags``; on a
         remote store, with its ``Vary`` record and the release of ``lease`` in the same round
-        trip. Whether ``lease`` was released."""
+        trip (in this process: at once). Whether ``lease`` was released."""
         data = entry.encode()
-        released = False
-        if self.get_nowait is None:  # the Vary record is what other processes read
+        sync = self.sync
+        if sync is None:  # the Vary record is what other processes read
             vary = "\n".join(names).encode("latin-1")
             release = lease.ending() if lease is not None else None
             records = [(key, data, ttl, tags, True), ("v:" + base, vary, ttl, (), True)]
             await self.store.set_many(records, release)
-            released = release is not None
+            self.remember_names(base, names)
         else:
-            await self.store.set(key, data, ttl, tags=tags, indexed=True)
+            sync.set_nowait(key, data, ttl, tags)
             cell = self.vary.get(base)
-            if cell is None or cell[0] != names:  # only after a local reset: written again
-                vary = "\n".join(names).encode("latin-1")
-                await self.store.set("v:" + base, vary, ttl, indexed=True)
-        self.remember_names(base, names)
+            if cell is None or cell[0] != names:  # else known already (forever, in-process)
+                sync.set_nowait("v:" + base, "\n".join(names).encode("latin-1"), ttl, ())
+                self.remember_names(base, names)
+            if lease is not None:
+                sync.release_nowait(*lease.ending())
         self.keep_decoded(key, data, entry)
-        return released
+        return lease is not None
 
     # -- hints this process learns ----------------------------------------------------------
     def hinted(self, path: str) -> bool:

@@ -34,7 +34,10 @@ __all__ = [
     "vary_value",
 ]
 
-_KEY_UNSAFE = re.compile(r"[^\x21-\x24\x26-\x3e\x40-\x7a\x7c\x7e]")
+_KEY_CHARS = r"\x21-\x24\x26-\x3e\x40-\x7a\x7c\x7e"
+_KEY_UNSAFE = re.compile(f"[^{_KEY_CHARS}]")
+_PART_LIMIT = 256
+_KEY_PLAIN = re.compile(f"[{_KEY_CHARS}]{{0,{_PART_LIMIT}}}")  # needs no escaping nor bound
 # Printable ASCII but % ? { } (see escape_key_part); quote() keeps letters, digits, "_.-~".
 _KEY_SAFE = "".join(
     chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%?{}" and not chr(c).isalnum()
@@ -55,9 +58,11 @@ def escape_key_part(text: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe=_KEY_SAFE)
 
 
-def key_part(text: str, limit: int = 256) -> str:
+def key_part(text: str, limit: int = _PART_LIMIT) -> str:
     """:func:`escape_key_part`, kept within ``limit`` characters: a longer result becomes its
     first characters, ``?`` (which an escaped text never holds) and a hash of the whole."""
+    if limit == _PART_LIMIT and _KEY_PLAIN.fullmatch(text) is not None:
+        return text  # the usual path or query: one test, no escaping, short enough
     escaped = escape_key_part(text)
     if len(escaped) <= limit:
         return escaped
@@ -87,7 +92,10 @@ def stem(path: str, scheme: str | None, host: str, identity: str = "", keyed: st
 
 def query_part(query: bytes) -> str:
     """The query of a key: canonical order, escaped, bounded."""
-    return key_part(canonical_query(query).decode("latin-1")) if query else ""
+    if not query:
+        return ""
+    # (one parameter needs no canonical order: no call)
+    return key_part((canonical_query(query) if b"&" in query else query).decode("latin-1"))
 
 
 def entry_key(stem_: str, variant: str, query: str) -> str:

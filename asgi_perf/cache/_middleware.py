@@ -174,7 +174,8 @@ class CacheMiddleware(EnvConfigurable):
                          host or b"", scope.get("scheme"))  # fmt: skip
             resource = self._resources.get(ident)
             if resource is None:
-                if self.entries.hinted(scope["path"]):  # (checked again in _serve_or_fill)
+                path = scope["path"]  # (in first: the usual path has no hint, and no call)
+                if path in self.entries.uncacheable_paths and self.entries.hinted(path):
                     await self.actions.pass_through(scope, receive, send)
                     return
                 resource = self._resource(scope, ident)
@@ -365,7 +366,12 @@ class CacheMiddleware(EnvConfigurable):
         """Long because it is the short I/O loop around the pure :func:`decide`: one branch per
         action (serve, revalidate, fill, bypass, 504), each a few lines."""
         directives = req.directives
-        if not directives.only_if_cached and self.entries.hinted(req.scope["path"]):
+        path = req.scope["path"]  # (in first, as in __call__)
+        if (
+            not directives.only_if_cached
+            and path in self.entries.uncacheable_paths
+            and self.entries.hinted(path)
+        ):
             await self.actions.pass_through(req.scope, receive, send)
             return
         token = ""  # the fill of a coalesced miss is claimed with the lookup
@@ -373,8 +379,12 @@ class CacheMiddleware(EnvConfigurable):
             token = next(LOCAL_TOKENS) if self.entries.sync is not None else request_token()
         key, found, won = await self._lookup(req, prefetched, token)
         if won is not None:  # nothing stored, and the claim was tried
-            lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL) if won else None
-            await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), lease, won)
+            if won:  # the one fill of this key
+                self.counters.misses += 1
+                lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL)
+                await self.actions.fill(req, receive, send, FillJob(key, "uri-miss"), lease)
+            else:
+                await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), won)
             return
         if found == HIT_FOR_MISS and not directives.only_if_cached:
             await self.actions.pass_through(req.scope, receive, send)

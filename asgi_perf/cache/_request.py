@@ -22,7 +22,6 @@ from asgi_perf.cache._keys import (
     query_part,
     raw_path,
     stem,
-    uri_tag,
 )
 from asgi_perf.cache._rules import RequestDirectives, parse_cache_control, request_directives
 
@@ -51,6 +50,7 @@ class Request:
         "if_modified_since",
         "if_none_match",
         "path",
+        "plain_key",
         "query",
         "range",
         "scope",
@@ -66,6 +66,7 @@ class Request:
         self.stem = ""  # "{path}scheme|host|identity|keyed headers": no "?" in it
         self.query = ""  # canonical query string, always last in a key
         self.base = ""  # stem + "?" + query: the resource (its Vary record)
+        self.plain_key: str | None = None  # the entry key when nothing varies, once made
         self.credentials = False
         self.directives = _NO_DIRECTIVES
         self.if_none_match: bytes | None = None
@@ -73,24 +74,23 @@ class Request:
         self.accept_encoding: bytes | None = None
         self.range: bytes | None = None
 
-    @property
-    def scheme(self) -> str:
-        return self.scope.get("scheme") or "http"  # type: ignore[no-any-return]
-
-    def uri_tag(self) -> str:
-        return uri_tag(self.scheme, self.host, self.path, self.query)
-
     def for_app(self, validators: Headers) -> Scope:
         """This request as the app gets it on a fill: a ``GET`` (the entry serves ``HEAD``
         too), without the client's own conditionals (the cache answers them), with the
         stored entry's ``validators`` when it revalidates one."""
         original = self.scope
-        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
-        if original["method"] == "GET" and not validators and len(headers) == len(self.headers):
+        if (
+            original["method"] == "GET"
+            and not validators
+            and self.if_none_match is None  # (read from the fields: none of _CONDITIONAL)
+            and self.if_modified_since is None
+            and self.range is None
+        ):
             # Nothing to change: the app gets the request's own scope, so what the framework
             # writes into it (Starlette's route, FastAPI's state) reaches the outer layers
             # (Timing's route templates) as it does without a cache.
             return original
+        headers = [(k, v) for k, v in self.headers if k.lower() not in _CONDITIONAL]
         scope = dict(original)
         scope["method"] = "GET"
         headers.extend(validators)
@@ -238,6 +238,7 @@ class RequestReader:
         req.stem = resource.stem
         req.query = resource.query
         req.base = resource.base
+        req.plain_key = resource.key
         req.accept_encoding = accept
         return req
 
@@ -269,7 +270,14 @@ class RequestReader:
         return headers_variant(names, headers, coding)
 
     def entry_key(self, req: Request, names: tuple[str, ...]) -> str:
-        return entry_key(req.stem, self.variant(names, req.headers, req.accept_encoding), req.query)
+        if names:
+            return entry_key(
+                req.stem, self.variant(names, req.headers, req.accept_encoding), req.query
+            )
+        key = req.plain_key  # made once per request (a lookup, then the fill's store)
+        if key is None:
+            key = req.plain_key = entry_key(req.stem, "", req.query)
+        return key
 
     def accepts(self, accept: bytes | None, coding: str | None) -> bool:
         """Whether a client with ``accept`` may receive a body in content ``coding``."""

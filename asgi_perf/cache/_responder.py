@@ -17,7 +17,16 @@ import logging
 import time
 from typing import NamedTuple
 
-from asgi_perf._core.asgi import ASGIApp, Fields, Headers, Message, Receive, Send, get_header
+from asgi_perf._core.asgi import (
+    LOWER,
+    ASGIApp,
+    Fields,
+    Headers,
+    Message,
+    Receive,
+    Send,
+    get_header,
+)
 from asgi_perf._core.context import add_timing
 from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
 from asgi_perf.cache._decide import stale_on_error
@@ -30,6 +39,7 @@ from asgi_perf.cache._entry import (
     judge,
     merge_not_modified,
 )
+from asgi_perf.cache._keys import uri_tag
 from asgi_perf.cache._request import Request, RequestReader
 from asgi_perf.cache._rules import CacheControl, Freshness, not_modified, strong_etag, vary_names
 from asgi_perf.cache._serve import BYPASS, HIT, MISS, REVALIDATED, STALE, X_CACHE, replay
@@ -57,7 +67,7 @@ def cache_tags(headers: Headers) -> list[str]:
     ignored (it becomes part of a store key)."""
     tags: list[str] = []
     for name, value in headers:
-        if name.lower() == b"cache-tag":
+        if (LOWER[name] if name in LOWER else name.lower()) == b"cache-tag":
             for tag in value.decode("latin-1").replace(",", " ").split():
                 if len(tag) <= 256 and tag.isascii() and tag.isprintable():
                     tags.append(tag)
@@ -74,15 +84,27 @@ class Parts(NamedTuple):
     reader: RequestReader
 
 
-class FillJob(NamedTuple):
-    """What one call of the app is for."""
+class FillJob:
+    """What one call of the app is for (made on every miss: a plain class, as a NamedTuple's
+    ``__new__`` costs a call more)."""
 
-    key: str  # the entry key it fills
-    why: str  # Cache-Status fwd= reason: uri-miss, stale, request, bypass
-    stale: Entry | None = None  # the stored entry it may revalidate, or serve on error
-    revalidate: bool = False  # send the stale entry's validators
-    lease: Lease | None = None  # the claim that makes it the one fill of its key
-    x_cache: bytes = MISS
+    __slots__ = ("key", "lease", "revalidate", "stale", "why", "x_cache")
+
+    def __init__(
+        self,
+        key: str,  # the entry key it fills
+        why: str,  # Cache-Status fwd= reason: uri-miss, stale, request, bypass
+        stale: Entry | None = None,  # the stored entry it may revalidate, or serve on error
+        revalidate: bool = False,  # send the stale entry's validators
+        lease: Lease | None = None,  # the claim that makes it the one fill of its key
+        x_cache: bytes = MISS,
+    ) -> None:
+        self.key = key
+        self.why = why
+        self.stale = stale
+        self.revalidate = revalidate
+        self.lease = lease
+        self.x_cache = x_cache
 
 
 class FillResponder:
@@ -98,6 +120,7 @@ class FillResponder:
         "fields",
         "freshen",
         "held",
+        "index",
         "judged",
         "key",
         "lease",
@@ -125,9 +148,9 @@ class FillResponder:
         self.app, self.settings, self.counters, self.entries, self.reader = parts
         self.req = req
         self.send = send
-        self.key, self.why, self.stale, revalidate, _, self.x_cache = job
+        self.key, self.why, self.stale, self.x_cache = job.key, job.why, job.stale, job.x_cache
         self.lease = lease
-        self.revalidating = revalidate and self.stale is not None
+        self.revalidating = job.revalidate and self.stale is not None
         self.recorder = ResponseRecorder(self.forward, parts.settings.max_body_size)
         self.held: Message | None = None
         self.freshen: Message | None = None  # the app's 304 to our validators
@@ -140,41 +163,39 @@ class FillResponder:
         self.request_time = self.response_time = 0.0
         # Set when the response starts (_send_start), before anything is kept:
         self.fields: Fields = Fields()
+        self.index: dict[bytes, list[bytes]] = {}  # fields by name
         self.policy = _NO_POLICY
         self.judged: tuple[CacheControl, Freshness] | None = None
         self.etag: bytes | None = None  # the strong ETag the cache made and sent
 
     async def run(self, receive: Receive) -> None:
         try:
-            await self._run(receive)
+            validators = self.stale.validators() if self.revalidating and self.stale else []
+            scope = self.req.for_app(validators)
+            self.request_time = time.time()
+            recorder = self.recorder
+            try:
+                await self.app(scope, receive, recorder)
+            except Exception:
+                if recorder.started or not stale_on_error(self.stale, time.time()):
+                    raise
+                logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
+                self.swallowed = True
+            finally:
+                if scope is not self.req.scope:  # the app ran on a copy
+                    self.req.adopt(scope)
+            if self.held is not None:  # a start with no body message: forward it as it is
+                held, self.held = self.held, None
+                await self._send_start(held, None)
+            if self.swallowed:
+                await self._serve_stale()
+            elif self.freshen is not None:
+                await self._freshen(self.freshen)
+            elif not self.ended:
+                await self._keep(self.recorder.result())
         finally:
             if not self.ended:  # the app raised or the request was cancelled
                 await self._end()
-
-    async def _run(self, receive: Receive) -> None:
-        validators = self.stale.validators() if self.revalidating and self.stale else []
-        scope = self.req.for_app(validators)
-        self.request_time = time.time()
-        recorder = self.recorder
-        try:
-            await self.app(scope, receive, recorder)
-        except Exception:
-            if recorder.started or not stale_on_error(self.stale, time.time()):
-                raise
-            logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
-            self.swallowed = True
-        finally:
-            if scope is not self.req.scope:  # the app ran on a copy
-                self.req.adopt(scope)
-        if self.held is not None:  # a start with no body message: forward it as it is
-            held, self.held = self.held, None
-            await self._send_start(held, None)
-        if self.swallowed:
-            await self._serve_stale()
-        elif self.freshen is not None:
-            await self._freshen(self.freshen)
-        elif not self.ended:
-            await self._keep(self.recorder.result())
 
     # -- what the app answered ----------------------------------------------------------------
     async def forward(self, message: Message) -> None:
@@ -219,56 +240,58 @@ class FillResponder:
         req, settings = self.req, self.settings
         self.status = status = start["status"]
         # The app's fields, judged by name many times here and again when the entry is built.
-        self.fields = headers = Fields(start.get("headers", ()))
-        length = get_header(headers, b"content-length")
+        self.fields = headers = Fields(start["headers"] if "headers" in start else ())
+        self.index = index = headers.by_name()  # (read with in: no call per name)
+        length = index[b"content-length"][0] if b"content-length" in index else None
         if length is not None and length.isdigit():
             self.length = int(length)
         self.policy = policy = settings.policy(req.scope["path"], req.credentials)
         cc, fresh, self.reason = judge(status, headers, self.response_time, policy)
         self.judged = cc, fresh
-        if self.reason is None:
-            content_type = get_header(headers, b"content-type")
-            if content_type is not None and content_type.startswith(b"text/event-stream"):
-                self.reason = "event-stream"  # endless by design
+        if (
+            self.reason is None
+            and b"content-type" in index
+            and index[b"content-type"][0].startswith(b"text/event-stream")
+        ):
+            self.reason = "event-stream"  # endless by design
         if self.reason is not None:
             await self._give_up(self.reason)
-        whole = (
+        body: bytes | None = None  # all of it, when the first body message is the last
+        if (
             first is not None
             and first["type"] == "http.response.body"
-            and not first.get("more_body", False)
-        )
-        etag = get_header(headers, b"etag")
+            and not ("more_body" in first and first["more_body"])
+        ):
+            body = first["body"] if "body" in first else b""
+        etag = index[b"etag"][0] if b"etag" in index else None
         consumed = settings.consumed
-        if consumed.isdisjoint(headers.by_name()):
+        if consumed.isdisjoint(index):
             sent = list(headers)
         else:
             sent = [(k, v) for k, v in headers if k.lower() not in consumed]
-        if etag is None and self.reason is None and whole:
-            assert first is not None
-            etag = self.etag = strong_etag(first.get("body", b""))
-            sent.append((b"etag", etag))
-        if self._not_modified(status, headers, etag):  # the client's own validators match
+        if etag is None and self.reason is None and body is not None:
+            etag = self.etag = strong_etag(body)
+            sent += ((b"etag", etag),)  # (+= a tuple: no call)
+        if (req.if_none_match is not None or req.if_modified_since is not None) and (
+            self._not_modified(status, headers, etag)
+        ):  # the client's own validators match
             status = 304
             sent = [(k, v) for k, v in sent if k.lower() in _NOT_MODIFIED_FIELDS]
             self.drop_body = True
             self.counters.not_modified += 1
-        sent.append((X_CACHE, self.x_cache))
-        stored = (
-            self.reason is None
-            and first is not None
-            and whole
-            and len(first.get("body", b"")) <= settings.max_body_size
+        stored = self.reason is None and body is not None and len(body) <= settings.max_body_size
+        sent += (
+            (X_CACHE, self.x_cache),
+            settings.status.forward(self.why, start["status"], stored=stored, key=self.key),
         )
-        sent.append(settings.status.forward(self.why, start["status"], stored=stored, key=self.key))
         add_timing("cache", desc=_DESC[self.x_cache])
         await self.send({**start, "status": status, "headers": sent})
 
     def _not_modified(self, status: int, headers: Headers, etag: bytes | None) -> bool:
         """Whether the request's own conditionals make this response a ``304`` for it (the
-        app never saw them: the cache answers them, RFC 9110 §13.2)."""
+        app never saw them: the cache answers them, RFC 9110 §13.2); only asked when it has
+        some."""
         req = self.req
-        if req.if_none_match is None and req.if_modified_since is None:
-            return False
         modified = get_header(headers, b"last-modified") or get_header(headers, b"date")
         return 200 <= status < 300 and not_modified(
             req.if_none_match, req.if_modified_since, etag, modified
@@ -283,19 +306,10 @@ class FillResponder:
                 await self._end()  # incomplete (client gone, app gave up): nothing learned
             return
         # The recorded fields are the app's start fields, already indexed and judged.
-        record.headers = self.fields
-        entry = self._entry(record)
-        names = vary_names(record.headers)
-        if isinstance(entry, str) or names is None:  # names is None only for Vary: *
-            await self._give_up(entry if isinstance(entry, str) else "vary-star")
-            return
-        await self._store(entry, names, cache_tags(record.headers))
-        await self._end()
-
-    def _entry(self, record: RecordedResponse) -> Entry | str:
-        return build_entry(
+        headers, index = self.fields, self.index
+        entry = build_entry(
             record.status,
-            record.headers,
+            headers,
             record.body,
             self.request_time,
             self.response_time or record.created,
@@ -303,19 +317,28 @@ class FillResponder:
             judged=self.judged,
             etag=self.etag,
         )
+        names = vary_names(headers) if b"vary" in index else ()
+        if isinstance(entry, str) or names is None:  # names is None only for Vary: *
+            await self._give_up(entry if isinstance(entry, str) else "vary-star")
+            return
+        await self._store(entry, names, cache_tags(headers) if b"cache-tag" in index else [])
+        await self._end()
 
     async def _store(self, entry: Entry, names: tuple[str, ...], tags: list[str]) -> None:
         req, entries = self.req, self.entries
         key = self.reader.entry_key(req, names)
         ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
         try:
-            tags = [*tags, req.uri_tag()]
+            scheme = req.scope.get("scheme") or "http"
+            tags = [*tags, uri_tag(scheme, req.host, req.path, req.query)]
             if await entries.put(req.base, key, entry, names, tags, ttl, self.lease):
                 self.lease = None  # released with the entry, in the same round trip
         except StoreUnavailable as exc:
             entries.outage.failed(exc)
             return
-        entries.path_cacheable(req.scope["path"])
+        path = req.scope["path"]
+        if path in entries.uncacheable_paths:  # (in first: no call in the usual case)
+            entries.path_cacheable(path)
         self.counters.stores += 1
 
     async def _freshen(self, start: Message) -> None:
@@ -385,6 +408,12 @@ class FillResponder:
             if req.credentials:  # skip recording for such requests for a while
                 entries.remember_not_shared(req.base)
             return
+        sync = entries.sync
+        if sync is not None:  # in-process: no coroutine, cannot fail
+            sync.fulfil_nowait(
+                *lease.ending(), self.key, HIT_FOR_MISS, self.settings.hit_for_miss_ttl
+            )
+            return
         try:
             await lease.fulfil(self.key, HIT_FOR_MISS, self.settings.hit_for_miss_ttl)
         except StoreUnavailable as exc:
@@ -395,7 +424,8 @@ class FillResponder:
         """Free the claim without a record: waiters go to the app themselves (or find the
         entry just stored under its key)."""
         self.ended = True
-        await self._release()
+        if self.lease is not None:  # (none left once the entry was stored with its release)
+            await self._release()
 
     async def _release(self) -> None:
         if self.lease is not None:

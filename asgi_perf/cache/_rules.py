@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from asgi_perf._core.asgi import Headers, get_header, get_header_values, header_tokens
+from asgi_perf._core.asgi import Headers, field_index, get_header_values, header_tokens
 from asgi_perf.cache._dates import parse_http_date
 
 __all__ = [
@@ -149,12 +149,15 @@ def response_directives(headers: Headers, targeted: Sequence[bytes]) -> tuple[Ca
     field, then ``CDN-Cache-Control``) with a valid non-empty value is used and
     ``Cache-Control`` is then ignored entirely; otherwise ``Cache-Control`` applies.
     """
+    index = field_index(headers)
     for name in targeted:
-        values = get_header_values(headers, name)
-        if values:
+        if name in index:
+            values = index[name]
             parsed = _parse_targeted(values[0] if len(values) == 1 else b", ".join(values))
             if parsed is not None:
                 return parsed, True
+    if b"cache-control" not in index:
+        return _EMPTY, False
     return parse_cache_control(headers), False
 
 
@@ -178,6 +181,13 @@ class Freshness(NamedTuple):
     heuristic: bool = False  # §4.2.2 from Last-Modified, or the configured default TTL
 
 
+#: The freshness of a ``max-age``/``s-maxage`` argument and of a default TTL, made once each
+#: (bounded): the common responses then cost no call here.
+_EXPLICIT: dict[str | None, Freshness] = {}
+_DEFAULTED: dict[float, Freshness] = {}
+_MEMO_MAX = 512
+
+
 def freshness(
     cc: CacheControl,
     headers: Headers,
@@ -195,8 +205,14 @@ def freshness(
     """
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
-            seconds = delta_seconds(cc[directive])
-            return Freshness(0.0 if seconds is None else float(seconds), True)
+            arg = cc[directive]
+            if arg in _EXPLICIT:
+                return _EXPLICIT[arg]
+            seconds = delta_seconds(arg)
+            fresh = Freshness(0.0 if seconds is None else float(seconds), True)
+            if len(_EXPLICIT) < _MEMO_MAX:
+                _EXPLICIT[arg] = fresh
+            return fresh
     expires = get_header_values(headers, b"expires")
     if expires:
         at = parse_http_date(expires[0]) if len(expires) == 1 else None
@@ -207,7 +223,12 @@ def freshness(
     if status not in HEURISTIC_STATUSES and "public" not in cc:
         return Freshness(0.0, False)
     if default_ttl is not None:
-        return Freshness(default_ttl, False, True)
+        if default_ttl in _DEFAULTED:  # (a deployment has a few)
+            return _DEFAULTED[default_ttl]
+        fresh = Freshness(default_ttl, False, True)
+        if len(_DEFAULTED) < _MEMO_MAX:
+            _DEFAULTED[default_ttl] = fresh
+        return fresh
     modified = _date(headers, b"last-modified")
     if modified is None:
         return Freshness(0.0, False)
@@ -228,11 +249,14 @@ def age_value(headers: Headers) -> float:
 
 def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
     """``corrected_initial_age`` of §4.2.3: the larger of the apparent age
-    (``response_time - Date``) and ``Age`` plus the time the app took to answer."""
-    date = _date(headers, b"date")
-    apparent = 0.0 if date is None else max(0.0, response_time - date)
-    corrected = age_value(headers) + max(0.0, response_time - request_time)
-    return max(apparent, corrected)
+    (``response_time - Date``) and ``Age`` plus the time the app took to answer. (Fields
+    are read by ``in`` and the larger values taken without ``max``: a call each.)"""
+    index = field_index(headers)
+    date = parse_http_date(index[b"date"][0]) if b"date" in index else None
+    apparent = 0.0 if date is None else response_time - date
+    took = response_time - request_time
+    corrected = (age_value(headers) if b"age" in index else 0.0) + (took if took > 0.0 else 0.0)
+    return apparent if apparent > corrected else corrected
 
 
 def stale_windows(cc: CacheControl, default_swr: float, default_sie: float) -> tuple[float, float]:
@@ -244,8 +268,9 @@ def stale_windows(cc: CacheControl, default_swr: float, default_sie: float) -> t
     """
     if "must-revalidate" in cc or "proxy-revalidate" in cc or "s-maxage" in cc or "no-cache" in cc:
         return 0.0, 0.0
-    swr = delta_seconds(cc.get("stale-while-revalidate"))
-    sie = delta_seconds(cc.get("stale-if-error"))
+    # (in before reading: most responses have neither, and then nothing is called)
+    swr = delta_seconds(cc["stale-while-revalidate"]) if "stale-while-revalidate" in cc else None
+    sie = delta_seconds(cc["stale-if-error"]) if "stale-if-error" in cc else None
     return (
         default_swr if swr is None else float(swr),
         default_sie if sie is None else float(sie),
@@ -301,16 +326,14 @@ def storable(
         return "no-store"
     if "private" in cc:
         return "private"
-    if get_header_values(headers, b"set-cookie"):
+    index = field_index(headers)
+    if b"set-cookie" in index:
         return "set-cookie"
-    if vary_names(headers) is None:
+    if b"vary" in index and vary_names(headers) is None:
         return "vary-star"
     if credentials and not cache_authenticated and not shareable_with_credentials(cc):
         return "credentials"
-    validators = (
-        get_header(headers, b"etag") is not None
-        or get_header(headers, b"last-modified") is not None
-    )
+    validators = b"etag" in index or b"last-modified" in index
     if "no-cache" in cc and not validators:
         return "no-cache"  # every use needs the app, and there is nothing to revalidate with
     if fresh.lifetime > 0:

@@ -35,6 +35,11 @@ INTS = [str(i).encode("ascii") for i in range(3600)]
 _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
 )
+#: RFC 9211 §2.2 fwd= reasons as bytes (no encode per response).
+_REASONS = {
+    r: r.encode("ascii")
+    for r in ("bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale")
+}
 _RANGE = re.compile(rb"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 
 
@@ -77,7 +82,11 @@ class CacheStatus:
     ) -> tuple[bytes, bytes]:
         """``fwd=`` one of ``bypass``, ``method``, ``uri-miss``, ``vary-miss``, ``miss``,
         ``request``, ``stale`` (RFC 9211 §2.2), with what the app answered."""
-        value = self.name + b"; fwd=" + reason.encode("ascii")
+        value = (
+            self.name
+            + b"; fwd="
+            + (_REASONS[reason] if reason in _REASONS else reason.encode("ascii"))
+        )
         if status:
             value += b"; fwd-status=" + (INTS[status] if status < 3600 else str(status).encode())
         if ttl is not None:

@@ -58,6 +58,10 @@ class SyncOperations(Protocol):
 
     def get_nowait(self, key: str) -> bytes | None: ...
 
+    def set_nowait(
+        self, key: str, value: bytes, ttl: float | None, tags: Iterable[str]
+    ) -> None: ...
+
     def claim_nowait(self, key: str, token: str, ttl: float) -> bool: ...
 
     def get_or_claim_nowait(

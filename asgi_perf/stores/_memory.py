@@ -8,11 +8,12 @@ have raises :class:`~asgi_perf.stores.StoreFull`.
 Every operation runs without an ``await`` in the middle, so it is atomic with respect to
 other tasks of the event loop; no lock is needed.
 
-The ``*_nowait`` methods (``get_nowait``, ``claim_nowait``, ``get_or_claim_nowait``,
-``release_nowait``, ``fulfil_nowait``) are those operations without the coroutine; the store
-offers them as its ``sync`` capability (:class:`~asgi_perf.stores.SyncOperations`) to hot
-paths. A subclass does not inherit the capability: it may override the async operations (to
-fail, delay or count them) and the sync ones would bypass that; it sets ``sync`` itself.
+The ``*_nowait`` methods (``get_nowait``, ``set_nowait``, ``claim_nowait``,
+``get_or_claim_nowait``, ``release_nowait``, ``fulfil_nowait``) are those operations without
+the coroutine; the store offers them as its ``sync`` capability
+(:class:`~asgi_perf.stores.SyncOperations`) to hot paths. A subclass does not inherit the
+capability: it may override the async operations (to fail, delay or count them) and the sync
+ones would bypass that; it sets ``sync`` itself.
 """
 
 from __future__ import annotations
@@ -130,8 +131,12 @@ class MemoryStore(Store):
         entry = data[key] = _Entry()
         entry.value, entry.expires, entry.tags, entry.size = value, expires, tag_tuple, size
         self.bytes += size
-        for tag in tag_tuple:
-            self._tags.setdefault(tag, set()).add(key)
+        tagged = self._tags
+        for tag in tag_tuple:  # (a new tag, the usual URI tag, costs no call)
+            if tag in tagged:
+                tagged[tag].add(key)
+            else:
+                tagged[tag] = {key}
         if len(data) > self.max_entries or self.bytes > self.max_bytes:
             self._make_room()
 
@@ -157,6 +162,9 @@ class MemoryStore(Store):
         indexed: bool = False,
     ) -> None:
         self._set(key, value, ttl, tags)
+
+    #: ``set`` without the coroutine (``indexed`` is a remote store's concern).
+    set_nowait = _set
 
     async def delete(self, key: str) -> bool:
         return self._drop(key) is not None
@@ -210,16 +218,18 @@ class MemoryStore(Store):
         self._claims[key] = (token, time.monotonic() + ttl)
         return True
 
-    def _release(self, key: str, token: str) -> bool:
-        if self._holder(key) != token:
-            return False
-        del self._claims[key]
-        return True
-
     def release_nowait(self, key: str, token: str) -> bool:
-        """:meth:`release` without the coroutine."""
-        released = self._release(key, token)
-        self._notify(key)
+        """:meth:`release` without the coroutine (inline: every fill and leader ends here)."""
+        claims = self._claims
+        held = claims.get(key)
+        released = False
+        if held is not None:
+            expired = held[1] <= time.monotonic()
+            if expired or held[0] == token:  # an expired claim is dropped, as _holder does
+                del claims[key]
+                released = not expired
+        if key in self._subs:
+            self._notify(key)
         return released
 
     async def release(self, key: str, token: str) -> bool:
