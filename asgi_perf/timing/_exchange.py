@@ -91,8 +91,17 @@ class Exchange(RequestContext):
                 name = mw.response_time_header
                 expose = mw.expose
                 if expose is True or (expose is not False and expose(self.scope)):
-                    # 48 is b"0": strip trailing zeros only when there are some
-                    value = b"total;dur=" + (ms.rstrip(b"0").rstrip(b".") if ms[-1] == 48 else ms)
+                    # 48 is b"0": strip trailing zeros (and a bare point) by slicing, no call
+                    dur = (
+                        ms
+                        if ms[-1] != 48
+                        else ms[:-1]
+                        if ms[-2] != 48
+                        else ms[:-2]
+                        if ms[-3] != 48
+                        else ms[:-4]
+                    )
+                    value = b"total;dur=" + dur
                     if self._timings:
                         value += b", " + format_server_timing(self._timings)
                     headers = message["headers"] if "headers" in message else ()
