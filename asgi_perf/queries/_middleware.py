@@ -303,11 +303,13 @@ class QueryMiddleware(EnvConfigurable):
         if token.old_value is not Token.MISSING:
             log.parent = token.old_value
         try:
-            if self.wraps or context.current() is not None:
+            # without headers to add, only an outer Timing's context is a reason to wrap
+            timing = None if self.wraps else context.current()
+            if self.wraps or timing is not None:
 
                 async def send_with_findings(message: Message) -> None:
                     if message["type"] == "http.response.start":
-                        message = self._start(log, message)
+                        message = self._start(log, message, timing)
                     await send(message)
 
                 await self.app(scope, receive, send_with_findings)
@@ -391,10 +393,14 @@ class QueryMiddleware(EnvConfigurable):
             "n_plus_one_threshold": self.rules.n_plus_one_threshold,
         }
 
-    def _start(self, log: QueryLog, message: Message) -> Message:
-        """Add the headers / Server-Timing entry, or raise, as ``http.response.start`` leaves."""
-        timing = context.current() is not None
-        if not log.count and not timing:  # the common case of a page without queries
+    def _start(
+        self, log: QueryLog, message: Message, timing: context.RequestContext | None
+    ) -> Message:
+        """Add the headers / Server-Timing entry (into ``timing``, the context an outer Timing
+        opened, looked up here if not given), or raise, as ``http.response.start`` leaves."""
+        if timing is None:
+            timing = context.current()
+        if not log.count and timing is None:  # the common case of a page without queries
             if not self.header:
                 return message
             return {**message, "headers": [*message.get("headers", ()), *_NO_QUERIES]}
@@ -406,14 +412,14 @@ class QueryMiddleware(EnvConfigurable):
         desc = f"{log.count} quer{'y' if log.count == 1 else 'ies'}"
         if n1:
             desc += f", {in_n1} of them N+1"
-        if timing:
-            context.add_timing("db", ms, desc)
+        if timing is not None:  # add_timing without looking the context up again
+            timing.timings.append(context.TimingEntry("db", ms, desc))
         if not self.header:
             return message
         headers = list(message.get("headers", ()))
         headers.append((b"x-query-count", str(log.count).encode()))
         headers.append((b"x-n-plus-one", str(in_n1).encode()))
-        if not timing:
+        if timing is None:
             entry = context.TimingEntry("db", ms, desc)
             headers.append((b"server-timing", context.format_server_timing([entry])))
         return {**message, "headers": headers}

@@ -58,14 +58,15 @@ BUDGET_CALLS: dict[str, float] = {
     # -18: the dedup diet (its request parts, the memory store's claim and writes); -7: dedup's
     # look at a response's fields without a lowercase call (memo) and Cache-Control verdicts
     # -3: Server-Timing entries rendered with fewer calls; the path hint
-    # -4: Server-Timing rendered in one loop, trailing zeros sliced off
-    "stack-memory": 82,
+    # -4: Server-Timing rendered in one loop, trailing zeros sliced off; -2: Queries adds its
+    # db entry to the Timing context it read on the way in
+    "stack-memory": 80,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
     # -5, -13, -12, -2, -3: the cache miss path, as above; the hit-for-miss marker is
-    # written without coroutines; -4: Server-Timing rendered in one loop
-    "stack-memory-paths": 168,
+    # written without coroutines; -4: Server-Timing rendered in one loop; -2: Queries' db entry
+    "stack-memory-paths": 166,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
