@@ -23,6 +23,8 @@ __all__ = ["FIXED", "IDENTITY", "RequestParts"]
 FIXED = 6  # parts before the header slots: method, path, query, identity, scheme, host
 IDENTITY = 3  # the index of the identity part
 _SCHEMES = {"http": b"http", "https": b"https"}
+_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
+_HTTP1 = frozenset({"1.0", "1.1"})
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
 _HOST = -3  # header slot: the Host, checked after the pass
 _FRAMING = -2  # header slot: says the request has a body
@@ -40,7 +42,7 @@ def _path(scope: Scope) -> bytes:
 
 
 class RequestParts:
-    """``parts(scope) -> (parts or None, the request frames a body)``.
+    """``parts(scope) -> (parts or None, the request has no body)``.
 
     Every request runs this, so it reads the scope with ``in`` rather than ``get`` and
     remembers what it worked out for a value seen before (a header spelling, the identity of
@@ -78,9 +80,10 @@ class RequestParts:
     def __call__(self, scope: Scope) -> tuple[list[bytes] | None, bool]:
         """The fingerprint's parts but the body: method, raw path, canonical query, identity,
         scheme, host (:data:`FIXED` parts), then the fingerprinted headers, each in its slot
-        (repeats comma-joined); and whether the request says how its body is framed
-        (Content-Length or Transfer-Encoding). ``None`` for the parts when the ``Host`` is
-        repeated or invalid (:func:`~asgi_perf._core.http.single_host`)."""
+        (repeats comma-joined); and whether the request has no body (RFC 9112 §6.3: an
+        HTTP/1 GET or HEAD with neither Content-Length nor Transfer-Encoding), so nothing is
+        read before the app. ``None`` for the parts when the ``Host`` is repeated or invalid
+        (:func:`~asgi_perf._core.http.single_host`)."""
         names = self._names
         framed = False
         sent: bytes | None = None  # the Host field's value
@@ -141,7 +144,11 @@ class RequestParts:
                     peers.clear()
                 peers[peer] = who
         parts[:FIXED] = (method_part, path, query, who, scheme_part, host)
-        return parts, framed
+        return parts, (
+            not framed
+            and method in _NO_BODY_METHODS
+            and (scope["http_version"] if "http_version" in scope else None) in _HTTP1
+        )
 
     def _slot(self, name: bytes) -> int:
         """The slot of a spelling not seen yet: its lowercase form's (all of them are known)."""

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from asgi_perf._core.asgi import Headers, Message, Send
 from asgi_perf._core.recording import encode_response
-from asgi_perf.dedup._rules import replayable
+from asgi_perf.dedup._rules import PLAIN, replayable
 from asgi_perf.stores import StoreUnavailable
 from asgi_perf.stores._base import SyncOperations
 from asgi_perf.stores._singleflight import Lease
@@ -66,7 +66,12 @@ class Leader:
                 self.status = status = message["status"]
                 if status < 500 and status not in NOT_SHARED:
                     headers = message["headers"] if "headers" in message else ()
-                    self.kept = replayable(headers, self.fingerprinted, self.user)
+                    for name, _ in headers:
+                        if name not in PLAIN:  # a field that may be dropped or forbid a replay
+                            self.kept = replayable(headers, self.fingerprinted, self.user)
+                            break
+                    else:  # the common case: only fields that are kept as they are, no call
+                        self.kept = list(headers)
                 if self.kept is None:
                     self.held = False
                     await self.give_up(self.claim_key, self.token, self.lease, self.record_key)

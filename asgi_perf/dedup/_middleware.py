@@ -134,18 +134,6 @@ MEMORY_LEASE_TTL = 3600.0  # a memory claim is only a guard against a leaked one
 RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can still read it
 #: The record of a fingerprint whose responses are not shared ("hit-for-pass").
 PASS = b"asgi-perf:pass"
-_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
-_HTTP1 = frozenset({"1.0", "1.1"})
-
-
-def _bodiless(scope: Scope, method: str, framed: bool) -> bool:
-    """RFC 9112 §6.3: an HTTP/1 request of a method without a body, with neither
-    Content-Length nor Transfer-Encoding, has none: nothing to read before the app."""
-    return (
-        not framed
-        and method in _NO_BODY_METHODS
-        and (scope["http_version"] if "http_version" in scope else None) in _HTTP1
-    )
 
 
 def _store_url(value: object, name: str) -> str:
@@ -215,6 +203,9 @@ class DedupMiddleware(EnvConfigurable):
         prefix = key_prefix + "dedup:"
         self.store = create_store(storage, prefix=prefix, name="storage")
         self.prefetchable = self.store.can_prefetch  # see prefetch_ops
+        # In-process claim tokens: this prefix (unique in the process, never a bare
+        # LOCAL_TOKENS one) and the request's number, made without a call
+        self._tokens = next(LOCAL_TOKENS) + ":"
         # A memory store's claim cannot outlive its process and the leader always releases it
         # (``finally``): no renewal task, whose start and cancel would cost a loop iteration.
         self._renew = self.store.kind != "memory"
@@ -276,8 +267,8 @@ class DedupMiddleware(EnvConfigurable):
         method = scope["method"]
         if method not in self.methods or method in UNSAFE_METHODS or self.outage.down:
             return []
-        parts, framed = self.parts(scope)
-        if parts is None or not _bodiless(scope, method, framed):
+        parts, bodiless = self.parts(scope)
+        if parts is None or not bodiless:
             return []
         fp = fingerprint(parts, b"", False)
         claim_key, record_key = "{" + fp + "}c", "{" + fp + "}r"
@@ -308,12 +299,12 @@ class DedupMiddleware(EnvConfigurable):
         # Duplicate suppression. The hot path (one body message, memory store, first of its
         # fingerprint) is written out here: every call and allocation saved is measurable.
         self.requests += 1
-        parts, framed = self.parts(scope)
+        parts, bodiless = self.parts(scope)
         if parts is None:  # a repeated or invalid Host: which site is asked is not clear
             self.bypassed += 1
             await self.app(scope, receive, send)
             return
-        if _bodiless(scope, method, framed):
+        if bodiless:
             # RFC 9112 §6.3: no Content-Length nor Transfer-Encoding, no body. Nothing to
             # read before the app: it gets the server's ``receive`` itself.
             data = b""
@@ -340,7 +331,7 @@ class DedupMiddleware(EnvConfigurable):
         record_key = "{" + fp + "}r"
         lease: Lease | None = None
         if memory is not None:  # in-process: no coroutine and no allocation per store step
-            token = next(LOCAL_TOKENS)
+            token = f"{self._tokens}{self.requests}"
             value, won = memory.get_or_claim_nowait(record_key, claim_key, token, self.lease_ttl)
         else:
             if not self.outage.allow():  # the circuit is open: counted as a failure

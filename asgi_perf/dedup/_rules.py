@@ -30,6 +30,7 @@ from asgi_perf._core.http import PER_EXCHANGE, canonical_query, fingerprint
 __all__ = [
     "FINGERPRINTED",
     "MAX_KEY_LENGTH",
+    "PLAIN",
     "UNSAFE_METHODS",
     "InvalidKey",
     "canonical_query",
@@ -63,8 +64,8 @@ FINGERPRINTED = (
 )
 _SPECIAL = PER_EXCHANGE | {b"set-cookie", b"cache-control", b"vary"}  # dropped, or can forbid
 #: Common response fields, lowercase, that a replay carries as they are: a response with only
-#: these needs no look at each field (no call per field).
-_PLAIN = frozenset(
+#: these needs no :func:`replayable` (the leader tests them inline).
+PLAIN = frozenset(
     {
         b"content-type",
         b"content-length",
@@ -96,11 +97,6 @@ def replayable(
     share. Dropped from a replay: the fields that describe one exchange (:data:`PER_EXCHANGE`,
     the one list every layer that stores or replays uses).
     """
-    for name, _ in headers:
-        if name not in _PLAIN:
-            break
-    else:  # the common case: only fields that are kept as they are
-        return list(headers)
     kept: Headers = []
     for name, value in headers:
         lowered = LOWER[name] if name in LOWER else lower_name(name)
