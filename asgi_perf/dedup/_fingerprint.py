@@ -63,6 +63,8 @@ class RequestParts:
         #: The index of the ``Authorization`` part.
         self.auth = self._slots[b"authorization"]
         self._blank = [b""] * (FIXED + len(self._slots))
+        #: NULs in the parts joined by NUL when no part holds one.
+        self.separators = len(self._blank) - 1
         #: The request fields a response's ``Vary`` may name and still be replayed.
         self.fingerprinted = frozenset((*self._slots, b"host"))
         # Any spelling of a header name seen -> its slot, _HOST, _FRAMING or _IGNORED. A Host

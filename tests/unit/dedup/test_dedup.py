@@ -13,6 +13,7 @@ import pytest
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf._core.context import close_context, open_context
+from asgi_perf._core.http import fingerprint
 from asgi_perf.dedup import DedupMiddleware
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
 from tests.support import Response, call, free_port, make_scope
@@ -382,6 +383,19 @@ async def test_odd_client_input_never_crashes() -> None:
     raw = make_scope("POST", "/k", client=None)
     raw["headers"] = [(b"idempotency-key", b"\xff\xfe")]
     assert (await call(mw, "POST", scope=raw)).status == 400
+
+
+@pytest.mark.parametrize("path", ["/plain", "/a\x00b"])
+async def test_memory_keys_of_a_bodiless_request_are_its_raw_fingerprint(path: str) -> None:
+    mw = DedupMiddleware(CountingApp())
+    scope = make_scope("GET", path)
+    scope["raw_path"] = path.encode("latin-1")
+    parts, bodiless = mw.parts(scope)
+    assert parts is not None and bodiless
+    assert (await call(mw, "GET", scope=scope)).status == 200
+    store = mw.store
+    assert isinstance(store, MemoryStore)
+    assert list(store._data) == ["{" + fingerprint(parts, b"", True) + "}r"]
 
 
 # -- the request body ------------------------------------------------------------------------
