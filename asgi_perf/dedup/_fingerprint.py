@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from asgi_perf._core.asgi import Scope
 from asgi_perf._core.http import canonical_query, valid_host
-from asgi_perf._core.identity import ClientIP
+from asgi_perf._core.identity import ClientIP, default_user_key
 from asgi_perf.dedup._rules import FINGERPRINTED
 
 __all__ = ["FIXED", "IDENTITY", "RequestParts"]
@@ -46,7 +46,8 @@ class RequestParts:
 
     Every request runs this, so it reads the scope with ``in`` rather than ``get`` and
     remembers what it worked out for a value seen before (a header spelling, the identity of
-    a peer, a ``Host``): a request like the last ones costs no call but the identity's.
+    a peer, a ``Host``): a request like the last ones costs no call but the identity's (and
+    not that one when the default user key would find neither ``user`` nor ``state``).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class RequestParts:
         client_ip: ClientIP,
     ) -> None:
         self.identity = identity
+        self._default_user = identity is default_user_key
         self.client_ip = client_ip
         # Every header the fingerprint reads, with its slot: one pass over the request headers.
         names = dict.fromkeys((*vary_headers, *FINGERPRINTED))
@@ -131,7 +133,10 @@ class RequestParts:
         # The identity: ``u:<user key>``, else ``ip:<client address>``, which depends on the
         # peer alone without trusted proxies (remembered then). "surrogatepass": never fails
         # on any str, and keeps distinct strings distinct.
-        user = self.identity(scope)
+        if self._default_user and "user" not in scope and not ("state" in scope and scope["state"]):
+            user = None  # what default_user_key says of a scope without user nor state, no call
+        else:
+            user = self.identity(scope)
         client = scope["client"] if "client" in scope else None
         peer = client[0] if client else None
         peers = self._peers
