@@ -31,6 +31,7 @@ from asgi_perf.stores._registry import StoreOptions, register_scheme
 __all__ = ["KeepingMemoryStore", "MemoryStore"]
 
 _OVERHEAD = 64  # bytes charged per entry beyond key and value, so tiny entries still count
+_MAX_CLAIMS = 10_000  # claims held before expired ones are swept
 
 
 class _Entry:
@@ -77,6 +78,7 @@ class MemoryStore(Store):
         self.bytes = 0
         self.evictions = 0
         self.sync: SyncOperations | None = self if type(self) is MemoryStore else None
+        self._plain_claims = type(self).claim_nowait is MemoryStore.claim_nowait
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions) -> MemoryStore:
@@ -185,7 +187,7 @@ class MemoryStore(Store):
         now = time.monotonic()
         if key in claims and claims[key][1] > now:  # ``in``: most keys are not claimed
             return False
-        if len(claims) >= 10_000:  # leaders that died without releasing: drop expired
+        if len(claims) >= _MAX_CLAIMS:  # leaders that died without releasing: drop expired
             for stale in [k for k, (_, exp) in claims.items() if exp <= now]:
                 del claims[stale]
         claims[key] = (token, now + ttl)
@@ -202,6 +204,11 @@ class MemoryStore(Store):
             value = self._get(record_key)
             if value is not None:
                 return value, False
+        claims = self._claims
+        # the usual claim inline, unless a subclass decides claims its own way
+        if self._plain_claims and claim_key not in claims and len(claims) < _MAX_CLAIMS:
+            claims[claim_key] = (token, time.monotonic() + ttl)
+            return None, True
         return None, self.claim_nowait(claim_key, token, ttl)
 
     async def get_or_claim(

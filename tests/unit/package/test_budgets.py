@@ -54,8 +54,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: the no-body test inside the request parts, a response of common fields kept
     # without a call to replayable, the in-process claim token made without a call; -2: the
     # in-process key of a request without a body made inline; -2: no default user key call
-    # for a scope without user nor state, a record's head packed after counting its fields
-    "dedup-memory": 22,
+    # for a scope without user nor state, a record's head packed after counting its fields;
+    # -1: the memory store's read-and-claim takes an uncontended claim inline
+    "dedup-memory": 21,
     "timing": 12,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
@@ -63,15 +64,15 @@ BUDGET_CALLS: dict[str, float] = {
     # look at a response's fields without a lowercase call (memo) and Cache-Control verdicts
     # -3: Server-Timing entries rendered with fewer calls; the path hint
     # -4: Server-Timing rendered in one loop, trailing zeros sliced off; -2: Queries adds its
-    # db entry to the Timing context it read on the way in; -2, -2, -1: dedup, as above
-    "stack-memory": 75,
+    # db entry to the Timing context it read on the way in; -2, -2, -1, -1: dedup, as above
+    "stack-memory": 74,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
     # -5, -13, -12, -2, -3: the cache miss path, as above; the hit-for-miss marker is
     # written without coroutines; -4: Server-Timing rendered in one loop; -2: Queries' db entry;
-    # -2, -2, -1: dedup, as above
-    "stack-memory-paths": 161,
+    # -2, -2, -1, -1: dedup, as above; -1: the cache's claim, same store change
+    "stack-memory-paths": 159,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
