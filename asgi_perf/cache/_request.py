@@ -57,21 +57,35 @@ class Request:
         "stem",
     )
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(
+        self, scope: Scope, resource: Resource | None = None, accept: bytes | None = None
+    ) -> None:
+        """Empty facts for :meth:`RequestReader.read` to fill in; or, with ``resource`` (its
+        keys) and ``accept`` (its ``Accept-Encoding``), those of a plain request: no
+        directive, conditional, credential, range or keyed field (what the middleware's fast
+        path checked)."""
         self.scope = scope
         self.headers: Headers = scope["headers"]
         self.head = scope["method"] == "HEAD"
-        self.host = ""  # lowercased Host, validated
-        self.path = ""  # the raw path as it appears in keys (escaped, bounded)
-        self.stem = ""  # "{path}scheme|host|identity|keyed headers": no "?" in it
-        self.query = ""  # canonical query string, always last in a key
-        self.base = ""  # stem + "?" + query: the resource (its Vary record)
-        self.plain_key: str | None = None  # the entry key when nothing varies, once made
+        if resource is None:
+            self.host = ""  # lowercased Host, validated
+            self.path = ""  # the raw path as it appears in keys (escaped, bounded)
+            self.stem = ""  # "{path}scheme|host|identity|keyed headers": no "?" in it
+            self.query = ""  # canonical query string, always last in a key
+            self.base = ""  # stem + "?" + query: the resource (its Vary record)
+            self.plain_key: str | None = None  # the entry key when nothing varies, once made
+        else:
+            self.host = resource.host
+            self.path = resource.path
+            self.stem = resource.stem
+            self.query = resource.query
+            self.base = resource.base
+            self.plain_key = resource.key
         self.credentials = False
         self.directives = _NO_DIRECTIVES
         self.if_none_match: bytes | None = None
         self.if_modified_since: bytes | None = None
-        self.accept_encoding: bytes | None = None
+        self.accept_encoding = accept
         self.range: bytes | None = None
 
     def for_app(self, validators: Headers) -> Scope:
@@ -226,20 +240,6 @@ class RequestReader:
         req.stem = stem(path, scope.get("scheme"), host_key, identity, keyed_part)
         req.query = query_part(scope.get("query_string", b""))
         req.base = req.stem + "?" + req.query
-        return req
-
-    @staticmethod
-    def plain(scope: Scope, resource: Resource, accept: bytes | None) -> Request:
-        """The facts of a plain request (no directive, conditional, credential, range or keyed
-        field: what the middleware's fast path checked) whose keys ``resource`` holds."""
-        req = Request(scope)
-        req.host = resource.host
-        req.path = resource.path
-        req.stem = resource.stem
-        req.query = resource.query
-        req.base = resource.base
-        req.plain_key = resource.key
-        req.accept_encoding = accept
         return req
 
     # -- keys -------------------------------------------------------------------------------
