@@ -187,11 +187,12 @@ class Entries:
         return names, False
 
     def vary_cell(self, base: str) -> list[Any]:
-        cell = self.vary.get(base)
-        if cell is None:
-            if len(self.vary) >= _LOCAL_MAX:
-                self.forget_local()
-            cell = self.vary[base] = [None, 0.0]
+        vary = self.vary
+        if base in vary:  # (in first: a new resource costs no get)
+            return vary[base]
+        if len(vary) >= _LOCAL_MAX:
+            self.forget_local()
+        cell = self.vary[base] = [None, 0.0]
         return cell
 
     def remember_names(

@@ -49,7 +49,7 @@ from asgi_perf.cache._decide import Action, decide
 from asgi_perf.cache._entries import AE_ONLY, FOREVER, HIT_FOR_MISS, Entries, StoreDown
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._invalidate import invalidate_targets
-from asgi_perf.cache._keys import key_part, query_part, raw_path, stem
+from asgi_perf.cache._keys import target_parts
 from asgi_perf.cache._request import AE, HOST, Request, RequestReader, Resource
 from asgi_perf.cache._responder import FillJob, Parts
 from asgi_perf.cache._serve import (
@@ -254,14 +254,18 @@ class CacheMiddleware(EnvConfigurable):
         self, scope: Scope, ident: tuple[Any, bytes, bytes, str | None]
     ) -> Resource | None:
         """The keys of a plain request (``None`` for a host that cannot be keyed), memoised."""
-        host = self.reader.host_key(ident[2])
-        if host is None:
+        origins = self.reader.origins
+        origin = ident[2], ident[3]
+        known = origins[origin] if origin in origins else self.reader.origin(*origin)
+        if known is None:
             return None
-        path = key_part(raw_path(scope))
-        stem_ = stem(path, ident[3], host)
-        query = query_part(ident[1])
+        host, tail = known
+        path, query = target_parts(ident[0], ident[1])
+        stem_ = "{" + path + tail  # (stem() from the origin's tail: no call)
         base = stem_ + "?" + query
-        resource = Resource(stem_, path, host, query, self.entries.vary_cell(base))
+        vary = self.entries.vary
+        cell = vary[base] if base in vary else self.entries.vary_cell(base)
+        resource = Resource(stem_, path, host, query, cell)
         if len(self._resources) >= _RESOURCES_MAX:
             self._resources.clear()
         self._resources[ident] = resource
@@ -308,13 +312,13 @@ class CacheMiddleware(EnvConfigurable):
                 key, found, won = await self._lookup_remote(req, prefetched, token)
             else:  # in this process: its copy of the Vary names is the truth
                 names, _ = await entries.names(req.base)
-                key = req.plain_key if not names and req.plain_key else self.reader.entry_key(
-                    req, names
+                key = (
+                    req.plain_key
+                    if not names and req.plain_key
+                    else self.reader.entry_key(req, names)
                 )
                 won = None  # (None: the claim was not tried)
-                if prefetched is not None and prefetched[0] == key and (
-                    prefetched[1] or not token
-                ):
+                if prefetched is not None and prefetched[0] == key and (prefetched[1] or not token):
                     found = prefetched[1]
                 elif not token:
                     found = await entries.lookup(key)
@@ -328,9 +332,7 @@ class CacheMiddleware(EnvConfigurable):
                     lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL)
                     await self.actions.fill(req, receive, send, FillJob(key, "uri-miss"), lease)
                 else:
-                    await self.actions.coalesced(
-                        req, receive, send, FillJob(key, "uri-miss"), won
-                    )
+                    await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), won)
                 return
             if found == HIT_FOR_MISS and not directives.only_if_cached:
                 await self.actions.pass_through(scope, receive, send)
