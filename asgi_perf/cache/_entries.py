@@ -171,7 +171,8 @@ class Entries:
         """The ``Vary`` names learned for resource ``base``, and whether they are this
         process's copy (``True``) rather than just read from the store."""
         if not refresh:  # known_names() inline: this is on the memory store's miss path
-            known = self.vary.get(base)
+            vary = self.vary
+            known = vary[base] if base in vary else None  # (in, not get: no call)
             if known is not None and known[0] is not None and known[1] > time.monotonic():
                 return known[0], True
         else:
@@ -229,7 +230,7 @@ class Entries:
             self.remember_names(base, names)
         else:
             sync.set_nowait(key, data, ttl, tags)
-            cell = self.vary.get(base)
+            cell = self.vary[base] if base in self.vary else None
             if cell is None or cell[0] != names:  # else known already (forever, in-process)
                 sync.set_nowait("v:" + base, "\n".join(names).encode("latin-1"), ttl, ())
                 self.remember_names(base, names)

@@ -330,7 +330,8 @@ class FillResponder:
         key = self.reader.entry_key(req, names)
         ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
         try:
-            scheme = req.scope.get("scheme") or "http"
+            scope = req.scope
+            scheme = (scope["scheme"] if "scheme" in scope else None) or "http"  # (no get)
             tags = [*tags, uri_tag(scheme, req.host, req.path, req.query)]
             if await entries.put(req.base, key, entry, names, tags, ttl, self.lease):
                 self.lease = None  # released with the entry, in the same round trip
