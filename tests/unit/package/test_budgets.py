@@ -45,7 +45,11 @@ BUDGET_CALLS: dict[str, float] = {
     # rules read a response's fields from one index, common freshness made once, no get;
     # -10: what is stored, its Vary and tags read from that index, one frame less per fill;
     # -8: a short clean key part in one regex test, fwd= reasons as bytes, the URI tag inline
-    "cache-miss-memory": 128,
+    # -5: the slow path is one frame (request read, lookup and claim, decision); -9: a new
+    # resource's key parts in one frame, its origin's part of the key remembered; -5: the
+    # rules of a fill take its fields' index (no field_index, no Expires lookup); -3: the
+    # Vary cell and the scheme read with in
+    "cache-miss-memory": 106,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -62,8 +66,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
     # -5, -13, -12, -2, -3: the cache miss path, as above; the hit-for-miss marker is
-    # written without coroutines
-    "stack-memory-paths": 172,
+    # written without coroutines; -5, -8, -2: the cache's slow path in one frame, its key
+    # parts, the index its rules read; -1: the Vary cell read with in
+    "stack-memory-paths": 156,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
