@@ -18,6 +18,7 @@ import orjson
 __all__ = [
     "LOWER",
     "ASGIApp",
+    "FieldIndex",
     "Fields",
     "Headers",
     "Message",
@@ -45,6 +46,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+FieldIndex = dict[bytes, list[bytes]]  # every value of a response's fields by lowercase name
 
 
 class Fields(list[tuple[bytes, bytes]]):

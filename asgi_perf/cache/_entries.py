@@ -171,7 +171,8 @@ class Entries:
         """The ``Vary`` names learned for resource ``base``, and whether they are this
         process's copy (``True``) rather than just read from the store."""
         if not refresh:  # known_names() inline: this is on the memory store's miss path
-            known = self.vary.get(base)
+            vary = self.vary
+            known = vary[base] if base in vary else None  # (in, not get: no call)
             if known is not None and known[0] is not None and known[1] > time.monotonic():
                 return known[0], True
         else:
@@ -187,11 +188,12 @@ class Entries:
         return names, False
 
     def vary_cell(self, base: str) -> list[Any]:
-        cell = self.vary.get(base)
-        if cell is None:
-            if len(self.vary) >= _LOCAL_MAX:
-                self.forget_local()
-            cell = self.vary[base] = [None, 0.0]
+        vary = self.vary
+        if base in vary:  # (in first: a new resource costs no get)
+            return vary[base]
+        if len(vary) >= _LOCAL_MAX:
+            self.forget_local()
+        cell = self.vary[base] = [None, 0.0]
         return cell
 
     def remember_names(
@@ -228,7 +230,7 @@ class Entries:
             self.remember_names(base, names)
         else:
             sync.set_nowait(key, data, ttl, tags)
-            cell = self.vary.get(base)
+            cell = self.vary[base] if base in self.vary else None
             if cell is None or cell[0] != names:  # else known already (forever, in-process)
                 sync.set_nowait("v:" + base, "\n".join(names).encode("latin-1"), ttl, ())
                 self.remember_names(base, names)

@@ -16,6 +16,7 @@ import orjson
 
 from asgi_perf._core.asgi import (
     LOWER,
+    FieldIndex,
     Headers,
     field_index,
     get_header,
@@ -263,13 +264,20 @@ def _stored_headers(headers: Headers, drop: frozenset[bytes]) -> Headers:
 
 
 def judge(
-    status: int, headers: Headers, response_time: float, policy: EntryPolicy
+    status: int,
+    headers: Headers,
+    response_time: float,
+    policy: EntryPolicy,
+    index: FieldIndex | None = None,
 ) -> tuple[CacheControl, Freshness, str | None]:
     """The directives this cache obeys, the freshness they give and why the response is not
     stored (``None``: it is): what a fill decides when the response starts, and what
-    :func:`build_entry` is given back instead of deciding it again."""
-    cc, _ = response_directives(headers, policy.targeted)
-    fresh = freshness(cc, headers, status, response_time, policy.default_ttl)
+    :func:`build_entry` is given back instead of deciding it again. The rules read the
+    fields from one ``index`` (:func:`field_index`; the caller's, when it has one)."""
+    if index is None:
+        index = field_index(headers)
+    cc, _ = response_directives(headers, policy.targeted, index)
+    fresh = freshness(cc, headers, status, response_time, policy.default_ttl, index)
     reason = storable(
         status,
         cc,
@@ -277,6 +285,7 @@ def judge(
         fresh,
         credentials=policy.credentials,
         cache_authenticated=policy.cache_authenticated,
+        index=index,
     )
     return cc, fresh, reason
 
@@ -292,20 +301,23 @@ def build_entry(
     received: Headers | None = None,
     judged: tuple[CacheControl, Freshness] | None = None,
     etag: bytes | None = None,
+    index: FieldIndex | None = None,
 ) -> Entry | str:
     """The entry for a complete response, or why it is not stored (a reason of
     :func:`~asgi_perf.cache._rules.storable`). ``own_etag``: whether an ``ETag`` in
     ``headers`` is the app's; ``received``: the response the age is computed from when it is
     not ``headers`` itself (the ``304`` that freshened stored fields). ``judged``: the
     directives and freshness of a response :func:`judge` found storable; ``etag``: the strong
-    ``ETag`` of ``body`` already computed (and sent) for it."""
+    ``ETag`` of ``body`` already computed (and sent) for it; ``index``: ``headers`` by name
+    (:func:`field_index`), when the caller has it."""
+    if index is None:  # (what is stored is read from it too: no lookup in the copy)
+        index = field_index(headers)
     if judged is None:
-        cc, fresh, reason = judge(status, headers, response_time, policy)
+        cc, fresh, reason = judge(status, headers, response_time, policy, index)
         if reason is not None:
             return reason
     else:
         cc, fresh = judged
-    index = field_index(headers)  # (what is stored is read from it: no lookup in the copy)
     dropped = _not_stored(index, headers, policy.drop)
     stored = replayable_headers(headers, dropped)
     flags = 0
@@ -324,7 +336,10 @@ def build_entry(
         flags |= NO_CACHE
     if "must-revalidate" in cc or "proxy-revalidate" in cc or "s-maxage" in cc or "no-cache" in cc:
         flags |= NO_STALE
-    age = initial_age(headers if received is None else received, request_time, response_time)
+    if received is None:
+        age = initial_age(headers, request_time, response_time, index)
+    else:
+        age = initial_age(received, request_time, response_time)
     return Entry(status, stored, body, response_time, fresh.lifetime, age, swr, sie, flags)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from asgi_perf._core.asgi import Scope, get_header
 from asgi_perf._core.http import single_host
 from asgi_perf.cache._entries import Entries
-from asgi_perf.cache._keys import key_part, query_part, raw_path, same_origin_target, uri_tag
+from asgi_perf.cache._keys import raw_path, same_origin_target, target_parts, uri_tag
 from asgi_perf.cache._request import RequestReader
 from asgi_perf.stores import StoreUnavailable
 
@@ -33,18 +33,19 @@ async def invalidate_targets(
         return 0
     scheme: str = scope.get("scheme") or "http"
     path = raw_path(scope)
-    tags = [uri_tag(scheme, host, key_part(path), query_part(scope.get("query_string", b"")))]
+    key_path, query = target_parts(path, scope.get("query_string", b""))
+    tags = [uri_tag(scheme, host, key_path, query)]
     headers = list(headers)
     for name in (b"location", b"content-location"):
         value = get_header(headers, name)
         target = None if value is None else same_origin_target(value, scheme, host, path)
         if target is not None:
-            target_path, query = target
+            target_path, target_query = target
             tags.append(
-                uri_tag(scheme, host, key_part(target_path), query_part(query.encode("latin-1")))
+                uri_tag(scheme, host, *target_parts(target_path, target_query.encode("latin-1")))
             )
     try:
-        deleted = await entries.invalidate(tags, key_part(path))
+        deleted = await entries.invalidate(tags, key_path)
     except StoreUnavailable as exc:
         entries.outage.failed(exc)
         return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from asgi_perf._core.asgi import Headers, Scope
@@ -26,10 +27,11 @@ __all__ = [
     "escape_key_part",
     "key_part",
     "path_matcher",
-    "query_part",
     "raw_path",
     "same_origin_target",
     "stem",
+    "stem_tail",
+    "target_parts",
     "uri_tag",
     "vary_value",
 ]
@@ -83,19 +85,35 @@ def raw_path(scope: Scope) -> str:
 def stem(path: str, scheme: str | None, host: str, identity: str = "", keyed: str = "") -> str:
     """``{path}scheme|host|identity|keyed``: everything of an entry key but variant and query
     (``path`` as :func:`key_part` made it)."""
+    return "{" + path + stem_tail(scheme, host, identity, keyed)
+
+
+def stem_tail(scheme: str | None, host: str, identity: str = "", keyed: str = "") -> str:
+    """What follows the path in :func:`stem` (the same for every path of an origin: the
+    middleware remembers it per ``Host`` and scheme)."""
     if not scheme:
         scheme = "http"
     elif scheme != "http" and scheme != "https":  # two compares: no call
         scheme = key_part(scheme, 16)
-    return "{" + path + "}" + scheme + "|" + host + "|" + identity + "|" + keyed
+    return "}" + scheme + "|" + host + "|" + identity + "|" + keyed
 
 
-def query_part(query: bytes) -> str:
-    """The query of a key: canonical order, escaped, bounded."""
+def target_parts(raw: Any, query: bytes) -> tuple[str, str]:
+    """The path and query parts of a key for a request target: ``raw`` the path as the client
+    sent it (``raw_path`` bytes, a query the server left in them dropped; else ``path``, a
+    str: Any, so a type test narrows it without a call), ``query`` in canonical order; both
+    escaped and bounded, in one frame (a clean part is one regex test)."""
+    text = (
+        raw
+        if type(raw) is str
+        else (raw.partition(b"?")[0] if b"?" in raw else raw).decode("latin-1")
+    )
+    path = text if _KEY_PLAIN.fullmatch(text) is not None else key_part(text)
     if not query:
-        return ""
+        return path, ""
     # (one parameter needs no canonical order: no call)
-    return key_part((canonical_query(query) if b"&" in query else query).decode("latin-1"))
+    text = (canonical_query(query) if b"&" in query else query).decode("latin-1")
+    return path, text if _KEY_PLAIN.fullmatch(text) is not None else key_part(text)
 
 
 def entry_key(stem_: str, variant: str, query: str) -> str:

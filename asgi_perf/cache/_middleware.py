@@ -49,7 +49,7 @@ from asgi_perf.cache._decide import Action, decide
 from asgi_perf.cache._entries import AE_ONLY, FOREVER, HIT_FOR_MISS, Entries, StoreDown
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._invalidate import invalidate_targets
-from asgi_perf.cache._keys import key_part, query_part, raw_path, stem
+from asgi_perf.cache._keys import target_parts
 from asgi_perf.cache._request import AE, HOST, Request, RequestReader, Resource
 from asgi_perf.cache._responder import FillJob, Parts
 from asgi_perf.cache._serve import (
@@ -254,14 +254,18 @@ class CacheMiddleware(EnvConfigurable):
         self, scope: Scope, ident: tuple[Any, bytes, bytes, str | None]
     ) -> Resource | None:
         """The keys of a plain request (``None`` for a host that cannot be keyed), memoised."""
-        host = self.reader.host_key(ident[2])
-        if host is None:
+        origins = self.reader.origins
+        origin = ident[2], ident[3]
+        known = origins[origin] if origin in origins else self.reader.origin(*origin)
+        if known is None:
             return None
-        path = key_part(raw_path(scope))
-        stem_ = stem(path, ident[3], host)
-        query = query_part(ident[1])
+        host, tail = known
+        path, query = target_parts(ident[0], ident[1])
+        stem_ = "{" + path + tail  # (stem() from the origin's tail: no call)
         base = stem_ + "?" + query
-        resource = Resource(stem_, path, host, query, self.entries.vary_cell(base))
+        vary = self.entries.vary
+        cell = vary[base] if base in vary else self.entries.vary_cell(base)
+        resource = Resource(stem_, path, host, query, cell)
         if len(self._resources) >= _RESOURCES_MAX:
             self._resources.clear()
         self._resources[ident] = resource
@@ -280,43 +284,108 @@ class CacheMiddleware(EnvConfigurable):
         resource: Resource | None = None,
         accept: bytes | None = None,
     ) -> None:
-        """A request the fast path did not answer; a plain one comes with its ``resource``
-        (its keys) and ``Accept-Encoding``, so it is not read again."""
-        if resource is not None:
-            req: Request | None = self.reader.plain(scope, resource, accept)
-        else:
-            req = self.reader.read(scope)
+        """A request the fast path did not answer (a plain one comes with its ``resource``,
+        its keys, and ``Accept-Encoding``, so it is not read again). Long because it is the
+        short I/O loop around the pure :func:`decide`: the lookup, then one branch per action
+        (serve, revalidate, fill, bypass, 504), each a few lines; one frame, as every miss
+        passes here."""
+        req = Request(scope, resource, accept) if resource is not None else self.reader.read(scope)
         if req is None:
             await self.actions.bypass(scope, receive, send, "bypass")
             return
+        entries = self.entries
         try:
-            await self._serve_or_fill(req, receive, send, prefetched)
+            directives = req.directives
+            path = scope["path"]  # (in first, as in __call__)
+            if (
+                not directives.only_if_cached
+                and path in entries.uncacheable_paths
+                and entries.hinted(path)
+            ):
+                await self.actions.pass_through(scope, receive, send)
+                return
+            sync = entries.sync
+            token = ""  # the fill of a coalesced miss is claimed with the lookup
+            if resource is not None or _claims(req):  # (a plain request claims: no call)
+                token = next(LOCAL_TOKENS) if sync is not None else request_token()
+            if sync is None:
+                key, found, won = await self._lookup_remote(req, prefetched, token)
+            else:  # in this process: its copy of the Vary names is the truth
+                names, _ = await entries.names(req.base)
+                key = (
+                    req.plain_key
+                    if not names and req.plain_key
+                    else self.reader.entry_key(req, names)
+                )
+                won = None  # (None: the claim was not tried)
+                if prefetched is not None and prefetched[0] == key and (prefetched[1] or not token):
+                    found = prefetched[1]
+                elif not token:
+                    found = await entries.lookup(key)
+                else:
+                    found, won = entries.lookup_or_claim_nowait(sync, key, token, LEASE_TTL)
+                    if found is not None:
+                        won = None
+            if won is not None:  # nothing stored, and the claim was tried
+                if won:  # the one fill of this key
+                    self.counters.misses += 1
+                    lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL)
+                    await self.actions.fill(req, receive, send, FillJob(key, "uri-miss"), lease)
+                else:
+                    await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), won)
+                return
+            if found == HIT_FOR_MISS and not directives.only_if_cached:
+                await self.actions.pass_through(scope, receive, send)
+                return
+            entry = found if isinstance(found, Entry) else None
+            usable = entry if entry is not None and self.actions.usable(entry, req) else None
+            if req.range is not None:
+                await self._ranged(req, receive, send, key, usable)
+                return
+            now = time.time()
+            action = decide(usable, directives, now)
+            if action is Action.SERVE or action is Action.SERVE_STALE or action is Action.REFRESH:
+                assert usable is not None
+                if action is Action.REFRESH:
+                    self.actions.revalidate_in_background(req, key, usable)
+                stale = action is not Action.SERVE
+                await self.actions.replay(usable, req, send, STALE if stale else HIT, key)
+                return
+            if action is Action.UNAVAILABLE:
+                self.counters.misses += 1
+                add_timing("cache", desc="miss")
+                body = problem_body(504, "Not cached", "only-if-cached and no stored response")
+                headers = [(X_CACHE, MISS), self.settings.status.forward("miss", key=key)]
+                await send_response(send, 504, body, headers, b"application/problem+json")
+                return
+            revalidate = action is Action.REVALIDATE
+            why = "request" if directives.no_cache else ("stale" if entry else "uri-miss")
+            if req.credentials:
+                if (entry is None or not entry.shared) and self.entries.shared_recently_refused(
+                    req.base
+                ):  # this resource answered credentialed requests privately moments ago
+                    await self.actions.bypass(scope, receive, send, "bypass")
+                    return
+                # Not a shared fill: the client waits for nobody; a shareable answer is kept.
+                self.counters.bypasses += 1
+                job = FillJob(key, "bypass", usable, revalidate, x_cache=BYPASS)
+                await self.actions.fill(req, receive, send, job)
+                return
+            job = FillJob(key, why, usable, revalidate)
+            if directives.no_cache:
+                self.counters.misses += 1
+                await self.actions.fill(req, receive, send, job)
+                return
+            await self.actions.coalesced(req, receive, send, job)
         except StoreDown:
             await self.actions.bypass(scope, receive, send, "outage")
-
-    async def _lookup(
-        self, req: Request, prefetched: tuple[str, Entry | bytes | None] | None, token: str
-    ) -> tuple[str, Entry | bytes | None, bool | None]:
-        """The key for this request's variant, what it holds and, on a remote store with a
-        ``token``, whether the claim of its fill was won (``None``: not tried)."""
-        entries = self.entries
-        sync = entries.sync
-        if sync is None:
-            return await self._lookup_remote(req, prefetched, token)
-        names, _ = await entries.names(req.base)  # in this process: its copy is the truth
-        key = self.reader.entry_key(req, names)
-        if prefetched is not None and prefetched[0] == key and (prefetched[1] or not token):
-            return key, prefetched[1], None
-        if not token:
-            return key, await entries.lookup(key), None
-        found, won = entries.lookup_or_claim_nowait(sync, key, token, LEASE_TTL)
-        return key, found, won if found is None else None
 
     async def _lookup_remote(
         self, req: Request, prefetched: tuple[str, Entry | bytes | None] | None, token: str
     ) -> tuple[str, Entry | bytes | None, bool | None]:
-        """:meth:`_lookup` in one round trip: the ``Vary`` names (this process's copy, checked
-        by the store), the entry and, on a miss, the claim of its fill, in one script."""
+        """The lookup of :meth:`_handle` on a remote store, in one round trip: the ``Vary``
+        names (this process's copy, checked by the store), the entry and, on a miss, the claim
+        of its fill, in one script."""
         entries, reader = self.entries, self.reader
         names = entries.known_names(req.base) or ()
         key = reader.entry_key(req, names)
@@ -355,80 +424,6 @@ class CacheMiddleware(EnvConfigurable):
         token = request_token() if _claims(req) else ""
         op = entries.lookup_or_claim_op(req.base, names, key, token, LEASE_TTL)
         return [] if op is None else [op]
-
-    async def _serve_or_fill(
-        self,
-        req: Request,
-        receive: Receive,
-        send: Send,
-        prefetched: tuple[str, Entry | bytes | None] | None,
-    ) -> None:
-        """Long because it is the short I/O loop around the pure :func:`decide`: one branch per
-        action (serve, revalidate, fill, bypass, 504), each a few lines."""
-        directives = req.directives
-        path = req.scope["path"]  # (in first, as in __call__)
-        if (
-            not directives.only_if_cached
-            and path in self.entries.uncacheable_paths
-            and self.entries.hinted(path)
-        ):
-            await self.actions.pass_through(req.scope, receive, send)
-            return
-        token = ""  # the fill of a coalesced miss is claimed with the lookup
-        if _claims(req):
-            token = next(LOCAL_TOKENS) if self.entries.sync is not None else request_token()
-        key, found, won = await self._lookup(req, prefetched, token)
-        if won is not None:  # nothing stored, and the claim was tried
-            if won:  # the one fill of this key
-                self.counters.misses += 1
-                lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL)
-                await self.actions.fill(req, receive, send, FillJob(key, "uri-miss"), lease)
-            else:
-                await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), won)
-            return
-        if found == HIT_FOR_MISS and not directives.only_if_cached:
-            await self.actions.pass_through(req.scope, receive, send)
-            return
-        entry = found if isinstance(found, Entry) else None
-        usable = entry if entry is not None and self.actions.usable(entry, req) else None
-        if req.range is not None:
-            await self._ranged(req, receive, send, key, usable)
-            return
-        now = time.time()
-        action = decide(usable, directives, now)
-        if action is Action.SERVE or action is Action.SERVE_STALE or action is Action.REFRESH:
-            assert usable is not None
-            if action is Action.REFRESH:
-                self.actions.revalidate_in_background(req, key, usable)
-            stale = action is not Action.SERVE
-            await self.actions.replay(usable, req, send, STALE if stale else HIT, key)
-            return
-        if action is Action.UNAVAILABLE:
-            self.counters.misses += 1
-            add_timing("cache", desc="miss")
-            body = problem_body(504, "Not cached", "only-if-cached and no stored response")
-            headers = [(X_CACHE, MISS), self.settings.status.forward("miss", key=key)]
-            await send_response(send, 504, body, headers, b"application/problem+json")
-            return
-        revalidate = action is Action.REVALIDATE
-        why = "request" if directives.no_cache else ("stale" if entry else "uri-miss")
-        if req.credentials:
-            if (entry is None or not entry.shared) and self.entries.shared_recently_refused(
-                req.base
-            ):  # this resource answered credentialed requests privately moments ago
-                await self.actions.bypass(req.scope, receive, send, "bypass")
-                return
-            # Not a shared fill: the client waits for nobody; a shareable answer is kept.
-            self.counters.bypasses += 1
-            job = FillJob(key, "bypass", usable, revalidate, x_cache=BYPASS)
-            await self.actions.fill(req, receive, send, job)
-            return
-        job = FillJob(key, why, usable, revalidate)
-        if directives.no_cache:
-            self.counters.misses += 1
-            await self.actions.fill(req, receive, send, job)
-            return
-        await self.actions.coalesced(req, receive, send, job)
 
     async def _ranged(
         self, req: Request, receive: Receive, send: Send, key: str, entry: Entry | None

@@ -15,14 +15,7 @@ from asgi_perf._core.http import fingerprint, single_host
 from asgi_perf._core.identity import hash_secret
 from asgi_perf._core.negotiation import choose_encoding
 from asgi_perf.cache._entries import AE_ONLY
-from asgi_perf.cache._keys import (
-    entry_key,
-    headers_variant,
-    key_part,
-    query_part,
-    raw_path,
-    stem,
-)
+from asgi_perf.cache._keys import entry_key, headers_variant, stem, stem_tail, target_parts
 from asgi_perf.cache._rules import RequestDirectives, parse_cache_control, request_directives
 
 __all__ = ["AE", "BYPASS", "HOST", "Request", "RequestReader", "Resource"]
@@ -57,21 +50,35 @@ class Request:
         "stem",
     )
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(
+        self, scope: Scope, resource: Resource | None = None, accept: bytes | None = None
+    ) -> None:
+        """Empty facts for :meth:`RequestReader.read` to fill in; or, with ``resource`` (its
+        keys) and ``accept`` (its ``Accept-Encoding``), those of a plain request: no
+        directive, conditional, credential, range or keyed field (what the middleware's fast
+        path checked)."""
         self.scope = scope
         self.headers: Headers = scope["headers"]
         self.head = scope["method"] == "HEAD"
-        self.host = ""  # lowercased Host, validated
-        self.path = ""  # the raw path as it appears in keys (escaped, bounded)
-        self.stem = ""  # "{path}scheme|host|identity|keyed headers": no "?" in it
-        self.query = ""  # canonical query string, always last in a key
-        self.base = ""  # stem + "?" + query: the resource (its Vary record)
-        self.plain_key: str | None = None  # the entry key when nothing varies, once made
+        if resource is None:
+            self.host = ""  # lowercased Host, validated
+            self.path = ""  # the raw path as it appears in keys (escaped, bounded)
+            self.stem = ""  # "{path}scheme|host|identity|keyed headers": no "?" in it
+            self.query = ""  # canonical query string, always last in a key
+            self.base = ""  # stem + "?" + query: the resource (its Vary record)
+            self.plain_key: str | None = None  # the entry key when nothing varies, once made
+        else:
+            self.host = resource.host
+            self.path = resource.path
+            self.stem = resource.stem
+            self.query = resource.query
+            self.base = resource.base
+            self.plain_key = resource.key
         self.credentials = False
         self.directives = _NO_DIRECTIVES
         self.if_none_match: bytes | None = None
         self.if_modified_since: bytes | None = None
-        self.accept_encoding: bytes | None = None
+        self.accept_encoding = accept
         self.range: bytes | None = None
 
     def for_app(self, validators: Headers) -> Scope:
@@ -117,6 +124,8 @@ class RequestReader:
         self.authenticated = authenticated
         self.boring: set[bytes] = set()
         self.hosts: dict[bytes, str] = {}
+        # (Host, scheme) -> (host key, stem tail) of plain requests; None: not a valid host
+        self.origins: dict[tuple[bytes, str | None], tuple[str, str] | None] = {}
         self.codings: dict[bytes | None, str] = {}
         self.kinds: dict[bytes, int] = {
             b"accept-encoding": AE,
@@ -157,6 +166,15 @@ class RequestReader:
             known = valid.decode("ascii")
             if len(self.hosts) < _KINDS_MAX:
                 self.hosts[value] = known
+        return known
+
+    def origin(self, host: bytes, scheme: str | None) -> tuple[str, str] | None:
+        """The host key and the :func:`stem_tail` of a plain request from ``host`` by
+        ``scheme`` (``None``: not a valid host), memoised (bounded)."""
+        key = self.host_key(host)
+        known = None if key is None else (key, stem_tail(scheme, key))
+        if len(self.origins) < _KINDS_MAX:
+            self.origins[host, scheme] = known
         return known
 
     def read(self, scope: Scope) -> Request | None:
@@ -221,25 +239,12 @@ class RequestReader:
             else:
                 req.credentials = True
         req.host = host_key
-        req.path = path = key_part(raw_path(scope))
+        req.path, req.query = target_parts(
+            scope.get("raw_path") or scope["path"], scope.get("query_string", b"")
+        )
         keyed_part = fingerprint(sorted(keyed))[:16] if keyed else ""
-        req.stem = stem(path, scope.get("scheme"), host_key, identity, keyed_part)
-        req.query = query_part(scope.get("query_string", b""))
+        req.stem = stem(req.path, scope.get("scheme"), host_key, identity, keyed_part)
         req.base = req.stem + "?" + req.query
-        return req
-
-    @staticmethod
-    def plain(scope: Scope, resource: Resource, accept: bytes | None) -> Request:
-        """The facts of a plain request (no directive, conditional, credential, range or keyed
-        field: what the middleware's fast path checked) whose keys ``resource`` holds."""
-        req = Request(scope)
-        req.host = resource.host
-        req.path = resource.path
-        req.stem = resource.stem
-        req.query = resource.query
-        req.base = resource.base
-        req.plain_key = resource.key
-        req.accept_encoding = accept
         return req
 
     # -- keys -------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ class FillResponder:
         if length is not None and length.isdigit():
             self.length = int(length)
         self.policy = policy = settings.policy(req.scope["path"], req.credentials)
-        cc, fresh, self.reason = judge(status, headers, self.response_time, policy)
+        cc, fresh, self.reason = judge(status, headers, self.response_time, policy, index)
         self.judged = cc, fresh
         if (
             self.reason is None
@@ -316,6 +316,7 @@ class FillResponder:
             self.policy,
             judged=self.judged,
             etag=self.etag,
+            index=index,
         )
         names = vary_names(headers) if b"vary" in index else ()
         if isinstance(entry, str) or names is None:  # names is None only for Vary: *
@@ -329,7 +330,8 @@ class FillResponder:
         key = self.reader.entry_key(req, names)
         ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
         try:
-            scheme = req.scope.get("scheme") or "http"
+            scope = req.scope
+            scheme = (scope["scheme"] if "scheme" in scope else None) or "http"  # (no get)
             tags = [*tags, uri_tag(scheme, req.host, req.path, req.query)]
             if await entries.put(req.base, key, entry, names, tags, ttl, self.lease):
                 self.lease = None  # released with the entry, in the same round trip

@@ -15,7 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from asgi_perf._core.asgi import Headers, field_index, get_header_values, header_tokens
+from asgi_perf._core.asgi import (
+    FieldIndex,
+    Headers,
+    field_index,
+    get_header_values,
+    header_tokens,
+)
 from asgi_perf.cache._dates import parse_http_date
 
 __all__ = [
@@ -142,14 +148,18 @@ def _parse_targeted(value: bytes) -> CacheControl | None:
     return directives
 
 
-def response_directives(headers: Headers, targeted: Sequence[bytes]) -> tuple[CacheControl, bool]:
+def response_directives(
+    headers: Headers, targeted: Sequence[bytes], index: FieldIndex | None = None
+) -> tuple[CacheControl, bool]:
     """The directives this cache obeys, and whether they come from a targeted field.
 
     RFC 9213 §2.1: the first of ``targeted`` (most specific first, e.g. this cache's own
     field, then ``CDN-Cache-Control``) with a valid non-empty value is used and
     ``Cache-Control`` is then ignored entirely; otherwise ``Cache-Control`` applies.
+    (``index``: ``headers`` by name, when the caller has it: :func:`field_index`.)
     """
-    index = field_index(headers)
+    if index is None:
+        index = field_index(headers)
     for name in targeted:
         if name in index:
             values = index[name]
@@ -194,6 +204,7 @@ def freshness(
     status: int,
     now: float,
     default_ttl: float | None = None,
+    index: FieldIndex | None = None,
 ) -> Freshness:
     """The freshness lifetime of a response for a shared cache (§4.2.1, §4.2.2).
 
@@ -201,7 +212,8 @@ def freshness(
     an invalid argument or ``Expires`` (several lines, or not an HTTP-date) means already
     stale (§5.3). Without explicit freshness, a heuristically cacheable status (or any
     ``public`` one) gets ``default_ttl`` when the deployment configured one for it, else 10%
-    of the time since ``Last-Modified`` (at most a day); otherwise nothing.
+    of the time since ``Last-Modified`` (at most a day); otherwise nothing. ``index``: as
+    for :func:`response_directives`.
     """
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
@@ -213,7 +225,10 @@ def freshness(
             if len(_EXPLICIT) < _MEMO_MAX:
                 _EXPLICIT[arg] = fresh
             return fresh
-    expires = get_header_values(headers, b"expires")
+    if index is None:  # (as for response_directives)
+        expires = get_header_values(headers, b"expires")
+    else:
+        expires = index[b"expires"] if b"expires" in index else []
     if expires:
         at = parse_http_date(expires[0]) if len(expires) == 1 else None
         if at is None:
@@ -247,11 +262,15 @@ def age_value(headers: Headers) -> float:
     return 0.0 if parsed is None else float(parsed)
 
 
-def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
+def initial_age(
+    headers: Headers, request_time: float, response_time: float, index: FieldIndex | None = None
+) -> float:
     """``corrected_initial_age`` of §4.2.3: the larger of the apparent age
     (``response_time - Date``) and ``Age`` plus the time the app took to answer. (Fields
-    are read by ``in`` and the larger values taken without ``max``: a call each.)"""
-    index = field_index(headers)
+    are read by ``in`` and the larger values taken without ``max``: a call each; ``index``
+    as for :func:`response_directives`.)"""
+    if index is None:
+        index = field_index(headers)
     date = parse_http_date(index[b"date"][0]) if b"date" in index else None
     apparent = 0.0 if date is None else response_time - date
     took = response_time - request_time
@@ -301,6 +320,7 @@ def storable(
     *,
     credentials: bool,
     cache_authenticated: bool,
+    index: FieldIndex | None = None,
 ) -> str | None:
     """Why a shared cache must not (or need not) store this response (§3), or ``None``.
 
@@ -326,7 +346,8 @@ def storable(
         return "no-store"
     if "private" in cc:
         return "private"
-    index = field_index(headers)
+    if index is None:  # (as for response_directives)
+        index = field_index(headers)
     if b"set-cookie" in index:
         return "set-cookie"
     if b"vary" in index and vary_names(headers) is None:

@@ -45,7 +45,11 @@ BUDGET_CALLS: dict[str, float] = {
     # rules read a response's fields from one index, common freshness made once, no get;
     # -10: what is stored, its Vary and tags read from that index, one frame less per fill;
     # -8: a short clean key part in one regex test, fwd= reasons as bytes, the URI tag inline
-    "cache-miss-memory": 128,
+    # -5: the slow path is one frame (request read, lookup and claim, decision); -9: a new
+    # resource's key parts in one frame, its origin's part of the key remembered; -5: the
+    # rules of a fill take its fields' index (no field_index, no Expires lookup); -3: the
+    # Vary cell and the scheme read with in
+    "cache-miss-memory": 106,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -70,9 +74,11 @@ BUDGET_CALLS: dict[str, float] = {
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
     # -5, -13, -12, -2, -3: the cache miss path, as above; the hit-for-miss marker is
-    # written without coroutines; -4: Server-Timing rendered in one loop; -2: Queries' db entry;
-    # -2, -2, -1, -1: dedup, as above; -1: the cache's claim, same store change
-    "stack-memory-paths": 159,
+    # written without coroutines; -5, -8, -2: the cache's slow path in one frame, its key
+    # parts, the index its rules read; -1: the Vary cell read with in; -4: Server-Timing
+    # rendered in one loop; -2: Queries' db entry; -2, -2, -1, -1: dedup, as above; -1: the
+    # cache's claim, same store change
+    "stack-memory-paths": 143,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
