@@ -48,8 +48,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -5: the slow path is one frame (request read, lookup and claim, decision); -9: a new
     # resource's key parts in one frame, its origin's part of the key remembered; -5: the
     # rules of a fill take its fields' index (no field_index, no Expires lookup); -3: the
-    # Vary cell and the scheme read with in
-    "cache-miss-memory": 106,
+    # Vary cell and the scheme read with in; -1: the memory store's uncontended claim inline
+    "cache-miss-memory": 105,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
