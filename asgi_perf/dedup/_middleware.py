@@ -396,7 +396,6 @@ class DedupMiddleware(EnvConfigurable):
                 await self._give_up(claim_key, token, lease)
 
     # -- shared pieces ---------------------------------------------------------------------
-
     async def release(self, lease: Lease) -> None:
         try:
             await lease.release()
