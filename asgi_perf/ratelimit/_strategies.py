@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from asgi_perf._core.identity import hash_secret
-from asgi_perf.stores._prefetch import MISSING, PrefetchOp, take
+from asgi_perf.stores._prefetch import PrefetchOp
 
 __all__ = [
     "MEMORY_STRATEGIES",
@@ -492,9 +492,6 @@ class RedisLimiter(Limiter):
         super().__init__(strategy)
         self.store = store
         self.source = lua_source(self.strategy)
-        from redis.exceptions import NoScriptError
-
-        self._no_script = NoScriptError
         self._code = {"fixed-window": "f", "moving-window": "m", "sliding-window": "s"}.get(
             self.strategy, "g"
         )
@@ -504,30 +501,15 @@ class RedisLimiter(Limiter):
         head = self.store.key(hash_tag(identity) + ":" + rule + ":" + self._code)
         return [f"{head}{seconds:g}" for _, seconds in windows]
 
-    def hit_op(self, identity: str, rule: str, windows: Sequence[Window]) -> PrefetchOp | None:
+    def hit_op(self, identity: str, rule: str, windows: Sequence[Window]) -> PrefetchOp:
         keys = self.keys(identity, rule, windows)
         return PrefetchOp(
             ("ratelimit", self, *keys), self.store, self.source, keys, _args(windows), _decision
         )
 
     async def hit(self, identity: str, rule: str, windows: Sequence[Window]) -> Decision:
-        store = self.store
-        keys = self.keys(identity, rule, windows)
-        found = take(("ratelimit", self, *keys))
-        if found is not MISSING:
-            return found  # type: ignore[no-any-return]
-        script = store.script(self.source)
-        args = _args(windows)
-
-        async def evalsha() -> Any:
-            # EVALSHA directly (the Script wrapper costs more per call); after a Redis
-            # restart the script is gone: the wrapper loads it once, in this same call.
-            try:
-                return await script.registered_client.evalsha(script.sha, len(keys), *keys, *args)
-            except self._no_script:
-                return await script(keys=keys, args=args)
-
-        return _decision(await store.call(evalsha))
+        decision: Decision = await self.store.run(self.hit_op(identity, rule, windows))
+        return decision
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "store": self.store.stats()}

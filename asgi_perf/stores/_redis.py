@@ -19,8 +19,14 @@
   live entries, and expire with their longest-lived member (:data:`_INDEX_ADD`), so a tag
   nobody writes again does not outlive its entries; neither uses ``KEYS`` or ``SCAN``.
 
-Over 500 lines because each Lua script stands next to the method that runs it: a script and
-its caller change together.
+- For the stack (:mod:`asgi_perf.stores._prefetch`), the scripted calls are ops: built by
+  ``*_op`` methods, run now by :meth:`RedisStore.run` or sent ahead for several layers in one
+  pipeline by :meth:`RedisStore.prefetch`; writes held back are sent together by
+  :meth:`RedisStore.write_deferred`.
+
+Over 600 lines because each Lua script stands next to the method that runs it, and each
+scripted call next to the op the stack sends ahead in its place: a script, its caller and its
+op change together.
 """
 
 from __future__ import annotations
@@ -204,9 +210,10 @@ class RedisStore(Store):
         self._shared: SharedClient | None = None  # the client of the loop last used
         self._held: dict[asyncio.AbstractEventLoop, SharedClient] = {}
         self._errors = unavailable_errors()
-        from redis.exceptions import OutOfMemoryError
+        from redis.exceptions import NoScriptError, OutOfMemoryError
 
         self._full = OutOfMemoryError
+        self._no_script = NoScriptError
         self.round_trips = 0
 
     @classmethod
@@ -383,22 +390,15 @@ class RedisStore(Store):
     async def get_or_claim(
         self, record_key: str, claim_key: str, token: str, ttl: float
     ) -> tuple[bytes | None, bool]:
-        found = take(("get_or_claim", self, record_key, claim_key, token))
-        if found is not MISSING:
-            return found  # type: ignore[no-any-return]
-        op = self._get_or_claim_op(record_key, claim_key, token, ttl)
-        script = self.script(_GET_OR_CLAIM)
-        return _got_or_claimed(await self.call(lambda: script(keys=op.keys, args=op.args)))
+        found: tuple[bytes | None, bool] = await self.run(
+            self.get_or_claim_op(record_key, claim_key, token, ttl)
+        )
+        return found
 
     def get_or_claim_op(
         self, record_key: str, claim_key: str, token: str, ttl: float
-    ) -> PrefetchOp | None:
-        """:meth:`get_or_claim` to send ahead (:mod:`asgi_perf.stores._prefetch`)."""
-        return self._get_or_claim_op(record_key, claim_key, token, ttl)
-
-    def _get_or_claim_op(
-        self, record_key: str, claim_key: str, token: str, ttl: float
     ) -> PrefetchOp:
+        """:meth:`get_or_claim` as an op: run now (:meth:`run`) or sent ahead (:meth:`prefetch`)."""
         return PrefetchOp(
             ("get_or_claim", self, record_key, claim_key, token),
             self,
@@ -418,12 +418,10 @@ class RedisStore(Store):
         token: str,
         ttl: float,
     ) -> tuple[bytes | None, bytes | None, bool]:
-        found = take(("get_or_claim_if", self, guard_key, expected, record_key, claim_key, token))
-        if found is not MISSING:
-            return found  # type: ignore[no-any-return]
-        op = self._get_or_claim_if_op(guard_key, expected, record_key, claim_key, token, ttl)
-        script = self.script(_GET_OR_CLAIM_IF)
-        return _got_or_claimed_if(await self.call(lambda: script(keys=op.keys, args=op.args)))
+        found: tuple[bytes | None, bytes | None, bool] = await self.run(
+            self.get_or_claim_if_op(guard_key, expected, record_key, claim_key, token, ttl)
+        )
+        return found
 
     def get_or_claim_if_op(
         self,
@@ -433,19 +431,8 @@ class RedisStore(Store):
         claim_key: str | None,
         token: str,
         ttl: float,
-    ) -> PrefetchOp | None:
-        """:meth:`get_or_claim_if` to send ahead (:mod:`asgi_perf.stores._prefetch`)."""
-        return self._get_or_claim_if_op(guard_key, expected, record_key, claim_key, token, ttl)
-
-    def _get_or_claim_if_op(
-        self,
-        guard_key: str,
-        expected: bytes,
-        record_key: str,
-        claim_key: str | None,
-        token: str,
-        ttl: float,
     ) -> PrefetchOp:
+        """:meth:`get_or_claim_if` as an op (see :meth:`get_or_claim_op`)."""
         prefix = self.prefix
         return PrefetchOp(
             ("get_or_claim_if", self, guard_key, expected, record_key, claim_key, token),
@@ -456,6 +443,26 @@ class RedisStore(Store):
             _got_or_claimed_if,
             lambda found: (claim_key, token) if found[2] and claim_key else None,
         )
+
+    async def run(self, op: PrefetchOp) -> Any:
+        """One op, decoded: the reply the stack fetched ahead for this request
+        (:func:`~asgi_perf.stores._prefetch.take`), else its script, by ``EVALSHA`` directly
+        (the Script wrapper costs more per call; after a Redis restart it loads the script
+        again, in this same call)."""
+        found = take(op.key)
+        if found is not MISSING:
+            return found
+        script = self.script(op.source)
+
+        async def evalsha() -> Any:
+            try:
+                return await script.registered_client.evalsha(
+                    script.sha, len(op.keys), *op.keys, *op.args
+                )
+            except self._no_script:
+                return await script(keys=op.keys, args=op.args)
+
+        return op.decode(await self.call(evalsha))
 
     async def prefetch(self, ops: Sequence[PrefetchOp], into: Prefetch) -> None:
         """Run ``ops`` (scripts of this client's stores) in one pipeline, their replies left
