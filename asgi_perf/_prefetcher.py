@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from asgi_perf._core.asgi import ASGIApp, Message, Receive, Scope, Send
 from asgi_perf._core.outage import Outage
@@ -24,6 +24,7 @@ from asgi_perf.stores._prefetch import PREFETCH, Prefetch, PrefetchOp
 __all__ = ["Prefetcher", "prefetching"]
 
 logger = logging.getLogger("asgi_perf.stores")
+T = TypeVar("T")
 
 
 class Prefetching(Protocol):
@@ -72,11 +73,8 @@ class Prefetcher:
             await send(message)
 
         try:
-            by_client: dict[int, list[PrefetchOp]] = {}
-            for op in ops:
-                by_client.setdefault(id(op.store.client), []).append(op)
-            for group in by_client.values():
-                await group[0].store.prefetch(group, prefetch)
+            for store, group in _by_client((op.store, op) for op in ops):
+                await store.prefetch(group, prefetch)
             await self.app(scope, receive, flushing)
         finally:
             PREFETCH.reset(reset)
@@ -89,16 +87,22 @@ class Prefetcher:
                 await self._write(held)
 
     async def _write(self, held: list[tuple[Any, Callable[[Any], None]]]) -> None:
-        """One round trip per client for the writes ``held`` back; a failure is the
-        layers' outage (the claims expire with their leases), logged once here."""
-        by_client: dict[int, list[tuple[Any, Callable[[Any], None]]]] = {}
-        for store, queue in held:
-            by_client.setdefault(id(store.client), []).append((store, queue))
-        for writes in by_client.values():
+        """One round trip per client for the writes ``held`` back; a failure is counted and
+        logged once by this stack's outage record (the claims expire with their leases)."""
+        for store, queues in _by_client(held):
             try:
-                await writes[0][0].write_deferred([queue for _, queue in writes])
+                await store.write_deferred(queues)
             except StoreUnavailable as exc:
                 self.outage.failed(exc)
             else:
                 if self.outage.down:
                     self.outage.ok()
+
+
+def _by_client(items: Iterable[tuple[Any, T]]) -> list[tuple[Any, list[T]]]:
+    """``(store, item)`` pairs grouped by the stores' Redis client, each group with one of its
+    stores: what one pipeline, one round trip, can carry."""
+    groups: dict[int, tuple[Any, list[T]]] = {}
+    for store, item in items:
+        groups.setdefault(id(store.client), (store, []))[1].append(item)
+    return list(groups.values())
