@@ -234,8 +234,8 @@ class Entries:
             if cell is None or cell[0] != names:  # else known already (forever, in-process)
                 sync.set_nowait("v:" + base, "\n".join(names).encode("latin-1"), ttl, ())
                 self.remember_names(base, names)
-            if lease is not None:
-                sync.release_nowait(*lease.ending())
+            if lease is not None:  # (in-process, a fill's lease is never renewed: no ending)
+                sync.release_nowait(lease.key, lease.token)
         self.keep_decoded(key, data, entry)
         return lease is not None
 
@@ -249,7 +249,7 @@ class Entries:
         """Count an uncacheable answer (by its headers) on ``path``; after three in a row,
         any query on it goes straight to the app for ``hit_for_miss_ttl`` seconds."""
         paths = self.uncacheable_paths
-        streak = paths.get(path)
+        streak = paths[path] if path in paths else None  # (in, not get: no call)
         if streak is None:
             if len(paths) >= _LOCAL_MAX:
                 paths.clear()

@@ -26,6 +26,8 @@ from asgi_perf._core.asgi import (
 from asgi_perf._core.http import replayable_headers
 from asgi_perf._core.negotiation import IDENTITY
 from asgi_perf.cache._rules import (
+    EXPIRED,
+    NOT_FRESH,
     CacheControl,
     Freshness,
     freshness,
@@ -277,7 +279,13 @@ def judge(
     if index is None:
         index = field_index(headers)
     cc, _ = response_directives(headers, policy.targeted, index)
-    fresh = freshness(cc, headers, status, response_time, policy.default_ttl, index)
+    if "private" in cc or ("no-store" in cc and "must-understand" not in cc):
+        # Refused whatever its lifetime: storable() stops at these directives, having read
+        # only whether the freshness is explicit (so none is computed; lifetime 0, unused).
+        explicit = "s-maxage" in cc or "max-age" in cc or b"expires" in index
+        fresh = EXPIRED if explicit else NOT_FRESH
+    else:
+        fresh = freshness(cc, headers, status, response_time, policy.default_ttl, index)
     reason = storable(
         status,
         cc,

@@ -398,7 +398,8 @@ class FillResponder:
     async def _give_up(self, reason: str) -> None:
         """The response will not be stored: say so to the waiters now (hit-for-miss)."""
         counters, entries, req = self.counters, self.entries, self.req
-        counters.uncacheable[reason] = counters.uncacheable.get(reason, 0) + 1
+        counted = counters.uncacheable
+        counted[reason] = (counted[reason] if reason in counted else 0) + 1  # (no get call)
         if reason in _PATH_REASONS and self.status < 500 and not req.credentials:
             entries.path_uncacheable(req.scope["path"])
         if self.status >= 500 and self.stale is not None:
@@ -411,9 +412,9 @@ class FillResponder:
                 entries.remember_not_shared(req.base)
             return
         sync = entries.sync
-        if sync is not None:  # in-process: no coroutine, cannot fail
+        if sync is not None:  # in-process: no coroutine, cannot fail, no renewal to stop
             sync.fulfil_nowait(
-                *lease.ending(), self.key, HIT_FOR_MISS, self.settings.hit_for_miss_ttl
+                lease.key, lease.token, self.key, HIT_FOR_MISS, self.settings.hit_for_miss_ttl
             )
             return
         try:

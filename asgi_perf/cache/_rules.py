@@ -26,8 +26,10 @@ from asgi_perf.cache._dates import parse_http_date
 
 __all__ = [
     "DEFAULT_BYPASS_HEADERS",
+    "EXPIRED",
     "HEURISTIC_MAX",
     "HEURISTIC_STATUSES",
+    "NOT_FRESH",
     "UNDERSTOOD_STATUSES",
     "CacheControl",
     "Freshness",
@@ -168,7 +170,8 @@ def response_directives(
                 return parsed, True
     if b"cache-control" not in index:
         return _EMPTY, False
-    return parse_cache_control(headers), False
+    values = index[b"cache-control"]  # (parse_cache_control's lines, read from the index)
+    return _parse_cc(values[0] if len(values) == 1 else b",".join(values)), False
 
 
 def delta_seconds(value: str | None) -> int | None:
@@ -189,6 +192,12 @@ class Freshness(NamedTuple):
     lifetime: float
     explicit: bool  # s-maxage, max-age or Expires said so (even "already stale")
     heuristic: bool = False  # §4.2.2 from Last-Modified, or the configured default TTL
+
+
+#: No freshness at all; and explicitly none (already stale: an invalid argument or Expires).
+#: Made once each: returning them costs no call.
+NOT_FRESH = Freshness(0.0, False)
+EXPIRED = Freshness(0.0, True)
 
 
 #: The freshness of a ``max-age``/``s-maxage`` argument and of a default TTL, made once each
@@ -232,11 +241,11 @@ def freshness(
     if expires:
         at = parse_http_date(expires[0]) if len(expires) == 1 else None
         if at is None:
-            return Freshness(0.0, True)
+            return EXPIRED
         date = _date(headers, b"date")
         return Freshness(max(0.0, at - (now if date is None else date)), True)
     if status not in HEURISTIC_STATUSES and "public" not in cc:
-        return Freshness(0.0, False)
+        return NOT_FRESH
     if default_ttl is not None:
         if default_ttl in _DEFAULTED:  # (a deployment has a few)
             return _DEFAULTED[default_ttl]
@@ -246,7 +255,7 @@ def freshness(
         return fresh
     modified = _date(headers, b"last-modified")
     if modified is None:
-        return Freshness(0.0, False)
+        return NOT_FRESH
     date = _date(headers, b"date")
     since = (now if date is None else date) - modified
     return Freshness(min(HEURISTIC_MAX, max(0.0, since * HEURISTIC_FRACTION)), False, True)

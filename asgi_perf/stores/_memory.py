@@ -105,14 +105,15 @@ class MemoryStore(Store):
                     del self._tags[tag]
 
     def _get(self, key: str) -> bytes | None:
-        entry = self._data.get(key)
-        if entry is None:
+        data = self._data
+        if key not in data:  # (in, then a subscript: no call, found or not)
             return None
+        entry = data[key]
         if entry.expires and entry.expires <= time.monotonic():
             self._drop(key)
             return None
         if self.lru:
-            self._data.move_to_end(key)
+            data.move_to_end(key)
         return entry.value
 
     async def get(self, key: str) -> bytes | None:

@@ -33,7 +33,7 @@ BUDGET_CALLS: dict[str, float] = {
     "compress-skip-tiny": 3,
     "compress-skip-noae": 4,
     "ratelimit-allow-raw": 11,
-    "cache-hit-memory": 9,
+    "cache-hit-memory": 8,  # -1 (issue 17): the memory store reads with in, not get
     # +99 (issue 16): revalidation, Cache-Status, invalidation tags, CDN-Cache-Control and the
     # stricter date/Age parsing of an RFC 9111 cache (391 at the merge; 347 with Fields)
     # -89 (issue 17): a fill judges the response once, keeps its indexed fields and ETag for
@@ -49,7 +49,8 @@ BUDGET_CALLS: dict[str, float] = {
     # resource's key parts in one frame, its origin's part of the key remembered; -5: the
     # rules of a fill take its fields' index (no field_index, no Expires lookup); -3: the
     # Vary cell and the scheme read with in; -1: the memory store's uncontended claim inline
-    "cache-miss-memory": 105,
+    # -2: the memory store reads with in, an in-process fill's lease needs no ending()
+    "cache-miss-memory": 103,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -77,8 +78,10 @@ BUDGET_CALLS: dict[str, float] = {
     # written without coroutines; -5, -8, -2: the cache's slow path in one frame, its key
     # parts, the index its rules read; -1: the Vary cell read with in; -4: Server-Timing
     # rendered in one loop; -2: Queries' db entry; -2, -2, -1, -1: dedup, as above; -1: the
-    # cache's claim, same store change
-    "stack-memory-paths": 143,
+    # cache's claim, same store change; -11: a response its directives refuse (no-store,
+    # private) judged without its freshness, Cache-Control read from the fields' index, the
+    # memory store reads with in, the refusal counted and the path hint kept without get
+    "stack-memory-paths": 132,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
