@@ -1,4 +1,4 @@
-"""Record a response as it passes and replay it later: shared by caching and deduplication.
+"""Record a response as it passes and replay it later: deduplication's copies of responses.
 
 :class:`ResponseRecorder` wraps ``send``: every message goes on to the client unchanged and at
 once (nothing is held back), while a copy of the status, headers and body is kept up to
@@ -175,12 +175,5 @@ class ResponseRecorder:
     def result(self) -> RecordedResponse | None:
         """The recorded response, or ``None`` when it is not :attr:`recordable`."""
         if not (self.started and self.complete and not self.overflow):  # recordable, inline
-            return None
-        return RecordedResponse(self.status, self.headers, b"".join(self._parts))
-
-    def whole(self, length: int) -> RecordedResponse | None:
-        """The recorded response once its body holds ``length`` bytes (its declared
-        ``Content-Length``: the client has all of it, whatever empty messages follow)."""
-        if not self.started or self.overflow or self._size != length:
             return None
         return RecordedResponse(self.status, self.headers, b"".join(self._parts))

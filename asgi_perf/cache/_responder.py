@@ -5,7 +5,8 @@ for the client's own validators, a ``304`` to the cache's validators → the fre
 response, a ``5xx`` → the stale entry within ``stale-if-error``) while a bounded copy is kept
 and stored when RFC 9111 allows. As soon as the response is known not to be stored (its
 headers, or its body outgrowing ``max_body_size``) the waiters are freed, so a long stream
-does not hold them back.
+does not hold them back, and the copy stops: the responder is the app's ``send`` itself (no
+recorder around it), so from then on a message costs it one test.
 
 The responder gets the settings, the counters and the cache's view of the store; it never
 sees the middleware.
@@ -28,7 +29,6 @@ from asgi_perf._core.asgi import (
     get_header,
 )
 from asgi_perf._core.context import add_timing
-from asgi_perf._core.recording import RecordedResponse, ResponseRecorder
 from asgi_perf.cache._decide import stale_on_error
 from asgi_perf.cache._entries import HIT_FOR_MISS, Entries
 from asgi_perf.cache._entry import (
@@ -112,6 +112,7 @@ class FillResponder:
 
     __slots__ = (
         "app",
+        "chunks",
         "counters",
         "drop_body",
         "ended",
@@ -128,14 +129,15 @@ class FillResponder:
         "policy",
         "reader",
         "reason",
-        "recorder",
         "req",
         "request_time",
         "response_time",
         "revalidating",
         "send",
         "settings",
+        "size",
         "stale",
+        "started",
         "status",
         "swallowed",
         "why",
@@ -151,7 +153,7 @@ class FillResponder:
         self.key, self.why, self.stale, self.x_cache = job.key, job.why, job.stale, job.x_cache
         self.lease = lease
         self.revalidating = job.revalidate and self.stale is not None
-        self.recorder = ResponseRecorder(self.forward, parts.settings.max_body_size)
+        self.started = False
         self.held: Message | None = None
         self.freshen: Message | None = None  # the app's 304 to our validators
         self.ended = False
@@ -159,6 +161,8 @@ class FillResponder:
         self.swallowed = False
         self.status = 0
         self.length: int | None = None  # the declared Content-Length
+        self.chunks: list[bytes] = []  # the body so far, kept while it may be stored …
+        self.size = 0  # … and its length
         self.reason: str | None = "incomplete"
         self.request_time = self.response_time = 0.0
         # Set when the response starts (_send_start), before anything is kept:
@@ -173,11 +177,10 @@ class FillResponder:
             validators = self.stale.validators() if self.revalidating and self.stale else []
             scope = self.req.for_app(validators)
             self.request_time = time.time()
-            recorder = self.recorder
             try:
-                await self.app(scope, receive, recorder)
+                await self.app(scope, receive, self)
             except Exception:
-                if recorder.started or not stale_on_error(self.stale, time.time()):
+                if self.started or not stale_on_error(self.stale, time.time()):
                     raise
                 logger.exception("cache: app failed; serving the stale entry (stale-if-error)")
                 self.swallowed = True
@@ -191,19 +194,19 @@ class FillResponder:
                 await self._serve_stale()
             elif self.freshen is not None:
                 await self._freshen(self.freshen)
-            elif not self.ended:
-                await self._keep(self.recorder.result())
         finally:
-            if not self.ended:  # the app raised or the request was cancelled
-                await self._end()
+            if not self.ended:  # the body never completed (client gone, app gave up or raised)
+                await self._end()  # nothing learned
 
     # -- what the app answered ----------------------------------------------------------------
-    async def forward(self, message: Message) -> None:
-        """The ``send`` the recorder forwards to: adjusts the response for this client."""
+    async def __call__(self, message: Message) -> None:
+        """The app's ``send``: adjusts the response for this client and, until it is known
+        not to be stored, keeps a copy of the body (once not, messages go straight through)."""
         if self.swallowed or self.freshen is not None:
             return
         kind = message["type"]
         if kind == "http.response.start":
+            self.started = True
             self.response_time = time.time()
             status = message["status"]
             if status == 304 and self.revalidating:
@@ -218,18 +221,22 @@ class FillResponder:
         if self.held is not None:
             held, self.held = self.held, None
             await self._send_start(held, message)
-        if not self.ended:
-            recorder = self.recorder
-            if recorder.overflow:
+        if not self.ended:  # still to be stored
+            if kind != "http.response.body":  # pathsend, zerocopysend, trailers: not replayable
                 await self._give_up("too-large")
-            elif recorder.complete:
-                # Stored before the client has the last byte: a request it sends next (or a
-                # waiter woken now) finds the entry.
-                await self._keep(recorder.result())
-            elif self.length is not None and message.get("more_body", False):
-                record = recorder.whole(self.length)  # the last byte leaves with this chunk
-                if record is not None:
-                    await self._keep(record)
+            else:
+                chunk = message["body"] if "body" in message else b""
+                more = "more_body" in message and message["more_body"]
+                self.size += len(chunk)
+                if self.size > self.settings.max_body_size:
+                    await self._give_up("too-large")
+                elif more and self.size != self.length:
+                    self.chunks.append(chunk)
+                else:  # the last byte (or the declared Content-Length) leaves with this chunk
+                    # Stored before the client has it: a request it sends next (or a waiter
+                    # woken now) finds the entry. A body in one message is kept as it is.
+                    chunks = self.chunks
+                    await self._keep(b"".join([*chunks, chunk]) if chunks else chunk)
         if kind == "http.response.body" and self.drop_body:
             if not message.get("more_body", False):
                 await self.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -298,21 +305,18 @@ class FillResponder:
         )
 
     # -- storing ------------------------------------------------------------------------------
-    async def _keep(self, record: RecordedResponse | None) -> None:
-        if record is None:
-            if self.recorder.overflow:
-                await self._give_up("too-large")
-            else:
-                await self._end()  # incomplete (client gone, app gave up): nothing learned
+    async def _keep(self, body: bytes) -> None:
+        """Store the response, its ``body`` complete (its fields already indexed and judged)."""
+        if not self.started:  # a body without a start: nothing to store
+            await self._end()
             return
-        # The recorded fields are the app's start fields, already indexed and judged.
         headers, index = self.fields, self.index
         entry = build_entry(
-            record.status,
+            self.status,
             headers,
-            record.body,
+            body,
             self.request_time,
-            self.response_time or record.created,
+            self.response_time,
             self.policy,
             judged=self.judged,
             etag=self.etag,

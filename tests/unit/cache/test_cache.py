@@ -656,6 +656,41 @@ async def test_large_and_streaming_responses_pass_through_unstored() -> None:
     assert received == [b"1", b"2"]
 
 
+async def test_a_body_in_several_messages_is_stored_whole_and_by_its_declared_length() -> None:
+    """The fill keeps the copy itself: chunks joined; an entry whose declared Content-Length
+    has passed is stored before the app's last (empty) message; a file sent by path is not
+    kept (not replayable) and counted too large."""
+    done = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path, length = scope["path"], [(b"content-length", b"6")]
+        if path == "/file":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.pathsend", "path": "/dev/null"})
+            return
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        await send({**start, "headers": length} if path == "/sized" else start)
+        for chunk in (b"abc", b"def"):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if path == "/sized":
+            await done.wait()  # the entry is there already
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = cached(app)
+    for path in ("/chunks", "/chunks"):
+        assert (await call(mw, "GET", path)).body == b"abcdef"
+    assert x_cache(await call(mw, "GET", "/chunks")) == "HIT"
+    sized = asyncio.create_task(call(mw, "GET", "/sized"))
+    while mw.counters.stores < 2:
+        await asyncio.sleep(0.001)
+    hit = await call(mw, "GET", "/sized")
+    assert (hit.body, x_cache(hit)) == (b"abcdef", "HIT")
+    done.set()
+    assert (await sized).body == b"abcdef"
+    await call(mw, "GET", "/file")
+    assert mw.stats()["uncacheable"] == {"too-large": 1}
+
+
 @pytest.mark.parametrize(
     "headers",
     [[("content-type", "text/event-stream")], [("cache-control", "no-store")], []],

@@ -50,7 +50,9 @@ BUDGET_CALLS: dict[str, float] = {
     # rules of a fill take its fields' index (no field_index, no Expires lookup); -3: the
     # Vary cell and the scheme read with in; -1: the memory store's uncontended claim inline
     # -2: the memory store reads with in, an in-process fill's lease needs no ending()
-    "cache-miss-memory": 103,
+    # -8: the fill is the app's send itself (no recorder frame per message), keeping a body
+    # in one message as it is (no append, no join, no RecordedResponse)
+    "cache-miss-memory": 95,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -81,7 +83,8 @@ BUDGET_CALLS: dict[str, float] = {
     # cache's claim, same store change; -11: a response its directives refuse (no-store,
     # private) judged without its freshness, Cache-Control read from the fields' index, the
     # memory store reads with in, the refusal counted and the path hint kept without get
-    "stack-memory-paths": 132,
+    # -5: the fill is the app's send (no recorder), and copies nothing once it gives up
+    "stack-memory-paths": 127,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
