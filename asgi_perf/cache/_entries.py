@@ -88,7 +88,8 @@ class Entries:
         return self.decode(key, raw)
 
     def decode(self, key: str, raw: bytes) -> Entry | None:
-        cached = self.decoded.get(key)
+        decoded = self.decoded
+        cached = decoded[key] if key in decoded else None
         if cached is not None and (cached[0] is raw or cached[0] == raw):
             return cached[1]
         entry = Entry.decode(raw)
@@ -106,7 +107,9 @@ class Entries:
             len(decoded) >= _DECODED_MAX or self.decoded_bytes + entry.size > self.decoded_max_bytes
         ):
             self.decoded_bytes -= decoded.pop(next(iter(decoded)))[1].size
-        decoded[key] = (raw, entry, time.monotonic() + self.local_ttl)
+        # (the expiry is only read as an L1, when local_ttl is on: else no clock call)
+        expiry = time.monotonic() + self.local_ttl if self.local_ttl else 0.0
+        decoded[key] = (raw, entry, expiry)
         self.decoded_bytes += entry.size
 
     def local(self, key: str) -> bytes | None:

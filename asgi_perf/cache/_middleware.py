@@ -172,7 +172,8 @@ class CacheMiddleware(EnvConfigurable):
             except KeyError:
                 ident = (scope.get("raw_path") or scope["path"], scope.get("query_string", b""),
                          host or b"", scope.get("scheme"))  # fmt: skip
-            resource = self._resources.get(ident)
+            resources = self._resources
+            resource = resources[ident] if ident in resources else None  # (in: no get call)
             if resource is None:
                 path = scope["path"]  # (in first: the usual path has no hint, and no call)
                 if path in self.entries.uncacheable_paths and self.entries.hinted(path):
@@ -209,7 +210,8 @@ class CacheMiddleware(EnvConfigurable):
                         if self.outage.down:
                             self.outage.ok()
                     if raw is not None:
-                        cached = entries.decoded.get(key)  # bounded; decoded once per value
+                        decoded = entries.decoded  # bounded; decoded once per value
+                        cached = decoded[key] if key in decoded else None
                         if cached is not None and (cached[0] is raw or cached[0] == raw):
                             entry = cached[1]
                         else:

@@ -249,9 +249,6 @@ class FillResponder:
         # The app's fields, judged by name many times here and again when the entry is built.
         self.fields = headers = Fields(start["headers"] if "headers" in start else ())
         self.index = index = headers.by_name()  # (read with in: no call per name)
-        length = index[b"content-length"][0] if b"content-length" in index else None
-        if length is not None and length.isdigit():
-            self.length = int(length)
         self.policy = policy = settings.policy(req.scope["path"], req.credentials)
         cc, fresh, self.reason = judge(status, headers, self.response_time, policy, index)
         self.judged = cc, fresh
@@ -263,6 +260,9 @@ class FillResponder:
             self.reason = "event-stream"  # endless by design
         if self.reason is not None:
             await self._give_up(self.reason)
+        elif b"content-length" in index:  # (its declared length matters only if it is stored)
+            length = index[b"content-length"][0]
+            self.length = int(length) if length.isdigit() else None
         body: bytes | None = None  # all of it, when the first body message is the last
         if (
             first is not None
@@ -331,7 +331,8 @@ class FillResponder:
 
     async def _store(self, entry: Entry, names: tuple[str, ...], tags: list[str]) -> None:
         req, entries = self.req, self.entries
-        key = self.reader.entry_key(req, names)
+        # (a response that varies on nothing: the plain key, made for the lookup: no call)
+        key = req.plain_key if not names and req.plain_key else self.reader.entry_key(req, names)
         ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
         try:
             scope = req.scope

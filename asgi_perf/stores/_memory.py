@@ -229,9 +229,9 @@ class MemoryStore(Store):
     def release_nowait(self, key: str, token: str) -> bool:
         """:meth:`release` without the coroutine (inline: every fill and leader ends here)."""
         claims = self._claims
-        held = claims.get(key)
         released = False
-        if held is not None:
+        if key in claims:  # (in, not get: no call)
+            held = claims[key]
             expired = held[1] <= time.monotonic()
             if expired or held[0] == token:  # an expired claim is dropped, as _holder does
                 del claims[key]
