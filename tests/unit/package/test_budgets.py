@@ -53,7 +53,7 @@ BUDGET_CALLS: dict[str, float] = {
     # Vary cell and the scheme read with in; -1: the memory store's uncontended claim inline
     # -2: the memory store reads with in, an in-process fill's lease needs no ending()
     # -8: the fill is the app's send itself (no recorder frame per message), keeping a body
-    # in one message as it is (no append, no join, no RecordedResponse); -5: memoised keys,
+    # in one message as it is (no append, no join, no RecordedResponse); -4: memoised keys,
     # decoded entries and the claim read with in, the store's key is the plain key looked up,
     # no clock for a decoded entry's L1 expiry while there is no L1
     "cache-miss-memory": 91,
