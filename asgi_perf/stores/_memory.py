@@ -31,7 +31,9 @@ from asgi_perf.stores._registry import StoreOptions, register_scheme
 __all__ = ["KeepingMemoryStore", "MemoryStore"]
 
 _OVERHEAD = 64  # bytes charged per entry beyond key and value, so tiny entries still count
-_MAX_CLAIMS = 10_000  # claims held before expired ones are swept
+#: Claims made between two sweeps of the expired ones (leaders that died without releasing):
+#: a sweep now and then, instead of counting the claims held at every claim.
+_SWEEP_EVERY = 10_000
 
 
 class _Entry:
@@ -75,7 +77,9 @@ class MemoryStore(Store):
         self._claims: dict[str, tuple[str, float]] = {}
         self._tags: dict[str, set[str]] = {}
         self._subs: dict[str, set[_MemorySubscription]] = {}
+        self._claimed = 0  # claims made since the last sweep
         self.bytes = 0
+        self.records = 0  # len(_data), kept as it changes: a write's bound test needs no len
         self.evictions = 0
         self.sync: SyncOperations | None = self if type(self) is MemoryStore else None
         self._plain_claims = type(self).claim_nowait is MemoryStore.claim_nowait
@@ -92,6 +96,7 @@ class MemoryStore(Store):
         entry = self._data.pop(key, None)
         if entry is not None:
             self.bytes -= entry.size
+            self.records -= 1
             if entry.tags:
                 self._untag(key, entry.tags)
         return entry
@@ -134,13 +139,14 @@ class MemoryStore(Store):
         entry = data[key] = _Entry()
         entry.value, entry.expires, entry.tags, entry.size = value, expires, tag_tuple, size
         self.bytes += size
+        self.records += 1
         tagged = self._tags
         for tag in tag_tuple:  # (a new tag, the usual URI tag, costs no call)
             if tag in tagged:
                 tagged[tag].add(key)
             else:
                 tagged[tag] = {key}
-        if len(data) > self.max_entries or self.bytes > self.max_bytes:
+        if self.records > self.max_entries or self.bytes > self.max_bytes:
             self._make_room()
 
     def _make_room(self) -> None:
@@ -148,9 +154,10 @@ class MemoryStore(Store):
         that had expired are swept, the others count as evictions."""
         data = self._data
         now = time.monotonic()
-        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+        while self.records > self.max_entries or self.bytes > self.max_bytes:
             oldest, entry = data.popitem(last=False)
             self.bytes -= entry.size
+            self.records -= 1
             if entry.tags:
                 self._untag(oldest, entry.tags)
             if not entry.expires or entry.expires > now:
@@ -188,9 +195,11 @@ class MemoryStore(Store):
         now = time.monotonic()
         if key in claims and claims[key][1] > now:  # ``in``: most keys are not claimed
             return False
-        if len(claims) >= _MAX_CLAIMS:  # leaders that died without releasing: drop expired
+        if self._claimed >= _SWEEP_EVERY:  # drop the expired claims now and then
+            self._claimed = 0
             for stale in [k for k, (_, exp) in claims.items() if exp <= now]:
                 del claims[stale]
+        self._claimed += 1
         claims[key] = (token, now + ttl)
         return True
 
@@ -207,7 +216,8 @@ class MemoryStore(Store):
                 return value, False
         claims = self._claims
         # the usual claim inline, unless a subclass decides claims its own way
-        if self._plain_claims and claim_key not in claims and len(claims) < _MAX_CLAIMS:
+        if self._plain_claims and claim_key not in claims and self._claimed < _SWEEP_EVERY:
+            self._claimed += 1
             claims[claim_key] = (token, time.monotonic() + ttl)
             return None, True
         return None, self.claim_nowait(claim_key, token, ttl)
@@ -299,7 +309,7 @@ class MemoryStore(Store):
         self._data.clear()
         self._claims.clear()
         self._tags.clear()
-        self.bytes = 0
+        self.bytes = self.records = 0
 
     async def evicts(self) -> str | None:
         return (
@@ -310,7 +320,7 @@ class MemoryStore(Store):
     def stats(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "entries": len(self._data),
+            "entries": self.records,
             "bytes": self.bytes,
             "evictions": self.evictions,
             "max_entries": self.max_entries,

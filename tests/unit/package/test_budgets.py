@@ -55,8 +55,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -8: the fill is the app's send itself (no recorder frame per message), keeping a body
     # in one message as it is (no append, no join, no RecordedResponse); -4: memoised keys,
     # decoded entries and the claim read with in, the store's key is the plain key looked up,
-    # no clock for a decoded entry's L1 expiry while there is no L1
-    "cache-miss-memory": 91,
+    # no clock for a decoded entry's L1 expiry while there is no L1; -2: the memory store
+    # sweeps expired claims every so many claims (no len per claim) and counts its records
+    "cache-miss-memory": 89,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -67,7 +68,8 @@ BUDGET_CALLS: dict[str, float] = {
     # in-process key of a request without a body made inline; -2: no default user key call
     # for a scope without user nor state, a record's head packed after counting its fields;
     # -1: the memory store's read-and-claim takes an uncontended claim inline
-    "dedup-memory": 21,
+    # -2 (issue 17, cache diet): the memory store's claims and writes without a len call
+    "dedup-memory": 19,
     "timing": 12,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
@@ -76,8 +78,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: Server-Timing entries rendered with fewer calls; the path hint
     # -4: Server-Timing rendered in one loop, trailing zeros sliced off; -2: Queries adds its
     # db entry to the Timing context it read on the way in; -2, -2, -1, -1: dedup, as above
-    # -1: the cache's memoised keys read with in
-    "stack-memory": 73,
+    # -1: the cache's memoised keys read with in; -2: the memory store's claims and writes
+    # without a len call (dedup's)
+    "stack-memory": 71,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -90,7 +93,8 @@ BUDGET_CALLS: dict[str, float] = {
     # memory store reads with in, the refusal counted and the path hint kept without get
     # -5: the fill is the app's send (no recorder), and copies nothing once it gives up
     # -2: the memoised keys read with in, no Content-Length parsed for a response not stored
-    "stack-memory-paths": 125,
+    # -4: the memory store's claims and writes without a len call (dedup's and the cache's)
+    "stack-memory-paths": 121,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {

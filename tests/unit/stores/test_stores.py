@@ -309,6 +309,49 @@ async def test_memory_store_sweeps_expired_entries_before_evicting_live_ones(
     assert store.evictions == 1 and await store.get("d") is None
 
 
+async def test_memory_store_counts_its_records_through_every_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``records`` (what the bounds are tested against) stays the number of records held:
+    writes, overwrites, expiry, evictions, deletes and clear."""
+    clock = Clock(monkeypatch)
+    store = MemoryStore(max_entries=3)
+
+    def held() -> bool:
+        return store.records == len(store._data) == store.stats()["entries"]
+
+    for key in ("a", "b", "a", "c"):
+        await store.set(key, b"1", ttl=5, tags=("t",))
+    assert held() and store.records == 3
+    await store.set("d", b"1")  # evicts the oldest
+    assert held() and store.records == 3 and store.evictions == 1
+    clock.now += 6
+    assert await store.get("c") is None and held()  # expired on read
+    assert await store.delete("d") and held()
+    await store.set("e", b"1", tags=("t",))
+    assert await store.delete_tags(["t"]) == 2 and held() and store.records == 0
+    await store.set("f", b"1")
+    await store.clear()
+    assert held() and store.records == 0
+
+
+async def test_memory_store_sweeps_expired_claims_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Claims of leaders that died without releasing expire; every ``_SWEEP_EVERY`` claims
+    made, the expired ones are dropped (a held one stays)."""
+    monkeypatch.setattr("asgi_perf.stores._memory._SWEEP_EVERY", 4)
+    clock = Clock(monkeypatch)
+    store = MemoryStore()
+    assert await store.claim("held", "t", ttl=100)
+    for n in range(3):
+        assert await store.get_or_claim(f"r{n}", f"c{n}", "t", ttl=5) == (None, True)
+    clock.now += 6
+    assert len(store._claims) == 4  # expired, not swept yet
+    assert await store.claim("next", "t", ttl=5)  # the fifth claim sweeps first
+    assert set(store._claims) == {"held", "next"}
+
+
 async def test_keeping_memory_store_never_evicts_and_refuses_new_claims_when_full(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
