@@ -326,7 +326,8 @@ def build_entry(
             return reason
     else:
         cc, fresh = judged
-    dropped = _not_stored(index, headers, policy.drop)
+    # (in first: the usual response has no Connection field, and then no call)
+    dropped = _not_stored(index, headers, policy.drop) if b"connection" in index else policy.drop
     stored = replayable_headers(headers, dropped)
     flags = 0
     if b"etag" not in index or b"etag" in dropped:
