@@ -49,7 +49,7 @@ from asgi_perf.cache._decide import Action, decide
 from asgi_perf.cache._entries import AE_ONLY, FOREVER, HIT_FOR_MISS, Entries, StoreDown
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._invalidate import invalidate_targets
-from asgi_perf.cache._keys import target_parts
+from asgi_perf.cache._keys import entry_key, target_parts
 from asgi_perf.cache._request import AE, HOST, Request, RequestReader, Resource
 from asgi_perf.cache._responder import FillJob, Parts
 from asgi_perf.cache._serve import (
@@ -266,8 +266,11 @@ class CacheMiddleware(EnvConfigurable):
         stem_ = "{" + path + tail  # (stem() from the origin's tail: no call)
         base = stem_ + "?" + query
         vary = self.entries.vary
-        cell = vary[base] if base in vary else self.entries.vary_cell(base)
-        resource = Resource(stem_, path, host, query, cell)
+        resource = Resource()  # (filled in here: see Resource)
+        resource.stem, resource.path, resource.host, resource.query = stem_, path, host, query
+        resource.base, resource.key = base, entry_key(stem_, "", query)
+        resource.vary = vary[base] if base in vary else self.entries.vary_cell(base)
+        resource.variants = {}
         if len(self._resources) >= _RESOURCES_MAX:
             self._resources.clear()
         self._resources[ident] = resource

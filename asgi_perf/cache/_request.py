@@ -291,19 +291,20 @@ class RequestReader:
 
 class Resource:
     """A plain request's keys, memoised by (raw path, query, host, scheme), with a reference
-    to its resource's Vary cell (shared with :attr:`Entries.vary`)."""
+    to its resource's Vary cell (shared with :attr:`Entries.vary`). Its parts are made in one
+    frame, :meth:`CacheMiddleware._resource`, which fills them in (no ``__init__``: one call
+    less per new resource)."""
 
     __slots__ = ("base", "host", "key", "path", "query", "stem", "variants", "vary")
 
-    def __init__(self, stem_: str, path: str, host: str, query: str, vary: list[Any]) -> None:
-        self.stem = stem_
-        self.path = path
-        self.host = host
-        self.query = query
-        self.base = stem_ + "?" + query
-        self.key = entry_key(stem_, "", query)  # the entry key when nothing varies
-        self.vary = vary  # [names or None, expiry]
-        self.variants: dict[str, str] = {}  # negotiated coding -> entry key (Vary: A-E)
+    stem: str  # "{path}scheme|host|identity|keyed headers"
+    path: str  # the raw path as it appears in keys
+    host: str
+    query: str  # canonical query string
+    base: str  # stem + "?" + query: the resource (its Vary record)
+    key: str  # the entry key when nothing varies
+    vary: list[Any]  # [names or None, expiry]
+    variants: dict[str, str]  # negotiated coding -> entry key (Vary: A-E)
 
     def variant(self, coding: str) -> str:
         key = self.variants[coding] = entry_key(self.stem, "ae=" + coding, self.query)
