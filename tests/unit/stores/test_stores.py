@@ -608,6 +608,59 @@ async def test_stores_sharing_a_pool_keep_their_own_timeouts(
             await long.close()
 
 
+@pytest.mark.redis
+async def test_a_write_that_cannot_wait_goes_without_a_timer(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py bounds each write with ``asyncio.wait_for`` (a task and a timer); a command
+    that fits in the transport's buffer is sent without one, a large one keeps it."""
+    store = create_store(redis_url, prefix=key_prefix, timeout=2.0)
+    waits: list[object] = []
+    real = asyncio.wait_for
+
+    async def counted(awaitable: Any, timeout: float | None) -> Any:
+        waits.append(awaitable)
+        return await real(awaitable, timeout)
+
+    try:
+        await store.set("warm", b"v")  # connected: the first write also connects
+        monkeypatch.setattr(asyncio, "wait_for", counted)
+        await store.set("small", b"v" * 1000)
+        assert await store.get("small") == b"v" * 1000
+        assert waits == []
+        await store.set("large", b"v" * (1 << 20))  # past the 64 KiB high-water mark
+        assert len(waits) == 1
+    finally:
+        monkeypatch.undo()
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_a_write_to_a_server_that_stopped_reading_times_out(
+    redis_url: str, key_prefix: str
+) -> None:
+    """The write without a timer is only taken when it cannot wait: a large value sent to a
+    Redis that takes nothing still fails within the store's timeout."""
+    from urllib.parse import urlsplit
+
+    from tests.faults import FaultProxy
+
+    with FaultProxy(urlsplit(redis_url).port or 6379) as proxy:
+        store = create_store(proxy.url, prefix=key_prefix, timeout=0.3)
+        try:
+            await store.set("k", b"v")
+            proxy.set_mode("stall")
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(store.set("big", b"v" * (64 << 20)), 10)
+            with pytest.raises(StoreUnavailable):  # and a small one: its reply never comes
+                await asyncio.wait_for(store.set("small", b"v"), 10)
+        finally:
+            proxy.set_mode("pass")
+            await store.clear()
+            await store.close()
+
+
 _BUSY_300_MS = """
 local t0 = redis.call('TIME')
 local start = t0[1] * 1000000 + t0[2]
