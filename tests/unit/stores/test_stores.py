@@ -19,6 +19,8 @@ from asgi_perf.stores import (
     StoreOptions,
     register_scheme,
 )
+from asgi_perf.stores._prefetch import Prefetch
+from asgi_perf.stores._redis import RedisStore, _evalsha_head
 from tests.support import RedisServer, fill_redis, free_port
 
 
@@ -380,6 +382,32 @@ async def test_redis_store_recovers_after_restart() -> None:
         assert await store.get("k") is None  # the server kept nothing; it answers again
         await store.set("k", b"again")
         assert await store.get("k") == b"again"
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+async def test_scripts_redis_lost_are_loaded_again_in_the_same_call() -> None:
+    """After a restart Redis has no scripts: a scripted call (run alone, or sent ahead for a
+    request) answers in the same call, the script loaded again."""
+    server = RedisServer().start()
+    store = create_store(server.url, prefix="scripts:", timeout=0.5)
+    assert isinstance(store, RedisStore)
+    try:
+        op = store.get_or_claim_op("r", "c", "t1", 5)
+        assert await store.run(op) == (None, True)
+        assert _evalsha_head(op)[0] == store.script(op.source).sha.encode()  # Redis's name
+        server.stop()
+        server.start()  # nothing kept: no scripts, no keys
+        assert await store.run(store.get_or_claim_op("r", "c", "t2", 5)) == (None, True)
+        await store.fulfil("c", "t2", "r", b"v", 5)
+        into = Prefetch("t3")
+        server.stop()
+        server.start()
+        op = store.get_or_claim_op("r", "c", "t3", 5)
+        await store.prefetch([op], into)
+        assert op.key not in into.results  # NOSCRIPT in the pipeline: the layer runs it
+        assert await store.run(op) == (None, True)
     finally:
         await store.close()
         server.cleanup()
