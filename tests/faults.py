@@ -7,7 +7,10 @@ Modes, switchable at run time from any thread (:meth:`FaultProxy.set_mode`):
 - ``drop``: new connections are accepted and then never answered; what is sent on open
   connections is swallowed (a black hole: the client's only way out is its own timeout);
 - ``refuse``: nothing listens on the port any more (``ECONNREFUSED``) and open connections
-  are reset.
+  are reset;
+- ``stall``: the proxy stops reading from clients (a server too busy to take requests): their
+  writes fill the socket buffers and then wait. Bytes already read are forwarded when the mode
+  ends.
 
 Leaving ``drop`` or ``refuse`` closes the connections that lived through it: bytes swallowed
 mid-command would otherwise desynchronise the protocol, and a real client has timed out on
@@ -30,8 +33,8 @@ from tests.support import free_port
 
 __all__ = ["FaultProxy", "Mode"]
 
-Mode = Literal["pass", "delay", "drop", "refuse"]
-_MODES = ("pass", "delay", "drop", "refuse")
+Mode = Literal["pass", "delay", "drop", "refuse", "stall"]
+_MODES = ("pass", "delay", "drop", "refuse", "stall")
 
 
 class _Pipe:
@@ -73,6 +76,8 @@ class _Pipe:
         proxy = self.proxy
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while True:
+                while proxy.mode == "stall" and reader is self.client_reader:
+                    await asyncio.sleep(0.01)
                 data = await reader.read(65536)
                 if not data:
                     return

@@ -467,12 +467,13 @@ def hash_tag(identity: str) -> str:
     return "{" + identity + "}"
 
 
-def _args(windows: Sequence[Window]) -> list[Any]:
-    """The script's arguments: amount and window in milliseconds, per window."""
-    args: list[Any] = []
+def _args(windows: Sequence[Window]) -> list[bytes]:
+    """The script's arguments: amount and window in milliseconds, per window, as the bytes
+    redis-py sends (made once per rule: an int argument costs it a conversion per call)."""
+    args: list[bytes] = []
     for amount, seconds in windows:
-        args.append(amount)
-        args.append(int(seconds * 1000))
+        args.append(b"%d" % amount)
+        args.append(b"%d" % int(seconds * 1000))
     return args
 
 
@@ -495,6 +496,7 @@ class RedisLimiter(Limiter):
         self._code = {"fixed-window": "f", "moving-window": "m", "sliding-window": "s"}.get(
             self.strategy, "g"
         )
+        self._args: dict[tuple[Window, ...], list[bytes]] = {}  # per rule's windows
 
     def keys(self, identity: str, rule: str, windows: Sequence[Window]) -> list[str]:
         """The keys of one check: one per window, all under the identity's hash tag."""
@@ -503,8 +505,13 @@ class RedisLimiter(Limiter):
 
     def hit_op(self, identity: str, rule: str, windows: Sequence[Window]) -> PrefetchOp:
         keys = self.keys(identity, rule, windows)
+        args = self._args.get(windows) if type(windows) is tuple else None
+        if args is None:
+            args = _args(windows)
+            if type(windows) is tuple:  # a rule's (a caller's list is not kept)
+                self._args[windows] = args
         return PrefetchOp(
-            ("ratelimit", self, *keys), self.store, self.source, keys, _args(windows), _decision
+            ("ratelimit", self, *keys), self.store, self.source, keys, args, _decision
         )
 
     async def hit(self, identity: str, rule: str, windows: Sequence[Window]) -> Decision:

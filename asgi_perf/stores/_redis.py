@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -139,6 +140,25 @@ else
 end
 return 1
 """
+
+
+# What ``EVALSHA`` is sent with, as the bytes redis-py passes through unconverted (a str or
+# int argument costs it five calls more): each script's SHA1 (a function of its text alone)
+# and small key counts.
+_SHAS: dict[str, bytes] = {}
+_COUNTS = [b"%d" % n for n in range(8)]
+
+
+def _evalsha_head(op: PrefetchOp) -> tuple[bytes, bytes]:
+    """``op``'s script SHA1 and key count, as ``EVALSHA`` takes them."""
+    source = op.source
+    sha = _SHAS[source] if source in _SHAS else _SHAS.setdefault(source, _sha1(source))
+    count = len(op.keys)
+    return sha, _COUNTS[count] if count < 8 else b"%d" % count
+
+
+def _sha1(source: str) -> bytes:
+    return hashlib.sha1(source.encode()).hexdigest().encode()  # Redis names a script by it
 
 
 def _hash_tagged(key: str) -> bool:
@@ -453,12 +473,11 @@ class RedisStore(Store):
         if found is not MISSING:
             return found
         script = self.script(op.source)
+        sha, count = _evalsha_head(op)
 
         async def evalsha() -> Any:
             try:
-                return await script.registered_client.evalsha(
-                    script.sha, len(op.keys), *op.keys, *op.args
-                )
+                return await script.registered_client.evalsha(sha, count, *op.keys, *op.args)
             except self._no_script:
                 return await script(keys=op.keys, args=op.args)
 
@@ -471,7 +490,7 @@ class RedisStore(Store):
         shared = self._bound()
         pipe = shared.client.pipeline(transaction=False)
         for op in ops:
-            pipe.evalsha(shared.script(op.source).sha, len(op.keys), *op.keys, *op.args)
+            pipe.evalsha(*_evalsha_head(op), *op.keys, *op.args)
         try:
             replies = await self.call(lambda: pipe.execute(raise_on_error=False))
         except StoreUnavailable as exc:

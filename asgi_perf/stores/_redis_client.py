@@ -100,11 +100,18 @@ _TIMED: dict[Any, type[Any]] = {}
 
 
 def _timed(connection_class: Any) -> type[Any]:
-    """``connection_class`` whose reads time out after the calling store's timeout.
+    """``connection_class`` whose reads time out after the calling store's timeout, and
+    whose writes need no timer when they cannot wait.
 
     redis-py reads ``socket_timeout`` afresh for every reply; the store sets
     :data:`READ_TIMEOUT` around each call, so one pool serves stores with different timeouts
     and a call never waits on another store's.
+
+    redis-py also bounds every write with ``asyncio.wait_for`` (a task and a timer per
+    command, about a fifth of a rate-limit check's client CPU). A write can only wait when
+    the transport's buffer passes its high-water mark (asyncio's flow control); one that
+    fits below it is handed to the socket and returns at once, so it goes without the
+    timer. A larger one, or one on a connection still to be made, keeps it.
     """
     if connection_class in _TIMED:
         return _TIMED[connection_class]
@@ -116,8 +123,38 @@ def _timed(connection_class: Any) -> type[Any]:
                 self.socket_timeout = timeout
             return await super().read_response(*args, **kwargs)
 
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            timeout = self.socket_timeout
+            if timeout and _fits(self._writer, command):
+                self.socket_timeout = 0.0  # redis-py then writes and drains without a timer
+                try:
+                    await super().send_packed_command(command, check_health)
+                finally:
+                    self.socket_timeout = timeout
+                return
+            await super().send_packed_command(command, check_health)
+
     Timed.__name__ = Timed.__qualname__ = "Timed" + connection_class.__name__
     return _TIMED.setdefault(connection_class, Timed)
+
+
+def _fits(writer: Any, command: Any) -> bool:
+    """Would writing ``command`` (redis-py's packed form: bytes or a list of them) leave the
+    connection's transport at or below its high-water mark, so that ``drain()`` returns at
+    once? ``False`` when there is no open transport (connecting keeps its own timeout)."""
+    if writer is None:
+        return False
+    transport = writer.transport
+    if transport is None or transport.is_closing():
+        return False
+    if type(command) is list:
+        size = sum(map(len, command))
+    elif type(command) is bytes:
+        size = len(command)
+    else:
+        return False
+    high = transport.get_write_buffer_limits()[1]
+    return bool(transport.get_write_buffer_size() + size <= high)
 
 
 def _make_client(url: str, timeout: float) -> tuple[Any, bool]:

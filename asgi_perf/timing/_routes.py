@@ -39,27 +39,27 @@ KNOWN_METHODS = frozenset(
 )
 MAX_TEMPLATE_LENGTH = 200
 
-_UUID = re.compile(
-    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+# A segment is what lies between two slashes (or an end of the path): each pattern matches whole
+# segments only. Applied in this order, as the segment rules read: all digits is an id even when
+# 32 long, and a UUID is a UUID before it is hex.
+_SEGMENT = r"(?<![^/]){}(?![^/])"
+_COLLAPSES = (
+    (re.compile(_SEGMENT.format(r"\d+")), "{id}"),
+    (
+        re.compile(
+            _SEGMENT.format(
+                r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+            )
+        ),
+        "{uuid}",
+    ),
+    (re.compile(_SEGMENT.format(r"(?=[a-fA-F]*[0-9])(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,}")), "{hex}"),
 )
-_HEX = re.compile(r"^(?=[a-fA-F]*[0-9])(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,}$")
 
 
 def method_label(method: str) -> str:
     """The method a series is labelled with: a registered one, else ``_OTHER``."""
     return method if method in KNOWN_METHODS else "_OTHER"
-
-
-def _collapse_segment(segment: str) -> str:
-    if not segment:
-        return segment
-    if segment.isdigit():
-        return "{id}"
-    if len(segment) >= 32 and _UUID.match(segment):
-        return "{uuid}"
-    if len(segment) >= 16 and _HEX.match(segment):
-        return "{hex}"
-    return segment
 
 
 _cache: dict[str, str] = {}
@@ -70,14 +70,17 @@ def collapse_path(path: str) -> str:
     """``/users/42/orders/7f3c…`` → ``/users/{id}/orders/{uuid}`` (bounded in length).
 
     Memoised in a bounded dict (emptied when full): an app sees the same few paths again and
-    again, and splitting costs more than the rest of the request bookkeeping.
+    again, and collapsing costs more than the rest of the request bookkeeping.
     """
-    template = _cache.get(path)
-    if template is None:
-        template = "/".join(map(_collapse_segment, path.split("/")))[:MAX_TEMPLATE_LENGTH]
-        if len(_cache) >= CACHE_SIZE:
-            _cache.clear()
-        _cache[path] = template
+    if path in _cache:
+        return _cache[path]
+    template = path
+    for pattern, placeholder in _COLLAPSES:  # three scans in C: no Python call per segment
+        template = pattern.sub(placeholder, template)
+    template = template[:MAX_TEMPLATE_LENGTH]
+    if len(_cache) >= CACHE_SIZE:
+        _cache.clear()
+    _cache[path] = template
     return template
 
 
@@ -133,7 +136,7 @@ def route_template(scope: Scope, status: int, from_scope: bool = True) -> tuple[
     if status == 404:
         return UNMATCHED, False
     path = scope.get("path") or "/"
-    return _cache.get(path) or collapse_path(path), False
+    return collapse_path(path), False
 
 
 def template_of(scope: Scope, status: int, from_scope: bool = True) -> str:
@@ -156,6 +159,4 @@ def template_of(scope: Scope, status: int, from_scope: bool = True) -> str:
     if status == 404:
         return UNMATCHED
     path = scope["path"] if "path" in scope and scope["path"] else "/"
-    if path in _cache:
-        return _cache[path]
     return collapse_path(path)

@@ -96,8 +96,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -5: the fill is the app's send (no recorder), and copies nothing once it gives up
     # -2: the memoised keys read with in, no Content-Length parsed for a response not stored
     # -4: the memory store's claims and writes without a len call (dedup's and the cache's)
-    # -1: a new resource's keys filled in by the one frame that makes them
-    "stack-memory-paths": 120,
+    # -1: a new resource's keys filled in by the one frame that makes them; -8: a new path's
+    # route template in three regex scans instead of a call per segment
+    "stack-memory-paths": 112,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {

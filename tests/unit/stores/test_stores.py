@@ -19,6 +19,8 @@ from asgi_perf.stores import (
     StoreOptions,
     register_scheme,
 )
+from asgi_perf.stores._prefetch import Prefetch
+from asgi_perf.stores._redis import RedisStore, _evalsha_head
 from tests.support import RedisServer, fill_redis, free_port
 
 
@@ -428,6 +430,32 @@ async def test_redis_store_recovers_after_restart() -> None:
         server.cleanup()
 
 
+async def test_scripts_redis_lost_are_loaded_again_in_the_same_call() -> None:
+    """After a restart Redis has no scripts: a scripted call (run alone, or sent ahead for a
+    request) answers in the same call, the script loaded again."""
+    server = RedisServer().start()
+    store = create_store(server.url, prefix="scripts:", timeout=0.5)
+    assert isinstance(store, RedisStore)
+    try:
+        op = store.get_or_claim_op("r", "c", "t1", 5)
+        assert await store.run(op) == (None, True)
+        assert _evalsha_head(op)[0] == store.script(op.source).sha.encode()  # Redis's name
+        server.stop()
+        server.start()  # nothing kept: no scripts, no keys
+        assert await store.run(store.get_or_claim_op("r", "c", "t2", 5)) == (None, True)
+        await store.fulfil("c", "t2", "r", b"v", 5)
+        into = Prefetch("t3")
+        server.stop()
+        server.start()
+        op = store.get_or_claim_op("r", "c", "t3", 5)
+        await store.prefetch([op], into)
+        assert op.key not in into.results  # NOSCRIPT in the pipeline: the layer runs it
+        assert await store.run(op) == (None, True)
+    finally:
+        await store.close()
+        server.cleanup()
+
+
 async def test_redis_store_retries_a_dead_pooled_connection_once() -> None:
     """Redis restarts between two calls: the pooled connection is dead, and the first call
     after the restart is retried on a fresh connection instead of failing."""
@@ -649,6 +677,59 @@ async def test_stores_sharing_a_pool_keep_their_own_timeouts(
             await long.clear()
             await short.close()
             await long.close()
+
+
+@pytest.mark.redis
+async def test_a_write_that_cannot_wait_goes_without_a_timer(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py bounds each write with ``asyncio.wait_for`` (a task and a timer); a command
+    that fits in the transport's buffer is sent without one, a large one keeps it."""
+    store = create_store(redis_url, prefix=key_prefix, timeout=2.0)
+    waits: list[object] = []
+    real = asyncio.wait_for
+
+    async def counted(awaitable: Any, timeout: float | None) -> Any:
+        waits.append(awaitable)
+        return await real(awaitable, timeout)
+
+    try:
+        await store.set("warm", b"v")  # connected: the first write also connects
+        monkeypatch.setattr(asyncio, "wait_for", counted)
+        await store.set("small", b"v" * 1000)
+        assert await store.get("small") == b"v" * 1000
+        assert waits == []
+        await store.set("large", b"v" * (1 << 20))  # past the 64 KiB high-water mark
+        assert len(waits) == 1
+    finally:
+        monkeypatch.undo()
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_a_write_to_a_server_that_stopped_reading_times_out(
+    redis_url: str, key_prefix: str
+) -> None:
+    """The write without a timer is only taken when it cannot wait: a large value sent to a
+    Redis that takes nothing still fails within the store's timeout."""
+    from urllib.parse import urlsplit
+
+    from tests.faults import FaultProxy
+
+    with FaultProxy(urlsplit(redis_url).port or 6379) as proxy:
+        store = create_store(proxy.url, prefix=key_prefix, timeout=0.3)
+        try:
+            await store.set("k", b"v")
+            proxy.set_mode("stall")
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(store.set("big", b"v" * (64 << 20)), 10)
+            with pytest.raises(StoreUnavailable):  # and a small one: its reply never comes
+                await asyncio.wait_for(store.set("small", b"v"), 10)
+        finally:
+            proxy.set_mode("pass")
+            await store.clear()
+            await store.close()
 
 
 _BUSY_300_MS = """

@@ -32,6 +32,12 @@ def series(mw: TimingMiddleware) -> dict[tuple[str, str], dict[str, int]]:
         ("/v2/docs", "/v2/docs"),
         ("/deadbeefdeadbeef", "/deadbeefdeadbeef"),  # all letters: a word, not an id
         ("/users/1/", "/users/{id}/"),
+        ("/1/2", "/{id}/{id}"),  # neighbouring segments, each whole
+        ("//7//", "//{id}//"),
+        ("items/3", "items/{id}"),  # no leading slash: the first segment counts too
+        ("/v1.2/x9", "/v1.2/x9"),  # digits inside a segment are not an id
+        ("/12345678901234567890123456789012", "/{id}"),  # all digits: an id, even 32 long
+        ("/9f86d081884c7d659a2feaa0c55ad0151", "/{hex}"),  # 33 hex: not a UUID
     ],
 )
 def test_collapse_path(path: str, template: str) -> None:
