@@ -159,4 +159,4 @@ def template_of(scope: Scope, status: int, from_scope: bool = True) -> str:
     if status == 404:
         return UNMATCHED
     path = scope["path"] if "path" in scope and scope["path"] else "/"
-    return collapse_path(path)
+    return _cache[path] if path in _cache else collapse_path(path)  # (a path seen: no call)

@@ -72,7 +72,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -1: the memory store's read-and-claim takes an uncontended claim inline
     # -2 (issue 17, cache diet): the memory store's claims and writes without a len call
     "dedup-memory": 19,
-    "timing": 12,
+    # -1: a path seen before gets its route template without a call (again, after the regex
+    # collapse moved the memo into collapse_path)
+    "timing": 11,
     "queries": 5,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
     # -18: the dedup diet (its request parts, the memory store's claim and writes); -7: dedup's
@@ -81,8 +83,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -4: Server-Timing rendered in one loop, trailing zeros sliced off; -2: Queries adds its
     # db entry to the Timing context it read on the way in; -2, -2, -1, -1: dedup, as above
     # -1: the cache's memoised keys read with in; -2: the memory store's claims and writes
-    # without a len call (dedup's)
-    "stack-memory": 71,
+    # without a len call (dedup's); -1: Timing's route template of a path seen, as above
+    "stack-memory": 70,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
