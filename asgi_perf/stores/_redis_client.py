@@ -112,6 +112,13 @@ def _timed(connection_class: Any) -> type[Any]:
     the transport's buffer passes its high-water mark (asyncio's flow control); one that
     fits below it is handed to the socket and returns at once, so it goes without the
     timer. A larger one, or one on a connection still to be made, keeps it.
+
+    The write is then followed by one pass of the event loop before the read (and its
+    timer) starts, as it was when the write ran as wait_for's task: a burst of requests
+    that became ready together takes its turn there, so the read timeout bounds Redis's
+    answer, not that queue. Without the pass, on a CPU-starved machine the queue counted
+    against the first reads' timeouts and a burst degraded as an outage
+    (``tests/system/test_dedup_multiprocess.py`` under CPU burners).
     """
     if connection_class in _TIMED:
         return _TIMED[connection_class]
@@ -131,6 +138,7 @@ def _timed(connection_class: Any) -> type[Any]:
                     await super().send_packed_command(command, check_health)
                 finally:
                     self.socket_timeout = timeout
+                await asyncio.sleep(0)  # the loop's pass: see above
                 return
             await super().send_packed_command(command, check_health)
 
