@@ -335,8 +335,8 @@ class DedupMiddleware(EnvConfigurable):
                 fp = fingerprint(parts, b"", True)
         else:
             fp = fingerprint(parts, data)
-        claim_key = "{" + fp + "}c"
-        record_key = "{" + fp + "}r"
+        claim_key = f"{{{fp}}}c"  # (an f-string: one new string, where + makes two)
+        record_key = f"{{{fp}}}r"
         lease: Lease | None = None
         if memory is not None:  # in-process: no coroutine and no allocation per store step
             token = f"{self._tokens}{self.requests}"
