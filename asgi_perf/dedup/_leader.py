@@ -13,46 +13,71 @@ from asgi_perf.stores import StoreUnavailable
 from asgi_perf.stores._base import SyncOperations
 from asgi_perf.stores._singleflight import Lease
 
-__all__ = ["NOT_SHARED", "Leader"]
+__all__ = ["NOT_SHARED", "Leader", "LeaderSettings"]
 
 NOT_SHARED = frozenset({408, 425, 429})
+
+
+class LeaderSettings:
+    """What every leader of one middleware shares, made once with the middleware (not copied
+    into each leader, nor a bound method made, per request): how to give up (on the memory
+    store, without a coroutine), which request fields the fingerprint holds, the largest body
+    kept, how long a record lives, where a store failure goes."""
+
+    __slots__ = (
+        "failed",
+        "fingerprinted",
+        "give_up",
+        "give_up_nowait",
+        "max_body",
+        "record_ttl",
+    )
+
+    def __init__(
+        self,
+        give_up: Callable[[str, str, Lease | None, str | None], Awaitable[None]],
+        give_up_nowait: Callable[[str, str, str | None], None],
+        fingerprinted: frozenset[bytes],
+        max_body: int,
+        record_ttl: float,
+        failed: Callable[[Exception], None],
+    ) -> None:
+        self.give_up = give_up
+        self.give_up_nowait = give_up_nowait
+        self.fingerprinted = fingerprinted
+        self.max_body = max_body
+        self.record_ttl = record_ttl
+        self.failed = failed  # a store failure: the middleware's outage
 
 
 class Leader:
     """The leader's response on its way: forwarded at once, a copy kept while it can still be
     shared (decided at the start message), the waiters released the moment it cannot be. Its
-    state for the middleware to read afterwards; it gets what it needs, not the middleware."""
+    state for the middleware to read afterwards; it gets what it needs, not the middleware:
+    this request's claim and the middleware's :class:`LeaderSettings`."""
 
     __slots__ = (
         "claim_key",
         "content",
-        "failed",
-        "fingerprinted",
-        "give_up",
         "held",
         "kept",
         "lease",
-        "max_body",
         "memory",
         "record_key",
-        "record_ttl",
         "send_next",
+        "settings",
         "status",
         "token",
         "user",
     )
 
     send_next: Send
-    give_up: Callable[[str, str, Lease | None, str | None], Awaitable[None]]
-    fingerprinted: frozenset[bytes]
-    max_body: int
+    settings: LeaderSettings
     user: bool
     claim_key: str
     token: str
     lease: Lease | None
     memory: SyncOperations | None  # the memory store's sync operations (no lease), or None
-    record_ttl: float
-    failed: Callable[[Exception], None]  # a store failure: the middleware's outage
     record_key: str
     held: bool
     status: int
@@ -62,41 +87,46 @@ class Leader:
     async def send(self, message: Message) -> None:
         if self.held:
             kind = message["type"]
+            settings = self.settings
             if kind == "http.response.start" and self.kept is None:
                 self.status = status = message["status"]
                 if status < 500 and status not in NOT_SHARED:
                     headers = message["headers"] if "headers" in message else ()
                     for name, _ in headers:
                         if name not in PLAIN:  # a field that may be dropped or forbid a replay
-                            self.kept = replayable(headers, self.fingerprinted, self.user)
+                            self.kept = replayable(headers, settings.fingerprinted, self.user)
                             break
                     else:  # the common case: only fields that are kept as they are, no call
                         self.kept = list(headers)
-                if self.kept is None:
-                    self.held = False
-                    await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
+                shared = self.kept is not None
             elif (
                 kind == "http.response.body"
                 and self.kept is not None
                 and self.content is None
                 and not ("more_body" in message and message["more_body"])
-                and len(chunk := message["body"] if "body" in message else b"") <= self.max_body
+                and len(chunk := message["body"] if "body" in message else b"") <= settings.max_body
             ):
                 # Complete: published before the client has it, so waiters (and, on a stack
                 # that holds writes back, the writes of the layers inside) go out with it.
                 self.content = chunk
                 self.held = False
+                shared = True
                 record = encode_response(self.status, self.kept, chunk, time.time())
                 if self.memory is not None:
                     self.memory.fulfil_nowait(
-                        self.claim_key, self.token, self.record_key, record, self.record_ttl
+                        self.claim_key, self.token, self.record_key, record, settings.record_ttl
                     )
                 elif self.lease is not None:
                     try:
-                        await self.lease.fulfil(self.record_key, record, self.record_ttl)
+                        await self.lease.fulfil(self.record_key, record, settings.record_ttl)
                     except StoreUnavailable as exc:
-                        self.failed(exc)
+                        settings.failed(exc)
             else:  # streaming, too large, a second body, pathsend, trailers...
+                shared = False
+            if not shared:  # the waiters released now, the fingerprint marked as not shared
                 self.held = False
-                await self.give_up(self.claim_key, self.token, self.lease, self.record_key)
+                if self.memory is not None:  # the memory store's sync operations: no coroutine
+                    settings.give_up_nowait(self.claim_key, self.token, self.record_key)
+                else:
+                    await settings.give_up(self.claim_key, self.token, self.lease, self.record_key)
         await self.send_next(message)

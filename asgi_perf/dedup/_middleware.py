@@ -113,7 +113,7 @@ from asgi_perf._core.outage import Outage
 from asgi_perf._core.recording import RecordedResponse
 from asgi_perf.dedup._fingerprint import IDENTITY, RequestParts
 from asgi_perf.dedup._keyed import IdempotencyKeys
-from asgi_perf.dedup._leader import Leader
+from asgi_perf.dedup._leader import Leader, LeaderSettings
 from asgi_perf.dedup._rules import UNSAFE_METHODS, path_matches
 from asgi_perf.stores import (
     KeepingMemoryStore,
@@ -218,6 +218,14 @@ class DedupMiddleware(EnvConfigurable):
         )
         self.parts = RequestParts(self.vary_headers, identity or default_user_key, client_ip)
         self.outage = Outage(logger, f"{self.store.kind} store")
+        self._leader_settings = LeaderSettings(
+            self._give_up,
+            self._give_up_nowait,
+            self.parts.fingerprinted,
+            self.max_body_size,
+            self._record_ttl,
+            self.outage.failed,
+        )
         self.keys = None
         if label is not None:
             self.keys = self._idempotency(label, storage, idempotency_storage, prefix)
@@ -335,8 +343,8 @@ class DedupMiddleware(EnvConfigurable):
                 fp = fingerprint(parts, b"", True)
         else:
             fp = fingerprint(parts, data)
-        claim_key = "{" + fp + "}c"
-        record_key = "{" + fp + "}r"
+        claim_key = f"{{{fp}}}c"  # (an f-string: one new string, where + makes two)
+        record_key = f"{{{fp}}}r"
         lease: Lease | None = None
         if memory is not None:  # in-process: no coroutine and no allocation per store step
             token = f"{self._tokens}{self.requests}"
@@ -372,14 +380,11 @@ class DedupMiddleware(EnvConfigurable):
         self.leaders += 1
         leader = Leader()  # every slot set here: it has no __init__ to call
         leader.send_next = send
-        leader.give_up = self._give_up
-        leader.fingerprinted = self.parts.fingerprinted
-        leader.max_body = self.max_body_size
+        leader.settings = self._leader_settings
         leader.user = parts[IDENTITY][:2] == b"u:"  # a user key, not a bare address
         leader.claim_key, leader.token, leader.lease = claim_key, token, lease
         leader.record_key = record_key
-        leader.memory, leader.record_ttl = memory, self._record_ttl
-        leader.failed = self.outage.failed
+        leader.memory = memory
         leader.held = True  # the claim is ours and the waiters still wait for our record
         leader.status = 0
         leader.kept = None
@@ -461,20 +466,27 @@ class DedupMiddleware(EnvConfigurable):
         """The leader's response will not be shared: release the waiters now, and with
         ``pass_key`` remember the fingerprint as not shared (waiters see the marker and run
         their own request; later duplicates skip the queue)."""
+        if lease is None:  # the memory store's claim
+            self._give_up_nowait(claim_key, token, pass_key)
+            return
         self.not_shared += 1
-        if lease is None:
-            if self._memory is not None:
-                if pass_key is None:
-                    self._memory.release_nowait(claim_key, token)
-                else:
-                    self._memory.fulfil_nowait(claim_key, token, pass_key, PASS, self._pass_ttl)
-        elif pass_key is None:
+        if pass_key is None:
             await self.release(lease)
         else:
             try:
                 await lease.fulfil(pass_key, PASS, self._pass_ttl)
             except StoreUnavailable as exc:
                 self.outage.failed(exc)
+
+    def _give_up_nowait(self, claim_key: str, token: str, pass_key: str | None) -> None:
+        """:meth:`_give_up` of a claim in the memory store: its sync operations."""
+        self.not_shared += 1
+        if self._memory is None:
+            return
+        if pass_key is None:
+            self._memory.release_nowait(claim_key, token)
+        else:
+            self._memory.fulfil_nowait(claim_key, token, pass_key, PASS, self._pass_ttl)
 
     # -- report ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -98,23 +98,26 @@ def replayable(
     the one list every layer that stores or replays uses).
     """
     kept: Headers = []
-    for name, value in headers:
-        lowered = LOWER[name] if name in LOWER else lower_name(name)
-        if lowered in _SPECIAL:  # one look-up for the ordinary fields
-            if lowered in PER_EXCHANGE:
-                continue
-            if lowered == b"set-cookie":
-                return None
-            if lowered == b"vary":
-                for field in value.lower().split(b","):
-                    field = field.strip()
-                    if field and field not in held:
-                        return None
-            else:
-                verdict = _VERDICTS[value] if value in _VERDICTS else _cache_control(value)
-                if verdict is _NO_STORE or (verdict is _PRIVATE and not authenticated):
+    for field in headers:
+        name = field[0]
+        if name not in PLAIN:  # (the usual fields, as apps spell them, need no more look-ups)
+            lowered = LOWER[name] if name in LOWER else lower_name(name)
+            if lowered in _SPECIAL:  # one look-up for the ordinary fields
+                if lowered in PER_EXCHANGE:
+                    continue
+                if lowered == b"set-cookie":
                     return None
-        kept.append((name, value))
+                value = field[1]
+                if lowered == b"vary":
+                    for named in value.lower().split(b","):
+                        named = named.strip()
+                        if named and named not in held:
+                            return None
+                else:
+                    verdict = _VERDICTS[value] if value in _VERDICTS else _cache_control(value)
+                    if verdict is _NO_STORE or (verdict is _PRIVATE and not authenticated):
+                        return None
+        kept.append(field)  # the field itself: no new tuple
     return kept
 
 
