@@ -19,7 +19,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from asgi_perf._core.asgi import Headers, Scope
-from asgi_perf._core.http import canonical_query, fingerprint, text_fingerprint
+from asgi_perf._core.http import (
+    AMPERSAND,
+    QUESTION_MARK,
+    canonical_query,
+    fingerprint,
+    text_fingerprint,
+)
 
 __all__ = [
     "PRINTABLE",
@@ -106,13 +112,13 @@ def target_parts(raw: Any, query: bytes) -> tuple[str, str]:
     text = (
         raw
         if type(raw) is str
-        else (raw.partition(b"?")[0] if b"?" in raw else raw).decode("latin-1")
+        else (raw.partition(b"?")[0] if QUESTION_MARK in raw else raw).decode("latin-1")
     )
     path = text if _KEY_PLAIN.fullmatch(text) is not None else key_part(text)
     if not query:
         return path, ""
     # (one parameter needs no canonical order: no call)
-    text = (canonical_query(query) if b"&" in query else query).decode("latin-1")
+    text = (canonical_query(query) if AMPERSAND in query else query).decode("latin-1")
     return path, text if _KEY_PLAIN.fullmatch(text) is not None else key_part(text)
 
 
