@@ -232,10 +232,12 @@ def _patterns_from_env(value: str, name: str) -> tuple[str, ...]:
     return patterns
 
 
+# a page without queries, the common case, reports constants: made and rendered once
+_NO_QUERIES_ENTRY = context.fixed_entry("db", 0.0, "0 queries")
+_NO_QUERY_COUNTS = ((b"x-query-count", b"0"), (b"x-n-plus-one", b"0"))
 _NO_QUERIES = (
-    (b"x-query-count", b"0"),
-    (b"x-n-plus-one", b"0"),
-    (b"server-timing", b'db;dur=0;desc="0 queries"'),
+    *_NO_QUERY_COUNTS,
+    (b"server-timing", context.format_server_timing([_NO_QUERIES_ENTRY])),
 )
 
 
@@ -400,11 +402,14 @@ class QueryMiddleware(EnvConfigurable):
         opened, looked up here if not given), or raise, as ``http.response.start`` leaves."""
         if timing is None:
             timing = context.current()
-        if not log.count and timing is None:  # the common case of a page without queries
+        if not log.count:  # the common case of a page without queries: constants only
+            if timing is not None:
+                timing.timings.append(_NO_QUERIES_ENTRY)
             if not self.header:
                 return message
-            return {**message, "headers": [*message.get("headers", ()), *_NO_QUERIES]}
-        n1 = log.n_plus_one() if log.count else []
+            fields = _NO_QUERIES if timing is None else _NO_QUERY_COUNTS
+            return {**message, "headers": [*message.get("headers", ()), *fields]}
+        n1 = log.n_plus_one()
         if self.raises and n1:
             raise NPlusOneError(n1)
         ms = log.duration * 1000

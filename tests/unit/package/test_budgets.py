@@ -84,7 +84,9 @@ BUDGET_CALLS: dict[str, float] = {
     # db entry to the Timing context it read on the way in; -2, -2, -1, -1: dedup, as above
     # -1: the cache's memoised keys read with in; -2: the memory store's claims and writes
     # without a len call (dedup's); -1: Timing's route template of a path seen, as above
-    "stack-memory": 70,
+    # -3: Server-Timing entries without a duration (the cache's) and Queries' db entry of a
+    # page without queries are shared constants, rendered once (no entry made nor rendered)
+    "stack-memory": 67,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -100,7 +102,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -4: the memory store's claims and writes without a len call (dedup's and the cache's)
     # -1: a new resource's keys filled in by the one frame that makes them; -8: a new path's
     # route template in three regex scans instead of a call per segment
-    "stack-memory-paths": 112,
+    # -3: constant Server-Timing entries shared and rendered once, as above
+    "stack-memory-paths": 109,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
