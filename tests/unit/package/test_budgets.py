@@ -102,9 +102,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -4: the memory store's claims and writes without a len call (dedup's and the cache's)
     # -1: a new resource's keys filled in by the one frame that makes them; -8: a new path's
     # route template in three regex scans instead of a call per segment
-    # -3: constant Server-Timing entries shared and rendered once, as above; -1: Queries
-    # under Timing only adds its db entry at the start, without the headers' step
-    "stack-memory-paths": 108,
+    # -3: constant Server-Timing entries shared and rendered once, as above
+    "stack-memory-paths": 109,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
