@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "RequestContext",
@@ -28,6 +28,7 @@ __all__ = [
     "close_context",
     "current",
     "enter_context",
+    "fixed_entry",
     "format_server_timing",
     "incr",
     "open_context",
@@ -36,11 +37,17 @@ __all__ = [
 
 @dataclass(slots=True)
 class TimingEntry:
-    """One Server-Timing metric: ``name;dur=1.2;desc="hit"``."""
+    """One Server-Timing metric: ``name;dur=1.2;desc="hit"``.
+
+    Read-only once reported: an entry that is the same on every request (:func:`fixed_entry`)
+    is one object shared by them all, rendered once.
+    """
 
     name: str
     dur: float | None = None  # milliseconds
     desc: str | None = None
+    # its Server-Timing text, kept by a fixed entry only (the others are rendered each time)
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
 
 class RequestContext:
@@ -104,13 +111,22 @@ current = _current.get
 
 
 def add_timing(name: str, dur: float | None = None, desc: str | None = None) -> None:
-    """Contribute a Server-Timing entry (``dur`` in milliseconds); a no-op with no reader."""
+    """Contribute a Server-Timing entry (``dur`` in milliseconds); a no-op with no reader.
+
+    An entry without a duration is one of a handful of constants (``cache;desc="hit"``): the
+    shared :func:`fixed_entry`, not a new object rendered again.
+    """
     ctx = _get()
     if ctx is not None:
         timings = ctx._timings  # (the property, inline)
         if timings is None:
             timings = ctx._timings = []
-        timings.append(TimingEntry(name, dur, desc))
+        if dur is not None:
+            timings.append(TimingEntry(name, dur, desc))
+        elif (name, desc) in _FIXED:
+            timings.append(_FIXED[name, desc])
+        else:
+            timings.append(fixed_entry(name, None, desc))
 
 
 def incr(name: str, amount: int = 1) -> None:
@@ -155,8 +171,22 @@ def _render(entry: TimingEntry) -> str:
     return part
 
 
-# (name, desc) -> the rendered entry without a duration: layers send a handful of these
-_RENDERED: dict[tuple[str, str | None], str] = {}
+# (name, desc) -> the shared entry without a duration: layers send a handful of these
+_FIXED: dict[tuple[str, str | None], TimingEntry] = {}
+_MAX_FIXED = 256  # beyond, entries without a duration are made per request (a hostile desc)
+
+
+def fixed_entry(name: str, dur: float | None = None, desc: str | None = None) -> TimingEntry:
+    """An entry that is the same on every request, rendered once here (its text kept).
+
+    A layer reporting a constant keeps the result and appends it to ``timings`` itself;
+    :func:`add_timing` does so for entries without a duration.
+    """
+    entry = TimingEntry(name, dur, desc)
+    entry._text = _render(entry)
+    if dur is None and len(_FIXED) < _MAX_FIXED:
+        _FIXED[name, desc] = entry
+    return entry
 
 
 def format_server_timing(entries: list[TimingEntry]) -> bytes:
@@ -165,13 +195,6 @@ def format_server_timing(entries: list[TimingEntry]) -> bytes:
     A loop that adds to one string: no comprehension frame and no join (calls counted)."""
     value = ""
     for entry in entries:
-        if entry.dur is not None:
-            part = _render(entry)
-        elif (entry.name, entry.desc) in _RENDERED:
-            part = _RENDERED[entry.name, entry.desc]
-        else:
-            part = _render(entry)
-            if len(_RENDERED) < 256:
-                _RENDERED[entry.name, entry.desc] = part
+        part = entry._text if entry._text is not None else _render(entry)
         value = part if not value else value + ", " + part
     return value.encode("latin-1", "replace")

@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from contextvars import ContextVar, Token
 from time import perf_counter
 from typing import Any
@@ -232,10 +232,12 @@ def _patterns_from_env(value: str, name: str) -> tuple[str, ...]:
     return patterns
 
 
+# a page without queries, the common case, reports constants: made and rendered once
+_NO_QUERIES_ENTRY = context.fixed_entry("db", 0.0, "0 queries")
+_NO_QUERY_COUNTS = ((b"x-query-count", b"0"), (b"x-n-plus-one", b"0"))
 _NO_QUERIES = (
-    (b"x-query-count", b"0"),
-    (b"x-n-plus-one", b"0"),
-    (b"server-timing", b'db;dur=0;desc="0 queries"'),
+    *_NO_QUERY_COUNTS,
+    (b"server-timing", context.format_server_timing([_NO_QUERIES_ENTRY])),
 )
 
 
@@ -305,12 +307,25 @@ class QueryMiddleware(EnvConfigurable):
         try:
             # without headers to add, only an outer Timing's context is a reason to wrap
             timing = None if self.wraps else context.current()
-            if self.wraps or timing is not None:
+            # The wrappers work before forwarding only: plain functions handing back what
+            # ``send`` returns to be awaited, no coroutine of their own per message.
+            if timing is not None:
+                timings = timing.timings
 
-                async def send_with_findings(message: Message) -> None:
+                def send_reporting(message: Message) -> Awaitable[None]:
+                    if message["type"] == "http.response.start":  # the db entry, nothing else
+                        timings.append(
+                            _db_entry(log, log.n_plus_one()) if log.count else _NO_QUERIES_ENTRY
+                        )
+                    return send(message)
+
+                await self.app(scope, receive, send_reporting)
+            elif self.wraps:
+
+                def send_with_findings(message: Message) -> Awaitable[None]:
                     if message["type"] == "http.response.start":
-                        message = self._start(log, message, timing)
-                    await send(message)
+                        message = self._start(log, message)
+                    return send(message)
 
                 await self.app(scope, receive, send_with_findings)
             else:
@@ -393,33 +408,41 @@ class QueryMiddleware(EnvConfigurable):
             "n_plus_one_threshold": self.rules.n_plus_one_threshold,
         }
 
-    def _start(
-        self, log: QueryLog, message: Message, timing: context.RequestContext | None
-    ) -> Message:
-        """Add the headers / Server-Timing entry (into ``timing``, the context an outer Timing
-        opened, looked up here if not given), or raise, as ``http.response.start`` leaves."""
-        if timing is None:
-            timing = context.current()
-        if not log.count and timing is None:  # the common case of a page without queries
+    def _start(self, log: QueryLog, message: Message) -> Message:
+        """Add the headers (and the db entry, to an outer Timing's context if there is one), or
+        raise, as ``http.response.start`` leaves."""
+        timing = context.current()
+        if not log.count:  # the common case of a page without queries: constants only
+            if timing is not None:
+                timing.timings.append(_NO_QUERIES_ENTRY)
             if not self.header:
                 return message
-            return {**message, "headers": [*message.get("headers", ()), *_NO_QUERIES]}
-        n1 = log.n_plus_one() if log.count else []
+            fields = _NO_QUERIES if timing is None else _NO_QUERY_COUNTS
+            return {**message, "headers": [*message.get("headers", ()), *fields]}
+        n1 = log.n_plus_one()
         if self.raises and n1:
             raise NPlusOneError(n1)
-        ms = log.duration * 1000
-        in_n1 = sum(f.count for f in n1) if n1 else 0  # queries, like X-Query-Count
-        desc = f"{log.count} quer{'y' if log.count == 1 else 'ies'}"
-        if n1:
-            desc += f", {in_n1} of them N+1"
+        entry = _db_entry(log, n1)
         if timing is not None:  # add_timing without looking the context up again
-            timing.timings.append(context.TimingEntry("db", ms, desc))
+            timing.timings.append(entry)
         if not self.header:
             return message
         headers = list(message.get("headers", ()))
         headers.append((b"x-query-count", str(log.count).encode()))
-        headers.append((b"x-n-plus-one", str(in_n1).encode()))
+        headers.append((b"x-n-plus-one", str(_in_n1(n1)).encode()))
         if timing is None:
-            entry = context.TimingEntry("db", ms, desc)
             headers.append((b"server-timing", context.format_server_timing([entry])))
         return {**message, "headers": headers}
+
+
+def _in_n1(n1: list[Finding]) -> int:
+    """How many queries belong to N+1 patterns (queries, like ``X-Query-Count``)."""
+    return sum(f.count for f in n1)
+
+
+def _db_entry(log: QueryLog, n1: list[Finding]) -> context.TimingEntry:
+    """``db;dur=4.1;desc="9 queries, 8 of them N+1"``: what the request's queries took."""
+    desc = f"{log.count} quer{'y' if log.count == 1 else 'ies'}"
+    if n1:
+        desc += f", {_in_n1(n1)} of them N+1"
+    return context.TimingEntry("db", log.duration * 1000, desc)
