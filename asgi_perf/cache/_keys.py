@@ -71,6 +71,11 @@ def key_part(text: str, limit: int = _PART_LIMIT) -> str:
     first characters, ``?`` (which an escaped text never holds) and a hash of the whole."""
     if limit == _PART_LIMIT and _KEY_PLAIN.fullmatch(text) is not None:
         return text  # the usual path or query: one test, no escaping, short enough
+    return _escaped_within(text, limit)
+
+
+def _escaped_within(text: str, limit: int) -> str:
+    """:func:`key_part` of a text known not to be a plain part (its test already made)."""
     escaped = escape_key_part(text)
     if len(escaped) <= limit:
         return escaped
@@ -114,12 +119,13 @@ def target_parts(raw: Any, query: bytes) -> tuple[str, str]:
         if type(raw) is str
         else (raw.partition(b"?")[0] if QUESTION_MARK in raw else raw).decode("latin-1")
     )
-    path = text if _KEY_PLAIN.fullmatch(text) is not None else key_part(text)
+    path = text if _KEY_PLAIN.fullmatch(text) is not None else _escaped_within(text, _PART_LIMIT)
     if not query:
         return path, ""
     # (one parameter needs no canonical order: no call)
     text = (canonical_query(query) if AMPERSAND in query else query).decode("latin-1")
-    return path, text if _KEY_PLAIN.fullmatch(text) is not None else key_part(text)
+    plain = _KEY_PLAIN.fullmatch(text) is not None
+    return path, text if plain else _escaped_within(text, _PART_LIMIT)
 
 
 def entry_key(stem_: str, variant: str, query: str) -> str:
