@@ -505,11 +505,12 @@ class RedisLimiter(Limiter):
 
     def hit_op(self, identity: str, rule: str, windows: Sequence[Window]) -> PrefetchOp:
         keys = self.keys(identity, rule, windows)
-        args = self._args.get(windows) if type(windows) is tuple else None
-        if args is None:
+        if type(windows) is not tuple:  # a caller's list, not a rule's: not kept
             args = _args(windows)
-            if type(windows) is tuple:  # a rule's (a caller's list is not kept)
-                self._args[windows] = args
+        elif windows in self._args:
+            args = self._args[windows]
+        else:
+            args = self._args[windows] = _args(windows)
         return PrefetchOp(
             ("ratelimit", self, *keys), self.store, self.source, keys, args, _decision
         )
