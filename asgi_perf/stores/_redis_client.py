@@ -118,7 +118,8 @@ def _timed(connection_class: Any) -> type[Any]:
     that became ready together takes its turn there, so the read timeout bounds Redis's
     answer, not that queue. Without the pass, on a CPU-starved machine the queue counted
     against the first reads' timeouts and a burst degraded as an outage
-    (``tests/system/test_dedup_multiprocess.py`` under CPU burners).
+    (``tests/system/test_dedup_multiprocess.py`` under CPU burners). A cancellation in that
+    pass drops the connection, as redis-py does for one inside its own write or read.
     """
     if connection_class in _TIMED:
         return _TIMED[connection_class]
@@ -138,7 +139,13 @@ def _timed(connection_class: Any) -> type[Any]:
                     await super().send_packed_command(command, check_health)
                 finally:
                     self.socket_timeout = timeout
-                await asyncio.sleep(0)  # the loop's pass: see above
+                try:
+                    await asyncio.sleep(0)  # the loop's pass: see above
+                except BaseException:
+                    # cancelled with the command sent and its reply unread: a connection put
+                    # back in the pool so would hand that reply to the next command on it
+                    await self.disconnect(nowait=True)
+                    raise
                 return
             await super().send_packed_command(command, check_health)
 

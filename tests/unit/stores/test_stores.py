@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -703,6 +704,33 @@ async def test_a_write_that_cannot_wait_goes_without_a_timer(
         assert len(waits) == 1
     finally:
         monkeypatch.undo()
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("server", ["redis_url", "redis_cluster_url"])
+async def test_a_command_cancelled_at_any_point_leaves_no_reply_for_the_next_one(
+    server: str, key_prefix: str, request: pytest.FixtureRequest
+) -> None:
+    """A call cancelled (a timeout, a client gone) after its command was sent but before its
+    reply was read must not put the connection back with that reply waiting: the next
+    command on it would read the wrong answer, another request's record. Every point of
+    cancellation is tried, from before the write to after the read."""
+    store = create_store(request.getfixturevalue(server), prefix=key_prefix, timeout=2.0)
+    try:
+        await store.set("{t}a", b"A")
+        await store.set("{t}b", b"B")
+        for steps in range(30):
+            call = asyncio.ensure_future(store.get("{t}a"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            assert await store.get("{t}b") == b"B", f"cancelled after {steps} loop passes"
+            assert await store.holder("{t}b") == "B"
+    finally:
         await store.clear()
         await store.close()
 
