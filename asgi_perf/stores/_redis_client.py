@@ -172,6 +172,70 @@ def _fits(writer: Any, command: Any) -> bool:
     return bool(transport.get_write_buffer_size() + size <= high)
 
 
+_POOL_PARTS = (
+    "_condition",
+    "_available_connections",
+    "get_available_connection",
+    "ensure_connection",
+)
+_UNCONTENDED: dict[Any, type[Any]] = {}
+
+
+def _uncontended(pool_class: Any) -> type[Any]:
+    """``pool_class`` (redis-py's ``BlockingConnectionPool``) taking and giving back a
+    connection without its queue when nobody queues.
+
+    Its ``get_connection`` enters an ``asyncio.Condition`` and an ``asyncio.timeout`` (a timer)
+    for every command, and ``release`` enters the condition again: about 20 µs of client CPU
+    on a rate-limit check that costs about 140 µs over the bare app (A/B runs of the
+    benchmark's ``ratelimit-allow-redis``). When the condition's lock is free, nobody waits
+    on it and an idle connection is there, taking it is what the queue would do at once, so
+    it is taken directly; otherwise (a burst, a full pool, a pool under maintenance) the
+    queue runs as before. A connection given back past the queue wakes a caller that began
+    to wait meanwhile (the pool's own lock can hold the release up). A redis-py without
+    these parts gets ``pool_class`` unchanged.
+    """
+    if pool_class in _UNCONTENDED:
+        return _UNCONTENDED[pool_class]
+    sample = pool_class(max_connections=1)
+    if not all(hasattr(sample, part) for part in _POOL_PARTS):  # pragma: no cover
+        return _UNCONTENDED.setdefault(pool_class, pool_class)
+    base: Any = pool_class.__mro__[1]  # the plain pool: its release has no queue
+
+    class Uncontended(pool_class):  # type: ignore[misc, valid-type]
+        def _queue_idle(self) -> bool:
+            condition = self._condition
+            lock = condition._lock
+            return not (lock.locked() or lock._waiters or condition._waiters)
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            if (
+                self._available_connections
+                and self._queue_idle()
+                and not getattr(self, "_in_maintenance", False)
+            ):
+                connection = self.get_available_connection()
+                try:
+                    await self.ensure_connection(connection)
+                except BaseException:
+                    await self.release(connection)
+                    raise
+                return connection
+            return await super().get_connection(*args, **kwargs)
+
+        async def release(self, connection: Any) -> None:
+            if not self._queue_idle():
+                await super().release(connection)
+                return
+            await base.release(self, connection)
+            if self._condition._waiters:  # one began to wait while it was given back
+                async with self._condition:
+                    self._condition.notify()
+
+    Uncontended.__name__ = Uncontended.__qualname__ = "Uncontended" + pool_class.__name__
+    return _UNCONTENDED.setdefault(pool_class, Uncontended)
+
+
 def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
     """A ``redis.asyncio`` client for ``url`` and whether it is a cluster client."""
     import redis.asyncio as aredis
@@ -200,7 +264,7 @@ def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
         query = dict(parse_qsl(parts.query))
         wait = float(query.pop("pool_timeout", 2.0))
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
-        pool = aredis.BlockingConnectionPool.from_url(
+        pool = _uncontended(aredis.BlockingConnectionPool).from_url(
             client_url, max_connections=200, timeout=max(wait, timeout), **common
         )
         pool.connection_class = _timed(pool.connection_class)

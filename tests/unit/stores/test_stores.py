@@ -23,6 +23,7 @@ from asgi_perf.stores import (
 from asgi_perf.stores._prefetch import Prefetch
 from asgi_perf.stores._redis import RedisStore, _evalsha_head
 from tests.support import RedisServer, fill_redis, free_port
+from tests.system.test_cache_multiprocess import cpu_burners
 
 
 class Clock:
@@ -730,6 +731,84 @@ async def test_a_command_cancelled_at_any_point_leaves_no_reply_for_the_next_one
                 await call
             assert await store.get("{t}b") == b"B", f"cancelled after {steps} loop passes"
             assert await store.holder("{t}b") == "B"
+    finally:
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_an_idle_connection_is_taken_without_the_pool_queue(
+    redis_url: str, key_prefix: str
+) -> None:
+    """redis-py's blocking pool enters a Condition and a timer for every command; with nobody
+    waiting and a connection idle, the store's pool takes it directly (a fifth of a rate-limit
+    check's client CPU)."""
+    store = create_store(redis_url, prefix=key_prefix, timeout=2.0)
+    try:
+        await store.set("k", b"v")  # connected
+        condition = store.client.connection_pool._condition  # type: ignore[attr-defined]
+        queued: list[int] = []
+        real = condition.acquire
+
+        async def counted() -> bool:
+            queued.append(1)
+            return bool(await real())
+
+        condition.acquire = counted
+        for _ in range(5):
+            assert await store.get("k") == b"v"
+        assert queued == []
+        async with condition:  # somebody holds the queue: a call waits its turn in it
+            call = asyncio.ensure_future(store.get("k"))
+            await asyncio.sleep(0.05)
+            assert not call.done()
+        assert await call == b"v"
+        assert len(queued) >= 2
+    finally:
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_a_small_pool_serves_a_burst_each_call_its_own_reply(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Two connections, 300 concurrent calls under CPU burners: every call completes with its
+    own key's value (calls queue for a connection, and one given back reaches a waiter)."""
+    store = create_store(redis_url + "?max_connections=2", prefix=key_prefix, timeout=5.0)
+    try:
+        with cpu_burners(2):
+            await asyncio.gather(*(store.set(f"k{i}", str(i).encode()) for i in range(300)))
+            got = await asyncio.gather(*(store.get(f"k{i}") for i in range(300)))
+        assert got == [str(i).encode() for i in range(300)]
+        assert len(store.client.connection_pool._in_use_connections) == 0  # type: ignore[attr-defined]
+    finally:
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_a_connection_given_back_past_the_queue_reaches_a_caller_who_began_to_wait(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A connection given back without the queue, while the pool's own lock is held (a
+    disconnect of the pool, say), must still wake a caller that began to wait meanwhile,
+    not leave it waiting out the pool timeout."""
+    store = create_store(redis_url + "?max_connections=1", prefix=key_prefix, timeout=5.0)
+    try:
+        await store.set("k", b"v")
+        pool = store.client.connection_pool  # type: ignore[attr-defined]
+        connection = await pool.get_connection()
+        await pool._lock.acquire()
+        given_back = asyncio.ensure_future(pool.release(connection))
+        await asyncio.sleep(0)
+        waiter = asyncio.ensure_future(pool.get_connection())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        pool._lock.release()
+        await given_back
+        assert await asyncio.wait_for(waiter, 1.0) is connection
+        await pool.release(connection)
     finally:
         await store.clear()
         await store.close()
