@@ -84,6 +84,18 @@ __all__ = ["RateLimitMiddleware", "Rule", "compile_path", "parse_rules"]
 logger = logging.getLogger("asgi_perf.ratelimit")
 
 
+def with_fields(send: Send, extra: Headers) -> Send:
+    """``send`` whose response start carries the limit fields ``extra`` (a plain function
+    returning the wrapper: an admitted request makes no coroutine of its own for it)."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message["headers"], *extra] if "headers" in message else extra
+        await send(message)
+
+    return send_with_headers
+
+
 class RateLimitMiddleware(EnvConfigurable):
     """Refuse clients over their budget with ``429`` before the app runs."""
 
@@ -196,7 +208,9 @@ class RateLimitMiddleware(EnvConfigurable):
                 if not self.headers:
                     await self.app(scope, receive, send)
                     return
-                await self._admit(scope, receive, send, policy.allowed_fields(left, reset))
+                await self.app(
+                    scope, receive, with_fields(send, policy.allowed_fields(left, reset))
+                )
                 return
             decision: Decision | None = Decision(False, [left], [reset])
         else:
@@ -214,7 +228,7 @@ class RateLimitMiddleware(EnvConfigurable):
         if not self.headers:
             await self.app(scope, receive, send)
             return
-        await self._admit(scope, receive, send, policy.fields(decision)[0])
+        await self.app(scope, receive, with_fields(send, policy.fields(decision)[0]))
 
     def prefetch_ops(self, scope: Scope) -> list[PrefetchOp]:
         """This request's check, to send ahead with other layers' first store calls (the
@@ -226,18 +240,6 @@ class RateLimitMiddleware(EnvConfigurable):
         identity, policy = self.gate.identify(scope)
         op = self.limiter.hit_op(identity, policy.name, policy.windows)
         return [] if op is None else [op]
-
-    async def _admit(self, scope: Scope, receive: Receive, send: Send, extra: Headers) -> None:
-        """Run the app; its response start carries the limit fields ``extra``."""
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = (
-                    [*message["headers"], *extra] if "headers" in message else extra
-                )
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
     def stats(self) -> dict[str, Any]:
         return {
