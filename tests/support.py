@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -633,3 +633,18 @@ def uvicorn_process(
                     os.kill(pid, signal.SIGKILL)
     text = server.log_text()
     assert "Traceback" not in text, text[-4000:]
+
+
+async def cancel_at_each_pass(
+    start: Callable[[], Awaitable[Any]], passes: int, check: Callable[[int], Awaitable[None]]
+) -> None:
+    """Start ``start()`` and cancel it after 0, 1, … ``passes - 1`` passes of the event
+    loop, running ``check(passes)`` after each: every point a cancellation can land on."""
+    for n in range(passes):
+        call = asyncio.ensure_future(start())
+        for _ in range(n):
+            await asyncio.sleep(0)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await check(n)

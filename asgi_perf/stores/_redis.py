@@ -42,6 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 from asgi_perf._core.config import ConfigError
 from asgi_perf.stores._base import Record, Store, StoreFull, StoreUnavailable, Subscription
 from asgi_perf.stores._prefetch import MISSING, Prefetch, PrefetchOp, deferred_writes, take
+from asgi_perf.stores._redis_batch import Batch
 from asgi_perf.stores._redis_client import (
     READ_TIMEOUT,
     SharedClient,
@@ -263,6 +264,12 @@ class RedisStore(Store):
     def key(self, key: str) -> str:
         return self.prefix + key
 
+    def _pipeline(self) -> Any:
+        """Commands for one round trip: a :class:`~asgi_perf.stores._redis_batch.Batch` on one
+        node, redis-py's pipeline on a cluster (it splits a batch by node)."""
+        client = self.client
+        return client.pipeline(transaction=False) if self.cluster else Batch(client)
+
     def script(self, source: str) -> Any:
         """A registered Lua script (``EVALSHA`` with ``EVAL`` fallback) on this client."""
         return self._bound().script(source)
@@ -319,7 +326,7 @@ class RedisStore(Store):
         if not tag_list and not indexed:
             await self.call(lambda: client.set(full, value, px=px))
             return
-        pipe = client.pipeline(transaction=False)
+        pipe = self._pipeline()
         self._queue_set(pipe, key, value, ttl, tag_list, indexed, int(time.time() * 1000))
         await self.call(pipe.execute)
 
@@ -353,7 +360,7 @@ class RedisStore(Store):
         if held is not None:
             held.append((self, lambda pipe: self._queue_set_many(pipe, records, release)))
             return
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         self._queue_set_many(pipe, records, release)
         await self.call(pipe.execute)
 
@@ -373,7 +380,7 @@ class RedisStore(Store):
     async def write_deferred(self, writes: Sequence[Callable[[Any], None]]) -> None:
         """Send ``writes`` held back for one request (:func:`deferred_writes`, each queueing
         itself on a pipeline of this store's client) in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for queue in writes:
             queue(pipe)
         replies = await self.call(lambda: pipe.execute(raise_on_error=False))
@@ -487,8 +494,7 @@ class RedisStore(Store):
         """Run ``ops`` (scripts of this client's stores) in one pipeline, their replies left
         in ``into``. A script Redis lost (restarted) gets no reply: its layer runs it itself;
         when the round trip fails, every op's reply is the failure."""
-        shared = self._bound()
-        pipe = shared.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for op in ops:
             pipe.evalsha(*_evalsha_head(op), *op.keys, *op.args)
         try:

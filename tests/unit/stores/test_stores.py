@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from asgi_perf.stores import (
 )
 from asgi_perf.stores._prefetch import Prefetch
 from asgi_perf.stores._redis import RedisStore, _evalsha_head
-from tests.support import RedisServer, fill_redis, free_port
+from tests.support import RedisServer, cancel_at_each_pass, fill_redis, free_port
 from tests.system.test_cache_multiprocess import cpu_burners
 
 
@@ -722,15 +721,12 @@ async def test_a_command_cancelled_at_any_point_leaves_no_reply_for_the_next_one
     try:
         await store.set("{t}a", b"A")
         await store.set("{t}b", b"B")
-        for steps in range(30):
-            call = asyncio.ensure_future(store.get("{t}a"))
-            for _ in range(steps):
-                await asyncio.sleep(0)
-            call.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await call
-            assert await store.get("{t}b") == b"B", f"cancelled after {steps} loop passes"
+
+        async def check(passes: int) -> None:
+            assert await store.get("{t}b") == b"B", f"cancelled after {passes} loop passes"
             assert await store.holder("{t}b") == "B"
+
+        await cancel_at_each_pass(lambda: store.get("{t}a"), 30, check)
     finally:
         await store.clear()
         await store.close()

@@ -1,0 +1,133 @@
+"""The Redis store's batches: several commands in one round trip, without redis-py's pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from asgi_perf import create_store
+from asgi_perf.stores._redis import RedisStore
+from asgi_perf.stores._redis_batch import Batch
+from tests.support import RedisServer, cancel_at_each_pass
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def store(redis_url: str, key_prefix: str) -> Any:
+    s = create_store(redis_url, prefix=key_prefix, timeout=2.0)
+    assert isinstance(s, RedisStore)
+    yield s
+    await s.clear()
+    await s.close()
+
+
+async def test_replies_come_in_order_and_a_refused_command_gives_its_error(
+    store: RedisStore,
+) -> None:
+    batch = Batch(store.client)
+    batch.set(store.key("a"), b"1", px=5000)
+    batch.eval("return redis.call('INCR', KEYS[1])", 1, store.key("a"))
+    batch.eval("return redis.error_reply('refused')", 0)
+    batch.evalsha(b"0" * 40, b"0")
+    batch.zrem(store.key("z"), "m")
+    batch.delete(store.key("a"), store.key("b"))
+    replies = await store.call(lambda: batch.execute(raise_on_error=False))
+    assert replies[:2] == [b"OK", 2]
+    assert "refused" in str(replies[2])
+    assert type(replies[3]).__name__ == "NoScriptError"  # the store reloads such a script
+    assert replies[4:] == [0, 1]
+    batch = Batch(store.client)
+    batch.eval("return redis.error_reply('refused')", 0)
+    batch.set(store.key("after"), b"x")
+    with pytest.raises(Exception, match="refused"):
+        await batch.execute()
+    assert await store.get("after") == b"x"  # every command ran; the first error is raised
+
+
+async def test_the_stack_batches_go_without_redis_pys_pipeline(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's ``Pipeline.execute`` costs about 60 µs of client CPU per batch (its own
+    bookkeeping and a shielded task to give the connection back); a single node's batches
+    go around it."""
+    from redis.asyncio.client import Pipeline
+
+    executed: list[object] = []
+
+    async def counted(self: Any, raise_on_error: bool = True) -> list[Any]:
+        executed.append(self)
+        return []
+
+    monkeypatch.setattr(Pipeline, "execute", counted)
+    await store.set("tagged", b"v", ttl=5, tags=["t"], indexed=True)
+    await store.set_many([("r", b"v", 5.0, (), False)], release=("{c}claim", "token"))
+    await store.write_deferred([lambda pipe: store.release_queued("{c}claim", "token", pipe)])
+    assert executed == []
+    assert await store.get("tagged") == b"v"
+    assert await store.get("r") == b"v"
+
+
+async def test_a_batch_cancelled_at_any_point_leaves_no_reply_for_the_next_call(
+    store: RedisStore,
+) -> None:
+    """As for one command: a batch cut short with replies unread drops its connection."""
+    await store.set("{t}b", b"B")
+
+    def start() -> Any:
+        batch = Batch(store.client)
+        for i in range(3):
+            batch.eval("return ARGV[1]", 0, f"reply {i}")
+        return store.call(batch.execute)
+
+    async def check(passes: int) -> None:
+        assert await store.get("{t}b") == b"B", f"cancelled after {passes} loop passes"
+
+    await cancel_at_each_pass(start, 40, check)
+    pool = store.client.connection_pool
+    assert not pool._in_use_connections  # every connection was given back or dropped
+
+
+async def test_a_batch_cancelled_while_giving_its_connection_back_still_gives_it_back(
+    store: RedisStore,
+) -> None:
+    """The pool's own lock is held (a disconnect of the pool, say) when a batch is done: it
+    waits to give its connection back, is cancelled there, and the connection still returns."""
+    await store.set("k", b"v")
+    pool = store.client.connection_pool
+    await pool._lock.acquire()
+    batch = Batch(store.client)
+    batch.eval("return 1", 0)
+    call = asyncio.ensure_future(store.call(batch.execute))
+    await asyncio.sleep(0.1)  # the reply is read; the batch waits for the lock to give back
+    assert not call.done() and len(pool._in_use_connections) == 1
+    call.cancel()
+    await asyncio.sleep(0)
+    pool._lock.release()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.05)
+    assert not pool._in_use_connections
+    assert await store.get("k") == b"v"
+
+
+async def test_a_batch_on_a_dead_pooled_connection_is_sent_once_more() -> None:
+    """Redis restarts between two batches: the first after it goes out again on a fresh
+    connection instead of failing (the client's policy for a single command)."""
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    store = create_store(server.url, prefix="batch-retry:", timeout=0.5)
+    assert isinstance(store, RedisStore)
+    try:
+        await store.set("k", b"v")
+        server.stop()
+        server.start()
+        batch = Batch(store.client)
+        batch.set(store.key("k2"), b"v2")
+        batch.eval("return redis.call('GET', KEYS[1])", 1, store.key("k"))
+        assert await store.call(batch.execute) == [b"OK", b"v"]
+    finally:
+        await store.close()
+        server.cleanup()
