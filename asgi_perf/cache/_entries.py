@@ -61,7 +61,7 @@ class Entries:
         # Decoded bodies are copies: a quarter of the memory bound at most (16 MiB cap).
         self.decoded_max_bytes = min(_DECODED_MAX_BYTES, max_bytes // 4)
         self.not_shared: dict[str, float] = {}  # base -> until (credentialed, not shareable)
-        self.uncacheable_paths: dict[str, list[Any]] = {}  # path -> [streak, until]
+        self.uncacheable_paths: dict[str, tuple[int, float]] = {}  # path -> (streak, until)
         self.on_forget: list[Any] = []  # callbacks dropping state memoised elsewhere
 
     # -- store calls ------------------------------------------------------------------------
@@ -252,15 +252,16 @@ class Entries:
         """Count an uncacheable answer (by its headers) on ``path``; after three in a row,
         any query on it goes straight to the app for ``hit_for_miss_ttl`` seconds."""
         paths = self.uncacheable_paths
-        streak = paths[path] if path in paths else None  # (in, not get: no call)
-        if streak is None:
+        if path in paths:  # (in, not get: no call)
+            streak, until = paths[path]
+        else:
             if len(paths) >= _LOCAL_MAX:
                 paths.clear()
-            streak = paths[path] = [0, 0.0]
-        streak[0] += 1
-        if streak[0] >= _PATH_STREAK:
-            streak[0] = 0
-            streak[1] = time.monotonic() + self.hit_for_miss_ttl
+            streak, until = 0, 0.0
+        streak += 1
+        if streak >= _PATH_STREAK:
+            streak, until = 0, time.monotonic() + self.hit_for_miss_ttl
+        paths[path] = (streak, until)  # a new tuple: untracked by the GC, unlike a list
 
     def path_cacheable(self, path: str) -> None:
         self.uncacheable_paths.pop(path, None)  # the streak is broken

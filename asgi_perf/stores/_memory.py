@@ -36,16 +36,13 @@ _OVERHEAD = 64  # bytes charged per entry beyond key and value, so tiny entries 
 _SWEEP_EVERY = 10_000
 
 
-class _Entry:
-    """A record and its bookkeeping; filled in by :meth:`MemoryStore._set` (no ``__init__``:
-    one call less on every write)."""
-
-    __slots__ = ("expires", "size", "tags", "value")
-
-    value: bytes
-    expires: float
-    tags: tuple[str, ...]
-    size: int
+#: A record and its bookkeeping: ``(value, expires, tags, size)``. A tuple of bytes, numbers and
+#: strings, which the garbage collector stops tracking once it has seen it; a full store of
+#: objects (10,000 by default, most of them living long enough to reach the oldest generation)
+#: was walked by every collection. The full stack on never-repeated paths, 100,000 requests
+#: in-process: 220 → 156 ms in the collector, longest pause 25 → 14 ms (with the cache's
+#: path streaks, also tuples now).
+_Entry = tuple[bytes, float, tuple[str, ...], int]
 
 
 class _MemorySubscription(Subscription):
@@ -95,10 +92,10 @@ class MemoryStore(Store):
     def _drop(self, key: str) -> _Entry | None:
         entry = self._data.pop(key, None)
         if entry is not None:
-            self.bytes -= entry.size
+            self.bytes -= entry[3]
             self.records -= 1
-            if entry.tags:
-                self._untag(key, entry.tags)
+            if entry[2]:
+                self._untag(key, entry[2])
         return entry
 
     def _untag(self, key: str, tags: tuple[str, ...]) -> None:
@@ -113,13 +110,13 @@ class MemoryStore(Store):
         data = self._data
         if key not in data:  # (in, then a subscript: no call, found or not)
             return None
-        entry = data[key]
-        if entry.expires and entry.expires <= time.monotonic():
+        value, expires, _, _ = data[key]
+        if expires and expires <= time.monotonic():
             self._drop(key)
             return None
         if self.lru:
             data.move_to_end(key)
-        return entry.value
+        return value
 
     async def get(self, key: str) -> bytes | None:
         return self._get(key)
@@ -136,8 +133,7 @@ class MemoryStore(Store):
             return  # could never fit: storing it would evict everything for nothing
         tag_tuple = tuple(tags) if tags else ()
         expires = time.monotonic() + ttl if ttl else 0.0
-        entry = data[key] = _Entry()
-        entry.value, entry.expires, entry.tags, entry.size = value, expires, tag_tuple, size
+        data[key] = (value, expires, tag_tuple, size)
         self.bytes += size
         self.records += 1
         tagged = self._tags
@@ -155,12 +151,12 @@ class MemoryStore(Store):
         data = self._data
         now = time.monotonic()
         while self.records > self.max_entries or self.bytes > self.max_bytes:
-            oldest, entry = data.popitem(last=False)
-            self.bytes -= entry.size
+            oldest, (_, expires, tags, size) = data.popitem(last=False)
+            self.bytes -= size
             self.records -= 1
-            if entry.tags:
-                self._untag(oldest, entry.tags)
-            if not entry.expires or entry.expires > now:
+            if tags:
+                self._untag(oldest, tags)
+            if not expires or expires > now:
                 self.evictions += 1
 
     async def set(
@@ -363,8 +359,8 @@ class KeepingMemoryStore(MemoryStore):
         data = self._data
         now = time.monotonic()
         while data:
-            key, entry = next(iter(data.items()))
-            if not entry.expires or entry.expires > now:
+            key, (_, expires, _, _) = next(iter(data.items()))
+            if not expires or expires > now:
                 break
             self._drop(key)
         claims = self._claims
