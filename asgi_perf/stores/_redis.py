@@ -226,6 +226,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self.timeout = timeout
         self.cluster = scheme == "redis+cluster"
+        self._batches = scheme in ("redis", "rediss", "unix")  # one node, this package's pool
         self._client_url = client_url(url)
         want(self._client_url, timeout)
         self._shared: SharedClient | None = None  # the client of the loop last used
@@ -266,9 +267,10 @@ class RedisStore(Store):
 
     def _pipeline(self) -> Any:
         """Commands for one round trip: a :class:`~asgi_perf.stores._redis_batch.Batch` on one
-        node, redis-py's pipeline on a cluster (it splits a batch by node)."""
+        node; redis-py's pipeline on a cluster (it splits a batch by node) and behind Sentinel
+        (its pool finds the master)."""
         client = self.client
-        return client.pipeline(transaction=False) if self.cluster else Batch(client)
+        return Batch(client) if self._batches else client.pipeline(transaction=False)
 
     def script(self, source: str) -> Any:
         """A registered Lua script (``EVALSHA`` with ``EVAL`` fallback) on this client."""

@@ -1,4 +1,5 @@
-"""Several commands in one round trip on one pooled connection of a single-node client.
+"""Several commands in one round trip on one pooled connection of a single-node client
+(``redis://``, ``rediss://``, ``unix://``).
 
 redis-py's ``Pipeline.execute`` wraps every batch in machinery this store never uses (WATCH
 bookkeeping, script preloading, HIMPORT preparation, operation metrics, a retry closure, and
@@ -17,7 +18,8 @@ without redis-py's response callbacks: the store reads script replies raw and on
 others for errors. redis-py's per-operation metrics (its opt-in observability) do not see
 these batches.
 
-A cluster client keeps redis-py's pipeline (it splits a batch by node).
+A cluster client keeps redis-py's pipeline (it splits a batch by node), and so does a Sentinel
+one (its pool finds the master; not measured nor tested with batches).
 """
 
 from __future__ import annotations

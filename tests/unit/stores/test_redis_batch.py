@@ -131,3 +131,19 @@ async def test_a_batch_on_a_dead_pooled_connection_is_sent_once_more() -> None:
     finally:
         await store.close()
         server.cleanup()
+
+
+async def test_batches_only_on_a_single_node_url(redis_url: str) -> None:
+    """A cluster client splits a pipeline by node and a Sentinel one finds the master: both
+    keep redis-py's pipeline (no connection is made to tell)."""
+    from redis.asyncio.client import Pipeline
+
+    single = create_store(redis_url, prefix="kinds:", timeout=0.2)
+    sentinel = create_store("redis+sentinel://127.0.0.1:1/mymaster", prefix="kinds:", timeout=0.2)
+    try:
+        assert isinstance(single, RedisStore) and isinstance(sentinel, RedisStore)
+        assert isinstance(single._pipeline(), Batch)
+        assert isinstance(sentinel._pipeline(), Pipeline)
+    finally:
+        await single.close()
+        await sentinel.close()
