@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Awaitable
@@ -96,9 +97,7 @@ def parse_hosts(url: str, name: str = "storage") -> list[tuple[str, int]]:
     return hosts
 
 
-_TIMED: dict[Any, type[Any]] = {}
-
-
+@functools.cache
 def _timed(connection_class: Any) -> type[Any]:
     """``connection_class`` whose reads time out after the calling store's timeout, and
     whose writes need no timer when they cannot wait.
@@ -121,8 +120,6 @@ def _timed(connection_class: Any) -> type[Any]:
     (``tests/system/test_dedup_multiprocess.py`` under CPU burners). A cancellation in that
     pass drops the connection, as redis-py does for one inside its own write or read.
     """
-    if connection_class in _TIMED:
-        return _TIMED[connection_class]
 
     class Timed(connection_class):  # type: ignore[misc, valid-type]
         async def read_response(self, *args: Any, **kwargs: Any) -> Any:
@@ -150,7 +147,7 @@ def _timed(connection_class: Any) -> type[Any]:
             await super().send_packed_command(command, check_health)
 
     Timed.__name__ = Timed.__qualname__ = "Timed" + connection_class.__name__
-    return _TIMED.setdefault(connection_class, Timed)
+    return Timed
 
 
 def _fits(writer: Any, command: Any) -> bool:
@@ -178,10 +175,10 @@ _POOL_PARTS = (
     "get_available_connection",
     "ensure_connection",
 )
-_UNCONTENDED: dict[Any, type[Any]] = {}
 
 
-def _uncontended(pool_class: Any) -> type[Any]:
+@functools.cache
+def _uncontended(pool_class: type[Any]) -> type[Any]:
     """``pool_class`` (redis-py's ``BlockingConnectionPool``) taking and giving back a
     connection without its queue when nobody queues.
 
@@ -195,11 +192,9 @@ def _uncontended(pool_class: Any) -> type[Any]:
     to wait meanwhile (the pool's own lock can hold the release up). A redis-py without
     these parts gets ``pool_class`` unchanged.
     """
-    if pool_class in _UNCONTENDED:
-        return _UNCONTENDED[pool_class]
     sample = pool_class(max_connections=1)
     if not all(hasattr(sample, part) for part in _POOL_PARTS):  # pragma: no cover
-        return _UNCONTENDED.setdefault(pool_class, pool_class)
+        return pool_class
     base: Any = pool_class.__mro__[1]  # the plain pool: its release has no queue
 
     class Uncontended(pool_class):  # type: ignore[misc, valid-type]
@@ -233,7 +228,7 @@ def _uncontended(pool_class: Any) -> type[Any]:
                     self._condition.notify()
 
     Uncontended.__name__ = Uncontended.__qualname__ = "Uncontended" + pool_class.__name__
-    return _UNCONTENDED.setdefault(pool_class, Uncontended)
+    return Uncontended
 
 
 def _make_client(url: str, timeout: float) -> tuple[Any, bool]:
