@@ -92,10 +92,11 @@ class MemoryStore(Store):
     def _drop(self, key: str) -> _Entry | None:
         entry = self._data.pop(key, None)
         if entry is not None:
-            self.bytes -= entry[3]
+            _, _, tags, size = entry
+            self.bytes -= size
             self.records -= 1
-            if entry[2]:
-                self._untag(key, entry[2])
+            if tags:
+                self._untag(key, tags)
         return entry
 
     def _untag(self, key: str, tags: tuple[str, ...]) -> None:
