@@ -131,7 +131,16 @@ def parse_rules(value: object, name: str = "rules") -> tuple[Rule, ...]:
 class Policy:
     """One set of windows under one name, with its constant header parts precomputed."""
 
-    __slots__ = ("limit_fields", "name", "names", "policy", "single", "templates", "windows")
+    __slots__ = (
+        "limit_fields",
+        "name",
+        "names",
+        "policy",
+        "remaining_prefix",
+        "single",
+        "templates",
+        "windows",
+    )
 
     def __init__(self, name: str, rates: Any, option: str) -> None:
         items = to_rates(rates, option)
@@ -151,6 +160,8 @@ class Policy:
             policy_field((n, a, w) for n, (a, w) in zip(self.names, self.windows, strict=True)),
         )
         self.templates = tuple(ratelimit_template(n) for n in self.names)
+        #: ``"name";r=`` of a one-window policy's ``RateLimit``: what precedes the digits
+        self.remaining_prefix = self.templates[0].partition(b"%d")[0]
         self.limit_fields = tuple((b"x-ratelimit-limit", b"%d" % a) for a, _ in self.windows)
         self.single: Window | None = self.windows[0] if single else None
 
@@ -161,12 +172,13 @@ class Policy:
         t = -((1e-6 - reset) // 1)  # ceil(reset - 1e-6), as delta_seconds
         if t < 0:
             t = 0
+        r, tb = b"%d" % remaining, b"%d" % t  # each formatted once, for both fields
         return [
             self.policy,
-            (b"ratelimit", self.templates[0] % (remaining, t)),
+            (b"ratelimit", self.remaining_prefix + r + b";t=" + tb),
             self.limit_fields[0],
-            (b"x-ratelimit-remaining", b"%d" % remaining),
-            (b"x-ratelimit-reset", b"%d" % t),
+            (b"x-ratelimit-remaining", r),
+            (b"x-ratelimit-reset", tb),
         ]
 
     def fields(self, decision: Decision) -> tuple[Headers, int]:

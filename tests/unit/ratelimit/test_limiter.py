@@ -336,3 +336,33 @@ def test_gcra_never_exceeds_burst_plus_rate(amount: int, gaps: list[float]) -> N
         for j in range(i, len(admitted)):
             span = admitted[j] - start
             assert j - i + 1 <= amount + span / interval + 1e-6
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    amount=st.integers(1, 5),  # to_rates refuses a quota of 0
+    steps=st.lists(
+        st.tuples(st.floats(0, 6, allow_nan=False).map(lambda x: round(x, 3)), st.booleans()),
+        max_size=40,
+    ),
+)
+def test_check_one_decides_as_check_does(
+    strategy: str, amount: int, steps: list[tuple[float, bool]]
+) -> None:
+    """The one-window shortcut the middleware takes (the fixed window's written out) gives
+    ``check``'s answer and leaves the state ``check`` reads: one limiter answers by either,
+    at random, a twin only by ``check``."""
+    clock = Clock()
+    either, twin = MemoryLimiter(strategy, clock=clock), MemoryLimiter(strategy, clock=clock)
+    for gap, shortcut in steps:
+        clock.now += gap
+        d = twin.check("k", "r", [(amount, 10.0)])
+        expected = (d.allowed, d.remaining[0], round(d.resets[0], 6))
+        if shortcut:
+            ok, left, reset = either.check_one("k", "r", amount, 10.0)
+            got = (ok, left, round(reset, 6))
+        else:
+            e = either.check("k", "r", [(amount, 10.0)])
+            got = (e.allowed, e.remaining[0], round(e.resets[0], 6))
+        assert got == expected
