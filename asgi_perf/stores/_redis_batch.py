@@ -13,7 +13,8 @@ one write and their replies read in order; a command Redis refuses gives its err
 reply (``raise_on_error=False``) or raises the first one; a connection error drops the
 connection and the batch is sent once more on a fresh one, as the client's retry policy does
 for a single command; a batch cut short (a timeout, a cancellation) leaves no reply on its
-connection for the next caller (the connection drops itself). Replies are Redis's own,
+connection for the next caller (the connection drops itself); a ``health_check_interval`` on the
+URL applies to a batch as to any command. Replies are Redis's own,
 without redis-py's response callbacks: the store reads script replies raw and only tests the
 others for errors. redis-py's per-operation metrics (its opt-in observability) do not see
 these batches.
@@ -75,7 +76,12 @@ class Batch:
         pool = self.client.connection_pool
         connection = await pool.get_connection()
         try:
-            await connection.send_packed_command(connection.pack_commands(self.commands), False)
+            # A health check (PING first when the connection idled past the URL's
+            # ``health_check_interval``) as redis-py's own commands make, and no coroutine
+            # for it when no interval is set (the default).
+            await connection.send_packed_command(
+                connection.pack_commands(self.commands), connection.health_check_interval > 0
+            )
             replies: list[Any] = []
             for _ in self.commands:
                 try:

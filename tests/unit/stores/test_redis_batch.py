@@ -133,6 +133,43 @@ async def test_a_batch_on_a_dead_pooled_connection_is_sent_once_more() -> None:
         server.cleanup()
 
 
+async def test_a_batch_checks_the_health_of_a_connection_idle_past_the_urls_interval(
+    redis_url: str, key_prefix: str
+) -> None:
+    """``health_check_interval`` on the URL: a batch on a connection idle past it sends a
+    PING first, as any redis-py command does; within it, none."""
+    sep = "&" if "?" in redis_url else "?"
+    store = create_store(f"{redis_url}{sep}health_check_interval=30", prefix=key_prefix)
+    assert isinstance(store, RedisStore)
+    try:
+        await store.set("k", b"v")
+        pool = store.client.connection_pool
+        (connection,) = pool._available_connections
+        pings = 0
+        send_ping = connection._send_ping
+
+        async def counted() -> None:
+            nonlocal pings
+            pings += 1
+            await send_ping()
+
+        connection._send_ping = counted
+
+        async def batch() -> list[Any]:
+            b = Batch(store.client)
+            b.eval("return redis.call('GET', KEYS[1])", 1, store.key("k"))
+            return await b.execute()
+
+        assert await store.call(batch) == [b"v"]
+        assert pings == 0  # just used: within the interval
+        connection.next_health_check = 0  # as if idle for longer than the interval
+        assert await store.call(batch) == [b"v"]
+        assert pings == 1
+    finally:
+        await store.clear()
+        await store.close()
+
+
 async def test_batches_only_on_a_single_node_url(redis_url: str) -> None:
     """A cluster client splits a pipeline by node and a Sentinel one finds the master: both
     keep redis-py's pipeline (no connection is made to tell)."""
