@@ -11,6 +11,10 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
   coding), so a hit costs no compression at all.
 - Query innermost: it only needs the app's own queries.
 
+RateLimit right inside Timing hands its response fields to Timing's request context, so both
+layers' fields leave on one new header list and RateLimit wraps no ``send`` (a step of issue
+17's one pass; each used alone, or stacked by hand, adds its own).
+
 With two or more of RateLimit, Dedup and Cache on Redis, a :class:`~asgi_perf._prefetcher.
 Prefetcher` just outside them sends their first store calls in one round trip.
 
@@ -40,7 +44,7 @@ from asgi_perf._core.config import (
     storage_variable,
     to_choice,
 )
-from asgi_perf._prefetcher import prefetching
+from asgi_perf._prefetcher import Prefetcher, prefetching
 
 __all__ = ["STACK_ORDER", "STORAGE_CHECK_ENV", "from_env", "install", "middleware_classes"]
 
@@ -88,7 +92,9 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
             continue
         if stateful and not cls.ENV_STORAGE:  # just outside them: their calls sent together
             wrapped, stateful = prefetching(wrapped, stateful), []
-        wrapped = cls.from_env(wrapped, environ=env)
+        inner, wrapped = wrapped, cls.from_env(wrapped, environ=env)
+        if getattr(cls, "TAKES_FIELDS", False):
+            _hand_fields_to(inner)
         if cls.ENV_STORAGE:
             stored = True
             stateful.append(wrapped)
@@ -103,6 +109,18 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
 
         wrapped = CacheWarmer.from_env(wrapped, environ=env)
     return wrapped  # type: ignore[no-any-return]
+
+
+def _hand_fields_to(inner: Any) -> None:
+    """One header list for two layers: a layer right inside Timing (past a
+    :class:`~asgi_perf._prefetcher.Prefetcher`, which reads no response field) hands its
+    response fields to Timing's request context instead of wrapping ``send`` for them. Only
+    here, where nothing of the user's can sit between the two; anywhere else each layer adds
+    its own fields."""
+    if isinstance(inner, Prefetcher):
+        inner = inner.app
+    if hasattr(inner, "hands_fields"):
+        inner.hands_fields = True
 
 
 # -- install(app): the stack inside a Starlette / FastAPI app, keeping the app object ----------

@@ -62,6 +62,11 @@ class RequestContext:
     # class-level defaults: the instance stores a value only once something is reported
     _timings: list[TimingEntry] | None = None
     _counters: dict[str, int] | None = None
+    #: Response fields for the reader to add to the start it forwards, set by a layer
+    #: that :func:`asgi_perf.from_env` put right inside the reader (``hands_fields``):
+    #: they leave on the reader's one new header list, without a ``send`` wrapper of
+    #: that layer's own. Any other layer adds its fields itself.
+    fields: list[tuple[bytes, bytes]] | None = None
 
     def __init__(
         self, timings: list[TimingEntry] | None = None, counters: dict[str, int] | None = None

@@ -63,6 +63,7 @@ from asgi_perf._core.config import (
     to_positive_duration,
     to_rates,
 )
+from asgi_perf._core.context import current
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, UserKey
 from asgi_perf._core.outage import Outage
 from asgi_perf.ratelimit._gate import Deferred, Gate
@@ -159,6 +160,10 @@ class RateLimitMiddleware(EnvConfigurable):
             proxy_header,
         )
         self.headers = to_bool(headers, "headers")
+        #: Set by :func:`asgi_perf.from_env` when Timing is the next layer outside: an
+        #: admitted request's fields go out with Timing's (``RequestContext.fields``), on
+        #: one header list, and this layer wraps no ``send``.
+        self.hands_fields = False
         self.fail_open = to_bool(fail_open, "fail_open")
         self.defer = to_bool(defer, "defer")
         self.storage_timeout = to_positive_duration(storage_timeout, "storage_timeout")
@@ -208,9 +213,12 @@ class RateLimitMiddleware(EnvConfigurable):
                 if not self.headers:
                     await self.app(scope, receive, send)
                     return
-                await self.app(
-                    scope, receive, with_fields(send, policy.allowed_fields(left, reset))
-                )
+                extra = policy.allowed_fields(left, reset)
+                if self.hands_fields and (reader := current()) is not None:
+                    reader.fields = extra
+                    await self.app(scope, receive, send)
+                    return
+                await self.app(scope, receive, with_fields(send, extra))
                 return
             decision: Decision | None = Decision(False, [left], [reset])
         else:
@@ -228,7 +236,12 @@ class RateLimitMiddleware(EnvConfigurable):
         if not self.headers:
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, with_fields(send, policy.fields(decision)[0]))
+        extra = policy.fields(decision)[0]
+        if self.hands_fields and (reader := current()) is not None:
+            reader.fields = extra
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, with_fields(send, extra))
 
     def prefetch_ops(self, scope: Scope) -> list[PrefetchOp]:
         """This request's check, to send ahead with other layers' first store calls (the

@@ -138,6 +138,9 @@ def _off_or(convert: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
 class TimingMiddleware(EnvConfigurable):
     """Measure every HTTP request; add Server-Timing; keep per-route percentiles."""
 
+    #: Its request context adds the fields a layer right inside hands it (``from_env``).
+    TAKES_FIELDS = True
+
     ENV_ENABLED = ("ASGI_PERF_TIMING_ENABLED", True)
     OUTERMOST = True  # its total and the inner layers' Server-Timing entries need it outside
     ENV_VARS = (

@@ -23,7 +23,7 @@ import asgi_perf
 from asgi_perf import ConfigError, StoreUnavailable
 from asgi_perf._core import config
 from asgi_perf._stack import middleware_classes
-from tests.support import free_port
+from tests.support import call, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 EVERYTHING = {
@@ -68,6 +68,54 @@ async def test_fastapi_one_line_keeps_the_app_and_builds_the_recommended_order()
     names = layers(app)
     assert names.index("TimingMiddleware") > names.index("ServerErrorMiddleware")
     assert names.index("QueryMiddleware") < names.index("ExceptionMiddleware")
+
+
+@pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_the_rate_limit_right_inside_timing_hands_it_its_fields(
+    store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In from_env's stack (past the Prefetcher on Redis) an admitted request's limit
+    fields leave on Timing's one new header list, in the order the two layers add them,
+    and the rate limit wraps no send of its own; built by hand, each adds its own."""
+    from asgi_perf.ratelimit import RateLimitMiddleware
+    from asgi_perf.ratelimit import _middleware as ratelimit_module
+    from asgi_perf.timing import TimingMiddleware
+
+    env = dict(EVERYTHING)
+    if store == "redis":
+        env["ASGI_PERF_STORAGE_URL"] = request.getfixturevalue("redis_url")
+        env["ASGI_PERF_KEY_PREFIX"] = request.getfixturevalue("key_prefix")
+    wrapped: list[int] = []
+    with_fields = ratelimit_module.with_fields
+
+    def counted(send: Any, extra: Any) -> Any:
+        wrapped.append(1)
+        return with_fields(send, extra)
+
+    monkeypatch.setattr(ratelimit_module, "with_fields", counted)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"a", b"1")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def names(response: Any) -> list[str]:
+        return [k.decode() for k, _ in response.headers]
+
+    first = await call(asgi_perf.from_env(app, environ=env), path="/one")
+    assert first.status == 200 and not wrapped
+    second = await call(TimingMiddleware(RateLimitMiddleware(app, limit="5/minute")), path="/one")
+    assert wrapped == [1]
+    for response in (first, second):
+        sent = names(response)
+        assert sent.index("ratelimit-policy") < sent.index("server-timing")
+        at = sent.index("ratelimit-policy")
+        assert sent[at : at + 5] == [
+            "ratelimit-policy",
+            "ratelimit",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ]
 
 
 async def test_starlette_and_the_innermost_layer_calls_the_app_directly() -> None:
