@@ -12,8 +12,9 @@ Outermost first: Timing → RateLimit → Dedup → Cache → Compression → Qu
 - Query innermost: it only needs the app's own queries.
 
 RateLimit right inside Timing hands its response fields to Timing's request context, so both
-layers' fields leave on one new header list and RateLimit wraps no ``send`` (a step of issue
-17's one pass; each used alone, or stacked by hand, adds its own).
+layers' fields leave on one new header list and RateLimit wraps no ``send``; Query, innermost,
+leaves its ``db`` entry for Timing to make when it renders, and wraps no ``send`` either (steps
+of issue 17's one pass; each used alone, or stacked by hand, adds its own).
 
 With two or more of RateLimit, Dedup and Cache on Redis, a :class:`~asgi_perf._prefetcher.
 Prefetcher` just outside them sends their first store calls in one round trip.
@@ -100,6 +101,7 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
             stateful.append(wrapped)
     if stateful:
         wrapped = prefetching(wrapped, stateful)
+    _hand_entry_to_timing(wrapped, app)
     _check_storage(env, stored)
     if wrapped is not app:  # nothing enabled: nothing to let the report past
         wrapped = _with_report(wrapped, app, env)
@@ -121,6 +123,19 @@ def _hand_fields_to(inner: Any) -> None:
         inner = inner.app
     if hasattr(inner, "hands_fields"):
         inner.hands_fields = True
+
+
+def _hand_entry_to_timing(stack: Any, app: Any) -> None:
+    """The innermost layer, under Timing, leaves its Server-Timing entry for Timing to make
+    when it renders (``RequestContext.late``) instead of wrapping ``send`` to add it: the
+    order of the entries stays (the innermost first), and no layer of the user's can sit in
+    between, as the stack is all ours."""
+    layer, innermost, timed = stack, None, False
+    while layer is not None and layer is not app:
+        timed = timed or getattr(type(layer), "TAKES_FIELDS", False)
+        innermost, layer = layer, getattr(layer, "app", None)
+    if timed and innermost is not None and hasattr(innermost, "hands_entry"):
+        innermost.hands_entry = True
 
 
 # -- install(app): the stack inside a Starlette / FastAPI app, keeping the app object ----------

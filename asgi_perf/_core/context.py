@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
@@ -67,6 +68,11 @@ class RequestContext:
     #: they leave on the reader's one new header list, without a ``send`` wrapper of
     #: that layer's own. Any other layer adds its fields itself.
     fields: list[tuple[bytes, bytes]] | None = None
+    #: An entry made when the reader renders Server-Timing, set by the layer
+    #: :func:`asgi_perf.from_env` put innermost (``hands_entry``): what it saw until the
+    #: response started, without a ``send`` wrapper of its own. Rendered first, where the
+    #: innermost layer's entry stands.
+    late: Callable[[], TimingEntry] | None = None
 
     def __init__(
         self, timings: list[TimingEntry] | None = None, counters: dict[str, int] | None = None

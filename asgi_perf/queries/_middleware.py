@@ -287,6 +287,10 @@ class QueryMiddleware(EnvConfigurable):
         self.header = to_bool(header, "header") or self.action == "header"
         self.raises = self.action == "raise"
         self.wraps = self.header or self.raises
+        #: Set by :func:`asgi_perf.from_env` when this layer is innermost under Timing: its
+        #: ``db`` entry is made when Timing renders (``RequestContext.late``), and no
+        #: ``send`` is wrapped for it.
+        self.hands_entry = False
         self._requests = 0
         self._queries = 0
         self._query_time = 0.0
@@ -309,7 +313,14 @@ class QueryMiddleware(EnvConfigurable):
             timing = None if self.wraps else context.current()
             # The wrappers work before forwarding only: plain functions handing back what
             # ``send`` returns to be awaited, no coroutine of their own per message.
-            if timing is not None:
+            if timing is not None and self.hands_entry:  # Timing renders it (from_env)
+
+                def late() -> context.TimingEntry:
+                    return _db_entry(log, log.n_plus_one()) if log.count else _NO_QUERIES_ENTRY
+
+                timing.late = late
+                await self.app(scope, receive, send)
+            elif timing is not None:
                 timings = timing.timings
 
                 def send_reporting(message: Message) -> Awaitable[None]:

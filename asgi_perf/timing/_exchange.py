@@ -101,8 +101,12 @@ class Exchange(RequestContext):
                         else ms[:-4]
                     )
                     value = b"total;dur=" + dur
-                    if self._timings:
-                        value += b", " + format_server_timing(self._timings)
+                    timings = self._timings
+                    late = self.late
+                    if late is not None:  # the innermost layer's entry (RequestContext)
+                        timings = [late(), *timings] if timings else [late()]
+                    if timings:
+                        value += b", " + format_server_timing(timings)
                     if name is not None:
                         added = ((b"server-timing", value), (name, ms + b"ms"))
                     else:

@@ -91,8 +91,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: Server-Timing entries without a duration (the cache's) and Queries' db entry of a
     # page without queries are shared constants, rendered once (no entry made nor rendered)
     # -2: the rate limit's fixed window, as above; -2: the rate limit right inside Timing
-    # hands its fields to Timing's header list (from_env) instead of wrapping send
-    "stack-memory": 64,
+    # hands its fields to Timing's header list (from_env) instead of wrapping send; -3:
+    # Queries, innermost, leaves its db entry for Timing to make (no send wrapper)
+    "stack-memory": 61,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -110,7 +111,8 @@ BUDGET_CALLS: dict[str, float] = {
     # route template in three regex scans instead of a call per segment; +1: the report-path
     # find(), as above; -3: constant Server-Timing entries shared and rendered once, as above
     # -2: the rate limit's fixed window, as above; -2: its fields handed to Timing, as above
-    "stack-memory-paths": 106,
+    # -3: Queries' db entry made by Timing, as above
+    "stack-memory-paths": 103,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {

@@ -118,6 +118,31 @@ async def test_the_rate_limit_right_inside_timing_hands_it_its_fields(
         ]
 
 
+async def test_queries_innermost_under_timing_leaves_its_entry_for_timing_to_make() -> None:
+    """In from_env's stack Queries wraps no send for its ``db`` entry: Timing makes it when it
+    renders, from the queries run until then, first among the entries as before. Stacked by
+    hand (Timing right outside), Queries adds it on its way out, as ever."""
+    from asgi_perf.queries import QueryMiddleware, record_query
+    from asgi_perf.timing import TimingMiddleware
+
+    sends: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        sends.append(getattr(send, "__qualname__", ""))
+        record_query("SELECT 1", 0.002)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    env = {"ASGI_PERF_QUERIES_ENABLED": "true", "ASGI_PERF_CACHE_ENABLED": "true"}
+    one_pass = await call(asgi_perf.from_env(app, environ=env), path="/q")
+    by_hand = await call(TimingMiddleware(QueryMiddleware(app)), path="/q")
+    assert "QueryMiddleware" not in sends[0] and "QueryMiddleware" in sends[1]
+    for response in (one_pass, by_hand):
+        entries = response.header("server-timing").split(", ")
+        assert entries[0].startswith("total;dur=")
+        assert entries[1].startswith("db;dur=") and entries[1].endswith('desc="1 query"')
+
+
 async def test_starlette_and_the_innermost_layer_calls_the_app_directly() -> None:
     app = Starlette(routes=[Route("/", lambda r: PlainTextResponse("hi"))])
     asgi_perf.install(app, environ={"ASGI_PERF_QUERIES_ENABLED": "true"})
