@@ -4,13 +4,23 @@ path with ids collapsed."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.params import FromPath
 
 from asgi_perf.timing import TimingMiddleware
-from asgi_perf.timing._routes import UNMATCHED, collapse_path, route_template
+from asgi_perf.timing._routes import (
+    _HEX,
+    _UUID,
+    UNMATCHED,
+    _cache,
+    collapse_path,
+    route_template,
+)
 from tests.support import call, make_scope
 
 
@@ -42,6 +52,37 @@ def series(mw: TimingMiddleware) -> dict[tuple[str, str], dict[str, int]]:
 )
 def test_collapse_path(path: str, template: str) -> None:
     assert collapse_path(path) == template
+
+
+# The segment rules read one after the other, each over the whole path: the reference the
+# single scan of collapse_path must agree with.
+_SEGMENT = r"(?<![^/]){}(?![^/])"
+_RULES = (
+    (re.compile(_SEGMENT.format(r"\d+")), "{id}"),
+    (re.compile(_SEGMENT.format(_UUID)), "{uuid}"),
+    (re.compile(_SEGMENT.format(_HEX)), "{hex}"),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text("0123456789", min_size=1, max_size=40),
+            st.text("0123456789abcdefABCDEF-", min_size=1, max_size=40),
+            st.text("abcdefxyz0123456789.-_", max_size=12),
+            st.uuids().map(str),
+            st.uuids().map(lambda u: u.hex),
+        ),
+        max_size=6,
+    ).map(lambda segments: "/" + "/".join(segments))
+)
+def test_collapse_path_applies_the_segment_rules_in_order(path: str) -> None:
+    expected = path
+    for pattern, placeholder in _RULES:
+        expected = pattern.sub(placeholder, expected)
+    _cache.clear()
+    assert collapse_path(path) == expected[:200]
 
 
 def test_collapse_is_bounded() -> None:
