@@ -206,42 +206,33 @@ class RateLimitMiddleware(EnvConfigurable):
         identity, policy = gate.identify(scope)
         single = policy.single
         one = gate.one
+        extra: Headers | None
         if single is not None and one is not None:  # in-process, one window: no objects
             ok, left, reset = one(identity, policy.name, single[0], single[1])
-            if ok:
-                self.counters.allowed += 1
-                if not self.headers:
-                    await self.app(scope, receive, send)
-                    return
-                extra = policy.allowed_fields(left, reset)
-                if self.hands_fields and (reader := current()) is not None:
-                    reader.fields = extra
-                    await self.app(scope, receive, send)
-                    return
-                await self.app(scope, receive, with_fields(send, extra))
+            if not ok:
+                await gate.refuse(send, policy, Decision(False, [left], [reset]))
                 return
-            decision: Decision | None = Decision(False, [left], [reset])
+            extra = policy.allowed_fields(left, reset) if self.headers else None
         else:
             decision = await gate.decide(identity, policy)
-        if decision is None:
-            if self.fail_open:
-                await self.app(scope, receive, send)
-            else:
-                await gate.refuse(send, policy, None)
-            return
-        if not decision.allowed:
-            await gate.refuse(send, policy, decision)
-            return
+            if decision is None:
+                if self.fail_open:
+                    await self.app(scope, receive, send)
+                else:
+                    await gate.refuse(send, policy, None)
+                return
+            if not decision.allowed:
+                await gate.refuse(send, policy, decision)
+                return
+            extra = policy.fields(decision)[0] if self.headers else None
         self.counters.allowed += 1
-        if not self.headers:
+        if extra is None:
             await self.app(scope, receive, send)
-            return
-        extra = policy.fields(decision)[0]
-        if self.hands_fields and (reader := current()) is not None:
-            reader.fields = extra
+        elif self.hands_fields and (reader := current()) is not None:
+            reader.fields = extra  # Timing, right outside, adds them (from_env)
             await self.app(scope, receive, send)
-            return
-        await self.app(scope, receive, with_fields(send, extra))
+        else:
+            await self.app(scope, receive, with_fields(send, extra))
 
     def prefetch_ops(self, scope: Scope) -> list[PrefetchOp]:
         """This request's check, to send ahead with other layers' first store calls (the
