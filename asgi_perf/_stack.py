@@ -93,15 +93,13 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
             continue
         if stateful and not cls.ENV_STORAGE:  # just outside them: their calls sent together
             wrapped, stateful = prefetching(wrapped, stateful), []
-        inner, wrapped = wrapped, cls.from_env(wrapped, environ=env)
-        if getattr(cls, "TAKES_FIELDS", False):
-            _hand_fields_to(inner)
+        wrapped = cls.from_env(wrapped, environ=env)
         if cls.ENV_STORAGE:
             stored = True
             stateful.append(wrapped)
     if stateful:
         wrapped = prefetching(wrapped, stateful)
-    _hand_entry_to_timing(wrapped, app)
+    _hand_over_to_timing(wrapped, app)
     _check_storage(env, stored)
     if wrapped is not app:  # nothing enabled: nothing to let the report past
         wrapped = _with_report(wrapped, app, env)
@@ -113,28 +111,26 @@ def from_env(app: ASGIApp, environ: Mapping[str, str] | None = None) -> ASGIApp:
     return wrapped  # type: ignore[no-any-return]
 
 
-def _hand_fields_to(inner: Any) -> None:
-    """One header list for two layers: a layer right inside Timing (past a
-    :class:`~asgi_perf._prefetcher.Prefetcher`, which reads no response field) hands its
-    response fields to Timing's request context instead of wrapping ``send`` for them. Only
-    here, where nothing of the user's can sit between the two; anywhere else each layer adds
-    its own fields."""
+def _hand_over_to_timing(stack: Any, app: Any) -> None:
+    """Under Timing (outermost when enabled), two layers stop wrapping ``send``: the one right
+    inside it (past a :class:`~asgi_perf._prefetcher.Prefetcher`, which reads no response
+    field) hands its response fields to Timing's request context (``hands_fields``), and the
+    innermost leaves its Server-Timing entry for Timing to make when it renders
+    (``hands_entry``; it still stands first, as the innermost's entry). Only here, where the
+    stack is all ours and nothing of the user's sits between; elsewhere each adds its own."""
+    if not getattr(type(stack), "TAKES_FIELDS", False):
+        return
+    inner = stack.app
     if isinstance(inner, Prefetcher):
         inner = inner.app
+    if inner is app:
+        return
     if hasattr(inner, "hands_fields"):
         inner.hands_fields = True
-
-
-def _hand_entry_to_timing(stack: Any, app: Any) -> None:
-    """The innermost layer, under Timing, leaves its Server-Timing entry for Timing to make
-    when it renders (``RequestContext.late``) instead of wrapping ``send`` to add it: the
-    order of the entries stays (the innermost first), and no layer of the user's can sit in
-    between, as the stack is all ours."""
-    layer, innermost, timed = stack, None, False
-    while layer is not None and layer is not app:
-        timed = timed or getattr(type(layer), "TAKES_FIELDS", False)
-        innermost, layer = layer, getattr(layer, "app", None)
-    if timed and innermost is not None and hasattr(innermost, "hands_entry"):
+    innermost = inner
+    while innermost.app is not app:
+        innermost = innermost.app
+    if hasattr(innermost, "hands_entry"):
         innermost.hands_entry = True
 
 
