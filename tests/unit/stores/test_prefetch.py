@@ -11,19 +11,19 @@ open when Redis is down, and a store layer used alone makes its own calls as bef
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-import asgi_perf
 from asgi_perf import from_env
 from asgi_perf._prefetcher import Prefetcher
 from benchmarks.driver import count_redis_round_trips
 from tests.support import call, free_port
 
 pytestmark = pytest.mark.redis
+Build = Callable[[Any, dict[str, str]], Any]  # from_env(app, environ)
 
 
 class App:
@@ -57,18 +57,17 @@ def environ(storage: str, key_prefix: str, limit: str = "1000000/hour") -> dict[
     }
 
 
-@pytest.fixture(autouse=True)
-async def closing(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    """Every stack a test builds here (``from_env``) has its Redis connections closed at its
-    end, not left to the garbage collector (whose warnings are errors here)."""
+@pytest.fixture
+async def stack_of() -> AsyncIterator[Build]:
+    """``from_env`` for a test, whose stacks have their Redis connections closed at its end,
+    not left to the garbage collector (whose warnings are errors here)."""
     built: list[Any] = []
 
     def build(app: Any, env: dict[str, str]) -> Any:
-        built.append(asgi_perf.from_env(app, env))
+        built.append(from_env(app, env))
         return built[-1]
 
-    monkeypatch.setitem(globals(), "from_env", build)
-    yield
+    yield build
     for stack in built:
         for layer in layers(stack):
             for part in ("store", "limiter"):
@@ -90,10 +89,10 @@ async def trips(stack: Any, path: str) -> tuple[int, str | None]:
 
 
 async def test_a_stack_on_redis_sends_its_first_calls_together(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, stack_of: Build
 ) -> None:
-    no_store = from_env(App(), environ(redis_url, key_prefix + "a:"))
-    cacheable = from_env(App("max-age=60"), environ(redis_url, key_prefix + "b:"))
+    no_store = stack_of(App(), environ(redis_url, key_prefix + "a:"))
+    cacheable = stack_of(App("max-age=60"), environ(redis_url, key_prefix + "b:"))
     assert any(isinstance(layer, Prefetcher) for layer in layers(no_store))
     await call(no_store, "GET", "/warm")  # connections and scripts, once
     await call(cacheable, "GET", "/warm")
@@ -107,13 +106,13 @@ async def test_a_stack_on_redis_sends_its_first_calls_together(
 
 
 async def test_held_back_writes_reach_redis_before_the_client_has_the_response(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, stack_of: Build
 ) -> None:
     """The cache's entry is in Redis when the client gets the last byte: a second stack (as
     another worker) answers the next request from it, and no claim stays behind."""
     env = environ(redis_url, key_prefix)
     app = App("max-age=60")
-    first, second = from_env(app, env), from_env(app, env)
+    first, second = stack_of(app, env), stack_of(app, env)
     seen: list[list[bytes]] = []
 
     async def watch(message: dict[str, Any]) -> None:
@@ -143,11 +142,13 @@ def x_cache(response: Any) -> str | None:
     return response.header("x-cache")  # type: ignore[no-any-return]
 
 
-async def test_a_claim_no_layer_took_is_released(redis_url: str, key_prefix: str) -> None:
+async def test_a_claim_no_layer_took_is_released(
+    redis_url: str, key_prefix: str, stack_of: Build
+) -> None:
     """A refused request never reaches dedup or the cache: the claims its prefetch won for
     them must not stay behind (an identical request would wait for them to expire)."""
     app = App("max-age=60")
-    stack = from_env(app, environ(redis_url, key_prefix, limit="1/minute"))
+    stack = stack_of(app, environ(redis_url, key_prefix, limit="1/minute"))
     assert (await call(stack, "GET", "/first")).status == 200
     assert (await call(stack, "GET", "/second")).status == 429
     client = redis.Redis.from_url(redis_url)
@@ -159,28 +160,30 @@ async def test_a_claim_no_layer_took_is_released(redis_url: str, key_prefix: str
     assert app.calls == 1
 
 
-async def test_the_stack_fails_open_when_redis_is_down(key_prefix: str) -> None:
+async def test_the_stack_fails_open_when_redis_is_down(key_prefix: str, stack_of: Build) -> None:
     app = App("max-age=60")
-    stack = from_env(app, environ(f"redis://127.0.0.1:{free_port()}/0", key_prefix))
+    stack = stack_of(app, environ(f"redis://127.0.0.1:{free_port()}/0", key_prefix))
     response = await call(stack, "GET", "/anything")
     assert response.status == 200 and response.body == b"body of /anything"
     assert app.calls == 1
 
 
 async def test_concurrent_identical_requests_run_the_app_once(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, stack_of: Build
 ) -> None:
     app = App("max-age=60", delay=0.05)
-    stack = from_env(app, environ(redis_url, key_prefix))
+    stack = stack_of(app, environ(redis_url, key_prefix))
     responses = await asyncio.gather(*(call(stack, "GET", "/hot") for _ in range(30)))
     assert {r.body for r in responses} == {b"body of /hot"}
     assert app.calls == 1
 
 
-async def test_a_layer_alone_makes_its_own_calls(redis_url: str, key_prefix: str) -> None:
+async def test_a_layer_alone_makes_its_own_calls(
+    redis_url: str, key_prefix: str, stack_of: Build
+) -> None:
     env = environ(redis_url, key_prefix)
     del env["ASGI_PERF_DEDUP_ENABLED"], env["ASGI_PERF_RATE_LIMIT_ENABLED"]
-    stack = from_env(App("max-age=60"), env)
+    stack = stack_of(App("max-age=60"), env)
     assert not any(isinstance(layer, Prefetcher) for layer in layers(stack))
     await call(stack, "GET", "/warm")
     assert await trips(stack, "/one") == (2, "MISS")  # lookup-and-claim, then the entry
