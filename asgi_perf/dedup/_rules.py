@@ -97,13 +97,20 @@ def replayable(
     share. Dropped from a replay: the fields that describe one exchange (:data:`PER_EXCHANGE`,
     the one list every layer that stores or replays uses).
     """
-    kept: Headers = []
+    if type(headers) is not list and type(headers) is not tuple:
+        headers = [*headers]  # (sliced below)
+    # A copy is made at the first field dropped (the fields before it, sliced): a response
+    # refused, or with nothing to drop, appends nothing.
+    kept: Headers | None = None
+    seen = 0  # fields looked at before this one, while nothing is dropped
     for field in headers:
         name = field[0]
         if name not in PLAIN:  # (the usual fields, as apps spell them, need no more look-ups)
             lowered = LOWER[name] if name in LOWER else lower_name(name)
             if lowered in _SPECIAL:  # one look-up for the ordinary fields
                 if lowered in PER_EXCHANGE:
+                    if kept is None:
+                        kept = [*headers[:seen]]
                     continue
                 if lowered == b"set-cookie":
                     return None
@@ -117,8 +124,11 @@ def replayable(
                     verdict = _VERDICTS[value] if value in _VERDICTS else _cache_control(value)
                     if verdict is _NO_STORE or (verdict is _PRIVATE and not authenticated):
                         return None
-        kept.append(field)  # the field itself: no new tuple
-    return kept
+        if kept is None:
+            seen += 1
+        else:
+            kept.append(field)  # the field itself: no new tuple
+    return [*headers] if kept is None else kept
 
 
 _NO_STORE, _PRIVATE, _SHARED = "no-store", "private", ""

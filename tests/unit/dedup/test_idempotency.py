@@ -217,6 +217,20 @@ REPLAYABLE = [
         [CT],
     ),
     ([(b"ratelimit", b"x"), (b"x-dedup", b"hit"), (b"connection", b"close"), CT], False, [CT]),
+    # kept fields on both sides of a dropped one, in their order
+    (
+        [CT, (b"x-cache", b"MISS"), (b"etag", b'"1"'), (b"Server-Timing", b"x"), (b"x-a", b"1")],
+        False,
+        [CT, (b"etag", b'"1"'), (b"x-a", b"1")],
+    ),
+    # refused after a dropped field, and a tuple of fields (a new list back)
+    ([CT, (b"x-cache", b"MISS"), (b"cache-control", b"no-store")], False, None),
+    (
+        ((b"x-a", b"1"), CT, (b"x-dedup", b"hit"), (b"x-b", b"2")),
+        False,
+        [(b"x-a", b"1"), CT, (b"x-b", b"2")],
+    ),
+    (((b"x-a", b"1"), CT), False, [(b"x-a", b"1"), CT]),
 ]
 
 
@@ -225,7 +239,10 @@ def test_replayable(
     headers: list[tuple[bytes, bytes]], user: bool, expected: list[tuple[bytes, bytes]] | None
 ) -> None:
     for _ in range(2):  # the second time from the remembered names and Cache-Control verdicts
-        assert replayable(headers, HELD, user) == expected
+        kept = replayable(headers, HELD, user)
+        assert kept == expected
+        assert kept is None or (type(kept) is list and kept is not headers)
+        assert replayable(iter(headers), HELD, user) == expected  # any iterable of fields
 
 
 def test_replayable_drops_every_per_exchange_field() -> None:

@@ -93,7 +93,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -2: the rate limit's fixed window, as above; -2: the rate limit right inside Timing
     # hands its fields to Timing's header list (from_env) instead of wrapping send; -3:
     # Queries, innermost, leaves its db entry for Timing to make (no send wrapper)
-    "stack-memory": 61,
+    # -2: dedup's look at a response copies its fields only from the first one it drops
+    # (a refused response, like this no-store one, copies none)
+    "stack-memory": 59,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -112,8 +114,8 @@ BUDGET_CALLS: dict[str, float] = {
     # find(), as above; -3: constant Server-Timing entries shared and rendered once, as above
     # -2: the rate limit's fixed window, as above; -2: its fields handed to Timing, as above
     # -3: Queries' db entry made by Timing, as above; -1: a new path's route template in one
-    # regex scan (a call per segment replaced) instead of three
-    "stack-memory-paths": 102,
+    # regex scan (a call per segment replaced) instead of three; -2: dedup's copy, as above
+    "stack-memory-paths": 100,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
