@@ -180,15 +180,23 @@ class Entries:
                 return known[0], True
         else:
             known = None
-        get_now = self.get_nowait  # in-process: no coroutine, cannot fail
-        if get_now is not None:
-            raw = get_now("v:" + base)
-        else:
-            raw = await self.call(self.store.get("v:" + base))
-            known = None  # (cells may have been reset while it waited)
+        if self.get_nowait is not None:  # in-process: no coroutine, cannot fail
+            return self.names_nowait(base, self.vary_cell(base) if known is None else known), False
+        raw = await self.call(self.store.get("v:" + base))
         names = tuple(raw.decode("latin-1").split("\n")) if raw else ()
-        self.remember_names(base, names, known)
+        self.remember_names(base, names)  # (its cell again: it may have been reset meanwhile)
         return names, False
+
+    def names_nowait(self, base: str, cell: list[Any]) -> tuple[str, ...]:
+        """In-process: ``base``'s ``Vary`` names read from the store into its ``cell``, which
+        then knows them for good (only this process writes the store); the miss path of a
+        resource new to this process, one call."""
+        assert self.get_nowait is not None
+        raw = self.get_nowait("v:" + base)
+        names = tuple(raw.decode("latin-1").split("\n")) if raw else ()
+        cell[0] = AE_ONLY if names == AE_ONLY else names  # (remember_names, inline)
+        cell[1] = FOREVER
+        return cell[0]  # type: ignore[no-any-return]
 
     def vary_cell(self, base: str) -> list[Any]:
         vary = self.vary
@@ -199,12 +207,9 @@ class Entries:
         cell = self.vary[base] = [None, 0.0]
         return cell
 
-    def remember_names(
-        self, base: str, names: tuple[str, ...], cell: list[Any] | None = None
-    ) -> None:
-        """``base``'s names (``cell``: its cell in :attr:`vary`, when the caller holds it)."""
-        if cell is None:
-            cell = self.vary_cell(base)
+    def remember_names(self, base: str, names: tuple[str, ...]) -> None:
+        """``base``'s names, in its cell of :attr:`vary`."""
+        cell = self.vary_cell(base)
         cell[0] = AE_ONLY if names == AE_ONLY else names  # interned: checked with "is"
         # Only this process writes a memory store: its copy never goes out of date.
         cell[1] = FOREVER if self.get_nowait is not None else time.monotonic() + VARY_LOCAL_TTL

@@ -316,7 +316,13 @@ class CacheMiddleware(EnvConfigurable):
             if sync is None:
                 key, found, won = await self._lookup_remote(req, prefetched, token)
             else:  # in this process: its copy of the Vary names is the truth
-                names, _ = await entries.names(req.base)
+                cell = resource.vary if resource is not None else None  # (read in __call__)
+                if cell is None:
+                    names, _ = await entries.names(req.base)
+                elif cell[0] is None:  # a resource new to this process
+                    names = entries.names_nowait(req.base, cell)
+                else:
+                    names = cell[0]
                 key = (
                     req.plain_key
                     if not names and req.plain_key

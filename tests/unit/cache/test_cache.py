@@ -546,6 +546,25 @@ async def test_key_uses_host_canonical_query_and_learned_vary() -> None:
     assert app.calls == 2 + 2
 
 
+async def test_a_resource_new_to_this_cache_learns_its_vary_from_a_shared_memory_store() -> None:
+    """Two caches on one in-process store: the second has never seen the resource, and reads
+    its Vary names from the store's record (not "none"), so it finds the first one's
+    variant."""
+
+    def lang(scope: dict[str, Any]) -> bytes:
+        return dict(scope["headers"])[b"accept-language"]
+
+    app = App({"/lang": (200, [("vary", "Accept-Language")], lang)})
+    store = MemoryStore()
+    first, second = cached(app, storage=store), cached(app, storage=store)
+    assert x_cache(await call(first, "GET", "/lang", headers=[("accept-language", "en")])) == "MISS"
+    r = await call(second, "GET", "/lang", headers=[("accept-language", "en")])
+    assert (r.body, x_cache(r)) == (b"en", "HIT")
+    r = await call(second, "GET", "/lang", headers=[("accept-language", "fr")])
+    assert (r.body, x_cache(r)) == (b"fr", "MISS")
+    assert app.calls == 2
+
+
 async def test_cache_tag_is_stripped_and_invalidation_works() -> None:
     app = App(
         {

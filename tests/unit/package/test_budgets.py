@@ -11,7 +11,8 @@ Calls are Python ``call`` + ``c_call`` events per request beyond the bare app's,
 checked on every version. Almost every call is fixed by the code; the few that are not come
 from work whose size depends on measured values (the latency sketch folds its batch with one
 search per bucket present, and which buckets are present depends on the durations seen), a
-few tenths of a call per request: ``SLACK`` absorbs that and nothing more.
+few tenths of a call per request: ``SLACK`` absorbs that and nothing more, in the scenarios
+with Timing (``SKETCHED``); every other budget is exact, so a change of one call shows.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ BUDGET_CALLS: dict[str, float] = {
     # sweeps expired claims every so many claims (no len per claim) and counts its records
     # -1: the fields a Connection field names looked for only when there is one; -1: a new
     # resource's keys filled in by the one frame that makes them (no Resource.__init__)
-    "cache-miss-memory": 87,
+    # -1: on the memory store, a resource's Vary names read from the cell the lookup holds
+    # (a new one's from the store in one call, no coroutine)
+    "cache-miss-memory": 86,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -115,7 +118,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -2: the rate limit's fixed window, as above; -2: its fields handed to Timing, as above
     # -3: Queries' db entry made by Timing, as above; -1: a new path's route template in one
     # regex scan (a call per segment replaced) instead of three; -2: dedup's copy, as above
-    "stack-memory-paths": 100,
+    # -1: the cache's Vary names from the lookup's cell, as above
+    "stack-memory-paths": 99,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
@@ -130,6 +134,7 @@ BUDGET_TRIPS: dict[str, float] = {
 }
 COUNTED_PYTHON = (3, 11)
 SLACK = 1.0  # calls per request: the data-dependent share described above
+SKETCHED = frozenset({"timing", "stack-memory", "stack-memory-paths"})  # where it applies
 
 
 def _counts(tmp_path: Path, redis_url: str | None, ids: set[str]) -> dict[str, dict[str, Any]]:
@@ -162,7 +167,7 @@ def test_call_budgets(tmp_path: Path) -> None:
     over = {
         sid: (measured[sid], budget, goals[sid])
         for sid, budget in BUDGET_CALLS.items()
-        if measured[sid] is None or measured[sid] > budget + SLACK
+        if measured[sid] is None or measured[sid] > budget + (SLACK if sid in SKETCHED else 1e-9)
     }
     assert not over, "calls per request (measured, budget, spec goal): " + repr(over)
 
