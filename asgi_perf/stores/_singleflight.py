@@ -39,6 +39,9 @@ class Lease:
     waiters do not start a second run of the work while the first still goes on.
     """
 
+    # (slots: one is made on every miss and every leader's run)
+    __slots__ = ("_ended", "_renewer", "_timer", "key", "store", "token", "ttl")
+
     def __init__(self, store: Store, key: str, token: str, ttl: float) -> None:
         self.store = store
         self.key = key
