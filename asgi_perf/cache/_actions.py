@@ -206,11 +206,18 @@ class Actions:
         add_timing("cache", desc=desc + "-304" if sent == 304 else desc)
 
     async def fill(
-        self, req: Request, receive: Receive, send: Send, job: FillJob, lease: Lease | None = None
+        self,
+        req: Request,
+        receive: Receive,
+        send: Send,
+        job: FillJob | str,
+        lease: Lease | None = None,
     ) -> None:
         """Run the app for this request, forward its response, store it when allowed
-        (``lease``: the claim that makes it the one fill of its key, if not the job's)."""
-        if lease is None:
+        (``job``: a plain miss's key alone, see :class:`FillResponder`; ``lease``: the claim
+        that makes it the one fill of its key, if not the job's)."""
+        if lease is None and type(job) is not str:
+            assert isinstance(job, FillJob)
             lease = job.lease
         responder = FillResponder(self.parts, req, send, job, lease)
         if lease is None or self.entries.get_nowait is not None:

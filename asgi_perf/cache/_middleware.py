@@ -341,7 +341,7 @@ class CacheMiddleware(EnvConfigurable):
                 if won:  # the one fill of this key
                     self.counters.misses += 1
                     lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL)
-                    await self.actions.fill(req, receive, send, FillJob(key, "uri-miss"), lease)
+                    await self.actions.fill(req, receive, send, key, lease)  # (a plain miss)
                 else:
                     await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), won)
                 return

@@ -145,14 +145,21 @@ class FillResponder:
     )
 
     def __init__(
-        self, parts: Parts, req: Request, send: Send, job: FillJob, lease: Lease | None
+        self, parts: Parts, req: Request, send: Send, job: FillJob | str, lease: Lease | None
     ) -> None:
+        """``job``: what the call is for, or, for a plain miss (nothing stored, nothing to
+        revalidate), its entry key alone: no job made on the usual miss."""
         self.app, self.settings, self.counters, self.entries, self.reader = parts
         self.req = req
         self.send = send
-        self.key, self.why, self.stale, self.x_cache = job.key, job.why, job.stale, job.x_cache
+        if type(job) is str:
+            self.key, self.why, self.stale, self.x_cache = job, "uri-miss", None, MISS
+            self.revalidating = False
+        else:
+            assert isinstance(job, FillJob)
+            self.key, self.why, self.stale, self.x_cache = job.key, job.why, job.stale, job.x_cache
+            self.revalidating = job.revalidate and self.stale is not None
         self.lease = lease
-        self.revalidating = job.revalidate and self.stale is not None
         self.started = False
         self.held: Message | None = None
         self.freshen: Message | None = None  # the app's 304 to our validators

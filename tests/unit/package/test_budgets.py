@@ -62,8 +62,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -1: the fields a Connection field names looked for only when there is one; -1: a new
     # resource's keys filled in by the one frame that makes them (no Resource.__init__)
     # -1: on the memory store, a resource's Vary names read from the cell the lookup holds
-    # (a new one's from the store in one call, no coroutine)
-    "cache-miss-memory": 86,
+    # (a new one's from the store in one call, no coroutine); -1: a plain miss's fill gets
+    # its entry key alone (no FillJob made)
+    "cache-miss-memory": 85,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -118,8 +119,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -2: the rate limit's fixed window, as above; -2: its fields handed to Timing, as above
     # -3: Queries' db entry made by Timing, as above; -1: a new path's route template in one
     # regex scan (a call per segment replaced) instead of three; -2: dedup's copy, as above
-    # -1: the cache's Vary names from the lookup's cell, as above
-    "stack-memory-paths": 99,
+    # -1: the cache's Vary names from the lookup's cell, as above; -1: no FillJob, as above
+    "stack-memory-paths": 98,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
