@@ -18,7 +18,6 @@ from asgi_perf._core.outage import Outage
 from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._keys import PRINTABLE, escape_key_part
 from asgi_perf.stores import Store, StoreUnavailable
-from asgi_perf.stores._base import SyncOperations
 from asgi_perf.stores._prefetch import PrefetchOp
 from asgi_perf.stores._singleflight import Lease
 
@@ -150,16 +149,6 @@ class Entries:
         expected = "\n".join(names).encode("latin-1")
         claim_key = "c:" + key[2:] if token else None
         return self.store.get_or_claim_if_op("v:" + base, expected, key, claim_key, token, ttl)
-
-    def lookup_or_claim_nowait(
-        self, sync: SyncOperations, key: str, token: str, ttl: float
-    ) -> tuple[Entry | bytes | None, bool]:
-        """On an in-process store: what ``key`` holds, or — when it holds nothing — whether
-        the claim of its fill was won, in one step (nothing can come between the two)."""
-        raw, won = sync.get_or_claim_nowait(key, "c:" + key[2:], token, ttl)
-        if raw is None or raw == HIT_FOR_MISS:
-            return raw, won
-        return self.decode(key, raw), False
 
     # -- Vary records -----------------------------------------------------------------------
     def known_names(self, base: str) -> tuple[str, ...] | None:

@@ -333,10 +333,12 @@ class CacheMiddleware(EnvConfigurable):
                     found = prefetched[1]
                 elif not token:
                     found = await entries.lookup(key)
-                else:
-                    found, won = entries.lookup_or_claim_nowait(sync, key, token, LEASE_TTL)
+                else:  # what key holds, or the claim of its fill, in one step
+                    found, won = sync.get_or_claim_nowait(key, "c:" + key[2:], token, LEASE_TTL)
                     if found is not None:
                         won = None
+                        if found != HIT_FOR_MISS:
+                            found = entries.decode(key, found)
             if won is not None:  # nothing stored, and the claim was tried
                 if won:  # the one fill of this key
                     self.counters.misses += 1

@@ -63,8 +63,9 @@ BUDGET_CALLS: dict[str, float] = {
     # resource's keys filled in by the one frame that makes them (no Resource.__init__)
     # -1: on the memory store, a resource's Vary names read from the cell the lookup holds
     # (a new one's from the store in one call, no coroutine); -1: a plain miss's fill gets
-    # its entry key alone (no FillJob made)
-    "cache-miss-memory": 85,
+    # its entry key alone (no FillJob made); -1: the in-process lookup-and-claim called
+    # from the slow path itself (no Entries wrapper frame)
+    "cache-miss-memory": 84,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -120,7 +121,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: Queries' db entry made by Timing, as above; -1: a new path's route template in one
     # regex scan (a call per segment replaced) instead of three; -2: dedup's copy, as above
     # -1: the cache's Vary names from the lookup's cell, as above; -1: no FillJob, as above
-    "stack-memory-paths": 98,
+    # -1: the cache's lookup-and-claim without a wrapper frame, as above
+    "stack-memory-paths": 97,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
