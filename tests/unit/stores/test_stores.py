@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
 
 import pytest
 
@@ -39,6 +40,49 @@ async def store(store_url: str, key_prefix: str) -> AsyncIterator[Store]:
     yield s
     await s.clear()
     await s.close()
+
+
+class MakeStore(Protocol):
+    def __call__(self, url: str, *, clear: bool = False, **options: Any) -> Store: ...
+
+
+class StartRedis(Protocol):
+    def __call__(self, extra: Sequence[str] = ()) -> RedisServer: ...
+
+
+@pytest.fixture
+async def exit_stack() -> AsyncIterator[AsyncExitStack]:
+    """Undoes ``make_store`` and ``start_redis`` in reverse order, as nested ``finally`` blocks
+    would: a store is closed before its server goes, and a failing step skips no other."""
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def make_store(exit_stack: AsyncExitStack) -> MakeStore:
+    """``create_store``, the store closed at teardown; ``clear=True`` clears it first, so a
+    failed test leaves no keys on a shared Redis."""
+
+    def make(url: str, *, clear: bool = False, **options: Any) -> Store:
+        store = create_store(url, **options)
+        exit_stack.push_async_callback(store.close)
+        if clear:
+            exit_stack.push_async_callback(store.clear)
+        return store
+
+    return make
+
+
+@pytest.fixture
+def start_redis(exit_stack: AsyncExitStack) -> StartRedis:
+    """A ``redis-server`` of the test's own (to stop, restart or fill), cleaned up at teardown."""
+
+    def start(extra: Sequence[str] = ()) -> RedisServer:
+        server = RedisServer(extra=extra).start()
+        exit_stack.callback(server.cleanup)
+        return server
+
+    return start
 
 
 async def test_get_set_delete(store: Store) -> None:
@@ -218,20 +262,17 @@ async def test_delete_by_tag(store: Store) -> None:
     assert await store.get("{t}3") == b"c"
 
 
-async def test_clear_only_touches_own_prefix(store_url: str, key_prefix: str) -> None:
-    mine = create_store(store_url, prefix=key_prefix + "a:")
-    other = create_store(store_url, prefix=key_prefix + "b:")
-    try:
-        await mine.set("k", b"1")
-        await other.set("k", b"2")
-        await mine.clear()
-        assert await mine.get("k") is None
-        if store_url != "memory://":
-            assert await other.get("k") == b"2"
-    finally:
-        await other.clear()
-        await mine.close()
-        await other.close()
+async def test_clear_only_touches_own_prefix(
+    store_url: str, key_prefix: str, make_store: MakeStore
+) -> None:
+    mine = make_store(store_url, prefix=key_prefix + "a:")
+    other = make_store(store_url, clear=True, prefix=key_prefix + "b:")
+    await mine.set("k", b"1")
+    await other.set("k", b"2")
+    await mine.clear()
+    assert await mine.get("k") is None
+    if store_url != "memory://":
+        assert await other.get("k") == b"2"
 
 
 # -- memory-only bounds -----------------------------------------------------------------------
@@ -414,63 +455,57 @@ async def test_unreachable_redis_raises_store_unavailable() -> None:
     await store.close()
 
 
-async def test_redis_store_recovers_after_restart() -> None:
-    server = RedisServer().start()
-    store = create_store(server.url, prefix="recover:", timeout=0.3)
-    try:
-        await store.set("k", b"v")
-        server.stop()
-        with pytest.raises(StoreUnavailable):
-            await store.get("k")
-        server.start()
-        assert await store.get("k") is None  # the server kept nothing; it answers again
-        await store.set("k", b"again")
-        assert await store.get("k") == b"again"
-    finally:
-        await store.close()
-        server.cleanup()
+async def test_redis_store_recovers_after_restart(
+    start_redis: StartRedis, make_store: MakeStore
+) -> None:
+    server = start_redis()
+    store = make_store(server.url, prefix="recover:", timeout=0.3)
+    await store.set("k", b"v")
+    server.stop()
+    with pytest.raises(StoreUnavailable):
+        await store.get("k")
+    server.start()
+    assert await store.get("k") is None  # the server kept nothing; it answers again
+    await store.set("k", b"again")
+    assert await store.get("k") == b"again"
 
 
-async def test_scripts_redis_lost_are_loaded_again_in_the_same_call() -> None:
+async def test_scripts_redis_lost_are_loaded_again_in_the_same_call(
+    start_redis: StartRedis, make_store: MakeStore
+) -> None:
     """After a restart Redis has no scripts: a scripted call (run alone, or sent ahead for a
     request) answers in the same call, the script loaded again."""
-    server = RedisServer().start()
-    store = create_store(server.url, prefix="scripts:", timeout=0.5)
+    server = start_redis()
+    store = make_store(server.url, prefix="scripts:", timeout=0.5)
     assert isinstance(store, RedisStore)
-    try:
-        op = store.get_or_claim_op("r", "c", "t1", 5)
-        assert await store.run(op) == (None, True)
-        assert _evalsha_head(op)[0] == store.script(op.source).sha.encode()  # Redis's name
-        server.stop()
-        server.start()  # nothing kept: no scripts, no keys
-        assert await store.run(store.get_or_claim_op("r", "c", "t2", 5)) == (None, True)
-        await store.fulfil("c", "t2", "r", b"v", 5)
-        into = Prefetch("t3")
-        server.stop()
-        server.start()
-        op = store.get_or_claim_op("r", "c", "t3", 5)
-        await store.prefetch([op], into)
-        assert op.key not in into.results  # NOSCRIPT in the pipeline: the layer runs it
-        assert await store.run(op) == (None, True)
-    finally:
-        await store.close()
-        server.cleanup()
+    op = store.get_or_claim_op("r", "c", "t1", 5)
+    assert await store.run(op) == (None, True)
+    assert _evalsha_head(op)[0] == store.script(op.source).sha.encode()  # Redis's name
+    server.stop()
+    server.start()  # nothing kept: no scripts, no keys
+    assert await store.run(store.get_or_claim_op("r", "c", "t2", 5)) == (None, True)
+    await store.fulfil("c", "t2", "r", b"v", 5)
+    into = Prefetch("t3")
+    server.stop()
+    server.start()
+    op = store.get_or_claim_op("r", "c", "t3", 5)
+    await store.prefetch([op], into)
+    assert op.key not in into.results  # NOSCRIPT in the pipeline: the layer runs it
+    assert await store.run(op) == (None, True)
 
 
-async def test_redis_store_retries_a_dead_pooled_connection_once() -> None:
+async def test_redis_store_retries_a_dead_pooled_connection_once(
+    start_redis: StartRedis, make_store: MakeStore
+) -> None:
     """Redis restarts between two calls: the pooled connection is dead, and the first call
     after the restart is retried on a fresh connection instead of failing."""
-    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
-    store = create_store(server.url, prefix="retry:", timeout=0.3)
-    try:
-        await store.set("k", b"v")
-        server.stop()
-        server.start()
-        assert await store.get("k") == b"v"  # the data was kept on disk; the call succeeds
-        assert await store.get_or_claim("{k}r", "{k}c", "t", ttl=5) == (None, True)
-    finally:
-        await store.close()
-        server.cleanup()
+    server = start_redis(extra=["--appendonly", "yes", "--appendfsync", "always"])
+    store = make_store(server.url, prefix="retry:", timeout=0.3)
+    await store.set("k", b"v")
+    server.stop()
+    server.start()
+    assert await store.get("k") == b"v"  # the data was kept on disk; the call succeeds
+    assert await store.get_or_claim("{k}r", "{k}c", "t", ttl=5) == (None, True)
 
 
 @pytest.mark.parametrize(
@@ -484,44 +519,36 @@ async def test_redis_store_retries_a_dead_pooled_connection_once() -> None:
     ],
 )
 async def test_redis_store_says_whether_it_may_evict(
-    settings: list[str], evicts: str | None
+    settings: list[str], evicts: str | None, start_redis: StartRedis, make_store: MakeStore
 ) -> None:
-    server = RedisServer(extra=settings).start()
-    store = create_store(server.url, prefix="evicts:", timeout=0.5)
-    try:
-        reason = await store.evicts()
-        assert reason is None if evicts is None else evicts in str(reason)
-    finally:
-        await store.close()
-        server.cleanup()
+    server = start_redis(extra=settings)
+    store = make_store(server.url, prefix="evicts:", timeout=0.5)
+    reason = await store.evicts()
+    assert reason is None if evicts is None else evicts in str(reason)
 
 
-async def test_redis_store_at_maxmemory_without_eviction_is_full() -> None:
-    server = RedisServer().start()
-    store = create_store(server.url, prefix="full:", timeout=0.5)
-    try:
-        fill_redis(server.url)
-        with pytest.raises(StoreFull):
-            await store.get_or_claim("{k}r", "{k}c", "t", ttl=5)
-        assert await store.get("{k}r") is None  # reads still work: full, not down
-    finally:
-        await store.close()
-        server.cleanup()
+async def test_redis_store_at_maxmemory_without_eviction_is_full(
+    start_redis: StartRedis, make_store: MakeStore
+) -> None:
+    server = start_redis()
+    store = make_store(server.url, prefix="full:", timeout=0.5)
+    fill_redis(server.url)
+    with pytest.raises(StoreFull):
+        await store.get_or_claim("{k}r", "{k}c", "t", ttl=5)
+    assert await store.get("{k}r") is None  # reads still work: full, not down
 
 
-async def test_redis_store_one_round_trip_per_operation(redis_url: str, key_prefix: str) -> None:
-    store = create_store(redis_url, prefix=key_prefix)
-    try:
-        key = uuid.uuid4().hex
-        before = store.round_trips  # type: ignore[attr-defined]
-        await store.set(key, b"v", ttl=5, tags=["a", "b"], indexed=True)
-        await store.get(key)
-        await store.claim("c" + key, "t", ttl=5)
-        await store.fulfil("c" + key, "t", key, b"w", ttl=5)
-        assert store.round_trips - before == 4  # type: ignore[attr-defined]
-    finally:
-        await store.clear()
-        await store.close()
+async def test_redis_store_one_round_trip_per_operation(
+    redis_url: str, key_prefix: str, make_store: MakeStore
+) -> None:
+    store = make_store(redis_url, clear=True, prefix=key_prefix)
+    key = uuid.uuid4().hex
+    before = store.round_trips  # type: ignore[attr-defined]
+    await store.set(key, b"v", ttl=5, tags=["a", "b"], indexed=True)
+    await store.get(key)
+    await store.claim("c" + key, "t", ttl=5)
+    await store.fulfil("c" + key, "t", key, b"w", ttl=5)
+    assert store.round_trips - before == 4  # type: ignore[attr-defined]
 
 
 # -- the scheme registry ----------------------------------------------------------------------
@@ -682,11 +709,11 @@ async def test_stores_sharing_a_pool_keep_their_own_timeouts(
 
 @pytest.mark.redis
 async def test_a_write_that_cannot_wait_goes_without_a_timer(
-    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, make_store: MakeStore
 ) -> None:
     """redis-py bounds each write with ``asyncio.wait_for`` (a task and a timer); a command
     that fits in the transport's buffer is sent without one, a large one keeps it."""
-    store = create_store(redis_url, prefix=key_prefix, timeout=2.0)
+    store = make_store(redis_url, clear=True, prefix=key_prefix, timeout=2.0)
     waits: list[object] = []
     real = asyncio.wait_for
 
@@ -704,110 +731,95 @@ async def test_a_write_that_cannot_wait_goes_without_a_timer(
         assert len(waits) == 1
     finally:
         monkeypatch.undo()
-        await store.clear()
-        await store.close()
 
 
 @pytest.mark.redis
 @pytest.mark.parametrize("server", ["redis_url", "redis_cluster_url"])
 async def test_a_command_cancelled_at_any_point_leaves_no_reply_for_the_next_one(
-    server: str, key_prefix: str, request: pytest.FixtureRequest
+    server: str, key_prefix: str, request: pytest.FixtureRequest, make_store: MakeStore
 ) -> None:
     """A call cancelled (a timeout, a client gone) after its command was sent but before its
     reply was read must not put the connection back with that reply waiting: the next
     command on it would read the wrong answer, another request's record. Every point of
     cancellation is tried, from before the write to after the read."""
-    store = create_store(request.getfixturevalue(server), prefix=key_prefix, timeout=2.0)
-    try:
-        await store.set("{t}a", b"A")
-        await store.set("{t}b", b"B")
+    url = request.getfixturevalue(server)
+    store = make_store(url, clear=True, prefix=key_prefix, timeout=2.0)
+    await store.set("{t}a", b"A")
+    await store.set("{t}b", b"B")
 
-        async def check(passes: int) -> None:
-            assert await store.get("{t}b") == b"B", f"cancelled after {passes} loop passes"
-            assert await store.holder("{t}b") == "B"
+    async def check(passes: int) -> None:
+        assert await store.get("{t}b") == b"B", f"cancelled after {passes} loop passes"
+        assert await store.holder("{t}b") == "B"
 
-        await cancel_at_each_pass(lambda: store.get("{t}a"), 30, check)
-    finally:
-        await store.clear()
-        await store.close()
+    await cancel_at_each_pass(lambda: store.get("{t}a"), 30, check)
 
 
 @pytest.mark.redis
 async def test_an_idle_connection_is_taken_without_the_pool_queue(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, make_store: MakeStore
 ) -> None:
     """redis-py's blocking pool enters a Condition and a timer for every command; with nobody
     waiting and a connection idle, the store's pool takes it directly (a fifth of a rate-limit
     check's client CPU)."""
-    store = create_store(redis_url, prefix=key_prefix, timeout=2.0)
-    try:
-        await store.set("k", b"v")  # connected
-        condition = store.client.connection_pool._condition  # type: ignore[attr-defined]
-        queued: list[int] = []
-        real = condition.acquire
+    store = make_store(redis_url, clear=True, prefix=key_prefix, timeout=2.0)
+    await store.set("k", b"v")  # connected
+    condition = store.client.connection_pool._condition  # type: ignore[attr-defined]
+    queued: list[int] = []
+    real = condition.acquire
 
-        async def counted() -> bool:
-            queued.append(1)
-            return bool(await real())
+    async def counted() -> bool:
+        queued.append(1)
+        return bool(await real())
 
-        condition.acquire = counted
-        for _ in range(5):
-            assert await store.get("k") == b"v"
-        assert queued == []
-        async with condition:  # somebody holds the queue: a call waits its turn in it
-            call = asyncio.ensure_future(store.get("k"))
-            await asyncio.sleep(0.05)
-            assert not call.done()
-        assert await call == b"v"
-        assert len(queued) >= 2
-    finally:
-        await store.clear()
-        await store.close()
+    condition.acquire = counted
+    for _ in range(5):
+        assert await store.get("k") == b"v"
+    assert queued == []
+    async with condition:  # somebody holds the queue: a call waits its turn in it
+        call = asyncio.ensure_future(store.get("k"))
+        await asyncio.sleep(0.05)
+        assert not call.done()
+    assert await call == b"v"
+    assert len(queued) >= 2
 
 
 @pytest.mark.redis
 async def test_a_small_pool_serves_a_burst_each_call_its_own_reply(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, make_store: MakeStore
 ) -> None:
     """Two connections, 300 concurrent calls under CPU burners: every call completes with its
     own key's value (calls queue for a connection, and one given back reaches a waiter)."""
-    store = create_store(redis_url + "?max_connections=2", prefix=key_prefix, timeout=5.0)
-    try:
-        with cpu_burners(2):
-            await asyncio.gather(*(store.set(f"k{i}", str(i).encode()) for i in range(300)))
-            got = await asyncio.gather(*(store.get(f"k{i}") for i in range(300)))
-        assert got == [str(i).encode() for i in range(300)]
-        assert len(store.client.connection_pool._in_use_connections) == 0  # type: ignore[attr-defined]
-    finally:
-        await store.clear()
-        await store.close()
+    url = redis_url + "?max_connections=2"
+    store = make_store(url, clear=True, prefix=key_prefix, timeout=5.0)
+    with cpu_burners(2):
+        await asyncio.gather(*(store.set(f"k{i}", str(i).encode()) for i in range(300)))
+        got = await asyncio.gather(*(store.get(f"k{i}") for i in range(300)))
+    assert got == [str(i).encode() for i in range(300)]
+    assert len(store.client.connection_pool._in_use_connections) == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.redis
 async def test_a_connection_given_back_past_the_queue_reaches_a_caller_who_began_to_wait(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, make_store: MakeStore
 ) -> None:
     """A connection given back without the queue, while the pool's own lock is held (a
     disconnect of the pool, say), must still wake a caller that began to wait meanwhile,
     not leave it waiting out the pool timeout."""
-    store = create_store(redis_url + "?max_connections=1", prefix=key_prefix, timeout=5.0)
-    try:
-        await store.set("k", b"v")
-        pool = store.client.connection_pool  # type: ignore[attr-defined]
-        connection = await pool.get_connection()
-        await pool._lock.acquire()
-        given_back = asyncio.ensure_future(pool.release(connection))
-        await asyncio.sleep(0)
-        waiter = asyncio.ensure_future(pool.get_connection())
-        await asyncio.sleep(0.05)
-        assert not waiter.done()
-        pool._lock.release()
-        await given_back
-        assert await asyncio.wait_for(waiter, 1.0) is connection
-        await pool.release(connection)
-    finally:
-        await store.clear()
-        await store.close()
+    url = redis_url + "?max_connections=1"
+    store = make_store(url, clear=True, prefix=key_prefix, timeout=5.0)
+    await store.set("k", b"v")
+    pool = store.client.connection_pool  # type: ignore[attr-defined]
+    connection = await pool.get_connection()
+    await pool._lock.acquire()
+    given_back = asyncio.ensure_future(pool.release(connection))
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(pool.get_connection())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    pool._lock.release()
+    await given_back
+    assert await asyncio.wait_for(waiter, 1.0) is connection
+    await pool.release(connection)
 
 
 @pytest.mark.redis
@@ -845,80 +857,67 @@ return 1
 
 @pytest.mark.redis
 async def test_cluster_stores_sharing_a_client_keep_their_own_timeouts(
-    redis_cluster_url: str, key_prefix: str
+    redis_cluster_url: str, key_prefix: str, make_store: MakeStore
 ) -> None:
     """On Redis Cluster the client reads with the longest timeout; a store that asked for less
     bounds its own calls: the node busy for 300 ms fails the 100 ms store, not the 5 s one."""
     url = redis_cluster_url + "?max_connections=9"  # a client of its own for this test
-    long = create_store(url, prefix=key_prefix, timeout=5.0)
-    short = create_store(url, prefix=key_prefix, timeout=0.1)
-    try:
-        await long.set("{d}k", b"v")
-        assert await short.get("{d}k") == b"v" and short.client is long.client  # type: ignore[attr-defined]
-        busy = long.script(_BUSY_300_MS)  # type: ignore[attr-defined]
-        task = asyncio.ensure_future(long.call(lambda: busy(keys=["{d}k"])))  # type: ignore[attr-defined]
-        await asyncio.sleep(0.05)
-        with pytest.raises(StoreUnavailable):
-            await short.get("{d}k")
-        assert await task == 1 and await long.get("{d}k") == b"v"
-    finally:
-        await long.clear()
-        await short.close()
-        await long.close()
+    long = make_store(url, clear=True, prefix=key_prefix, timeout=5.0)
+    short = make_store(url, prefix=key_prefix, timeout=0.1)
+    await long.set("{d}k", b"v")
+    assert await short.get("{d}k") == b"v" and short.client is long.client  # type: ignore[attr-defined]
+    busy = long.script(_BUSY_300_MS)  # type: ignore[attr-defined]
+    task = asyncio.ensure_future(long.call(lambda: busy(keys=["{d}k"])))  # type: ignore[attr-defined]
+    await asyncio.sleep(0.05)
+    with pytest.raises(StoreUnavailable):
+        await short.get("{d}k")
+    assert await task == 1 and await long.get("{d}k") == b"v"
 
 
-async def test_the_last_store_out_closes_the_shared_client(redis_url: str, key_prefix: str) -> None:
-    first = create_store(redis_url, prefix=key_prefix)
-    second = create_store(redis_url + "?prefix=" + key_prefix + "b:")
-    try:
-        await first.set("k", b"1")
-        await second.set("k", b"2")
-        client = first.client  # type: ignore[attr-defined]
-        assert second.client is client  # type: ignore[attr-defined]
-        await first.close()
-        assert await second.get("k") == b"2"  # still open for the other store
-        await second.close()
-        assert await first.get("k") == b"1"  # a closed store reconnects on use
-        assert first.client is not client  # type: ignore[attr-defined]
-    finally:
-        await first.clear()
-        await first.close()
-        await second.clear()
-        await second.close()
+async def test_the_last_store_out_closes_the_shared_client(
+    redis_url: str, key_prefix: str, make_store: MakeStore
+) -> None:
+    first = make_store(redis_url, clear=True, prefix=key_prefix)
+    second = make_store(redis_url + "?prefix=" + key_prefix + "b:", clear=True)
+    await first.set("k", b"1")
+    await second.set("k", b"2")
+    client = first.client  # type: ignore[attr-defined]
+    assert second.client is client  # type: ignore[attr-defined]
+    await first.close()
+    assert await second.get("k") == b"2"  # still open for the other store
+    await second.close()
+    assert await first.get("k") == b"1"  # a closed store reconnects on use
+    assert first.client is not client  # type: ignore[attr-defined]
 
 
 # -- Redis Cluster waiters: sharded pub/sub -----------------------------------------------------
 @pytest.mark.redis
 async def test_cluster_waiters_hear_fulfil_through_sharded_pubsub(
-    redis_cluster_url: str, key_prefix: str
+    redis_cluster_url: str, key_prefix: str, make_store: MakeStore
 ) -> None:
     """Redis 7+: a waiter on the cluster is woken by ``fulfil`` (``SPUBLISH`` on the key's own
     slot), not by its poll; a key without a hash tag cannot be heard there, and polls."""
-    store = create_store(redis_cluster_url, prefix=key_prefix, timeout=2.0)
-    try:
-        assert await store.claim("{w}claim", "leader", ttl=5)
-        async with store.subscribe("{w}claim") as sub:
-            loop = asyncio.get_running_loop()
-            loop.call_later(
-                0.05,
-                lambda: asyncio.ensure_future(
-                    store.fulfil("{w}claim", "leader", "{w}rec", b"done", ttl=5)
-                ),
-            )
-            assert await sub.wait(5) is True
-        assert await store.get("{w}rec") == b"done"
-        async with store.subscribe("untagged") as sub:
-            assert await sub.wait(0.05) is False
-        assert await store.claim("untagged", "t", ttl=5)
-        assert await store.release("untagged", "t") is True  # no cross-slot publish
-    finally:
-        await store.clear()
-        await store.close()
+    store = make_store(redis_cluster_url, clear=True, prefix=key_prefix, timeout=2.0)
+    assert await store.claim("{w}claim", "leader", ttl=5)
+    async with store.subscribe("{w}claim") as sub:
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            0.05,
+            lambda: asyncio.ensure_future(
+                store.fulfil("{w}claim", "leader", "{w}rec", b"done", ttl=5)
+            ),
+        )
+        assert await sub.wait(5) is True
+    assert await store.get("{w}rec") == b"done"
+    async with store.subscribe("untagged") as sub:
+        assert await sub.wait(0.05) is False
+    assert await store.claim("untagged", "t", ttl=5)
+    assert await store.release("untagged", "t") is True  # no cross-slot publish
 
 
 @pytest.mark.redis
 async def test_cluster_without_sharded_pubsub_polls(
-    redis_cluster_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_cluster_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, make_store: MakeStore
 ) -> None:
     """A cluster older than Redis 7 (simulated): no ``SPUBLISH`` anywhere, waiters poll, and
     claims, releases and records still work."""
@@ -928,25 +927,21 @@ async def test_cluster_without_sharded_pubsub_polls(
         return False
 
     monkeypatch.setattr(_redis_client, "_sharded_pubsub", too_old)
-    store = create_store(redis_cluster_url + "?max_connections=7", prefix=key_prefix)
-    try:
-        assert await store.claim("{o}claim", "leader", ttl=5)
-        async with store.subscribe("{o}claim") as sub:
-            await store.fulfil("{o}claim", "leader", "{o}rec", b"r", ttl=5)
-            assert await sub.wait(0.05) is False
-        assert await store.get("{o}rec") == b"r" and await store.holder("{o}claim") is None
-    finally:
-        await store.clear()
-        await store.close()
+    store = make_store(redis_cluster_url + "?max_connections=7", clear=True, prefix=key_prefix)
+    assert await store.claim("{o}claim", "leader", ttl=5)
+    async with store.subscribe("{o}claim") as sub:
+        await store.fulfil("{o}claim", "leader", "{o}rec", b"r", ttl=5)
+        assert await sub.wait(0.05) is False
+    assert await store.get("{o}rec") == b"r" and await store.holder("{o}claim") is None
 
 
 async def test_redis_indexes_expire_with_their_longest_lived_member(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, make_store: MakeStore
 ) -> None:
     """A tag or prefix index never outlives its entries (nor expires before them)."""
     import redis.asyncio as aredis
 
-    store = create_store(redis_url, prefix=key_prefix)
+    store = make_store(redis_url, clear=True, prefix=key_prefix)
     client = aredis.Redis.from_url(redis_url)
     tag, index = key_prefix + "__tag__:t", key_prefix + "__index__"
     try:
@@ -961,5 +956,3 @@ async def test_redis_indexes_expire_with_their_longest_lived_member(
         assert await store.delete_tags(["t"]) == 4
     finally:
         await client.aclose()
-        await store.clear()
-        await store.close()
