@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from asgi_perf._core.context import RequestContext, open_context
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -79,6 +81,18 @@ def make_scope(
     }
     scope.update(extra)
     return scope
+
+
+def reader(app: Any) -> tuple[Any, list[RequestContext]]:
+    """``app`` behind a reader of the per-request context (as Timing is): the context of each
+    request, in order, to test what the layers inside report."""
+    contexts: list[RequestContext] = []
+
+    async def read(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        contexts.append(open_context(scope))
+        await app(scope, receive, send)
+
+    return read, contexts
 
 
 async def call(

@@ -1,17 +1,20 @@
 """The per-request context through which layers talk to each other without knowing each other.
 
-An outer layer that wants to *read* what inner layers did (``TimingMiddleware``) opens a
-context with :func:`open_context`; inner layers *write* into it with :func:`add_timing` and
-:func:`incr`. When nobody opened a context, writing costs one ``ContextVar.get`` and does
-nothing, so layers may always write.
+An outer layer that wants to *read* what inner layers did (``TimingMiddleware``) puts a
+:class:`RequestContext` in the request's scope under :data:`SCOPE_KEY` (:func:`open_context`);
+inner layers find it there and *write* into it with :meth:`RequestContext.add`. The scope is
+the one object every layer already holds for the request: finding the context is a dict
+lookup (``in``, then a subscript: no call, inlined on hot paths; :func:`context_of`
+elsewhere), where a ``ContextVar`` cost a read per report and a set and a reset per request.
+When nobody reads, a layer finds nothing and reports nothing.
 
 Inner layers must add their Server-Timing entries before they forward
 ``http.response.start``: the header leaves with that message (W3C Server-Timing).
 
 A reader opens a context for every request, so opening one is kept to the bare minimum: a
-``RequestContext`` makes its ``timings`` list and ``counters`` dict only when something is
-reported, and a reader on a hot path may subclass it (keeping its own per-request state in
-the same object) and bind it with :func:`enter_context` (``ContextVar.set`` itself).
+``RequestContext`` makes its ``timings`` list only when something is reported, and a reader
+on a hot path may subclass it (keeping its own per-request state in the same object) and put
+it in the scope itself.
 """
 
 from __future__ import annotations
@@ -19,21 +22,23 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
+from asgi_perf._core.asgi import Scope
+
 __all__ = [
+    "SCOPE_KEY",
     "RequestContext",
     "TimingEntry",
     "add_timing",
-    "close_context",
-    "current",
-    "enter_context",
+    "context_of",
     "fixed_entry",
     "format_server_timing",
-    "incr",
     "open_context",
 ]
+
+#: Where a reader leaves the request's :class:`RequestContext` in its scope.
+SCOPE_KEY = "asgi_perf.context"
 
 
 @dataclass(slots=True)
@@ -54,15 +59,14 @@ class TimingEntry:
 class RequestContext:
     """What inner layers reported about one request.
 
-    ``timings`` and ``counters`` are made on first use: most requests report nothing, and
-    the reader (Timing) opens a context for every request, so an empty one must cost
-    nothing but the object itself. A reader may subclass it to keep its own per-request
-    state in the same object (one allocation per request).
+    ``timings`` is made on first use: most requests report nothing, and the reader (Timing)
+    opens a context for every request, so an empty one must cost nothing but the object
+    itself. A reader may subclass it to keep its own per-request state in the same object
+    (one allocation per request).
     """
 
-    # class-level defaults: the instance stores a value only once something is reported
+    # a class-level default: the instance stores a list only once something is reported
     _timings: list[TimingEntry] | None = None
-    _counters: dict[str, int] | None = None
     #: Response fields for the reader to add to the start it forwards, set by a layer
     #: that :func:`asgi_perf.from_env` put right inside the reader (``hands_fields``):
     #: they leave on the reader's one new header list, without a ``send`` wrapper of
@@ -74,16 +78,12 @@ class RequestContext:
     #: innermost layer's entry stands.
     late: Callable[[], TimingEntry] | None = None
 
-    def __init__(
-        self, timings: list[TimingEntry] | None = None, counters: dict[str, int] | None = None
-    ) -> None:
+    def __init__(self, timings: list[TimingEntry] | None = None) -> None:
         if timings is not None:
             self._timings = timings
-        if counters is not None:
-            self._counters = counters
 
     def __repr__(self) -> str:
-        return f"RequestContext(timings={self._timings or []!r}, counters={self._counters or {}!r})"
+        return f"RequestContext(timings={self._timings or []!r})"
 
     @property
     def timings(self) -> list[TimingEntry]:
@@ -92,60 +92,40 @@ class RequestContext:
             timings = self._timings = []
         return timings
 
-    @property
-    def counters(self) -> dict[str, int]:
-        counters = self._counters
-        if counters is None:
-            counters = self._counters = {}
-        return counters
+    def add(self, name: str, dur: float | None = None, desc: str | None = None) -> None:
+        """Contribute a Server-Timing entry (``dur`` in milliseconds).
 
-
-_current: ContextVar[RequestContext | None] = ContextVar("asgi_perf_request", default=None)
-
-#: Make ``ctx`` the current request's context; returns the token for :func:`close_context`.
-#: (The bound method itself: a reader on a hot path saves a call layer.)
-enter_context = _current.set
-#: Restore what was current before the matching :func:`open_context` / :func:`enter_context`.
-close_context = _current.reset
-_get = _current.get
-
-
-def open_context() -> tuple[RequestContext, Token[RequestContext | None]]:
-    """Start collecting for the current request; pass the token to :func:`close_context`."""
-    ctx = RequestContext()
-    return ctx, _current.set(ctx)
-
-
-#: The context an outer layer opened for this request, if any (the bound method itself: it
-#: is read on every request by layers that only report when somebody listens).
-current = _current.get
-
-
-def add_timing(name: str, dur: float | None = None, desc: str | None = None) -> None:
-    """Contribute a Server-Timing entry (``dur`` in milliseconds); a no-op with no reader.
-
-    An entry without a duration is one of a handful of constants (``cache;desc="hit"``): the
-    shared :func:`fixed_entry`, not a new object rendered again.
-    """
-    ctx = _get()
-    if ctx is not None:
-        timings = ctx._timings  # (the property, inline)
-        if timings is None:
-            timings = ctx._timings = []
+        An entry without a duration is one of a handful of constants (``cache;desc="hit"``):
+        the shared :func:`fixed_entry`, not a new object rendered again.
+        """
         if dur is not None:
-            timings.append(TimingEntry(name, dur, desc))
+            entry = TimingEntry(name, dur, desc)
         elif (name, desc) in _FIXED:
-            timings.append(_FIXED[name, desc])
+            entry = _FIXED[name, desc]
         else:
-            timings.append(fixed_entry(name, None, desc))
+            entry = fixed_entry(name, None, desc)
+        timings = self._timings
+        if timings is None:
+            self._timings = [entry]  # (a new list with the entry: no append call)
+        else:
+            timings.append(entry)
 
 
-def incr(name: str, amount: int = 1) -> None:
-    """Add to a per-request counter; a no-op with no reader."""
-    ctx = _get()
-    if ctx is not None:
-        counters = ctx.counters
-        counters[name] = counters.get(name, 0) + amount
+def context_of(scope: Scope) -> RequestContext | None:
+    """The context a reader outside put in ``scope``, if any (hot paths inline this)."""
+    return scope[SCOPE_KEY] if SCOPE_KEY in scope else None  # type: ignore[no-any-return]
+
+
+def add_timing(scope: Scope, name: str, dur: float | None = None, desc: str | None = None) -> None:
+    """:meth:`RequestContext.add` to the context in ``scope``; nothing when none is there."""
+    if SCOPE_KEY in scope:
+        scope[SCOPE_KEY].add(name, dur, desc)
+
+
+def open_context(scope: Scope) -> RequestContext:
+    """Start collecting for this request, as a reader does: a new context in ``scope``."""
+    ctx = scope[SCOPE_KEY] = RequestContext()
+    return ctx
 
 
 _TOKEN_RE = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
@@ -191,7 +171,7 @@ def fixed_entry(name: str, dur: float | None = None, desc: str | None = None) ->
     """An entry that is the same on every request, rendered once here (its text kept).
 
     A layer reporting a constant keeps the result and appends it to ``timings`` itself;
-    :func:`add_timing` does so for entries without a duration.
+    :meth:`RequestContext.add` does so for entries without a duration.
     """
     entry = TimingEntry(name, dur, desc)
     entry._text = _render(entry)

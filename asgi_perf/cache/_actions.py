@@ -70,7 +70,7 @@ class Actions:
 
     async def bypass(self, scope: Scope, receive: Receive, send: Send, desc: str) -> None:
         self.counters.bypasses += 1
-        add_timing("cache", desc=desc)
+        add_timing(scope, "cache", desc=desc)
         await self.app(scope, receive, _tagging_send(send, self._bypassed, self.settings.consumed))
 
     async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,7 +79,7 @@ class Actions:
         learns again)."""
         self.counters.hit_for_miss += 1
         self.counters.misses += 1
-        add_timing("cache", desc="hit-for-miss")
+        add_timing(scope, "cache", desc="hit-for-miss")
         await self.app(scope, receive, _tagging_send(send, self._passed, self.settings.consumed))
 
     def usable(self, entry: Entry, req: Request) -> bool:
@@ -203,7 +203,7 @@ class Actions:
         )
         counters.not_modified += sent == 304
         desc = "hit" if x_cache is HIT else "stale"
-        add_timing("cache", desc=desc + "-304" if sent == 304 else desc)
+        add_timing(req.scope, "cache", desc=desc + "-304" if sent == 304 else desc)
 
     async def fill(
         self,

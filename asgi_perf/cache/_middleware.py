@@ -42,7 +42,7 @@ from asgi_perf._core.asgi import (
     send_response,
 )
 from asgi_perf._core.config import EnvConfigurable, EnvVar
-from asgi_perf._core.context import add_timing
+from asgi_perf._core.context import SCOPE_KEY, add_timing
 from asgi_perf.cache import _purge
 from asgi_perf.cache._actions import LEASE_TTL, Actions
 from asgi_perf.cache._decide import Action, decide
@@ -222,7 +222,8 @@ class CacheMiddleware(EnvConfigurable):
                             entry.direct or (coding == entry.coding and not entry.no_cache)
                         ):
                             self.counters.hits += 1
-                            add_timing("cache", desc="hit")
+                            if SCOPE_KEY in scope:  # a reader outside: the hit's entry
+                                scope[SCOPE_KEY].add("cache", None, "hit")
                             age = int(now - entry.born)
                             ttl = entry.whole_lifetime - age
                             await send(
@@ -366,7 +367,7 @@ class CacheMiddleware(EnvConfigurable):
                 return
             if action is Action.UNAVAILABLE:
                 self.counters.misses += 1
-                add_timing("cache", desc="miss")
+                add_timing(scope, "cache", desc="miss")
                 body = problem_body(504, "Not cached", "only-if-cached and no stored response")
                 headers = [(X_CACHE, MISS), self.settings.status.forward("miss", key=key)]
                 await send_response(send, 504, body, headers, b"application/problem+json")

@@ -28,7 +28,7 @@ from asgi_perf._core.asgi import (
     Send,
     get_header,
 )
-from asgi_perf._core.context import add_timing
+from asgi_perf._core.context import SCOPE_KEY, add_timing
 from asgi_perf.cache._decide import stale_on_error
 from asgi_perf.cache._entries import HIT_FOR_MISS, Entries
 from asgi_perf.cache._entry import (
@@ -298,7 +298,8 @@ class FillResponder:
             (X_CACHE, self.x_cache),
             settings.status.forward(self.why, start["status"], stored=stored, key=self.key),
         )
-        add_timing("cache", desc=_DESC[self.x_cache])
+        if SCOPE_KEY in req.scope:  # a reader outside (inline: every fill passes here)
+            req.scope[SCOPE_KEY].add("cache", None, _DESC[self.x_cache])
         await self.send({**start, "status": status, "headers": sent})
 
     def _not_modified(self, status: int, headers: Headers, etag: bytes | None) -> bool:
@@ -378,14 +379,14 @@ class FillResponder:
             entry = Entry(stale.status, merged, stale.body, now, 0.0, 0.0, 0.0, 0.0, stale.flags)
         await self._end()
         self.x_cache = REVALIDATED
-        add_timing("cache", desc="revalidated")
+        add_timing(self.req.scope, "cache", desc="revalidated")
         await self._replay(entry, stale_status=304, stored=stored)
 
     async def _serve_stale(self) -> None:
         assert self.stale is not None
         self.counters.stale_if_error += 1
         self.x_cache = STALE
-        add_timing("cache", desc="stale-if-error")
+        add_timing(self.req.scope, "cache", desc="stale-if-error")
         await self._end()
         await self._replay(self.stale, stale_status=self.status, stored=False)
 

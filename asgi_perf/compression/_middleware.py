@@ -399,7 +399,9 @@ class CompressionMiddleware(EnvConfigurable):
                     message["headers"] = [*headers, vary_item]
                 await send(message)
                 return
-            responder = Responder(self.shared, chosen, send, has_vary, verdict == _SSE, vary, offer)
+            responder = Responder(
+                self.shared, scope, chosen, send, has_vary, verdict == _SSE, vary, offer
+            )
             await responder.on_start(message)
 
         await self.app(scope, receive, send_wrapper)

@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Any
 
-from asgi_perf._core.asgi import Headers, Message, Send, merge_vary
+from asgi_perf._core.asgi import Headers, Message, Scope, Send, merge_vary
 from asgi_perf._core.context import add_timing
 from asgi_perf._core.outage import Outage
 from asgi_perf.compression._codecs import Codec
@@ -128,12 +128,13 @@ class Shared:
 class Responder:
     """One response: decide at the start message (or the first body), then rewrite or pass."""
 
-    __slots__ = ("codec", "event_stream", "has_vary", "offer", "send_next", "shared", "start",
-                 "state", "stream", "vary")  # fmt: skip
+    __slots__ = ("codec", "event_stream", "has_vary", "offer", "scope", "send_next", "shared",
+                 "start", "state", "stream", "vary")  # fmt: skip
 
     def __init__(
         self,
         shared: Shared,
+        scope: Scope,  # where a reader outside left its context (the codec's time goes there)
         codec: Codec | None,
         send: Send,
         has_vary: bool,
@@ -142,6 +143,7 @@ class Responder:
         offer: Offer | None = None,
     ) -> None:
         self.shared = shared
+        self.scope = scope
         self.codec = codec
         self.send_next = send
         self.has_vary = has_vary
@@ -220,7 +222,7 @@ class Responder:
             await self.send_next(message)
             return
         _recovered(mw.outages[codec.name])
-        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
+        add_timing(self.scope, "compress", (time.perf_counter() - began) * 1000.0, codec.name)
         mw.compressed[codec.name] += 1
         mw.bytes_in += len(body)
         mw.bytes_out += len(encoded)
@@ -248,7 +250,7 @@ class Responder:
             self.state = _PASS
             return _vary_start(self.start, self.has_vary, self.vary), body
         _recovered(mw.outages[codec.name])
-        add_timing("compress", (time.perf_counter() - began) * 1000.0, codec.name)
+        add_timing(self.scope, "compress", (time.perf_counter() - began) * 1000.0, codec.name)
         self.state = _STREAM
         mw.compressed[codec.name] += 1
         mw.streams += 1

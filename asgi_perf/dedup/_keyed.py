@@ -139,7 +139,7 @@ class IdempotencyKeys:
             lease = Lease(self.store, claim_key, token, self.lease_ttl)
             await self._first(scope, body, send, lease, record_key)
         elif value is not None:
-            await self._replay(send, value, payload)
+            await self._replay(scope, send, value, payload)
         else:
             await self._in_flight(send, holder, payload)
 
@@ -235,7 +235,7 @@ class IdempotencyKeys:
         # Not stored: the claim is left to expire, so a retry meanwhile gets 409, not a rerun.
 
     # -- answers without the app -----------------------------------------------------------
-    async def _replay(self, send: Send, value: bytes, payload: str) -> None:
+    async def _replay(self, scope: Scope, send: Send, value: bytes, payload: str) -> None:
         record = decode_record(value)
         response = None
         if record is not None:
@@ -253,7 +253,7 @@ class IdempotencyKeys:
             await self._problem(send, 409, "Response not replayable", detail)
             return
         self.replayed += 1
-        add_timing("dedup", desc="hit")
+        add_timing(scope, "dedup", desc="hit")
         await response.replay(send, ((b"idempotent-replayed", b"true"),))
 
     async def _in_flight(self, send: Send, holder: str | None, payload: str) -> None:

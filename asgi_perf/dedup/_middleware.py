@@ -428,7 +428,7 @@ class DedupMiddleware(EnvConfigurable):
                 response = RecordedResponse.decode(value)
                 if response is not None and time.time() - response.created <= self.window:
                     self.hits += 1
-                    add_timing("dedup", desc="hit")
+                    add_timing(scope, "dedup", desc="hit")
                     await response.replay(send, ((b"x-dedup", b"hit"),))
                     return None
                 # Kept only for waiters' grace: too old to replay. Lead, or wait for a leader.
@@ -448,7 +448,7 @@ class DedupMiddleware(EnvConfigurable):
             response = RecordedResponse.decode(outcome.value or b"")
             if response is not None:
                 self.coalesced += 1
-                add_timing("dedup", desc="coalesced")
+                add_timing(scope, "dedup", desc="coalesced")
                 await response.replay(send, ((b"x-dedup", b"coalesced"),))
                 return None
         elif outcome.kind == "leader" and outcome.lease is not None:

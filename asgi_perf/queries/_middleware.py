@@ -24,7 +24,7 @@ Choices where the spec is silent:
   the headers; with ``raise`` an N+1 found after the start fails the request when the app
   returns (the response is already partly sent, so the server aborts it).
 - Server-Timing: the ``db`` entry (``db;dur=4.1;desc="7 queries"``) always goes to an outer
-  ``TimingMiddleware`` through :func:`asgi_perf.context.add_timing` when one is present (it
+  ``TimingMiddleware`` through the context it left in the scope, when one is present (it
   decides what to expose). Without one, and with the headers on, this middleware appends its
   own ``Server-Timing`` field line (RFC 9110 §5.3 lets field lines combine).
 - ``ignore``: regular expressions searched (case-insensitively) in the normalized statement;
@@ -310,7 +310,9 @@ class QueryMiddleware(EnvConfigurable):
             log.parent = token.old_value
         try:
             # without headers to add, only an outer Timing's context is a reason to wrap
-            timing = None if self.wraps else context.current()
+            timing = (
+                None if self.wraps or context.SCOPE_KEY not in scope else scope[context.SCOPE_KEY]
+            )
             # The wrappers work before forwarding only: plain functions handing back what
             # ``send`` returns to be awaited, no coroutine of their own per message.
             if timing is not None and self.hands_entry:  # Timing renders it (from_env)
@@ -335,7 +337,7 @@ class QueryMiddleware(EnvConfigurable):
 
                 def send_with_findings(message: Message) -> Awaitable[None]:
                     if message["type"] == "http.response.start":
-                        message = self._start(log, message)
+                        message = self._start(scope, log, message)
                     return send(message)
 
                 await self.app(scope, receive, send_with_findings)
@@ -419,10 +421,10 @@ class QueryMiddleware(EnvConfigurable):
             "n_plus_one_threshold": self.rules.n_plus_one_threshold,
         }
 
-    def _start(self, log: QueryLog, message: Message) -> Message:
+    def _start(self, scope: Scope, log: QueryLog, message: Message) -> Message:
         """Add the headers (and the db entry, to an outer Timing's context if there is one), or
         raise, as ``http.response.start`` leaves."""
-        timing = context.current()
+        timing = context.context_of(scope)
         if not log.count:  # the common case of a page without queries: constants only
             if timing is not None:
                 timing.timings.append(_NO_QUERIES_ENTRY)

@@ -93,7 +93,7 @@ class Gate:
         return ip, self.default if route is None else route.ip
 
     # -- checking --------------------------------------------------------------------------
-    async def decide(self, identity: str, policy: Policy) -> Decision | None:
+    async def decide(self, scope: Scope, identity: str, policy: Policy) -> Decision | None:
         """The limiter's decision, or ``None`` when the store failed (an outage)."""
         if self.sync is not None:
             return self.sync(identity, policy.name, policy.windows)
@@ -106,7 +106,7 @@ class Gate:
         except StoreUnavailable as exc:
             outage.failed(exc)
             return None
-        add_timing("ratelimit", (time.perf_counter() - start) * 1000.0)
+        add_timing(scope, "ratelimit", (time.perf_counter() - start) * 1000.0)
         if outage.down:
             outage.ok()
         return decision
@@ -163,7 +163,7 @@ class Deferred:
                 return
             gate = self.gate
             identity, policy = gate.identify(self.scope)
-            decision = await gate.decide(identity, policy)
+            decision = await gate.decide(self.scope, identity, policy)
             self.settled = True
             if decision is None:
                 if not gate.fail_open:

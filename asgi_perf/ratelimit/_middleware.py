@@ -63,7 +63,7 @@ from asgi_perf._core.config import (
     to_positive_duration,
     to_rates,
 )
-from asgi_perf._core.context import current
+from asgi_perf._core.context import SCOPE_KEY
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, UserKey
 from asgi_perf._core.outage import Outage
 from asgi_perf.ratelimit._gate import Deferred, Gate
@@ -214,7 +214,7 @@ class RateLimitMiddleware(EnvConfigurable):
                 return
             extra = policy.allowed_fields(left, reset) if self.headers else None
         else:
-            decision = await gate.decide(identity, policy)
+            decision = await gate.decide(scope, identity, policy)
             if decision is None:
                 if self.fail_open:
                     await self.app(scope, receive, send)
@@ -228,8 +228,8 @@ class RateLimitMiddleware(EnvConfigurable):
         self.counters.allowed += 1
         if extra is None:
             await self.app(scope, receive, send)
-        elif self.hands_fields and (reader := current()) is not None:
-            reader.fields = extra  # Timing, right outside, adds them (from_env)
+        elif self.hands_fields and SCOPE_KEY in scope:
+            scope[SCOPE_KEY].fields = extra  # Timing, right outside, adds them (from_env)
             await self.app(scope, receive, send)
         else:
             await self.app(scope, receive, with_fields(send, extra))

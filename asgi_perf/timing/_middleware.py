@@ -2,10 +2,11 @@
 
 Per request (``http`` scopes only; lifespan and websocket pass through untouched):
 
-- Opens the per-request context (:mod:`asgi_perf.context`) so inner layers can contribute
-  Server-Timing entries. When forwarding ``http.response.start`` it appends one ``Server-Timing``
-  field line (W3C Server-Timing) holding ``total;dur=<ms until the start message>`` and every
-  inner entry, plus ``X-Response-Time: <ms>ms`` (the same figure). A ``Server-Timing`` the app set
+- Opens the per-request context (:mod:`asgi_perf._core.context`, left in the scope) so inner
+  layers can contribute Server-Timing entries. When forwarding ``http.response.start`` it
+  appends one ``Server-Timing`` field line (W3C Server-Timing) holding
+  ``total;dur=<ms until the start message>`` and every inner entry, plus
+  ``X-Response-Time: <ms>ms`` (the same figure). A ``Server-Timing`` the app set
   itself is kept: the field is a list, several lines combine.
 - The recorded duration runs from the call to the moment the last body message
   (``more_body`` false) has been handed to the server, not to the end of the app call, so work
@@ -93,11 +94,7 @@ from asgi_perf._core.config import (
     to_header_name,
     to_int,
 )
-from asgi_perf._core.context import (
-    close_context,
-    enter_context,
-    format_server_timing,
-)
+from asgi_perf._core.context import SCOPE_KEY, format_server_timing
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
 from asgi_perf._core.stats import register
 from asgi_perf.timing._exchange import Exchange, ExchangeSettings
@@ -329,7 +326,10 @@ class TimingMiddleware(EnvConfigurable):
         ex.ttfb = None
         ex.end = None
         ex.start = start = self._clock()
-        token = enter_context(ex)
+        # the context inner layers report into, in the scope they all hold (a Timing
+        # further out gets its own back when this one is done)
+        outer = scope[SCOPE_KEY] if SCOPE_KEY in scope else None
+        scope[SCOPE_KEY] = ex
         otel_request = None
         if self._telemetry is not None:
             otel_request = self._start_telemetry(scope)
@@ -341,7 +341,10 @@ class TimingMiddleware(EnvConfigurable):
             exc = error
             raise
         finally:
-            close_context(token)
+            if outer is None:
+                del scope[SCOPE_KEY]
+            else:
+                scope[SCOPE_KEY] = outer
             if otel_request is not None:
                 otel_request.detach()
             self.in_flight -= 1

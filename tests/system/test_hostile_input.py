@@ -369,7 +369,7 @@ async def test_server_timing_header_from_hostile_inner_layer(entries: list[Timin
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         for entry in entries:
-            add_timing(entry.name, entry.dur, entry.desc)
+            add_timing(scope, entry.name, entry.dur, entry.desc)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 

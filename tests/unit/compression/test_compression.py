@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_perf._core.config import ConfigError
-from asgi_perf._core.context import close_context, open_context
 from asgi_perf.compression import CompressionMiddleware
 from asgi_perf.compression._codecs import (
     BrotliCodec,
@@ -29,7 +28,7 @@ from asgi_perf.compression._codecs import (
     available_gzip_backends,
     make_codec,
 )
-from tests.support import call, make_scope
+from tests.support import call, make_scope, reader
 
 BODY = orjson.dumps([{"id": i, "name": f"user {i}", "tags": ["a", "b", "c"]} for i in range(300)])
 AE_ALL = ("accept-encoding", "gzip, deflate, br, zstd")
@@ -600,11 +599,9 @@ async def test_codec_failure_mid_stream_propagates_and_is_counted() -> None:
 
 
 async def test_server_timing_entry_for_an_outer_reader() -> None:
-    ctx, token = open_context()
-    try:
-        await get(CompressionMiddleware(make_app()), ("accept-encoding", "zstd"))
-    finally:
-        close_context(token)
+    app, contexts = reader(CompressionMiddleware(make_app()))
+    await get(app, ("accept-encoding", "zstd"))
+    ctx = contexts[0]
     assert [(t.name, t.desc) for t in ctx.timings] == [("compress", "zstd")]
     assert ctx.timings[0].dur is not None and ctx.timings[0].dur >= 0
 

@@ -19,6 +19,7 @@ from asgi_perf._core.asgi import (
     set_header,
     without,
 )
+from tests.support import make_scope
 
 H = [(b"content-type", b"text/plain"), (b"Vary", b"Cookie"), (b"vary", b"Accept, Origin")]
 
@@ -88,26 +89,27 @@ async def test_send_response_and_problem() -> None:
 
 
 def test_context_is_a_no_op_without_a_reader() -> None:
-    assert context.current() is None
-    context.add_timing("cache", desc="hit")
-    context.incr("db")
-    assert context.current() is None
+    scope = make_scope()
+    before = dict(scope)
+    context.add_timing(scope, "cache", desc="hit")
+    assert context.context_of(scope) is None
+    assert scope == before
 
 
 async def test_context_collects_for_its_request_only() -> None:
-    async def request(name: str) -> list[str]:
-        ctx, token = context.open_context()
-        try:
-            await asyncio.sleep(0)
-            context.add_timing(name, 1.5)
-            await asyncio.sleep(0)
-            context.incr("n")
-            return [e.name for e in ctx.timings] + [str(ctx.counters["n"])]
-        finally:
-            context.close_context(token)
+    async def request(name: str) -> list[tuple[str, float | None, str | None]]:
+        scope = make_scope()
+        ctx = context.open_context(scope)
+        await asyncio.sleep(0)
+        context.add_timing(scope, name, 1.5)
+        await asyncio.sleep(0)
+        context.add_timing(scope, name, desc="again")  # a constant: the shared entry
+        return [(e.name, e.dur, e.desc) for e in ctx.timings]
 
-    assert await asyncio.gather(request("a"), request("b")) == [["a", "1"], ["b", "1"]]
-    assert context.current() is None
+    assert await asyncio.gather(request("a"), request("b")) == [
+        [("a", 1.5, None), ("a", None, "again")],
+        [("b", 1.5, None), ("b", None, "again")],
+    ]
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,10 @@ import orjson
 import pytest
 
 from asgi_perf._core.config import ConfigError
-from asgi_perf._core.context import close_context, open_context
 from asgi_perf._core.http import fingerprint
 from asgi_perf.dedup import DedupMiddleware
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
-from tests.support import Response, call, free_port, make_scope
+from tests.support import Response, call, free_port, make_scope, reader
 
 Scope = dict[str, Any]
 WAIT = 10  # seconds: every test that could hang is bounded by this
@@ -99,12 +98,9 @@ async def test_replays_report_server_timing_entries() -> None:
     app = CountingApp()
     mw = DedupMiddleware(app)
     await call(mw, "GET", "/t")
-    ctx, token = open_context()
-    try:
-        await call(mw, "GET", "/t")
-    finally:
-        close_context(token)
-    assert [(t.name, t.desc) for t in ctx.timings] == [("dedup", "hit")]
+    read, contexts = reader(mw)
+    await call(read, "GET", "/t")
+    assert [(t.name, t.desc) for t in contexts[0].timings] == [("dedup", "hit")]
 
 
 # -- what is merged and what is not ----------------------------------------------------------

@@ -36,8 +36,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -2 (issue 17): the one-window fixed check written out, its open window counted in place
     "ratelimit-allow-raw": 9,
     # -1 (issue 17): the memory store reads with in, not get; -2: the memoised keys and the
-    # decoded entry read with in
-    "cache-hit-memory": 6,
+    # decoded entry read with in; -2: the Timing context found in the scope (no add_timing
+    # frame, no ContextVar read: none when no reader is there)
+    "cache-hit-memory": 4,
     # +99 (issue 16): revalidation, Cache-Status, invalidation tags, CDN-Cache-Control and the
     # stricter date/Age parsing of an RFC 9111 cache (391 at the merge; 347 with Fields)
     # -89 (issue 17): a fill judges the response once, keeps its indexed fields and ETag for
@@ -64,8 +65,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -1: on the memory store, a resource's Vary names read from the cell the lookup holds
     # (a new one's from the store in one call, no coroutine); -1: a plain miss's fill gets
     # its entry key alone (no FillJob made); -1: the in-process lookup-and-claim called
-    # from the slow path itself (no Entries wrapper frame)
-    "cache-miss-memory": 84,
+    # from the slow path itself (no Entries wrapper frame); -2: the fill's Server-Timing entry
+    # added to the context found in the scope (no ContextVar read)
+    "cache-miss-memory": 82,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -79,9 +81,11 @@ BUDGET_CALLS: dict[str, float] = {
     # -2 (issue 17, cache diet): the memory store's claims and writes without a len call
     "dedup-memory": 19,
     # -1: a path seen before gets its route template without a call (again, after the regex
-    # collapse moved the memo into collapse_path)
-    "timing": 11,
-    "queries": 5,
+    # collapse moved the memo into collapse_path); -2: the context its inner layers report into
+    # is left in the scope (a dict entry) instead of set and reset in a ContextVar
+    "timing": 9,
+    # -1: an outer Timing's context read from the scope, not a ContextVar
+    "queries": 4,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
     # -18: the dedup diet (its request parts, the memory store's claim and writes); -7: dedup's
     # look at a response's fields without a lowercase call (memo) and Cache-Control verdicts
@@ -99,8 +103,9 @@ BUDGET_CALLS: dict[str, float] = {
     # hands its fields to Timing's header list (from_env) instead of wrapping send; -3:
     # Queries, innermost, leaves its db entry for Timing to make (no send wrapper)
     # -2: dedup's look at a response copies its fields only from the first one it drops
-    # (a refused response, like this no-store one, copies none)
-    "stack-memory": 59,
+    # (a refused response, like this no-store one, copies none); -5: the Timing context in the
+    # scope (Timing sets no ContextVar; the rate limit, the cache and Queries find it there)
+    "stack-memory": 54,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -121,8 +126,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: Queries' db entry made by Timing, as above; -1: a new path's route template in one
     # regex scan (a call per segment replaced) instead of three; -2: dedup's copy, as above
     # -1: the cache's Vary names from the lookup's cell, as above; -1: no FillJob, as above
-    # -1: the cache's lookup-and-claim without a wrapper frame, as above
-    "stack-memory-paths": 97,
+    # -1: the cache's lookup-and-claim without a wrapper frame, as above; -6: the Timing
+    # context in the scope, as above
+    "stack-memory-paths": 91,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {

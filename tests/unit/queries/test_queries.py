@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from starlette.concurrency import run_in_threadpool
 
-from asgi_perf._core import context
 from asgi_perf._core.config import ConfigError
 from asgi_perf.queries._findings import _MAX_KEYS, LOOP_WIDTH, QueryLog
 from asgi_perf.queries._middleware import (
@@ -24,7 +23,7 @@ from asgi_perf.queries._middleware import (
     record_query,
     track,
 )
-from tests.support import call
+from tests.support import call, reader
 
 CHILD = "SELECT * FROM books WHERE author_id = ?"
 PARENT = "SELECT * FROM authors"
@@ -240,14 +239,11 @@ async def test_header_action_adds_counts_and_its_own_server_timing() -> None:
 
 
 async def test_with_timing_outside_the_db_entry_goes_to_the_context() -> None:
-    ctx, token = context.open_context()
-    try:
-        response = await call(QueryMiddleware(make_app(lambda: lazy_loop(2)), header=True))
-    finally:
-        context.close_context(token)
+    app, contexts = reader(QueryMiddleware(make_app(lambda: lazy_loop(2)), header=True))
+    response = await call(app)
     assert response.header("server-timing") is None
     assert response.header("x-query-count") == "2"
-    assert [(e.name, e.desc) for e in ctx.timings] == [("db", "2 queries")]
+    assert [(e.name, e.desc) for e in contexts[0].timings] == [("db", "2 queries")]
 
 
 async def test_log_action_warns_once_per_finding_and_does_not_wrap_send(

@@ -26,7 +26,7 @@ from asgi_perf.ratelimit._headers import (
 from asgi_perf.ratelimit._middleware import RateLimitMiddleware, Rule, compile_path, parse_rules
 from asgi_perf.ratelimit._strategies import RedisLimiter
 from tests.faults import FaultProxy
-from tests.support import RedisServer, call, free_port, make_scope
+from tests.support import RedisServer, call, free_port, make_scope, reader
 
 
 class App:
@@ -453,15 +453,10 @@ async def test_slow_store_fails_open_after_the_timeout(
 
 
 async def test_check_reports_server_timing(redis_url: str, key_prefix: str) -> None:
-    from asgi_perf._core.context import close_context, open_context
-
     mw = RateLimitMiddleware(App(), storage=redis_url, key_prefix=key_prefix)
-    ctx, token = open_context()
-    try:
-        assert (await call(mw)).status == 200
-    finally:
-        close_context(token)
-    assert [t.name for t in ctx.timings] == ["ratelimit"]
+    app, contexts = reader(mw)
+    assert (await call(app)).status == 200
+    assert [t.name for t in contexts[0].timings] == ["ratelimit"]
     await mw.limiter.close()
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_perf._core.config import ConfigError
-from asgi_perf._core.context import add_timing, current
+from asgi_perf._core.context import SCOPE_KEY, add_timing
 from asgi_perf.timing import TimingMiddleware
 from tests.support import Response, call, make_scope
 
@@ -107,7 +107,7 @@ class Contributes:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         async def wrapped(message: Any) -> None:
             if message["type"] == "http.response.start":
-                add_timing(*self.entry)
+                add_timing(scope, *self.entry)
             await send(message)
 
         await self.app(scope, receive, wrapped)
@@ -135,7 +135,8 @@ async def test_server_timing_total_and_inner_entries_parse() -> None:
         await app(scope, receive, send)
 
     mw = TimingMiddleware(slow_start, clock=clock)
-    response = await call(mw)
+    scope = make_scope()
+    response = await call(mw, scope=scope)
     assert response.status == 200 and response.body == b"hello"
     [value] = response.header_list("server-timing")
     metrics = parse_server_timing(value)
@@ -147,7 +148,7 @@ async def test_server_timing_total_and_inner_entries_parse() -> None:
     ]
     assert response.header("x-response-time") == "12.300ms"
     assert response.header("x-app") == "1"
-    assert current() is None  # the context closed with the request
+    assert SCOPE_KEY not in scope  # the context left the scope with the request
 
 
 @settings(max_examples=60, deadline=None)
@@ -421,13 +422,29 @@ async def test_failing_bookkeeping_never_fails_the_request(
 
 
 # -- slow requests -----------------------------------------------------------------------------
+async def test_a_timing_inside_another_gives_the_outer_context_back() -> None:
+    """Layers between two Timings report to the outer one, before and after the inner ran."""
+    seen: list[Any] = []
+    inner = TimingMiddleware(hello)
+
+    async def between(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope[SCOPE_KEY])
+        await inner(scope, receive, send)
+        seen.append(scope[SCOPE_KEY])
+
+    scope = make_scope()
+    await call(TimingMiddleware(between), scope=scope)
+    assert len(seen) == 2 and seen[0] is seen[1]
+    assert SCOPE_KEY not in scope
+
+
 async def test_slow_request_logged_once_with_details(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["path"] == "/orders/7":
             clock.now += 0.75
-        add_timing("db", 700.0, "12 queries")
+        add_timing(scope, "db", 700.0, "12 queries")
         await hello(scope, receive, send)
 
     mw = TimingMiddleware(app, clock=clock, slow_threshold="500ms")
