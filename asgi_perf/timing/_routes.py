@@ -61,6 +61,7 @@ def method_label(method: str) -> str:
 
 _cache: dict[str, str] = {}
 CACHE_SIZE = 4096
+_room = CACHE_SIZE  # paths the memo takes before it is emptied (counted: no len call)
 
 
 def collapse_path(path: str) -> str:
@@ -69,11 +70,14 @@ def collapse_path(path: str) -> str:
     Memoised in a bounded dict (emptied when full): an app sees the same few paths again and
     again, and collapsing costs more than the rest of the request bookkeeping.
     """
+    global _room
     if path in _cache:
         return _cache[path]
     template = _COLLAPSE.sub(_placeholder, path)[:MAX_TEMPLATE_LENGTH]
-    if len(_cache) >= CACHE_SIZE:
+    if _room <= 0:
         _cache.clear()
+        _room = CACHE_SIZE
+    _room -= 1
     _cache[path] = template
     return template
 

@@ -16,6 +16,7 @@ from asgi_perf.timing import TimingMiddleware
 from asgi_perf.timing._routes import (
     _HEX,
     _UUID,
+    CACHE_SIZE,
     UNMATCHED,
     _cache,
     collapse_path,
@@ -87,6 +88,14 @@ def test_collapse_path_applies_the_segment_rules_in_order(path: str) -> None:
 
 def test_collapse_is_bounded() -> None:
     assert len(collapse_path("/a" * 1000)) == 200
+
+
+def test_the_memo_of_collapsed_paths_is_bounded() -> None:
+    """Never more than ``CACHE_SIZE`` paths remembered, however many distinct paths come."""
+    for n in range(3 * CACHE_SIZE + 7):
+        assert collapse_path(f"/p{n}/7") == f"/p{n}/{{id}}"
+        assert len(_cache) <= CACHE_SIZE
+    assert len(_cache) > 0
 
 
 def test_bare_app_404_is_unmatched() -> None:
