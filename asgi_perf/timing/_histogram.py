@@ -36,13 +36,14 @@ BATCH = 256  # values held before they are folded (a bounded list: 256 floats, ~
 class LatencyHistogram:
     """Log-bucket sketch of positive durations (seconds); quantiles within ``accuracy``.
 
-    Values are folded into the buckets in batches: :meth:`record` appends to :attr:`pending`
-    and every reader (:meth:`quantile`, :attr:`count`, :attr:`sum`, :attr:`min`,
+    Values are folded into the buckets in batches: :meth:`record` writes into :attr:`pending`
+    (a list of :data:`BATCH` slots made once, the first :attr:`held` of them in use) and
+    every reader (:meth:`quantile`, :attr:`count`, :attr:`sum`, :attr:`min`,
     :attr:`max`, …) folds what is pending first, so readers always see every value. A
     batch costs about half of recording its values one by one (the bucket indices are
     computed in one comprehension and counted in C), and it is what a request pays on the
-    hot path: one ``list.append``. A hot path may append to :attr:`pending` itself if it
-    calls :meth:`flush` once it holds :data:`BATCH` values, which bounds the list.
+    hot path: a slot written and a count moved, no call. A hot path may do that itself if
+    it calls :meth:`flush` once :attr:`held` reaches :data:`BATCH`.
     """
 
     __slots__ = (
@@ -56,6 +57,7 @@ class LatencyHistogram:
         "_min",
         "_offset",
         "_sum",
+        "held",
         "pending",
         "relative_accuracy",
     )
@@ -74,13 +76,15 @@ class LatencyHistogram:
         self._sum = 0.0
         self._min = math.inf
         self._max = 0.0
-        self.pending: list[float] = []
+        self.pending: list[float] = [0.0] * BATCH
+        self.held = 0  # values in pending, not folded yet
 
     def record(self, value: float) -> None:
         """Add one duration in seconds (clamped into 1 µs - 1 h)."""
-        pending = self.pending
-        pending.append(value)
-        if len(pending) >= BATCH:
+        held = self.held
+        self.pending[held] = value
+        self.held = held = held + 1
+        if held == BATCH:
             self.flush()
 
     def flush(self) -> None:
@@ -92,10 +96,10 @@ class LatencyHistogram:
         latencies sit in a few dozen neighbouring buckets. The bins are grown once, to the
         batch's two ends.
         """
-        values = self.pending
-        if not values:
+        if not self.held:
             return
-        self.pending = []
+        values = self.pending[: self.held]  # (a copy: the slots are written again)
+        self.held = 0
         total = sum(values)
         if total != total:  # a NaN (an odd injected clock): kept in the count, bucketed lowest
             values = [value if value == value else 0.0 for value in values]
@@ -164,7 +168,7 @@ class LatencyHistogram:
 
     @property
     def count(self) -> int:
-        return self._count + len(self.pending)
+        return self._count + self.held
 
     @property
     def sum(self) -> float:

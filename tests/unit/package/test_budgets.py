@@ -82,8 +82,9 @@ BUDGET_CALLS: dict[str, float] = {
     "dedup-memory": 19,
     # -1: a path seen before gets its route template without a call (again, after the regex
     # collapse moved the memo into collapse_path); -2: the context its inner layers report into
-    # is left in the scope (a dict entry) instead of set and reset in a ContextVar
-    "timing": 9,
+    # is left in the scope (a dict entry) instead of set and reset in a ContextVar; -2: a
+    # duration written into the latency sketch's batch slots (no append, no len)
+    "timing": 7,
     # -1: an outer Timing's context read from the scope, not a ContextVar
     "queries": 4,
     # +1 (issue 15), the dedup leader as above; -6 (issue 17): the cache's pass-through fields
@@ -105,7 +106,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -2: dedup's look at a response copies its fields only from the first one it drops
     # (a refused response, like this no-store one, copies none); -5: the Timing context in the
     # scope (Timing sets no ContextVar; the rate limit, the cache and Queries find it there)
-    "stack-memory": 54,
+    # -2: Timing's latency sketch written without calls, as above
+    "stack-memory": 52,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -127,8 +129,9 @@ BUDGET_CALLS: dict[str, float] = {
     # regex scan (a call per segment replaced) instead of three; -2: dedup's copy, as above
     # -1: the cache's Vary names from the lookup's cell, as above; -1: no FillJob, as above
     # -1: the cache's lookup-and-claim without a wrapper frame, as above; -6: the Timing
-    # context in the scope, as above
-    "stack-memory-paths": 91,
+    # context in the scope, as above; -1: the memo of collapsed paths bounded by a count (no
+    # len call per new path); -2: the latency sketch, as above
+    "stack-memory-paths": 88,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {

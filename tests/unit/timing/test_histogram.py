@@ -100,7 +100,8 @@ def test_batches_fold_like_one_value_at_a_time_and_stay_bounded() -> None:
     gamma = (1 + single.relative_accuracy) / (1 - single.relative_accuracy)
     for value in values:
         batched.record(value)
-        assert len(batched.pending) < BATCH  # folded as soon as a batch is full
+        assert batched.held < BATCH  # folded as soon as a batch is full
+        assert len(batched.pending) == BATCH  # its slots, made once
         single.record(value)
         single.flush()  # a batch of one: the bucket of each value computed on its own
     assert batched.count == single.count == len(values)
