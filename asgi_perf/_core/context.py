@@ -53,7 +53,7 @@ class TimingEntry:
     dur: float | None = None  # milliseconds
     desc: str | None = None
     # its Server-Timing text, kept by a fixed entry only (the others are rendered each time)
-    _text: str | None = field(default=None, init=False, repr=False, compare=False)
+    _text: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
 
 class RequestContext:
@@ -150,7 +150,7 @@ def _quote(value: str) -> str:
     return '"' + value + '"'
 
 
-def _render(entry: TimingEntry) -> str:
+def _render(entry: TimingEntry) -> bytes:
     part = _token(entry.name)
     if entry.dur is not None:
         dur = "%.3f" % entry.dur  # noqa: UP031 (no call, where format() would be one)
@@ -159,7 +159,7 @@ def _render(entry: TimingEntry) -> str:
         part += ";dur=" + dur
     if entry.desc is not None:
         part += ";desc=" + _quote(entry.desc)
-    return part
+    return part.encode("latin-1", "replace")  # (a fixed entry's once, kept in ``_text``)
 
 
 # (name, desc) -> the shared entry without a duration: layers send a handful of these
@@ -183,9 +183,10 @@ def fixed_entry(name: str, dur: float | None = None, desc: str | None = None) ->
 def format_server_timing(entries: list[TimingEntry]) -> bytes:
     """Render entries in W3C Server-Timing syntax; names are made into valid tokens.
 
-    A loop that adds to one string: no comprehension frame and no join (calls counted)."""
-    value = ""
+    A loop that adds to one bytes string, each entry rendered as bytes (a fixed one once): no
+    comprehension frame, no join, no encode of the whole (calls counted)."""
+    value = b""
     for entry in entries:
         part = entry._text if entry._text is not None else _render(entry)
-        value = part if not value else value + ", " + part
-    return value.encode("latin-1", "replace")
+        value = part if not value else value + b", " + part
+    return value

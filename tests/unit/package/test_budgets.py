@@ -106,8 +106,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -2: dedup's look at a response copies its fields only from the first one it drops
     # (a refused response, like this no-store one, copies none); -5: the Timing context in the
     # scope (Timing sets no ContextVar; the rate limit, the cache and Queries find it there)
-    # -2: Timing's latency sketch written without calls, as above
-    "stack-memory": 52,
+    # -2: Timing's latency sketch written without calls, as above; -1: Server-Timing entries
+    # rendered as bytes (a fixed one once), the field value not encoded again
+    "stack-memory": 51,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -130,8 +131,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -1: the cache's Vary names from the lookup's cell, as above; -1: no FillJob, as above
     # -1: the cache's lookup-and-claim without a wrapper frame, as above; -6: the Timing
     # context in the scope, as above; -1: the memo of collapsed paths bounded by a count (no
-    # len call per new path); -2: the latency sketch, as above
-    "stack-memory-paths": 88,
+    # len call per new path); -2: the latency sketch, as above; -1: Server-Timing in bytes
+    "stack-memory-paths": 87,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
