@@ -108,7 +108,7 @@ BUDGET_CALLS: dict[str, float] = {
     # scope (Timing sets no ContextVar; the rate limit, the cache and Queries find it there)
     # -2: Timing's latency sketch written without calls, as above; -1: Server-Timing entries
     # rendered as bytes (a fixed one once), the field value not encoded again
-    "stack-memory": 51,
+    "stack-memory": 50,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -132,7 +132,7 @@ BUDGET_CALLS: dict[str, float] = {
     # -1: the cache's lookup-and-claim without a wrapper frame, as above; -6: the Timing
     # context in the scope, as above; -1: the memo of collapsed paths bounded by a count (no
     # len call per new path); -2: the latency sketch, as above; -1: Server-Timing in bytes
-    "stack-memory-paths": 87,
+    "stack-memory-paths": 86,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
