@@ -61,6 +61,9 @@ class Entries:
         self.decoded_max_bytes = min(_DECODED_MAX_BYTES, max_bytes // 4)
         self.not_shared: dict[str, float] = {}  # base -> until (credentialed, not shareable)
         self.uncacheable_paths: dict[str, tuple[int, float]] = {}  # path -> (streak, until)
+        # what the Vary cells and the path streaks take before they are emptied (counted as
+        # they are added: no len call on a new resource's path)
+        self._vary_room = self._paths_room = _LOCAL_MAX
         self.on_forget: list[Any] = []  # callbacks dropping state memoised elsewhere
 
     # -- store calls ------------------------------------------------------------------------
@@ -191,8 +194,9 @@ class Entries:
         vary = self.vary
         if base in vary:  # (in first: a new resource costs no get)
             return vary[base]
-        if len(vary) >= _LOCAL_MAX:
+        if self._vary_room <= 0:
             self.forget_local()
+        self._vary_room -= 1
         cell = self.vary[base] = [None, 0.0]
         return cell
 
@@ -249,8 +253,10 @@ class Entries:
         if path in paths:  # (in, not get: no call)
             streak, until = paths[path]
         else:
-            if len(paths) >= _LOCAL_MAX:
+            if self._paths_room <= 0:
                 paths.clear()
+                self._paths_room = _LOCAL_MAX
+            self._paths_room -= 1
             streak, until = 0, 0.0
         streak += 1
         if streak >= _PATH_STREAK:
@@ -266,6 +272,7 @@ class Entries:
         if len(self.not_shared) >= _LOCAL_MAX:
             self.not_shared.clear()
         self.uncacheable_paths.clear()
+        self._paths_room = _LOCAL_MAX
         self.not_shared[base] = time.monotonic() + self.hit_for_miss_ttl
 
     def shared_recently_refused(self, base: str) -> bool:
@@ -310,5 +317,6 @@ class Entries:
         self.vary.clear()
         self.not_shared.clear()
         self.uncacheable_paths.clear()
+        self._vary_room = self._paths_room = _LOCAL_MAX
         for callback in self.on_forget:
             callback()

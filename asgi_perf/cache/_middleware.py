@@ -126,6 +126,7 @@ class CacheMiddleware(EnvConfigurable):
         # "name; hit; ttl=" when no key is shown: a hit appends the digits, nothing else
         self._hit_prefix = b"" if settings.status.with_key else settings.status.hit_prefix
         self._resources: dict[tuple[Any, bytes, bytes, str | None], Resource] = {}
+        self._resources_room = _RESOURCES_MAX  # counted as they are added: no len call
         _stats.register("cache", self)
         _purge.register(self)
 
@@ -272,13 +273,15 @@ class CacheMiddleware(EnvConfigurable):
         resource.base, resource.key = base, entry_key(stem_, "", query)
         resource.vary = vary[base] if base in vary else self.entries.vary_cell(base)
         resource.variants = {}
-        if len(self._resources) >= _RESOURCES_MAX:
-            self._resources.clear()
+        if self._resources_room <= 0:
+            self._forget_resources()
+        self._resources_room -= 1
         self._resources[ident] = resource
         return resource
 
     def _forget_resources(self) -> None:
         self._resources.clear()  # they hold Vary cells
+        self._resources_room = _RESOURCES_MAX
 
     # -- the slow path ---------------------------------------------------------------------
     async def _handle(

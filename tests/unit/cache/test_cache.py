@@ -564,6 +564,30 @@ async def test_a_resource_new_to_this_cache_learns_its_vary_from_a_shared_memory
     assert app.calls == 2
 
 
+async def test_the_caches_local_memos_stay_within_their_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memoised keys, Vary cells and path streaks are emptied when full, however many new
+    resources come (each counted as it is added)."""
+    monkeypatch.setattr("asgi_perf.cache._entries._LOCAL_MAX", 20)
+    monkeypatch.setattr("asgi_perf.cache._middleware._RESOURCES_MAX", 15)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        stored = scope["path"].endswith("0")  # one path in ten is cacheable
+        headers = [(b"cache-control", b"max-age=60" if stored else b"no-store")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    mw = cached(app)
+    sizes = []
+    for n in range(200):
+        assert (await call(mw, "GET", f"/items/{n}")).status == 200
+        sizes.append((len(mw._resources), len(mw.entries.vary), len(mw.entries.uncacheable_paths)))
+        assert sizes[-1][0] <= 15 and sizes[-1][1] <= 20 and sizes[-1][2] <= 20
+    assert max(s[2] for s in sizes) > 10  # the streaks did fill up before being emptied
+    assert x_cache(await call(mw, "GET", "/items/190")) == "HIT"  # still a working cache
+
+
 async def test_cache_tag_is_stripped_and_invalidation_works() -> None:
     app = App(
         {

@@ -66,8 +66,9 @@ BUDGET_CALLS: dict[str, float] = {
     # (a new one's from the store in one call, no coroutine); -1: a plain miss's fill gets
     # its entry key alone (no FillJob made); -1: the in-process lookup-and-claim called
     # from the slow path itself (no Entries wrapper frame); -2: the fill's Server-Timing entry
-    # added to the context found in the scope (no ContextVar read)
-    "cache-miss-memory": 82,
+    # added to the context found in the scope (no ContextVar read); -2: the memoised keys and
+    # the Vary cells bounded by a count of what they took (no len call per new resource)
+    "cache-miss-memory": 80,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -132,7 +133,8 @@ BUDGET_CALLS: dict[str, float] = {
     # -1: the cache's lookup-and-claim without a wrapper frame, as above; -6: the Timing
     # context in the scope, as above; -1: the memo of collapsed paths bounded by a count (no
     # len call per new path); -2: the latency sketch, as above; -1: Server-Timing in bytes
-    "stack-memory-paths": 86,
+    # -3: the cache's memoised keys, Vary cells and path streaks bounded by counts, as above
+    "stack-memory-paths": 83,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
