@@ -51,7 +51,7 @@ from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._invalidate import invalidate_targets
 from asgi_perf.cache._keys import entry_key, target_parts
 from asgi_perf.cache._request import AE, HOST, Request, RequestReader, Resource
-from asgi_perf.cache._responder import FillJob, Parts
+from asgi_perf.cache._responder import FillJob, FillResponder, Parts
 from asgi_perf.cache._serve import (
     BYPASS,
     HIT,
@@ -347,7 +347,10 @@ class CacheMiddleware(EnvConfigurable):
                 if won:  # the one fill of this key
                     self.counters.misses += 1
                     lease = Lease(self.store, "c:" + key[2:], token, LEASE_TTL)
-                    await self.actions.fill(req, receive, send, key, lease)  # (a plain miss)
+                    if sync is not None:  # Actions.fill in one process (no renewal), inline
+                        await FillResponder(self.actions.parts, req, send, key, lease).run(receive)
+                    else:
+                        await self.actions.fill(req, receive, send, key, lease)  # (a plain miss)
                 else:
                     await self.actions.coalesced(req, receive, send, FillJob(key, "uri-miss"), won)
                 return

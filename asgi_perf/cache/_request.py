@@ -34,6 +34,7 @@ class Request:
 
     __slots__ = (
         "accept_encoding",
+        "as_sent",
         "base",
         "credentials",
         "directives",
@@ -67,6 +68,7 @@ class Request:
             self.query = ""  # canonical query string, always last in a key
             self.base = ""  # stem + "?" + query: the resource (its Vary record)
             self.plain_key: str | None = None  # the entry key when nothing varies, once made
+            self.as_sent = False  # (for_app decides)
         else:
             self.host = resource.host
             self.path = resource.path
@@ -74,6 +76,8 @@ class Request:
             self.query = resource.query
             self.base = resource.base
             self.plain_key = resource.key
+            #: a plain GET: :meth:`for_app` would give the app this very scope
+            self.as_sent = not self.head and scope["method"] == "GET"
         self.credentials = False
         self.directives = _NO_DIRECTIVES
         self.if_none_match: bytes | None = None

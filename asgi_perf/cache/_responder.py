@@ -182,7 +182,8 @@ class FillResponder:
     async def run(self, receive: Receive) -> None:
         try:
             validators = self.stale.validators() if self.revalidating and self.stale else []
-            scope = self.req.for_app(validators)
+            req = self.req
+            scope = req.scope if req.as_sent and not validators else req.for_app(validators)
             self.request_time = time.time()
             try:
                 await self.app(scope, receive, self)
@@ -294,9 +295,13 @@ class FillResponder:
             self.drop_body = True
             self.counters.not_modified += 1
         stored = self.reason is None and body is not None and len(body) <= settings.max_body_size
+        said = settings.status
+        made = (self.why, start["status"], stored)  # (the field made for these before: no call)
         sent += (
             (X_CACHE, self.x_cache),
-            settings.status.forward(self.why, start["status"], stored=stored, key=self.key),
+            said.forwarded[made]
+            if made in said.forwarded
+            else said.forward(self.why, start["status"], stored=stored, key=self.key),
         )
         if SCOPE_KEY in req.scope:  # a reader outside (inline: every fill passes here)
             req.scope[SCOPE_KEY].add("cache", None, _DESC[self.x_cache])

@@ -40,6 +40,7 @@ _REASONS = {
     r: r.encode("ascii")
     for r in ("bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale")
 }
+_FORWARDED_MAX = 1024  # (reason, status, stored) fields remembered, at most
 _RANGE = re.compile(rb"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 
 
@@ -56,13 +57,16 @@ def _sf_string(text: str) -> bytes:
 class CacheStatus:
     """``Cache-Status`` members of one cache, named ``name`` (RFC 9211 §2)."""
 
-    __slots__ = ("hit_prefix", "name", "with_key")
+    __slots__ = ("forwarded", "hit_prefix", "name", "with_key")
 
     def __init__(self, name: str, with_key: bool) -> None:
         token = re.fullmatch(r"[A-Za-z*][!#$%&'*+\-.^_`|~:/0-9A-Za-z]*", name)
         self.name = name.encode("ascii") if token else _sf_string(name)
         self.with_key = with_key
         self.hit_prefix = self.name + b"; hit; ttl="
+        #: ``(reason, status, stored)`` -> the field :meth:`forward` made for them, when it
+        #: holds nothing else (no key shown): a fill reads it first, without a call.
+        self.forwarded: dict[tuple[str, int, bool], tuple[bytes, bytes]] = {}
 
     def hit(self, ttl: float, key: str = "") -> tuple[bytes, bytes]:
         value = self.hit_prefix + _ttl(ttl)
@@ -95,8 +99,11 @@ class CacheStatus:
             value += b"; stored"
         if collapsed:
             value += b"; collapsed"
-        if self.with_key and key:
-            value += b"; key=" + _sf_string(key)
+        if self.with_key:
+            if key:
+                value += b"; key=" + _sf_string(key)
+        elif ttl is None and not collapsed and len(self.forwarded) < _FORWARDED_MAX:
+            self.forwarded[reason, status, stored] = (b"cache-status", value)
         return (b"cache-status", value)
 
 

@@ -254,7 +254,18 @@ def test_cache_status_fields() -> None:
         status.forward("stale", 503, ttl=-5.2)[1] == b"asgi-perf; fwd=stale; fwd-status=503; ttl=-5"
     )
     assert status.forward("uri-miss", 200, collapsed=True)[1].endswith(b"; collapsed")
+    # what a fill reads first: the fields made for (reason, status, stored) alone
+    assert status.forwarded == {
+        ("uri-miss", 200, True): (
+            b"cache-status",
+            b"asgi-perf; fwd=uri-miss; fwd-status=200; stored",
+        )
+    }
     keyed = CacheStatus('edge "1"', with_key=True)
+    assert keyed.forward("uri-miss", 200, key="e:a")[1].endswith(b'; key="e:a"')
+    assert keyed.forward("uri-miss", 200, key="e:b")[1].endswith(b'; key="e:b"')
+    assert keyed.forward("uri-miss", 200)[1].endswith(b"fwd-status=200")
+    assert keyed.forwarded == {}  # a field with a key is this request's own
     assert keyed.hit(1, 'e:{/a}"b') == (
         b"cache-status",
         b'"edge \\"1\\""; hit; ttl=1; key="e:{/a}\\"b"',

@@ -68,7 +68,10 @@ BUDGET_CALLS: dict[str, float] = {
     # from the slow path itself (no Entries wrapper frame); -2: the fill's Server-Timing entry
     # added to the context found in the scope (no ContextVar read); -2: the memoised keys and
     # the Vary cells bounded by a count of what they took (no len call per new resource)
-    "cache-miss-memory": 80,
+    # -3: a fill's Cache-Status read from the fields made for the same reason, status and
+    # storing before; an in-process fill run from the slow path (no Actions.fill frame); a
+    # plain GET handed to the app as it came without asking for_app
+    "cache-miss-memory": 77,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -134,7 +137,8 @@ BUDGET_CALLS: dict[str, float] = {
     # context in the scope, as above; -1: the memo of collapsed paths bounded by a count (no
     # len call per new path); -2: the latency sketch, as above; -1: Server-Timing in bytes
     # -3: the cache's memoised keys, Vary cells and path streaks bounded by counts, as above
-    "stack-memory-paths": 83,
+    # -3: the cache's fill: Cache-Status memoised, no Actions.fill frame, no for_app call
+    "stack-memory-paths": 80,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
