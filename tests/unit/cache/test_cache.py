@@ -17,6 +17,7 @@ from fastapi import Response as FastAPIResponse
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf.cache import CacheMiddleware, purge
+from asgi_perf.cache._keys import entry_key
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
 from asgi_perf.stores._redis import RedisStore
 from tests.support import RedisServer, Response, call, make_scope, reader, redis_server_available
@@ -586,6 +587,20 @@ async def test_the_caches_local_memos_stay_within_their_bounds(
         assert sizes[-1][0] <= 15 and sizes[-1][1] <= 20 and sizes[-1][2] <= 20
     assert max(s[2] for s in sizes) > 10  # the streaks did fill up before being emptied
     assert x_cache(await call(mw, "GET", "/items/190")) == "HIT"  # still a working cache
+
+
+async def test_a_plain_requests_key_is_the_one_the_slow_path_makes() -> None:
+    """The fast path writes a new resource's entry key out; the reader's entry_key (every
+    other request of that resource) must make the same one, or they would not share it."""
+    mw = cached(App())
+    for path, query in (("/a", ""), ("/items/7", "b=2&a=1"), ("/%7Eu/x%2Fy", "q=%20")):
+        await call(mw, "GET", path, query=query)
+        [resource] = mw._resources.values()  # (emptied after each path below)
+        req = mw.reader.read(make_scope("GET", path, query))
+        assert req is not None
+        assert resource.key == entry_key(resource.stem, "", resource.query)
+        assert resource.key == mw.reader.entry_key(req, ())
+        mw._forget_resources()
 
 
 async def test_cache_tag_is_stripped_and_invalidation_works() -> None:

@@ -70,8 +70,9 @@ BUDGET_CALLS: dict[str, float] = {
     # the Vary cells bounded by a count of what they took (no len call per new resource)
     # -3: a fill's Cache-Status read from the fields made for the same reason, status and
     # storing before; an in-process fill run from the slow path (no Actions.fill frame); a
-    # plain GET handed to the app as it came without asking for_app
-    "cache-miss-memory": 77,
+    # plain GET handed to the app as it came without asking for_app; -1: a new resource's
+    # entry key written out where its other parts are (a test holds it to entry_key's)
+    "cache-miss-memory": 76,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -138,7 +139,8 @@ BUDGET_CALLS: dict[str, float] = {
     # len call per new path); -2: the latency sketch, as above; -1: Server-Timing in bytes
     # -3: the cache's memoised keys, Vary cells and path streaks bounded by counts, as above
     # -3: the cache's fill: Cache-Status memoised, no Actions.fill frame, no for_app call
-    "stack-memory-paths": 80,
+    # -1: a new resource's entry key written out, as above
+    "stack-memory-paths": 79,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
