@@ -13,41 +13,47 @@ from asgi_perf.stores import StoreUnavailable
 from asgi_perf.stores._base import SyncOperations
 from asgi_perf.stores._singleflight import Lease
 
-__all__ = ["NOT_SHARED", "Leader", "LeaderSettings"]
+__all__ = ["NOT_SHARED", "PASS", "Leader", "LeaderSettings"]
 
 NOT_SHARED = frozenset({408, 425, 429})
+#: The record of a fingerprint whose response is not shared: waiters and later duplicates
+#: run their own request.
+PASS = b"asgi-perf:pass"
 
 
 class LeaderSettings:
     """What every leader of one middleware shares, made once with the middleware (not copied
-    into each leader, nor a bound method made, per request): how to give up (on the memory
-    store, without a coroutine), which request fields the fingerprint holds, the largest body
-    kept, how long a record lives, where a store failure goes."""
+    into each leader, nor a bound method made, per request): how to give up on a remote
+    store, which request fields the fingerprint holds, the largest body kept, how long a
+    record and a pass live, where a store failure goes; and the count of responses not
+    shared, which every leader adds to (the middleware reports it)."""
 
     __slots__ = (
         "failed",
         "fingerprinted",
         "give_up",
-        "give_up_nowait",
         "max_body",
+        "not_shared",
+        "pass_ttl",
         "record_ttl",
     )
 
     def __init__(
         self,
         give_up: Callable[[str, str, Lease | None, str | None], Awaitable[None]],
-        give_up_nowait: Callable[[str, str, str | None], None],
         fingerprinted: frozenset[bytes],
         max_body: int,
         record_ttl: float,
+        pass_ttl: float,
         failed: Callable[[Exception], None],
     ) -> None:
         self.give_up = give_up
-        self.give_up_nowait = give_up_nowait
         self.fingerprinted = fingerprinted
         self.max_body = max_body
         self.record_ttl = record_ttl
+        self.pass_ttl = pass_ttl
         self.failed = failed  # a store failure: the middleware's outage
+        self.not_shared = 0
 
 
 class Leader:
@@ -126,7 +132,10 @@ class Leader:
             if not shared:  # the waiters released now, the fingerprint marked as not shared
                 self.held = False
                 if self.memory is not None:  # the memory store's sync operations: no coroutine
-                    settings.give_up_nowait(self.claim_key, self.token, self.record_key)
+                    settings.not_shared += 1
+                    self.memory.fulfil_nowait(
+                        self.claim_key, self.token, self.record_key, PASS, settings.pass_ttl
+                    )
                 else:
                     await settings.give_up(self.claim_key, self.token, self.lease, self.record_key)
         await self.send_next(message)

@@ -113,7 +113,7 @@ from asgi_perf._core.outage import Outage
 from asgi_perf._core.recording import RecordedResponse
 from asgi_perf.dedup._fingerprint import IDENTITY, RequestParts
 from asgi_perf.dedup._keyed import IdempotencyKeys
-from asgi_perf.dedup._leader import Leader, LeaderSettings
+from asgi_perf.dedup._leader import PASS, Leader, LeaderSettings
 from asgi_perf.dedup._rules import UNSAFE_METHODS, path_matches
 from asgi_perf.stores import (
     KeepingMemoryStore,
@@ -133,7 +133,6 @@ LEASE_TTL = 10.0  # seconds; renewed while the leader works, so only a crashed l
 MEMORY_LEASE_TTL = 3600.0  # a memory claim is only a guard against a leaked one
 RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can still read it
 #: The record of a fingerprint whose responses are not shared ("hit-for-pass").
-PASS = b"asgi-perf:pass"
 
 
 def _store_url(value: object, name: str) -> str:
@@ -220,10 +219,10 @@ class DedupMiddleware(EnvConfigurable):
         self.outage = Outage(logger, f"{self.store.kind} store")
         self._leader_settings = LeaderSettings(
             self._give_up,
-            self._give_up_nowait,
             self.parts.fingerprinted,
             self.max_body_size,
             self._record_ttl,
+            self._pass_ttl,
             self.outage.failed,
         )
         self.keys = None
@@ -235,7 +234,6 @@ class DedupMiddleware(EnvConfigurable):
         self.coalesced = 0
         self.released = 0
         self.timeouts = 0
-        self.not_shared = 0
         self.passes = 0
         self.passed_through = 0
         self.bypassed = 0
@@ -466,10 +464,11 @@ class DedupMiddleware(EnvConfigurable):
         """The leader's response will not be shared: release the waiters now, and with
         ``pass_key`` remember the fingerprint as not shared (waiters see the marker and run
         their own request; later duplicates skip the queue)."""
-        if lease is None:  # the memory store's claim
-            self._give_up_nowait(claim_key, token, pass_key)
+        self._leader_settings.not_shared += 1
+        if lease is None:  # the memory store's claim (a leader marks a pass itself)
+            if self._memory is not None:
+                self._memory.release_nowait(claim_key, token)
             return
-        self.not_shared += 1
         if pass_key is None:
             await self.release(lease)
         else:
@@ -477,16 +476,6 @@ class DedupMiddleware(EnvConfigurable):
                 await lease.fulfil(pass_key, PASS, self._pass_ttl)
             except StoreUnavailable as exc:
                 self.outage.failed(exc)
-
-    def _give_up_nowait(self, claim_key: str, token: str, pass_key: str | None) -> None:
-        """:meth:`_give_up` of a claim in the memory store: its sync operations."""
-        self.not_shared += 1
-        if self._memory is None:
-            return
-        if pass_key is None:
-            self._memory.release_nowait(claim_key, token)
-        else:
-            self._memory.fulfil_nowait(claim_key, token, pass_key, PASS, self._pass_ttl)
 
     # -- report ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -498,7 +487,7 @@ class DedupMiddleware(EnvConfigurable):
             "coalesced": self.coalesced,
             "released": self.released,
             "timeouts": self.timeouts,
-            "not_shared": self.not_shared,
+            "not_shared": self._leader_settings.not_shared,
             "passes": self.passes,
             "passed_through": self.passed_through + (keys.passed_through if keys else 0),
             "bypassed": self.bypassed,

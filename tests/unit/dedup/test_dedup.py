@@ -661,6 +661,11 @@ async def test_refusals_and_server_errors_are_not_shared(status: int) -> None:
     await call(mw, "GET", "/e")
     assert app.calls == 5
     assert all(r.header("x-dedup") is None for r in results)
+    # one leader gave up (its waiters released), the next duplicate found the pass marker
+    stats = mw.stats()
+    assert (stats["leaders"], stats["not_shared"], stats["released"], stats["passes"]) == (
+        1, 1, 3, 1,
+    )  # fmt: skip
 
 
 async def test_client_errors_are_shared() -> None:

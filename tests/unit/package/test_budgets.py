@@ -139,8 +139,9 @@ BUDGET_CALLS: dict[str, float] = {
     # len call per new path); -2: the latency sketch, as above; -1: Server-Timing in bytes
     # -3: the cache's memoised keys, Vary cells and path streaks bounded by counts, as above
     # -3: the cache's fill: Cache-Status memoised, no Actions.fill frame, no for_app call
-    # -1: a new resource's entry key written out, as above
-    "stack-memory-paths": 79,
+    # -1: a new resource's entry key written out, as above; -1: a dedup leader on the memory
+    # store marks a pass itself (no give-up frame of the middleware's)
+    "stack-memory-paths": 78,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
