@@ -78,10 +78,6 @@ class RequestContext:
     #: innermost layer's entry stands.
     late: Callable[[], TimingEntry] | None = None
 
-    def __init__(self, timings: list[TimingEntry] | None = None) -> None:
-        if timings is not None:
-            self._timings = timings
-
     def __repr__(self) -> str:
         return f"RequestContext(timings={self._timings or []!r})"
 
