@@ -61,8 +61,8 @@ class RequestContext:
 
     ``timings`` is made on first use: most requests report nothing, and the reader (Timing)
     opens a context for every request, so an empty one must cost nothing but the object
-    itself. A reader may subclass it to keep its own per-request state in the same object
-    (one allocation per request).
+    itself (no ``__init__``: making one calls no Python code). A reader may subclass it to
+    keep its own per-request state in the same object (one allocation per request).
     """
 
     # a class-level default: the instance stores a list only once something is reported

@@ -58,10 +58,6 @@ class Exchange(RequestContext):
     ttfb: float | None
     end: float | None
 
-    # Not RequestContext's: the middleware sets every slot, and calling a class whose
-    # __init__ is object's makes no Python call (cheaper than ``object.__new__(Exchange)``).
-    __init__ = object.__init__
-
     async def receive(self) -> Message:
         message = await self.receive_next()
         if message["type"] == "http.disconnect" and not self.status:
