@@ -137,6 +137,7 @@ class Policy:
         "names",
         "policy",
         "remaining_prefix",
+        "reset_infix",
         "single",
         "templates",
         "windows",
@@ -160,8 +161,10 @@ class Policy:
             policy_field((n, a, w) for n, (a, w) in zip(self.names, self.windows, strict=True)),
         )
         self.templates = tuple(ratelimit_template(n) for n in self.names)
-        #: ``"name";r=`` of a one-window policy's ``RateLimit``: what precedes the digits
-        self.remaining_prefix = self.templates[0].partition(b"%d")[0]
+        #: ``"name";r=`` and ``;t=`` of a one-window policy's ``RateLimit``: its template's
+        #: parts around the two numbers, to join with digits formatted once
+        self.remaining_prefix, _, rest = self.templates[0].partition(b"%d")
+        self.reset_infix = rest.partition(b"%d")[0]
         self.limit_fields = tuple((b"x-ratelimit-limit", b"%d" % a) for a, _ in self.windows)
         self.single: Window | None = self.windows[0] if single else None
 
@@ -175,7 +178,7 @@ class Policy:
         r, tb = b"%d" % remaining, b"%d" % t  # each formatted once, for both fields
         return [
             self.policy,
-            (b"ratelimit", self.remaining_prefix + r + b";t=" + tb),
+            (b"ratelimit", self.remaining_prefix + r + self.reset_infix + tb),
             self.limit_fields[0],
             (b"x-ratelimit-remaining", r),
             (b"x-ratelimit-reset", tb),

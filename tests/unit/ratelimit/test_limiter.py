@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_perf._core.config import ConfigError
+from asgi_perf.ratelimit._rules import Policy
 from asgi_perf.ratelimit._storage import StoreLimiter, create_limiter
 from asgi_perf.ratelimit._strategies import (
     STRATEGIES,
+    Decision,
     MemoryLimiter,
     RedisLimiter,
     hash_tag,
@@ -366,3 +368,17 @@ def test_check_one_decides_as_check_does(
             e = either.check("k", "r", [(amount, 10.0)])
             got = (e.allowed, e.remaining[0], round(e.resets[0], 6))
         assert got == expected
+
+
+@given(
+    name=st.sampled_from(["default", "api", 'we "quote"']),
+    left=st.integers(min_value=0, max_value=10**6),  # admitted: never below 0
+    reset=st.floats(min_value=0.0, max_value=1e5, allow_nan=False),
+)
+def test_allowed_fields_are_the_fields_of_the_same_decision(
+    name: str, left: int, reset: float
+) -> None:
+    """The one-window fields, built from the template's parts around its two numbers, are
+    what ``fields`` makes of the same admitted decision."""
+    policy = Policy(name, "10/minute", "rate")
+    assert policy.allowed_fields(left, reset) == policy.fields(Decision(True, [left], [reset]))[0]
