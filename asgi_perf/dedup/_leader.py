@@ -16,8 +16,8 @@ from asgi_perf.stores._singleflight import Lease
 __all__ = ["NOT_SHARED", "PASS", "Leader", "LeaderSettings"]
 
 NOT_SHARED = frozenset({408, 425, 429})
-#: The record of a fingerprint whose response is not shared: waiters and later duplicates
-#: run their own request.
+#: The record of a fingerprint whose response is not shared ("hit-for-pass"): waiters and
+#: later duplicates run their own request.
 PASS = b"asgi-perf:pass"
 
 

@@ -132,7 +132,6 @@ logger = logging.getLogger("asgi_perf.dedup")
 LEASE_TTL = 10.0  # seconds; renewed while the leader works, so only a crashed leader's expires
 MEMORY_LEASE_TTL = 3600.0  # a memory claim is only a guard against a leaked one
 RECORD_GRACE = 1.0  # seconds a record outlives ``window``, so woken waiters can still read it
-#: The record of a fingerprint whose responses are not shared ("hit-for-pass").
 
 
 def _store_url(value: object, name: str) -> str:
