@@ -148,10 +148,10 @@ def fingerprint(parts: Sequence[bytes], body: bytes = b"", raw: bool = False) ->
 _NO_BODY = (0).to_bytes(8, "big")
 
 
-def text_fingerprint(parts: Sequence[str]) -> str:
-    """:func:`fingerprint` of the UTF-8 encoding of ``parts`` (texts a key is made of), with
-    one encode instead of one per part: the same digest, so either may compute a tag."""
-    data = "\0".join(parts)
-    if data.count("\0") != len(parts) - 1:  # a part holds a NUL: the self-delimiting form
-        return fingerprint([part.encode() for part in parts])
-    return _blake2b(_NO_BODY + b"j" + data.encode(), digest_size=16).hexdigest()
+def text_fingerprint(joined: str) -> str:
+    """The digest of texts a key is made of, ``joined`` by NUL: :func:`fingerprint` of their
+    UTF-8 encodings when none holds a NUL (key parts are escaped; tags stored before this form
+    stay valid), in one encode and no check. A NUL inside a part would let two part lists
+    share a digest: for a tag (its only use) that means an invalidation deleting more, never
+    less."""
+    return _blake2b(_NO_BODY + b"j" + joined.encode(), digest_size=16).hexdigest()

@@ -135,7 +135,7 @@ def entry_key(stem_: str, variant: str, query: str) -> str:
 def uri_tag(scheme: str, host: str, path: str, query: str) -> str:
     """The store tag every variant of one target URI carries (RFC 9111 §4.4 invalidates them
     all at once); ``path`` and ``query`` as in the key (raw, escaped)."""
-    return "uri:" + text_fingerprint((scheme, host, path, query))
+    return "uri:" + text_fingerprint(scheme + "\0" + host + "\0" + path + "\0" + query)
 
 
 def vary_value(name: str, values: Iterable[bytes]) -> bytes:

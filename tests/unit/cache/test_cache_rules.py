@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from asgi_perf._core.http import canonical_query
-from asgi_perf.cache._keys import escape_key_part, key_part
+from asgi_perf._core.http import canonical_query, fingerprint
+from asgi_perf.cache._keys import escape_key_part, key_part, uri_tag
 from asgi_perf.cache._rules import (
     HEURISTIC_STATUSES,
     UNDERSTOOD_STATUSES,
@@ -382,3 +382,10 @@ def test_key_part_bounds_long_text_without_collisions() -> None:
     shaped_like_it = part  # a short text spelled like the bounded form is escaped apart
     assert key_part(shaped_like_it) != part
     assert key_part("/short") == "/short"
+
+
+def test_the_uri_tag_is_the_one_stored_entries_carry() -> None:
+    """Entries stored by earlier releases (a shared Redis during a rolling upgrade) carry
+    ``uri:`` + the fingerprint of the four parts: an unsafe request still voids them."""
+    parts = ("https", "example.com:8443", "/items/caf%C3%A9", "a=1&b=2")
+    assert uri_tag(*parts) == "uri:" + fingerprint([p.encode() for p in parts])

@@ -72,7 +72,8 @@ BUDGET_CALLS: dict[str, float] = {
     # storing before; an in-process fill run from the slow path (no Actions.fill frame); a
     # plain GET handed to the app as it came without asking for_app; -1: a new resource's
     # entry key written out where its other parts are (a test holds it to entry_key's)
-    "cache-miss-memory": 76,
+    # -3: the URI tag hashed from its parts joined once, without the NUL check
+    "cache-miss-memory": 73,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
