@@ -257,7 +257,12 @@ class FillResponder:
         # The app's fields, judged by name many times here and again when the entry is built.
         self.fields = headers = Fields(start["headers"] if "headers" in start else ())
         self.index = index = headers.by_name()  # (read with in: no call per name)
-        self.policy = policy = settings.policy(req.scope["path"], req.credentials)
+        fixed = settings.fixed_policies  # (read here: no call in the usual case)
+        self.policy = policy = (
+            fixed[req.credentials]
+            if fixed is not None
+            else settings.policy(req.scope["path"], req.credentials)
+        )
         cc, fresh, self.reason = judge(status, headers, self.response_time, policy, index)
         self.judged = cc, fresh
         if (
@@ -336,17 +341,23 @@ class FillResponder:
             index=index,
         )
         names = vary_names(headers) if b"vary" in index else ()
-        if isinstance(entry, str) or names is None:  # names is None only for Vary: *
-            await self._give_up(entry if isinstance(entry, str) else "vary-star")
+        if type(entry) is str or names is None:  # names is None only for Vary: *
+            await self._give_up(entry if type(entry) is str else "vary-star")
             return
+        assert type(entry) is Entry
         await self._store(entry, names, cache_tags(headers) if b"cache-tag" in index else [])
-        await self._end()
+        if self.lease is None:  # (released with the entry: _end, inline)
+            self.ended = True
+        else:
+            await self._end()
 
     async def _store(self, entry: Entry, names: tuple[str, ...], tags: list[str]) -> None:
         req, entries = self.req, self.entries
         # (a response that varies on nothing: the plain key, made for the lookup: no call)
         key = req.plain_key if not names and req.plain_key else self.reader.entry_key(req, names)
-        ttl = entry.storage_ttl(time.time(), self.settings.max_stale_keep)
+        # (from the response's start, not the clock: the store keeps it the body's transfer
+        # time longer, which freshness, judged on every read, makes harmless; no call)
+        ttl = entry.storage_ttl(self.response_time, self.settings.max_stale_keep)
         try:
             scope = req.scope
             scheme = (scope["scheme"] if "scheme" in scope else None) or "http"  # (no get)

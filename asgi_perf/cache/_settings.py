@@ -119,7 +119,11 @@ class Settings:
         if not isinstance(key_prefix, str):
             raise ConfigError("key_prefix", key_prefix, "a string such as 'asgi_perf:'")
         self.key_prefix = key_prefix
-        self._policies = {cred: self._policy("/", cred) for cred in (False, True)}
+        #: The entry policy by whether the request had credentials, when it is the same for
+        #: every path (no ``paths``); else ``None`` (:meth:`policy` decides per path).
+        self.fixed_policies = (
+            None if self.paths is not None else {c: self._policy("/", c) for c in (False, True)}
+        )
 
     def ttl_for(self, path: str) -> float | None:
         """The default TTL a response on ``path`` gets when it states no freshness."""
@@ -128,8 +132,8 @@ class Settings:
         return self.default_ttl
 
     def policy(self, path: str, credentials: bool) -> EntryPolicy:
-        if self.paths is None:  # the same for every path: made once
-            return self._policies[credentials]
+        if self.fixed_policies is not None:  # the same for every path: made once
+            return self.fixed_policies[credentials]
         return self._policy(path, credentials)
 
     def _policy(self, path: str, credentials: bool) -> EntryPolicy:

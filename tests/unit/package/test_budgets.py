@@ -72,8 +72,11 @@ BUDGET_CALLS: dict[str, float] = {
     # storing before; an in-process fill run from the slow path (no Actions.fill frame); a
     # plain GET handed to the app as it came without asking for_app; -1: a new resource's
     # entry key written out where its other parts are (a test holds it to entry_key's)
-    # -3: the URI tag hashed from its parts joined once, without the NUL check
-    "cache-miss-memory": 73,
+    # -3: the URI tag hashed from its parts joined once, without the NUL check; -1 each:
+    # the entry policy made once read without a call, the store TTL from the response's
+    # start (no clock), the built entry told from a reason by type, the claim's end inline
+    # once it left with the entry
+    "cache-miss-memory": 69,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields
@@ -142,8 +145,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: the cache's memoised keys, Vary cells and path streaks bounded by counts, as above
     # -3: the cache's fill: Cache-Status memoised, no Actions.fill frame, no for_app call
     # -1: a new resource's entry key written out, as above; -1: a dedup leader on the memory
-    # store marks a pass itself (no give-up frame of the middleware's)
-    "stack-memory-paths": 78,
+    # store marks a pass itself (no give-up frame of the middleware's); -1: the cache's
+    # entry policy read without a call, as above (77.3)
+    "stack-memory-paths": 77,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
