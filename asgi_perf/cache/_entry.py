@@ -1,5 +1,5 @@
 """A stored response: how it is built from what the app sent, freshened by a ``304``,
-encoded for the store and decoded again.
+encoded for a remote store and decoded again (an in-process store keeps the object).
 
 Building and freshening are pure (they take the clock as an argument), so the rules of
 RFC 9111 §3.1 (what is stored), §3.2/§4.3.4 (updating stored fields) and §4.2.3 (age) are
@@ -38,6 +38,7 @@ from asgi_perf.cache._rules import (
     storable,
     strong_etag,
 )
+from asgi_perf.stores import Kept
 
 __all__ = ["Entry", "EntryPolicy", "build_entry", "judge", "merge_not_modified"]
 
@@ -75,13 +76,15 @@ class EntryPolicy(NamedTuple):
     drop: frozenset[bytes] = NOT_STORED  # fields never stored (NOT_STORED + own targeted)
 
 
-class Entry:
-    """A decoded entry with what serving it needs precomputed."""
+class Entry(Kept):
+    """A decoded entry with what serving it needs precomputed (an in-process store keeps it
+    as it is: :class:`~asgi_perf.stores.Kept`)."""
 
     __slots__ = (
         "body",
         "born",
         "coding",
+        "count",
         "direct",
         "etag",
         "flags",
@@ -125,7 +128,9 @@ class Entry:
         self.flags = flags
         # The first of each field that serving needs, in one pass (names lowercased once).
         etag = modified = date = coding = None
+        count = 0
         for name, value in headers:
+            count += 1
             name = LOWER[name] if name in LOWER else lower_name(name)
             if name in _SERVING_FIELDS:
                 if name == b"etag":
@@ -149,6 +154,7 @@ class Entry:
         # Fresh, it may answer any plain request at once (the fast path's one test).
         self.direct = not flags & NO_CACHE and (self.plain or not self.negotiable)
         self.size = len(body)
+        self.count = count  # of fields (what keeping the object costs depends on it)
         self.born = response_time - initial  # current age = now - born (§4.2.3)
         self.fresh_until = self.born + lifetime
 

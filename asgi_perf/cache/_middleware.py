@@ -210,7 +210,9 @@ class CacheMiddleware(EnvConfigurable):
                             return
                         if self.outage.down:
                             self.outage.ok()
-                    if raw is not None:
+                    if type(raw) is Entry:  # memory:// keeps the entry itself
+                        entry = raw
+                    elif raw is not None:
                         decoded = entries.decoded  # bounded; decoded once per value
                         cached = decoded[key] if key in decoded else None
                         if cached is not None and (cached[0] is raw or cached[0] == raw):
@@ -339,11 +341,16 @@ class CacheMiddleware(EnvConfigurable):
                 elif not token:
                     found = await entries.lookup(key)
                 else:  # what key holds, or the claim of its fill, in one step
-                    found, won = sync.get_or_claim_nowait(key, "c:" + key[2:], token, LEASE_TTL)
-                    if found is not None:
+                    held, won = sync.get_or_claim_nowait(key, "c:" + key[2:], token, LEASE_TTL)
+                    found = None
+                    if held is not None:
                         won = None
-                        if found != HIT_FOR_MISS:
-                            found = entries.decode(key, found)
+                        if type(held) is Entry:  # (kept as it is in this process)
+                            found = held
+                        elif held == HIT_FOR_MISS:
+                            found = HIT_FOR_MISS
+                        else:
+                            found = entries.decode(key, held)
             if won is not None:  # nothing stored, and the claim was tried
                 if won:  # the one fill of this key
                     self.counters.misses += 1

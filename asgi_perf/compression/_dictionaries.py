@@ -254,7 +254,7 @@ class Dictionaries:
             self.outage.failed(exc)
             return None
         self.outage.ok()
-        decoded = None if raw is None else _decode(raw, digest)
+        decoded = _decode(raw, digest) if type(raw) is bytes else None
         if decoded is None:
             return None
         now = time.monotonic()

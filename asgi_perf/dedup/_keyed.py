@@ -173,14 +173,16 @@ class IdempotencyKeys:
         """(we hold the claim, the record, the claim's holder): one round trip, two more
         when another holds the claim."""
         store = self.store
-        value, won = await store.get_or_claim(record_key, claim_key, token, self.lease_ttl)
+        stored, won = await store.get_or_claim(record_key, claim_key, token, self.lease_ttl)
+        value = stored if type(stored) is bytes else None  # (this store keeps no objects)
         holder = None
         if value is None and not won:
             holder = await store.holder(claim_key)
             if holder == token:  # a retried call had claimed it for us before its reply was lost
                 return True, None, None
             if holder is None:  # it completed between our reads
-                value = await store.get(record_key)
+                stored = await store.get(record_key)
+                value = stored if type(stored) is bytes else None
         return won, value, holder
 
     async def _check_eviction(self) -> None:

@@ -118,6 +118,7 @@ from asgi_perf.dedup._rules import UNSAFE_METHODS, path_matches
 from asgi_perf.stores import (
     KeepingMemoryStore,
     Store,
+    Stored,
     StoreUnavailable,
     create_store,
     in_process,
@@ -412,7 +413,7 @@ class DedupMiddleware(EnvConfigurable):
         send: Send,
         claim_key: str,
         record_key: str,
-        value: bytes | None,
+        value: Stored | None,
     ) -> Lease | None:
         """Another request has (or had) this fingerprint: replay its record, or wait for it
         and answer. A lease returned: the claim is ours after all, lead with it."""
@@ -421,7 +422,7 @@ class DedupMiddleware(EnvConfigurable):
                 self.passes += 1
                 await self.app(scope, receive, send)
                 return None
-            if value is not None:
+            if type(value) is bytes:  # (this store keeps no objects)
                 response = RecordedResponse.decode(value)
                 if response is not None and time.time() - response.created <= self.window:
                     self.hits += 1
@@ -442,7 +443,8 @@ class DedupMiddleware(EnvConfigurable):
         if outcome.kind == "record" and outcome.value == PASS:
             self.released += 1
         elif outcome.kind == "record":
-            response = RecordedResponse.decode(outcome.value or b"")
+            value = outcome.value
+            response = RecordedResponse.decode(value if type(value) is bytes else b"")
             if response is not None:
                 self.coalesced += 1
                 add_timing(scope, "dedup", desc="coalesced")

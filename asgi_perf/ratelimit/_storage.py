@@ -34,7 +34,14 @@ from asgi_perf.ratelimit._strategies import (
     evaluate,
     hash_tag,
 )
-from asgi_perf.stores import Store, StoreOptions, StoreUnavailable, create_store, in_process
+from asgi_perf.stores import (
+    Store,
+    Stored,
+    StoreOptions,
+    StoreUnavailable,
+    create_store,
+    in_process,
+)
 
 __all__ = ["StoreLimiter", "create_limiter"]
 
@@ -70,8 +77,8 @@ class StoreLimiter(Limiter):
                     raise StoreUnavailable(f"rate-limit record {key!r} stayed claimed")
                 await released.wait(min(remaining, _POLL))
 
-    def _thaw(self, raw: bytes | None, now: float, windows: Sequence[Window]) -> list[Any]:
-        stored = orjson.loads(raw) if raw is not None else None
+    def _thaw(self, raw: Stored | None, now: float, windows: Sequence[Window]) -> list[Any]:
+        stored = orjson.loads(raw) if type(raw) is bytes else None
         if not isinstance(stored, list) or len(stored) != len(windows):
             return [None] * len(windows)
         states: list[Any] = []

@@ -10,7 +10,9 @@ from __future__ import annotations
 from asgi_perf._core.config import ConfigError
 from asgi_perf.stores import _redis  # noqa: F401 - importing it registers the Redis schemes
 from asgi_perf.stores._base import (
+    Kept,
     Store,
+    Stored,
     StoreFull,
     StoreUnavailable,
     Subscription,
@@ -27,12 +29,14 @@ from asgi_perf.stores._registry import (
 
 __all__ = [
     "KeepingMemoryStore",
+    "Kept",
     "MemoryStore",
     "Store",
     "StoreFactory",
     "StoreFull",
     "StoreOptions",
     "StoreUnavailable",
+    "Stored",
     "Subscription",
     "SyncOperations",
     "create_store",

@@ -18,10 +18,12 @@ from typing import Any, Protocol
 from asgi_perf.stores._prefetch import Prefetch, PrefetchOp
 
 __all__ = [
+    "Kept",
     "Record",
     "Store",
     "StoreFull",
     "StoreUnavailable",
+    "Stored",
     "Subscription",
     "SyncOperations",
 ]
@@ -52,27 +54,54 @@ class Subscription(ABC):
         """
 
 
+class Kept:
+    """The base of objects an in-process store keeps as they are (given to its ``sync``
+    capability's ``set_nowait`` or ``fulfil_nowait``): never encoded, read back as the very
+    object put.
+
+    The cache keeps its entries so on ``memory://``: no encoding on a miss, no decoding on a
+    hit, and one copy of each body in memory instead of the stored bytes plus a decoded one.
+    A reader that keeps nothing treats one like any value it cannot decode.
+    """
+
+    __slots__ = ()
+
+
+#: What a read gives back: bytes, and from an in-process store the objects kept there too.
+Stored = bytes | Kept
+
+
 class SyncOperations(Protocol):
     """A store's operations without the coroutine, as its ``sync`` capability offers them: for
     hot paths, on a store of this process whose every operation runs without an ``await``."""
 
-    def get_nowait(self, key: str) -> bytes | None: ...
+    def get_nowait(self, key: str) -> Stored | None: ...
 
     def set_nowait(
-        self, key: str, value: bytes, ttl: float | None, tags: Iterable[str]
-    ) -> None: ...
+        self, key: str, value: Stored, ttl: float | None, tags: Iterable[str], size: int = 0
+    ) -> None:
+        """:meth:`Store.set`, taking a :class:`Kept` object too, charged ``size`` bytes."""
 
     def claim_nowait(self, key: str, token: str, ttl: float) -> bool: ...
 
     def get_or_claim_nowait(
         self, record_key: str, claim_key: str, token: str, ttl: float
-    ) -> tuple[bytes | None, bool]: ...
+    ) -> tuple[Stored | None, bool]: ...
 
     def release_nowait(self, key: str, token: str) -> bool: ...
 
     def fulfil_nowait(
-        self, key: str, token: str, record_key: str, value: bytes, ttl: float
-    ) -> None: ...
+        self,
+        key: str,
+        token: str,
+        record_key: str,
+        value: Stored,
+        ttl: float,
+        tags: Iterable[str] = (),
+        size: int = 0,
+    ) -> None:
+        """:meth:`Store.fulfil`, with the record's ``tags``, and ``value`` as
+        :meth:`set_nowait` takes it (a fill's last step in one call)."""
 
 
 class Store(ABC):
@@ -87,7 +116,7 @@ class Store(ABC):
     can_prefetch: bool = False
 
     @abstractmethod
-    async def get(self, key: str) -> bytes | None: ...
+    async def get(self, key: str) -> Stored | None: ...
 
     @abstractmethod
     async def set(
@@ -109,7 +138,7 @@ class Store(ABC):
 
     async def get_or_claim(
         self, record_key: str, claim_key: str, token: str, ttl: float
-    ) -> tuple[bytes | None, bool]:
+    ) -> tuple[Stored | None, bool]:
         """The record at ``record_key`` if there is one (``(value, False)``), else try to
         :meth:`claim` ``claim_key``: ``(None, True)`` if we won, ``(None, False)`` if not.
 
@@ -131,7 +160,7 @@ class Store(ABC):
         claim_key: str | None,
         token: str,
         ttl: float,
-    ) -> tuple[bytes | None, bytes | None, bool]:
+    ) -> tuple[bytes | None, Stored | None, bool]:
         """:meth:`get_or_claim` (or only :meth:`get`, for a ``claim_key`` of ``None``) while
         ``guard_key`` holds ``expected`` (``b""``: absent or empty), for a record key that was
         derived from the guard's value: ``(None, record, won)``. When the guard holds something
@@ -140,7 +169,8 @@ class Store(ABC):
         One round trip on Redis (a Lua script: the three keys must share a hash tag); this
         default takes up to three.
         """
-        held = await self.get(guard_key) or b""
+        guard = await self.get(guard_key)
+        held = guard if type(guard) is bytes else b""  # (a guard is never a kept object)
         if held != expected:
             return held, None, False
         if claim_key is None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
-from asgi_perf.stores._base import Store
+from asgi_perf.stores._base import Store, Stored
 
 __all__ = ["Lease", "Outcome", "SingleFlight"]
 
@@ -114,7 +114,7 @@ class Outcome:
     ``released``: the leader gave up, do your own work; ``timeout``: waited long enough."""
 
     kind: Literal["record", "leader", "released", "timeout"]
-    value: bytes | None = None
+    value: Stored | None = None
     lease: Lease | None = None
 
 

@@ -17,6 +17,7 @@ from fastapi import Response as FastAPIResponse
 
 from asgi_perf._core.config import ConfigError
 from asgi_perf.cache import CacheMiddleware, purge
+from asgi_perf.cache._entry import Entry
 from asgi_perf.cache._keys import entry_key
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
 from asgi_perf.stores._redis import RedisStore
@@ -688,6 +689,26 @@ async def test_purge_from_another_process_with_redis(redis_url: str, key_prefix:
     finally:
         await mw.clear()
         await mw.store.close()
+
+
+async def test_memory_store_keeps_the_entry_itself_and_no_decoded_copy() -> None:
+    """In one process nothing is encoded: the store holds the entry object (one copy of the
+    body, not the encoded bytes plus a decoded one), charged about what it takes."""
+    body = bytes(range(256)) * 8
+    app = App({"/a": (200, [("content-type", "application/octet-stream")], body)})
+    mw = cached(app)
+    assert isinstance(mw.store, MemoryStore)
+    await call(mw, "GET", "/a")
+    keys = [k for k in mw.store._data if k.startswith("e:")]
+    assert len(keys) == 1
+    kept = mw.store.get_nowait(keys[0])
+    assert isinstance(kept, Entry) and kept.body is app.routes["/a"][2]
+    assert mw.entries.decoded == {} and mw.entries.decoded_bytes == 0
+    charged = mw.store._data[keys[0]][3]
+    assert len(body) + 700 < charged < len(body) + 2_000  # body, fields and the objects
+    hit = await call(mw, "GET", "/a")
+    assert (x_cache(hit), hit.body, app.calls) == ("HIT", body, 1)
+    assert mw.store.get_nowait(keys[0]) is kept and mw.entries.decoded == {}
 
 
 async def test_memory_store_stays_within_max_bytes() -> None:

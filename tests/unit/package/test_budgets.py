@@ -75,8 +75,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: the URI tag hashed from its parts joined once, without the NUL check; -1 each:
     # the entry policy made once read without a call, the store TTL from the response's
     # start (no clock), the built entry told from a reason by type, the claim's end inline
-    # once it left with the entry
-    "cache-miss-memory": 69,
+    # once it left with the entry; -10: on the memory store the entry is kept as the object
+    # it is (no encoding, no decoded copy; its claim ended with it, as fulfil does)
+    "cache-miss-memory": 59,
     # +4 (issue 14): the fingerprint holds scheme, one valid Host, Range and the conditionals
     # +1 (issue 15): the leader's response state is an object it owns, not a closure
     # -34: one pass over the request's fields, in instead of get, a response of common fields

@@ -14,6 +14,7 @@ import pytest
 from asgi_perf import ConfigError, StoreUnavailable, create_store
 from asgi_perf.stores import (
     KeepingMemoryStore,
+    Kept,
     MemoryStore,
     Store,
     StoreFull,
@@ -307,6 +308,31 @@ async def test_memory_sync_operations_match_the_async_ones() -> None:
     assert store.get_nowait("{s}rec") == b"v" and await store.holder("{s}claim") is None
     store.fulfil_nowait("{s}other", "nobody", "{s}rec2", b"w", ttl=5)  # no claim: still stored
     assert store.get_or_claim_nowait("{s}rec2", "{s}other", "t4", 5) == (b"w", False)
+
+
+class _Thing(Kept):
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+async def test_memory_store_keeps_objects_as_they_are_charged_what_they_are_said_to_take() -> None:
+    store = MemoryStore(max_entries=100, max_bytes=10_000)
+    thing = _Thing("a")
+    store.set_nowait("k", thing, 5, ("t",), 1_000)
+    assert store.get_nowait("k") is thing and await store.get("k") is thing
+    assert store.bytes == len("k") + 1_000 + 64  # the charge given, plus the per-entry cost
+    assert store.get_or_claim_nowait("k", "{k}c", "t1", 5) == (thing, False)
+    assert store.get_or_claim_nowait("{k}r", "{k}c", "t1", 5) == (None, True)
+    other = _Thing("b")
+    store.fulfil_nowait("{k}c", "t1", "{k}r", other, 5, ("t",), 2_000)  # stored, claim ended
+    assert store.get_nowait("{k}r") is other and await store.holder("{k}c") is None
+    assert store.bytes == 1_065 + len("{k}r") + 2_064
+    assert await store.delete_tags(["t"]) == 2 and store.bytes == 0
+    for i in range(20):  # 20 objects of 1,000 bytes: 10,000 bytes hold 9 of them
+        store.set_nowait(f"o{i}", _Thing(str(i)), 5, (), 1_000)
+    assert store.bytes <= 10_000 and store.records == 9 and store.evictions == 11
 
 
 async def test_memory_store_bounded_by_bytes_and_entries() -> None:
