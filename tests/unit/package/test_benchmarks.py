@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from benchmarks import driver
+from benchmarks import cold, driver
 from benchmarks.floor import FloorMiddleware
 from benchmarks.goals import GOALS, Goal, evaluate
 from benchmarks.http import HTTPResult, complete_response, parse_wrk
@@ -236,3 +236,19 @@ def test_scenarios_without_peers_or_redis_have_no_peer_rows():
     assert all(v.role in ("bare", "floor", "ours") for s in scenarios for v in s.variants)
     assert not any(s.needs_redis for s in scenarios)
     assert all(s.variants[0].role == "bare" for s in scenarios)
+
+
+async def test_cold_mode_times_each_layer_hot_and_with_the_caches_evicted():
+    rows = await cold.measure(("floor", "cache-hit-memory"), requests=20, rounds=1, mib=1)
+    assert [(sid, name) for sid, name, _, _ in rows] == [
+        ("floor", "floor middleware"),
+        ("cache-hit-memory", "asgi_perf cache hit"),
+    ]
+    assert all(hot == hot and cold_ == cold_ for _, _, hot, cold_ in rows)  # measured: no NaN
+
+
+def test_cold_mode_names_an_unknown_scenario(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cold.main(["--only", "no-such-scenario"])
+    assert exit_.value.code == 2
+    assert "no-such-scenario" in capsys.readouterr().err
