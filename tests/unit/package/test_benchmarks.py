@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from benchmarks import cold, driver
+from benchmarks import cold, conformance, driver
 from benchmarks.floor import FloorMiddleware
 from benchmarks.goals import GOALS, Goal, evaluate
 from benchmarks.http import HTTPResult, complete_response, parse_wrk
@@ -252,3 +252,81 @@ def test_cold_mode_names_an_unknown_scenario(capsys):
         cold.main(["--only", "no-such-scenario"])
     assert exit_.value.code == 2
     assert "no-such-scenario" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "expected"),
+    [
+        (  # untested (browser-only) tests are not counted; checks are not either
+            {
+                "a": ["required", "✅", ""],
+                "b": ["required", "⛔️", ""],
+                "c": ["required", "-", ""],
+                "d": ["optimal", "⚠️", ""],
+                "e": ["optimal", "✅", ""],
+                "f": ["check", "Y", ""],
+            },
+            {
+                "required": {"passed": 1, "total": 2, "not_passed": ["b"]},
+                "optimal": {"passed": 1, "total": 2, "not_passed": ["d"]},
+            },
+        ),
+        (  # a setup failure is not a pass
+            {"a": ["required", "🔹", ""]},
+            {
+                "required": {"passed": 0, "total": 1, "not_passed": ["a"]},
+                "optimal": {"passed": 0, "total": 0, "not_passed": []},
+            },
+        ),
+    ],
+)
+def test_conformance_summary_counts_what_the_suite_ran(verdicts, expected):
+    assert conformance.summarize(verdicts) == expected
+
+
+async def test_conformance_proxy_forwards_the_exchange_as_it_came():
+    import httpx
+
+    seen = []
+
+    def origin(request):
+        seen.append(request)
+        return httpx.Response(
+            200,
+            headers=[
+                ("Cache-Control", "max-age=60"),
+                ("Connection", "x-secret"),
+                ("X-Secret", "1"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Encoding", "gzip"),
+            ],
+            stream=httpx.ByteStream(b"\x1f\x8b raw bytes"),  # (content= would decode it here)
+        )
+
+    app = conformance.proxy_app("http://origin.test", httpx.MockTransport(origin))
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/a b",
+        "raw_path": b"/a%20b",
+        "query_string": b"q=1",
+        "headers": [(b"host", b"proxy"), (b"if-none-match", b'"x"'), (b"connection", b"close")],
+    }
+    await app(scope, receive, send)
+    assert str(seen[0].url) == "http://origin.test/a%20b?q=1"
+    assert seen[0].headers["if-none-match"] == '"x"' and "connection" not in seen[0].headers
+    assert "accept-encoding" not in seen[0].headers  # no field of the proxy's own
+    start, body = sent
+    names = [k.lower() for k, _ in start["headers"]]
+    assert b"connection" in names and b"x-secret" in names  # the cache's to act on
+    assert b"transfer-encoding" not in names
+    assert dict(start["headers"])[b"content-length"] == str(len(body["body"])).encode()
+    assert body["body"] == b"\x1f\x8b raw bytes"  # undecoded
