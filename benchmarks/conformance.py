@@ -148,21 +148,14 @@ def summarize(verdicts: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from asgi_perf import CacheMiddleware
+
+    from .server import run_uvicorn
 
     options = json.loads(args.options)
     app = CacheMiddleware(proxy_app(args.origin), storage=args.storage, **options)
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        date_header=False,  # the origin's Date is the one the suite checks
-        server_header=False,
-    )
+    # the origin's Date is the one the suite checks: the server adds none of its own
+    run_uvicorn(app, args.port, date_header=False, server_header=False)
 
 
 def run(suite: Path, storage: str, options: str, log: Path | None = None) -> dict[str, list[str]]:

@@ -211,6 +211,13 @@ def build_dispatcher(peers: bool) -> tuple[Any, dict[str, str]]:
     return dispatch, status
 
 
+def run_uvicorn(app: Any, port: int, **options: Any) -> None:
+    """``app`` under uvicorn on loopback ``port``, quiet (warnings only, no access log)."""
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **options)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server")
     parser.add_argument("--server", default="uvicorn", choices=("uvicorn", "granian", "hypercorn"))
@@ -220,18 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     app, status = build_dispatcher(args.peers)
     print(json.dumps(status), flush=True)
     if args.server == "uvicorn":
-        import uvicorn
-
-        uvicorn.run(
-            app,
-            host="127.0.0.1",
-            port=args.port,
-            log_level="warning",
-            access_log=False,
-            loop="auto",
-            http="auto",
-            lifespan="on",
-        )
+        run_uvicorn(app, args.port, loop="auto", http="auto", lifespan="on")
     elif args.server == "hypercorn":
         import asyncio
 
