@@ -145,6 +145,22 @@ async def call(
 
 
 # -- worker processes -------------------------------------------------------------------------
+async def wait_until(
+    ready: Callable[[], bool | Awaitable[bool]], timeout: float, step: float = 0.005
+) -> None:
+    """Poll ``ready`` (sync or async) every ``step`` seconds until it holds;
+    ``asyncio.TimeoutError`` after ``timeout`` (``asyncio.timeout`` is Python 3.11+)."""
+
+    async def poll() -> None:
+        while True:
+            result = ready()
+            if await result if isinstance(result, Awaitable) else result:
+                return
+            await asyncio.sleep(step)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 def run_processes(
     target: Any,
     args: Sequence[Any],

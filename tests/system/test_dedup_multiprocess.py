@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import run_processes
+from tests.support import run_processes, wait_until
 from tests.system.test_cache_multiprocess import cpu_burners
 
 PROCESSES = 4
@@ -39,9 +39,10 @@ async def _run(
             # Fail only once every process's requests wait for this leader: a request
             # arriving after the failure would rightly lead (and be shared) itself. Process
             # start-up under load takes far longer than a request's first round trip.
-            async with asyncio.timeout(30):
-                while int(await client.get(arrived) or 0) < PROCESSES:
-                    await asyncio.sleep(0.01)
+            async def everyone_arrived() -> bool:
+                return int(await client.get(arrived) or 0) >= PROCESSES
+
+            await wait_until(everyone_arrived, 30, step=0.01)
             await asyncio.sleep(0.2)
             raise RuntimeError("the leader fails")  # in whichever process leads
         body = b'{"order": 1, "pid": %d}' % multiprocessing.current_process().pid
@@ -55,9 +56,7 @@ async def _run(
         *(call(mw, "POST", "/orders", body=b'{"item": 7}') for _ in range(PER_PROCESS)),
         return_exceptions=True,
     )
-    async with asyncio.timeout(30):
-        while mw.stats()["requests"] < PER_PROCESS:
-            await asyncio.sleep(0.005)
+    await wait_until(lambda: mw.stats()["requests"] >= PER_PROCESS, 30)
     if client is not None:
         await client.incr(arrived)
     done = await asyncio.wait_for(requests, 30)

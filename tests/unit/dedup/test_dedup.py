@@ -15,7 +15,7 @@ from asgi_perf._core.config import ConfigError
 from asgi_perf._core.http import fingerprint
 from asgi_perf.dedup import DedupMiddleware
 from asgi_perf.stores import MemoryStore, StoreUnavailable, create_store
-from tests.support import Response, call, free_port, make_scope, reader
+from tests.support import Response, call, free_port, make_scope, reader, wait_until
 
 Scope = dict[str, Any]
 WAIT = 10  # seconds: every test that could hang is bounded by this
@@ -512,9 +512,9 @@ async def _discard(message: dict[str, Any]) -> None:
 # -- the leader fails or does not produce a shareable response -------------------------------
 async def _leader_and_waiters(mw: DedupMiddleware, n: int = 10, **kw: Any) -> list[Any]:
     leader = asyncio.create_task(call(mw, "POST", "/f", body=b"same", **kw))
-    async with asyncio.timeout(WAIT):  # the leader holds the claim (a cluster's first call
-        while mw.stats()["leaders"] < 1:  # takes a while: no fixed sleep is long enough)
-            await asyncio.sleep(0.005)
+    # the leader holds the claim (a cluster's first call takes a while: no fixed sleep is
+    # long enough)
+    await wait_until(lambda: mw.stats()["leaders"] >= 1, WAIT)
     waiters = [asyncio.create_task(call(mw, "POST", "/f", body=b"same")) for _ in range(n)]
     done = await asyncio.wait_for(asyncio.gather(leader, *waiters, return_exceptions=True), WAIT)
     return list(done)

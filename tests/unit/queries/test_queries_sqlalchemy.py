@@ -397,7 +397,10 @@ def test_raise_action_fails_the_request_in_the_test_client(db: Database, framewo
             client.get("/lazy")
         assert client.get("/eager").status_code == 200
     message = plain(str(info.value))
-    assert "select qa_books.id, qa_books.title, qa_books.author_id from " in message
+    # (SQLAlchemy 2.0, which Python 3.10 gets, labels the ORM's columns: "… as qa_books_id")
+    columns = ("id", "title", "author_id")
+    listed = ", ".join(rf"qa_books\.{c}( as qa_books_{c})?" for c in columns)
+    assert re.search(rf"select {listed} from ", message), message
     assert f"test_queries_sqlalchemy.py:{LAZY_SYNC} in <listcomp>()" in message
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/lazy").status_code == 500
