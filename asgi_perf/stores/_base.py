@@ -48,6 +48,7 @@ class Subscription(ABC):
     @abstractmethod
     async def wait(self, timeout: float) -> bool:
         """Wait until the key is notified (``True``) or ``timeout`` seconds pass (``False``).
+        A notification wakes one wait: the next waits for the next one (or polls).
 
         A ``False`` is not proof that nothing happened (notifications may be lost on Redis
         Cluster or a dropped connection): callers re-read the record and poll.

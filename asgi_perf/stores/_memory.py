@@ -63,6 +63,7 @@ class _MemorySubscription(Subscription):
             await asyncio.wait_for(self.event.wait(), timeout)
         except asyncio.TimeoutError:
             return False
+        self.event.clear()  # spent: the next wait is for the next notification
         return True
 
 

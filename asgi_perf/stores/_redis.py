@@ -169,17 +169,22 @@ def _hash_tagged(key: str) -> bool:
 
 
 class _RedisSubscription(Subscription):
+    """Its ear is one message: once it has woken a wait, later waits poll (sleep for their
+    timeout), as without an ear."""
+
     def __init__(self, future: asyncio.Future[None] | None) -> None:
         self.future = future
 
     async def wait(self, timeout: float) -> bool:
-        if self.future is None:
+        future = self.future
+        if future is None:
             await asyncio.sleep(timeout)
             return False
         try:
-            await asyncio.wait_for(asyncio.shield(self.future), timeout)
+            await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             return False
+        self.future = None  # spent (a done future would wake every later wait at once)
         return True
 
 

@@ -132,3 +132,34 @@ async def test_a_stalled_leader_takes_its_lapsed_claim_back(store: Store) -> Non
     await leader.lease.release()
     await asyncio.sleep(0.1)  # a renewer that outlived the release would take it back
     assert await store.holder("{s}claim") is None
+
+
+async def test_a_waiter_woken_while_the_claim_is_still_held_waits_without_spinning(
+    store: Store,
+) -> None:
+    """A notification that finds the claim still held (a spurious wake, or a new leader
+    that claimed at once) is spent: the waiter waits for the next one, or polls, instead of
+    being woken again at once (on Python 3.12+ that loop never yielded: a livelock)."""
+    flight = SingleFlight(store, wait_timeout=3, poll_max=0.25)
+    leader = await flight.join("{w}claim", "{w}rec")
+    assert leader.kind == "leader" and leader.lease is not None
+    reads = 0
+    get = store.get
+
+    async def counting_get(key: str) -> Any:
+        nonlocal reads
+        if key == "{w}rec":
+            reads += 1
+        return await get(key)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    waiter = asyncio.create_task(flight.wait("{w}claim", "{w}rec"))
+    await asyncio.sleep(0.05)
+    before = reads
+    await store.notify("{w}claim")  # woken, but the leader still holds the claim
+    await asyncio.sleep(0.4)
+    woken_reads = reads - before
+    await leader.lease.fulfil("{w}rec", b"done", ttl=5)
+    outcome = await asyncio.wait_for(waiter, 5)
+    assert outcome.kind == "record" and outcome.value == b"done"
+    assert woken_reads <= 12, f"{woken_reads} reads in 0.4 s after one notification"
