@@ -343,14 +343,9 @@ class CacheMiddleware(EnvConfigurable):
                 else:  # what key holds, or the claim of its fill, in one step
                     held, won = sync.get_or_claim_nowait(key, "c:" + key[2:], token, LEASE_TTL)
                     found = None
-                    if held is not None:
+                    if held is not None:  # (decode gives a kept entry back as it is)
                         won = None
-                        if type(held) is Entry:  # (kept as it is in this process)
-                            found = held
-                        elif held == HIT_FOR_MISS:
-                            found = HIT_FOR_MISS
-                        else:
-                            found = entries.decode(key, held)
+                        found = HIT_FOR_MISS if held == HIT_FOR_MISS else entries.decode(key, held)
             if won is not None:  # nothing stored, and the claim was tried
                 if won:  # the one fill of this key
                     self.counters.misses += 1
