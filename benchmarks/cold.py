@@ -22,11 +22,9 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
-from typing import Any
 
-from .driver import receiver
-from .scenarios import Context, Scenario, Unavailable, build_scenarios
+from .driver import timed
+from .scenarios import Context, Unavailable, build_scenarios
 
 __all__ = ["main", "measure"]
 
@@ -55,27 +53,6 @@ class Evictor:
         self.buffer[::64] = self.ones
 
 
-async def _per_request(
-    app: Any, scenario: Scenario, start: int, count: int, evict: Evictor | None
-) -> float:
-    """Mean µs per request over ``count`` requests, only the requests themselves timed."""
-    make = scenario.request.scope_factory()
-    body = scenario.request.body
-
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
-    total = 0.0
-    for n in range(start, start + count):
-        scope, receive = make(n), receiver(body)
-        if evict is not None:
-            evict()
-        began = time.perf_counter()
-        await app(scope, receive, send)
-        total += time.perf_counter() - began
-    return total / count * 1e6
-
-
 async def measure(
     ids: tuple[str, ...], requests: int, rounds: int, mib: int
 ) -> list[tuple[str, str, float, float]]:
@@ -96,17 +73,17 @@ async def measure(
             continue
         n = 0
         for app in apps:  # warm-up: memoised routes, lazy imports
-            await _per_request(app, scenario, n, requests, None)
+            await timed(app, scenario.request, requests, n, collect=False)
             n += requests
         hot: list[float] = []
         cold: list[float] = []
         for _ in range(rounds):
             for evict, out in ((None, hot), (evictor, cold)):
-                bare = await _per_request(apps[0], scenario, n, requests, evict)
+                bare = await timed(apps[0], scenario.request, requests, n, False, evict)
                 n += requests
-                mine = await _per_request(apps[1], scenario, n, requests, evict)
+                mine = await timed(apps[1], scenario.request, requests, n, False, evict)
                 n += requests
-                out.append(mine - bare)
+                out.append((mine - bare) * 1e6)
         rows.append((sid, ours.name, statistics.median(hot), statistics.median(cold)))
     return rows
 
