@@ -27,19 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from asgi_perf._core.http import HOP_BY_HOP
+
 __all__ = ["main", "proxy_app", "summarize"]
 
 #: Request fields a proxy does not forward (RFC 9110 §7.6.1), and Host (the origin's own).
-_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"host",
-}
+_HOP = HOP_BY_HOP | {b"host"}
+
+#: Response fields of the origin's framing, which the proxy replaces with its own.
+_FRAMING = {b"transfer-encoding", b"content-length"}
 
 #: Run by Node inside the suite: each test's kind and result as the suite's own site judges it.
 _SUMMARY_MJS = """
@@ -96,13 +92,10 @@ def proxy_app(origin: str, transport: Any = None) -> Any:
             raw = b"".join([chunk async for chunk in response.aiter_raw()])  # not decoded
         finally:
             await response.aclose()
-        # Connection stays: which fields it names is the cache's to act on (RFC 9111 §3.1).
-        out = [
-            (k, v)
-            for k, v in response.headers.raw
-            if k.lower() not in _HOP or k.lower() == b"connection"
-        ]
-        out = [(k, v) for k, v in out if k.lower() != b"content-length"]
+        # Every field as the origin sent it, Connection and the other hop-by-hop ones too:
+        # what is stored or forwarded is the cache's to decide (RFC 9111 §3.1), not the
+        # proxy's. Only the framing is made anew (the body arrived whole).
+        out = [(k, v) for k, v in response.headers.raw if k.lower() not in _FRAMING]
         if response.status_code not in (204, 304) and scope["method"] != "HEAD":
             out.append((b"content-length", str(len(raw)).encode("ascii")))
         elif "content-length" in response.headers:
