@@ -1,4 +1,5 @@
-"""The core: ASGI helpers, options, request context, identity, recording, HTTP semantics.
+"""The core: ASGI helpers, options, request context, identity, route templates, recording,
+HTTP semantics.
 
 It knows no store and no middleware."""
 

@@ -64,8 +64,8 @@ from asgi_perf._core.config import (
     to_duration,
     to_int,
 )
+from asgi_perf._core.routes import template_of
 from asgi_perf.queries._findings import Finding, QueryLog, Rules
-from asgi_perf.timing._routes import template_of
 
 __all__ = [
     "Finding",

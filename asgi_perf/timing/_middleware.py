@@ -96,12 +96,12 @@ from asgi_perf._core.config import (
 )
 from asgi_perf._core.context import SCOPE_KEY, format_server_timing
 from asgi_perf._core.identity import PROXY_HEADER_ENV, TRUSTED_PROXIES_ENV, ClientIP, parse_networks
+from asgi_perf._core.routes import method_label as _method
+from asgi_perf._core.routes import route_template, template_of
 from asgi_perf._core.stats import register
 from asgi_perf.timing._exchange import Exchange, ExchangeSettings
 from asgi_perf.timing._histogram import BATCH
 from asgi_perf.timing._profiling import PROFILING_ENV_VARS, ProfileOptions, ProfilingLayer
-from asgi_perf.timing._routes import method_label as _method
-from asgi_perf.timing._routes import route_template, template_of
 from asgi_perf.timing._series import OVERFLOW, RouteStats, timing_document
 from asgi_perf.timing._slo import (
     Objective,

@@ -48,9 +48,9 @@ from asgi_perf._core.config import (
     to_int,
     to_size,
 )
+from asgi_perf._core.routes import method_label, template_of
 from asgi_perf._core.stats import register
 from asgi_perf.timing._profiles import ProfileArchive, ProfileRecord, pack_session
-from asgi_perf.timing._routes import method_label, template_of
 
 if TYPE_CHECKING:
     from asgi_perf.timing._memory import MemoryTrace, MemoryTracer

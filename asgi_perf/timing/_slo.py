@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_perf._core.config import ConfigError, to_duration
+from asgi_perf._core.routes import KNOWN_METHODS
 from asgi_perf._core.stats import register
-from asgi_perf.timing._routes import KNOWN_METHODS
 
 __all__ = ["Objective", "RouteObjectives", "SloTracker", "parse_slo_windows", "parse_slos"]
 

@@ -140,7 +140,7 @@ def route_template(scope: Scope, status: int, from_scope: bool = True) -> tuple[
 def template_of(scope: Scope, status: int, from_scope: bool = True) -> str:
     """Just the template of :func:`route_template`: what the statistics are keyed on.
 
-    The per-request path of ``TimingMiddleware``: a cached route or a memoised path costs
+    On the per-request path (Timing, the query log): a cached route or a memoised path costs
     a dictionary lookup here, without building the pair.
     """
     # ``in`` and subscripts, not ``get``: no call event on the path every request takes

@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.params import FromPath
 
-from asgi_perf.timing import TimingMiddleware
-from asgi_perf.timing._routes import (
+from asgi_perf._core.routes import (
     _HEX,
     _UUID,
     CACHE_SIZE,
@@ -22,6 +21,7 @@ from asgi_perf.timing._routes import (
     collapse_path,
     route_template,
 )
+from asgi_perf.timing import TimingMiddleware
 from tests.support import call, make_scope
 
 
@@ -218,7 +218,7 @@ async def test_litestar_path_template() -> None:
 
 
 def test_route_templates_are_cached_per_route_object_never_per_reused_id() -> None:
-    from asgi_perf.timing._routes import template_of
+    from asgi_perf._core.routes import template_of
 
     class Route:
         def __init__(self, path: str) -> None:
