@@ -285,8 +285,6 @@ class Entries:
         requests straight through for a while."""
         if len(self.not_shared) >= _LOCAL_MAX:
             self.not_shared.clear()
-        self.uncacheable_paths.clear()
-        self._paths_room = _LOCAL_MAX
         self.not_shared[base] = time.monotonic() + self.hit_for_miss_ttl
 
     def shared_recently_refused(self, base: str) -> bool:

@@ -231,6 +231,27 @@ async def test_a_path_that_never_caches_passes_through_for_any_query() -> None:
         assert x_cache(await call(mw, "GET", "/ok", query=f"q={i}")) == "HIT"
 
 
+async def test_a_private_answer_to_a_credentialed_request_keeps_other_paths_hints() -> None:
+    """A logged-in user's private answer is remembered for its own resource; it does not
+    wipe what this process learned of other paths (it did: every such answer emptied the
+    path hints, so on an app with logged-in users an uncacheable path never stayed known)."""
+    app = App(
+        {
+            "/nostore": (200, [("cache-control", "no-store")], b"n"),
+            "/me": (200, [("cache-control", "private")], b"me"),
+        }
+    )
+    mw = cached(app)
+    for i in range(3):  # three fills: /nostore is known to be uncacheable
+        await call(mw, "GET", "/nostore", query=f"n={i}")
+    await call(mw, "GET", "/me", headers=[("authorization", "Bearer u1")])
+    for i in range(3, 6):
+        assert (await call(mw, "GET", "/nostore", query=f"n={i}")).body == b"n"
+    stats = mw.stats()
+    assert stats["uncacheable"] == {"no-store": 3, "private": 1}  # no /nostore fill again
+    assert stats["hit_for_miss"] == 3
+
+
 async def test_what_the_cache_keeps_per_new_path_is_not_walked_by_the_garbage_collector() -> None:
     """A REST app's never-repeated paths leave a record (a hit-for-miss marker) and a streak
     each, thousands at once: as plain tuples the collector stops tracking them, where
