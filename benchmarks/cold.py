@@ -22,11 +22,13 @@ import argparse
 import asyncio
 import statistics
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 from .driver import timed
 from .scenarios import Context, Unavailable, build_scenarios
 
-__all__ = ["main", "measure"]
+__all__ = ["chosen_ids", "main", "measure", "scenario_parser"]
 
 DEFAULT = (
     "floor",
@@ -88,21 +90,31 @@ async def measure(
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.cold",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
-    parser.add_argument("--only", default=",".join(DEFAULT), help="scenario ids, comma-separated")
+def scenario_parser(prog: str, doc: str | None, ids: tuple[str, ...], rounds: int) -> Any:
+    """The options of a tool that times some in-process scenarios: ``--only``, ``--requests``,
+    ``--rounds`` (shared by this module and :mod:`benchmarks.ablation`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("--only", default=",".join(ids), help="scenario ids, comma-separated")
     parser.add_argument("--requests", type=int, default=2000, help="per round and variant")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
+def chosen_ids(parser: Any, only: str, known: Iterable[str], where: str) -> tuple[str, ...]:
+    """``--only``'s ids; an unknown one stops with exit status 2 and says ``where`` they are."""
+    ids = tuple(i for i in only.split(",") if i)
+    unknown = [i for i in ids if i not in set(known)]
+    if unknown:
+        parser.error(f"unknown scenario ids {unknown}: {where}")
+    return ids
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = scenario_parser("python -m benchmarks.cold", __doc__, DEFAULT, rounds=5)
     parser.add_argument("--evict-mib", type=int, default=32, help="memory written per request")
     args = parser.parse_args(argv)
-    ids = tuple(i for i in args.only.split(",") if i)
-    known = {s.id for s in build_scenarios(peers=False, redis=False)}
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        parser.error(f"unknown scenario ids {unknown}: python -m benchmarks --list names them")
+    known = [s.id for s in build_scenarios(peers=False, redis=False)]
+    ids = chosen_ids(parser, args.only, known, "python -m benchmarks --list names them")
     rows = asyncio.run(measure(ids, args.requests, args.rounds, args.evict_mib))
     print(f"{'scenario':22s} {'variant':30s} {'hot µs':>8s} {'cold µs':>8s} {'cold/hot':>8s}")
     for sid, name, hot, cold in rows:

@@ -158,13 +158,16 @@ def ping(app: Builder) -> Builder:
     return lambda ctx: PingMiddleware(app(ctx), ctx.redis_client())
 
 
-def full_stack(app: Builder, storage: str = "memory://") -> Builder:
-    """``asgi_perf.from_env`` with every middleware enabled (the recommended order)."""
+def full_stack(app: Builder, storage: str = "memory://", without: str | None = None) -> Builder:
+    """``asgi_perf.from_env`` with every middleware enabled (the recommended order), or all
+    but one: ``without`` names its ``ASGI_PERF_<NAME>_ENABLED`` variable's ``<NAME>``."""
 
     def build(ctx: Context) -> Any:
         from_env_ = from_env()
         env = stack_environ(storage if storage != "redis" else _redis_url(ctx))
         env["ASGI_PERF_KEY_PREFIX"] = ctx.prefix
+        if without is not None:
+            env[f"ASGI_PERF_{without}_ENABLED"] = "false"
         return from_env_(app(ctx), environ=env)
 
     return build

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from benchmarks import cold, conformance, driver
+from benchmarks import ablation, cold, conformance, driver
 from benchmarks.floor import FloorMiddleware
 from benchmarks.goals import GOALS, Goal, evaluate
 from benchmarks.http import HTTPResult, complete_response, parse_wrk
@@ -245,6 +245,25 @@ async def test_cold_mode_times_each_layer_hot_and_with_the_caches_evicted():
         ("cache-hit-memory", "asgi_perf cache hit"),
     ]
     assert all(hot == hot and cold_ == cold_ for _, _, hot, cold_ in rows)  # measured: no NaN
+
+
+async def test_ablation_weighs_each_layer_inside_the_stack():
+    """Each row's stack really is the full one without that layer: it makes fewer calls
+    (deterministic), whatever the times say."""
+    rows = await ablation.measure(("stack-memory",), requests=20, rounds=1)
+    assert [layer for _, layer, _, _ in rows] == [
+        ablation.STACK,
+        *(name for name, _ in ablation.LAYERS),
+    ]
+    assert all(calls > 0 for _, _, _, calls in rows)
+    assert all(t == t for _, _, t, _ in rows)  # measured: no NaN
+
+
+def test_ablation_names_an_unknown_scenario(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ablation.main(["--only", "cache-hit-memory"])
+    assert exit_.value.code == 2
+    assert "cache-hit-memory" in capsys.readouterr().err
 
 
 def test_cold_mode_names_an_unknown_scenario(capsys):
