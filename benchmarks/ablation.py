@@ -7,13 +7,13 @@ this builds the ``from_env`` stack of the full-stack scenarios with every layer 
 without each layer, and reports what the stack loses without it: microseconds (in-process,
 ``memory://``; the median over interleaved rounds of the difference within a round) and Python
 calls per request (deterministic). The times are noisy on a shared machine (a layer of one or
-two microseconds can show below zero); the calls are not.
-The layers' shares need not add up to the stack's total: they interact.
+two microseconds can show below zero); the calls are not. The layers' shares need not add up
+to the stack's total: they interact.
 
 Examples:
 
     python -m benchmarks.ablation                        both request shapes
-    python -m benchmarks.ablation --only stack-memory    one (ids: python -m benchmarks --list)
+    python -m benchmarks.ablation --only stack-memory    one shape (or stack-memory-paths)
 """
 
 from __future__ import annotations

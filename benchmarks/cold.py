@@ -23,7 +23,6 @@ import asyncio
 import statistics
 import sys
 from collections.abc import Iterable
-from typing import Any
 
 from .driver import timed
 from .scenarios import Context, Unavailable, build_scenarios
@@ -90,7 +89,9 @@ async def measure(
     return rows
 
 
-def scenario_parser(prog: str, doc: str | None, ids: tuple[str, ...], rounds: int) -> Any:
+def scenario_parser(
+    prog: str, doc: str | None, ids: tuple[str, ...], rounds: int
+) -> argparse.ArgumentParser:
     """The options of a tool that times some in-process scenarios: ``--only``, ``--requests``,
     ``--rounds`` (shared by this module and :mod:`benchmarks.ablation`)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0] if doc else None)
@@ -100,10 +101,13 @@ def scenario_parser(prog: str, doc: str | None, ids: tuple[str, ...], rounds: in
     return parser
 
 
-def chosen_ids(parser: Any, only: str, known: Iterable[str], where: str) -> tuple[str, ...]:
+def chosen_ids(
+    parser: argparse.ArgumentParser, only: str, known: Iterable[str], where: str
+) -> tuple[str, ...]:
     """``--only``'s ids; an unknown one stops with exit status 2 and says ``where`` they are."""
     ids = tuple(i for i in only.split(",") if i)
-    unknown = [i for i in ids if i not in set(known)]
+    valid = set(known)
+    unknown = [i for i in ids if i not in valid]
     if unknown:
         parser.error(f"unknown scenario ids {unknown}: {where}")
     return ids
