@@ -25,7 +25,7 @@ from typing import Any
 from .cold import chosen_ids, scenario_parser
 from .counts import calls_per_request
 from .driver import timed
-from .scenarios import NO_STORE, Context, build_scenarios, full_stack, raw
+from .scenarios import Context, build_scenarios, full_stack
 
 __all__ = ["LAYERS", "main", "measure", "paired"]
 
@@ -56,7 +56,7 @@ async def measure(
     rows: list[tuple[str, str, float, float]] = []
     for sid in ids:
         request = scenarios[sid].request
-        app = raw(extra=NO_STORE)  # the full-stack scenarios' app
+        app = scenarios[sid].variants[0].build  # the scenario's bare app, which its stack wraps
         builders = [app, full_stack(app)] + [full_stack(app, without=env) for _, env in LAYERS]
         built: list[Any] = [build(Context(scenario=sid)) for build in builders]
         n = 0
