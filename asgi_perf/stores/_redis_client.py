@@ -121,7 +121,21 @@ def _timed(connection_class: Any) -> type[Any]:
     pass drops the connection, as redis-py does for one inside its own write or read.
     """
 
+    pack = _hiredis_pack()
+
     class Timed(connection_class):  # type: ignore[misc, valid-type]
+        if pack is not None:  # in C, as redis-py's own sync connections pack
+
+            def pack_command(self, *args: Any) -> list[bytes]:
+                if self.encoder.encoding != "utf-8" or self.encoder.encoding_errors != "strict":
+                    return super().pack_command(*args)  # type: ignore[no-any-return]
+                return [pack(args)]
+
+            def pack_commands(self, commands: Any) -> list[bytes]:
+                if self.encoder.encoding != "utf-8" or self.encoder.encoding_errors != "strict":
+                    return super().pack_commands(commands)  # type: ignore[no-any-return]
+                return [pack(tuple(command)) for command in commands]
+
         async def read_response(self, *args: Any, **kwargs: Any) -> Any:
             timeout = READ_TIMEOUT.get()
             if timeout is not None:
@@ -148,6 +162,40 @@ def _timed(connection_class: Any) -> type[Any]:
 
     Timed.__name__ = Timed.__qualname__ = "Timed" + connection_class.__name__
     return Timed
+
+
+def _hiredis_pack() -> Any:
+    """A command packer in C with redis-py's own encoding (what its sync connections use when
+    hiredis is installed; its asyncio ones pack in Python: 680 calls and 52 µs for the seven
+    commands of a cache fill on the development machine, 18 calls and 8 µs this way), or
+    ``None`` without hiredis.
+
+    The same bytes as redis-py's packer for what it accepts: the command name split at spaces
+    (``"SCRIPT LOAD"``), ``bytearray`` and ``memoryview`` as bytes, int and float as their
+    ``repr``, str as UTF-8 (a client with another encoding keeps redis-py's packer); and its
+    ``DataError`` for what it refuses (``tests/unit/stores/test_redis_pack.py``).
+    """
+    try:
+        from hiredis import pack_command
+        from redis.exceptions import DataError
+    except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+        return None
+
+    def pack(args: tuple[Any, ...]) -> bytes:
+        name = args[0]
+        if type(name) is str:
+            if " " in name:
+                args = (*name.encode().split(), *args[1:])
+        elif b" " in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return pack_command(args)  # type: ignore[no-any-return]
+        except TypeError as exc:  # a bytearray (redis-py sends its bytes), or a refusal
+            if any(type(arg) is bytearray for arg in args):
+                return pack(tuple(bytes(a) if type(a) is bytearray else a for a in args))
+            raise DataError(str(exc)) from exc
+
+    return pack
 
 
 def _fits(writer: Any, command: Any) -> bool:
