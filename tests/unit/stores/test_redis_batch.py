@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Any
 
 import pytest
 
 from asgi_perf import create_store
+from asgi_perf.stores._base import StoreUnavailable
 from asgi_perf.stores._redis import RedisStore
 from asgi_perf.stores._redis_batch import Batch
 from tests.support import RedisServer, cancel_at_each_pass
@@ -69,6 +71,67 @@ async def test_the_stack_batches_go_without_redis_pys_pipeline(
     assert executed == []
     assert await store.get("tagged") == b"v"
     assert await store.get("r") == b"v"
+
+
+async def test_a_batchs_replies_are_read_under_one_timer(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py starts and cancels a timer for every reply it reads (about 5 µs each); the
+    seven replies of a cache fill's batch share one deadline, the store's read timeout."""
+    if sys.version_info < (3, 11):
+        pytest.skip("Python 3.10 keeps a timer per reply (no asyncio.timeout)")
+    await store.get("warm")  # a connection in the pool: none is made (with its own timers)
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counted(when: float, *args: Any, **kwargs: Any) -> Any:
+        timers.append(when - loop.time())
+        return call_at(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    batch = Batch(store.client)
+    for n in range(7):
+        batch.set(store.key(f"k{n}"), b"v", px=5000)
+    assert await store.call(batch.execute) == [b"OK"] * 7
+    assert len(timers) == 1 and timers[0] <= store.timeout
+
+
+async def test_a_slow_reply_times_out_its_batch_and_drops_the_connection() -> None:
+    """A reply that does not come within the read timeout fails the batch as it would fail
+    one command (``StoreUnavailable``), and the replies still due are not left on a pooled
+    connection for the next call."""
+    server = RedisServer().start()
+    store = create_store(server.url, prefix="batch-slow:", timeout=0.2)
+    assert isinstance(store, RedisStore)
+    try:
+        await store.set("k", b"v")
+        batch = Batch(store.client)
+        batch.set(store.key("a"), b"A")
+        batch.eval(_BUSY_HALF_S, 0)
+        batch.set(store.key("b"), b"B")
+        with pytest.raises(StoreUnavailable):
+            await store.call(batch.execute)
+        for _ in range(100):  # until the script is over and Redis answers again
+            try:
+                value = await store.get("k")
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+        assert value == b"v"  # not a reply of the batch cut short
+        assert [await store.get("a"), await store.get("b")] == [b"A", b"B"]
+        assert not store.client.connection_pool._in_use_connections
+    finally:
+        await store.close()
+        server.cleanup()
+
+
+_BUSY_HALF_S = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+repeat local t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 500000
+return 1
+"""
 
 
 async def test_a_batch_cancelled_at_any_point_leaves_no_reply_for_the_next_call(
