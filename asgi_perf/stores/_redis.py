@@ -482,7 +482,8 @@ class RedisStore(Store):
         """One op, decoded: the reply the stack fetched ahead for this request
         (:func:`~asgi_perf.stores._prefetch.take`), else its script, by ``EVALSHA`` directly
         (the Script wrapper costs more per call; after a Redis restart it loads the script
-        again, in this same call)."""
+        again, in this same call); on one node as a batch of one, without redis-py's command
+        machinery (its retry closure, event dispatch and reply callbacks)."""
         found = take(op.key)
         if found is not MISSING:
             return found
@@ -491,6 +492,10 @@ class RedisStore(Store):
 
         async def evalsha() -> Any:
             try:
+                if self._batches:
+                    batch = Batch(script.registered_client)
+                    batch.evalsha(sha, count, *op.keys, *op.args)
+                    return (await batch.execute())[0]
                 return await script.registered_client.evalsha(sha, count, *op.keys, *op.args)
             except self._no_script:
                 return await script(keys=op.keys, args=op.args)

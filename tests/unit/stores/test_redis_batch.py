@@ -73,6 +73,28 @@ async def test_the_stack_batches_go_without_redis_pys_pipeline(
     assert await store.get("r") == b"v"
 
 
+async def test_a_scripted_call_goes_without_redis_pys_command_machinery(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rate-limit check or a claim sent alone is a batch of one on a single node: none of
+    ``execute_command``'s retry closure, event dispatch and reply callbacks (30 of the 360
+    calls of a Redis rate-limit check)."""
+    from redis.asyncio.client import Redis
+
+    commands: list[object] = []
+    execute_command = Redis.execute_command
+
+    async def counted(self: Any, *args: Any, **options: Any) -> Any:
+        commands.append(args[0])
+        return await execute_command(self, *args, **options)
+
+    assert await store.run(store.get_or_claim_op("r", "{c}c", "t1", 5)) == (None, True)
+    monkeypatch.setattr(Redis, "execute_command", counted)  # the script is loaded
+    assert await store.run(store.get_or_claim_op("r", "{c}c", "t2", 5)) == (None, False)
+    assert await store.run(store.get_or_claim_op("r2", "{c}c2", "t3", 5)) == (None, True)
+    assert commands == []
+
+
 async def test_a_batchs_replies_are_read_under_one_timer(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
