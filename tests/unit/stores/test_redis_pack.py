@@ -43,11 +43,20 @@ def test_a_batch_packs_to_redis_pys_bytes() -> None:
     assert b"".join(_connection().pack_commands(ARGS)) == b"".join(Connection().pack_commands(ARGS))
 
 
-@pytest.mark.parametrize("value", [True, None, object(), ["a"]])
-def test_what_redis_py_refuses_is_refused_the_same_way(value: object) -> None:
-    with pytest.raises(DataError):
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (True, DataError),
+        (None, DataError),
+        (object(), DataError),
+        (["a"], DataError),
+        ("\udc80", UnicodeEncodeError),
+    ],
+)
+def test_what_redis_py_refuses_is_refused_the_same_way(value: object, error: type) -> None:
+    with pytest.raises(error):
         Connection().pack_command("SET", "k", value)
-    with pytest.raises(DataError):
+    with pytest.raises(error):
         _connection().pack_command("SET", "k", value)
 
 
