@@ -178,7 +178,7 @@ def _hiredis_pack() -> Any:
     try:
         from hiredis import pack_command
         from redis.exceptions import DataError
-    except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    except ImportError:  # pragma: no cover - no hiredis, or one without pack_command
         return None
 
     def pack(args: tuple[Any, ...]) -> bytes:
