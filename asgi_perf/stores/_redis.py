@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 from asgi_perf._core.config import ConfigError
 from asgi_perf.stores._base import Record, Store, StoreFull, StoreUnavailable, Subscription
 from asgi_perf.stores._prefetch import MISSING, Prefetch, PrefetchOp, deferred_writes, take
-from asgi_perf.stores._redis_batch import Batch
+from asgi_perf.stores._redis_batch import Batch, one
 from asgi_perf.stores._redis_client import (
     READ_TIMEOUT,
     SharedClient,
@@ -315,7 +315,11 @@ class RedisStore(Store):
     # -- records ---------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
         client = self.client
-        result: bytes | None = await self.call(lambda: client.get(self.prefix + key))
+        full = self.prefix + key
+        if self._batches:  # (a cache hit on Redis: this read is its round trip)
+            found: bytes | None = await self.call(lambda: one(client, b"GET", full))
+            return found
+        result: bytes | None = await self.call(lambda: client.get(full))
         return result
 
     async def set(
@@ -493,9 +497,9 @@ class RedisStore(Store):
         async def evalsha() -> Any:
             try:
                 if self._batches:
-                    batch = Batch(script.registered_client)
-                    batch.evalsha(sha, count, *op.keys, *op.args)
-                    return (await batch.execute())[0]
+                    return await one(
+                        script.registered_client, b"EVALSHA", sha, count, *op.keys, *op.args
+                    )
                 return await script.registered_client.evalsha(sha, count, *op.keys, *op.args)
             except self._no_script:
                 return await script(keys=op.keys, args=op.args)
