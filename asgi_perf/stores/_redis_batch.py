@@ -90,12 +90,16 @@ class Batch:
             replies: list[Any] = []
             deadline = _deadline(connection)
             timeout = None if deadline is None else math.inf  # inf: no timer of redis-py's
-            async with deadline or _NO_DEADLINE:
-                for _ in self.commands:
-                    try:
-                        replies.append(await connection.read_response(timeout=timeout))
-                    except refused as exc:
-                        replies.append(exc)
+            try:
+                async with deadline or _NO_DEADLINE:
+                    for _ in self.commands:
+                        try:
+                            replies.append(await connection.read_response(timeout=timeout))
+                        except refused as exc:
+                            replies.append(exc)
+            except TimeoutError as exc:  # the deadline's (redis-py's own is another class)
+                where = _host(connection)
+                raise _errors()[2](f"Timeout reading a batch's replies from {where}") from exc
         finally:
             # a write or read that failed or was cancelled has dropped the connection itself
             # (redis-py's, and the loop pass of ``_redis_client._timed``): no reply stays on it
@@ -129,13 +133,20 @@ def _deadline(connection: Any) -> Any:
 
 
 @functools.cache
-def _errors() -> tuple[type[Exception], type[Exception]]:
-    """redis-py's ``ConnectionError`` and ``ResponseError``, imported once (redis is an
-    optional extra; an import statement per batch cost 0.6 µs each)."""
+def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """redis-py's ``ConnectionError``, ``ResponseError`` and ``TimeoutError``, imported once
+    (redis is an optional extra; an import statement per batch cost 0.6 µs each)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    return RedisConnectionError, ResponseError
+    return RedisConnectionError, ResponseError, RedisTimeoutError
+
+
+def _host(connection: Any) -> str:
+    """Where ``connection`` goes, as redis-py names it in its own errors."""
+    describe = getattr(connection, "_host_error", None)
+    return str(describe()) if callable(describe) else "Redis"
 
 
 async def _give_back(pool: Any, connection: Any) -> None:

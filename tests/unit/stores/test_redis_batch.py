@@ -135,7 +135,7 @@ async def test_a_slow_reply_times_out_its_batch_and_drops_the_connection() -> No
         batch.set(store.key("a"), b"A")
         batch.eval(_BUSY_HALF_S, 0)
         batch.set(store.key("b"), b"B")
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(StoreUnavailable, match=f"Timeout reading .*127.0.0.1:{server.port}"):
             await store.call(batch.execute)
         for _ in range(100):  # until the script is over and Redis answers again
             try:
