@@ -36,6 +36,9 @@ class Goal:
     where: str  # in-process scenario id, or "http"
     ours: str  # variant / config name
     other: str = ""  # the peer or reference variant
+    #: rps_vs: an HTTP configuration with no middleware at all, doing only what the app does;
+    #: its requests/s over ``other``'s is the most any stack could reach (shown beside)
+    ceiling: str = ""
 
 
 @dataclass
@@ -410,6 +413,7 @@ GOALS: list[Goal] = [
         "http",
         "fastapi-stack",
         "fastapi-peer-stack",
+        "fastapi-bare",
     ),
     Goal(
         "http-stack-paths",
@@ -501,7 +505,14 @@ def _measure(
         a, b = _get(http, goal.ours, goal.ours), _get(http, goal.other, goal.other)
         if not a.rps or not b.rps:
             raise _Missing("no HTTP rounds")
-        return a.rps / b.rps, f"{a.rps:.0f} vs {b.rps:.0f} req/s"
+        detail = f"{a.rps:.0f} vs {b.rps:.0f} req/s"
+        top = http.get(goal.ceiling) if goal.ceiling else None
+        if top is not None and top.rps:
+            detail += (
+                f"; the app with no middleware {top.rps:.0f} req/s, so at most"
+                f" {top.rps / b.rps:.2f} x for any stack"
+            )
+        return a.rps / b.rps, detail
     if goal.kind == "rps_ratio":
         r = _get(http, goal.ours, goal.ours)
         if r.ratio is None:

@@ -42,7 +42,10 @@ PATH_SHAPED = ("cache", "dedup", "stack")
 #: The same jobs done by the peers and by asgi_perf on one FastAPI route (``--peers``): Starlette
 #: GZip + slowapi + fastapi-cache2 + OpenTelemetry's ASGI middleware, against ``from_env``'s
 #: stack with OpenTelemetry on; both with an SDK tracer provider (no exporter) set globally.
-PEER_STACKS = ("fastapi-stack", "fastapi-peer-stack")
+#: ``fastapi-bare`` is the same route with the same provider and no middleware at all: what
+#: FastAPI itself costs (its own telemetry included), so the most any stack could reach
+#: against the peer stack is its requests/s over the peer stack's.
+PEER_STACKS = ("fastapi-stack", "fastapi-peer-stack", "fastapi-bare")
 CONFIGS = [
     "bare",
     "floor",
@@ -158,6 +161,11 @@ def _fastapi_stack() -> Any:
     return from_env()(_fastapi(False), environ=env)
 
 
+def _fastapi_bare() -> Any:
+    _global_tracer()
+    return _fastapi(False)
+
+
 def _fastapi_peer_stack() -> Any:
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
     from slowapi import Limiter, _rate_limit_exceeded_handler
@@ -191,6 +199,7 @@ def build_dispatcher(peers: bool) -> tuple[Any, dict[str, str]]:
         builders["starlette-gzip"] = _starlette_gzip
         builders["fastapi-stack"] = _fastapi_stack
         builders["fastapi-peer-stack"] = _fastapi_peer_stack
+        builders["fastapi-bare"] = _fastapi_bare
     routes: dict[str, Any] = {}
     status: dict[str, str] = {}
     for name, build in builders.items():

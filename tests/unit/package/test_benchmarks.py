@@ -152,6 +152,7 @@ def test_goal_evaluation():
         Goal("c", "s", "g", "round_trips", 1.0, True, "x", "ours"),
         Goal("d", "s", "g", "rps_ratio", 0.95, False, "http", "cache"),
         Goal("e", "s", "g", "size_ratio", 1.03, True, "x", "gone", "peer"),
+        Goal("f", "s", "g", "rps_vs", 3.0, False, "http", "stack", "peers", "plain"),
     ]
     variants = [
         _variant(
@@ -167,13 +168,22 @@ def test_goal_evaluation():
         _variant("x", "peer", role="peer", overhead_us=5.0, us=6.0, body_bytes=100),
         _variant("x", "gone", status="not available", reason="no module"),
     ]
-    http = [HTTPResult("uvicorn", "cache", rps=960.0, bare_rps=1000.0, ratio=0.96)]
+    http = [
+        HTTPResult("uvicorn", "cache", rps=960.0, bare_rps=1000.0, ratio=0.96),
+        HTTPResult("uvicorn", "stack", rps=1500.0),
+        HTTPResult("uvicorn", "peers", rps=600.0),
+        HTTPResult("uvicorn", "plain", rps=1650.0),  # the app alone: the row's ceiling
+    ]
     results = {g.id: g for g in evaluate(goals, variants, http)}
     assert (results["a"].measured, results["a"].met) == (3.0, False)
     assert (results["b"].measured, results["b"].met) == (0.6, False)
     assert (results["c"].measured, results["c"].met) == (2.0, False)
     assert (results["d"].measured, results["d"].met) == (0.96, True)
     assert results["e"].met is None and "not available" in results["e"].detail
+    assert (results["f"].measured, results["f"].met) == (2.5, False)
+    assert results["f"].detail == (
+        "1500 vs 600 req/s; the app with no middleware 1650 req/s, so at most 2.75 x for any stack"
+    )
 
 
 def test_every_spec_goal_row_has_a_goal():
