@@ -139,6 +139,30 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _commit() -> str | None:
+    """The checkout's commit (``+changes`` when tracked files differ from it): which code a
+    run measured, so runs can be compared (``python -m benchmarks.runs``); ``None`` outside
+    a git checkout."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True
+        )
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
 def _redis_ok(url: str) -> str | None:
     try:
         import redis
@@ -233,6 +257,7 @@ async def _run(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(),
         "load_average_start": os.getloadavg(),
         "versions": _versions(),
+        "commit": _commit(),
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "rounds": settings.rounds,
         "http_rounds": http.rounds,

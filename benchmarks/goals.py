@@ -22,7 +22,7 @@ from typing import Any
 from .http import HTTPResult
 from .inprocess import VariantResult
 
-__all__ = ["GOALS", "Goal", "GoalResult", "evaluate", "hint"]
+__all__ = ["GOALS", "Goal", "GoalResult", "evaluate", "hint", "meets"]
 
 
 @dataclass(frozen=True)
@@ -452,13 +452,6 @@ def evaluate(
             value, detail = _measure(goal, index, http_index)
         except _Missing as exc:
             value, detail = None, str(exc)
-        met = (
-            None
-            if value is None
-            else (value <= goal.limit if goal.at_most else value >= goal.limit)
-        )
-        if goal.kind == "round_trips" and value is not None:
-            met = abs(value - goal.limit) < 0.05
         out.append(
             GoalResult(
                 goal.id,
@@ -466,12 +459,22 @@ def evaluate(
                 goal.goal,
                 value,
                 UNITS[goal.kind],
-                met,
+                meets(goal, value),
                 detail,
                 hint(goal) if value is None else "",
             )
         )
     return out
+
+
+def meets(goal: Goal, value: float | None) -> bool | None:
+    """Whether ``value`` meets ``goal`` (``None``: not measured); an exact count of round
+    trips is met within 0.05 of it."""
+    if value is None:
+        return None
+    if goal.kind == "round_trips":
+        return abs(value - goal.limit) < 0.05
+    return value <= goal.limit if goal.at_most else value >= goal.limit
 
 
 def hint(goal: Goal) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -48,12 +49,15 @@ def test_smoke_run_reports_every_goal_and_scenario(tmp_path, redis_url):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=150,  # a hang guard: about 60 s on a slow shared host
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
 
     assert [g["id"] for g in doc["goals"]] == [g.id for g in GOALS]
+    assert re.fullmatch(r"[0-9a-f]{12}(\+changes)?", doc["meta"]["commit"])  # a git checkout
+    peer_row = next(g for g in doc["goals"] if g["id"] == "http-vs-peer-stack")
+    assert "for any stack" in peer_row["detail"]  # the app alone was measured beside it
     for goal in doc["goals"]:
         assert set(goal) >= {"id", "scenario", "goal", "measured", "unit", "met", "detail"}
         assert goal["id"] in proc.stdout  # the terminal table has the row too
