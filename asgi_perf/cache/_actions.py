@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 
 from asgi_perf._core.asgi import Message, Receive, Scope, Send, without
 from asgi_perf._core.context import add_timing
@@ -39,12 +40,12 @@ def _tagging_send(
     """``send`` adding ``extra`` fields to the response and keeping those addressed to the
     cache (``Cache-Tag``, its own targeted field: ``drop``) from the client."""
 
-    async def tagged(message: Message) -> None:
+    def tagged(message: Message) -> Awaitable[None]:  # (send's awaitable: no coroutine)
         if message["type"] == "http.response.start":
             headers = without(message["headers"], drop) if "headers" in message else []
             headers += extra
             message = {**message, "headers": headers}
-        await send(message)
+        return send(message)
 
     return tagged
 

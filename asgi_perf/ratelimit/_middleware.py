@@ -46,7 +46,7 @@ and what the client sees. Choices where the spec is silent:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from asgi_perf._core import stats
@@ -87,12 +87,13 @@ logger = logging.getLogger("asgi_perf.ratelimit")
 
 def with_fields(send: Send, extra: Headers) -> Send:
     """``send`` whose response start carries the limit fields ``extra`` (a plain function
-    returning the wrapper: an admitted request makes no coroutine of its own for it)."""
+    returning the wrapper, itself a plain function handing back ``send``'s awaitable: an
+    admitted request makes no coroutine of its own for either)."""
 
-    async def send_with_headers(message: Message) -> None:
+    def send_with_headers(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             message["headers"] = [*message["headers"], *extra] if "headers" in message else extra
-        await send(message)
+        return send(message)
 
     return send_with_headers
 

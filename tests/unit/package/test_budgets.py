@@ -1,4 +1,5 @@
-"""Every layer held to its call and round-trip budget: deterministic counts, no timing.
+"""Every layer held to its call, coroutine and round-trip budget: deterministic counts, no
+timing.
 
 The figures come from the bundled benchmark's own scenarios (``python -m benchmarks --counts``),
 so CI and the benchmark measure the same thing. ``BUDGET_*`` is what each scenario may cost
@@ -17,6 +18,8 @@ with Timing (``SKETCHED``); every other budget is exact, so a change of one call
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import subprocess
 import sys
@@ -25,7 +28,9 @@ from typing import Any
 
 import pytest
 
+from benchmarks.driver import receiver
 from benchmarks.goals import CALL_BUDGETS
+from benchmarks.scenarios import Context, build_scenarios
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -161,6 +166,22 @@ BUDGET_TRIPS: dict[str, float] = {
     "stack-redis": 2,
     "stack-redis-hit": 1,  # -1: the same; dedup's record answers in that one round trip
 }
+# Coroutine frames of asgi_perf's own code per request (in-process, memory store), exactly.
+# A coroutine costs more than a plain call (it is made, stepped and finished: compression's
+# skip path, 12,691 instructions, spends ~1,500 of them on its send wrapper's two), so a send
+# wrapper that only forwards is a plain function handing back the awaitable it forwards to.
+BUDGET_COROUTINES: dict[str, int] = {
+    "compress-skip-tiny": 3,  # __call__, and its send wrapper: a dictionary's plan awaits
+    # -2 (issue 17): the limit fields' send wrapper hands back send's awaitable
+    "ratelimit-allow-raw": 1,
+    "cache-hit-memory": 1,
+    "dedup-memory": 1,  # -2 (issue 17): the leader's send, the same
+    "timing": 3,  # __call__, and send: the last body's clock is read once the server has it
+    "queries": 1,
+    # -4 (issue 17): the leader's send and the cache's pass-through wrapper, the same
+    "stack-memory": 12,
+    "stack-memory-paths": 17,
+}
 COUNTED_PYTHON = (3, 11)
 SLACK = 1.0  # calls per request: the data-dependent share described above
 SKETCHED = frozenset({"timing", "stack-memory", "stack-memory-paths"})  # where it applies
@@ -211,3 +232,49 @@ def test_round_trip_budgets(tmp_path: Path, redis_url: str) -> None:
         if measured[sid] is None or measured[sid] > budget + 1e-9
     }
     assert not over, "Redis round trips per request (measured, budget): " + repr(over)
+
+
+async def _coroutines(sid: str, requests: int = 64) -> float:
+    """Coroutine frames of asgi_perf's code started per request, after a warm-up."""
+    scenario = next(s for s in build_scenarios(peers=False, redis=False) if s.id == sid)
+    app = next(v for v in scenario.variants if v.role == "ours").build(Context(scenario=sid))
+    make = scenario.request.scope_factory()
+
+    async def send(message: object) -> None:
+        return None
+
+    for n in range(64):
+        await app(make(n), receiver(scenario.request.body), send)
+    started = 0
+
+    def profile(frame: Any, event: str, arg: object) -> None:
+        nonlocal started
+        code = frame.f_code
+        if (
+            event == "call"
+            and code.co_flags & inspect.CO_COROUTINE
+            and "asgi_perf" in (code.co_filename)
+        ):
+            started += 1
+
+    scopes = [make(10**6 + n) for n in range(requests)]
+    sys.setprofile(profile)
+    try:
+        for scope in scopes:
+            await app(scope, receiver(scenario.request.body), send)
+    finally:
+        sys.setprofile(None)
+    return started / requests
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != COUNTED_PYTHON, reason="pinned, as calls are, for CPython 3.11"
+)
+def test_coroutine_budgets() -> None:
+    measured = {sid: asyncio.run(_coroutines(sid)) for sid in BUDGET_COROUTINES}
+    differ = {
+        sid: (measured[sid], budget)
+        for sid, budget in BUDGET_COROUTINES.items()
+        if measured[sid] != budget
+    }
+    assert not differ, "coroutines per request (measured, budget): " + repr(differ)
