@@ -92,9 +92,8 @@ class Leader:
 
     def send(self, message: Message) -> Awaitable[None]:
         """A plain function handing back the awaitable of the message forwarded: no coroutine
-        per message (``python -m benchmarks.instructions``: dedup 51,622 -> 49,936
-        instructions per request); on a remote store, the record or the pass is written by
-        one, before the message."""
+        per message (a coroutine budget holds it: ``tests/unit/package/test_budgets.py``); on
+        a remote store, the record or the pass is written by one, before the message."""
         if self.held:
             kind = message["type"]
             settings = self.settings
