@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cold import DEFAULT, chosen_ids
-from .driver import receiver
+from .counts import WARMUP, observed
 from .scenarios import Context, build_scenarios
 
 __all__ = ["Counted", "floors", "main", "parts", "run_child"]
@@ -43,6 +43,17 @@ __all__ = ["Counted", "floors", "main", "parts", "run_child"]
 ROLES = ("bare", "floor", "ours")  # measured in this order: the first variant of each role
 MARKER = "os_getppid"  # the C function whose calls delimit what is counted
 _SUMMARY = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
+
+
+class _Marked:
+    """The marker call at each end of what is counted (callgrind dumps its counters there)."""
+
+    def __enter__(self) -> None:
+        gc.collect()  # (the collector is off inside: the same heap in every segment)
+        os.getppid()
+
+    def __exit__(self, *exc: object) -> None:
+        os.getppid()
 
 
 @dataclass
@@ -58,30 +69,14 @@ async def _segments(sid: str, requests: int) -> list[tuple[str, str]]:
     calls (callgrind writes its counters at each). The (name, role) measured, in order."""
     scenario = next(s for s in build_scenarios(peers=False, redis=False) if s.id == sid)
     measured: list[tuple[str, str]] = []
-
-    async def send(message: object) -> None:
-        return None
-
-    make = scenario.request.scope_factory()
     n = 0
     for role in ROLES:
         variant = next((v for v in scenario.variants if v.role == role), None)
         if variant is None:
             continue
         app = variant.build(Context(scenario=sid))
-        for _ in range(64):  # memoised routes, header kinds, lazy imports
-            await app(make(n), receiver(scenario.request.body), send)
-            n += 1
-        scopes = [make(n + i) for i in range(requests)]
-        receivers = [receiver(scenario.request.body) for _ in range(requests)]
-        n += requests
-        gc.collect()
-        gc.disable()  # a collection would fall at a different request in each segment
-        os.getppid()
-        for scope, receive in zip(scopes, receivers, strict=True):
-            await app(scope, receive, send)
-        os.getppid()
-        gc.enable()
+        await observed(app, scenario.request, _Marked(), n, requests)
+        n += WARMUP + requests
         measured.append((variant.name, role))
     return measured
 

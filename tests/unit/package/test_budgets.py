@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.driver import receiver
+from benchmarks.counts import observed, profiled
 from benchmarks.goals import CALL_BUDGETS
 from benchmarks.scenarios import Context, build_scenarios
 
@@ -238,13 +238,6 @@ async def _coroutines(sid: str, requests: int = 64) -> float:
     """Coroutine frames of asgi_perf's code started per request, after a warm-up."""
     scenario = next(s for s in build_scenarios(peers=False, redis=False) if s.id == sid)
     app = next(v for v in scenario.variants if v.role == "ours").build(Context(scenario=sid))
-    make = scenario.request.scope_factory()
-
-    async def send(message: object) -> None:
-        return None
-
-    for n in range(64):
-        await app(make(n), receiver(scenario.request.body), send)
     started = 0
 
     def profile(frame: Any, event: str, arg: object) -> None:
@@ -257,13 +250,7 @@ async def _coroutines(sid: str, requests: int = 64) -> float:
         ):
             started += 1
 
-    scopes = [make(10**6 + n) for n in range(requests)]
-    sys.setprofile(profile)
-    try:
-        for scope in scopes:
-            await app(scope, receiver(scenario.request.body), send)
-    finally:
-        sys.setprofile(None)
+    await observed(app, scenario.request, profiled(profile), count=requests)
     return started / requests
 
 
