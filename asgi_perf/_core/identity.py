@@ -215,7 +215,11 @@ def clean_key(key: object) -> str | None:
 
 
 def default_user_key(scope: Scope) -> str | None:
-    """An authenticated ``scope["user"]``, else ``scope["state"]["user_id"]``, else ``None``."""
+    """An authenticated ``scope["user"]``, else ``scope["state"]["user_id"]``, else ``None``.
+
+    ``None`` for a scope with neither ``user`` nor a non-empty ``state``: the layers that key
+    every request by client (dedup's request parts, the rate limit's gate) test that inline
+    and skip the call; a change here must keep it true."""
     # ``in`` and ``type()`` rather than ``get``/``isinstance``: this runs on every request of
     # every layer that keys by client, and most requests carry no user at all.
     if "user" in scope:

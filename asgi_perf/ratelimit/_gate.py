@@ -11,7 +11,7 @@ from typing import Any
 
 from asgi_perf._core.asgi import Headers, Message, Receive, Scope, Send, problem_body, send_response
 from asgi_perf._core.context import add_timing
-from asgi_perf._core.identity import ClientIP, UserKey
+from asgi_perf._core.identity import ClientIP, UserKey, default_user_key
 from asgi_perf._core.outage import Outage
 from asgi_perf.ratelimit._rules import Policy, Route, refusal_body
 from asgi_perf.ratelimit._strategies import Decision, Limiter, MemoryLimiter
@@ -53,6 +53,7 @@ class Gate:
         self.default_user = default_user
         self.routes = routes
         self.user_key = user_key
+        self._default_user = user_key is default_user_key
         self.client_ip = client_ip
         self.limiter = limiter
         self.outage = outage
@@ -74,7 +75,10 @@ class Gate:
 
     def identify(self, scope: Scope) -> tuple[str, Policy]:
         """The counted identity (``u:<user>`` or ``ip:<address>``) and its policy."""
-        user = self.user_key(scope)
+        if self._default_user and "user" not in scope and not ("state" in scope and scope["state"]):
+            user = None  # what default_user_key says of a scope without user nor state, no call
+        else:
+            user = self.user_key(scope)
         route = self._route_for(scope["method"], scope["path"]) if self.routes else None
         if user is not None:
             return "u:" + user, self.default_user if route is None else route.user

@@ -39,7 +39,8 @@ BUDGET_CALLS: dict[str, float] = {
     "compress-skip-tiny": 3,
     "compress-skip-noae": 4,
     # -2 (issue 17): the one-window fixed check written out, its open window counted in place
-    "ratelimit-allow-raw": 9,
+    # -1: a scope with no user nor state is the client's own without calling default_user_key
+    "ratelimit-allow-raw": 8,
     # -1 (issue 17): the memory store reads with in, not get; -2: the memoised keys and the
     # decoded entry read with in; -2: the Timing context found in the scope (no add_timing
     # frame, no ContextVar read: none when no reader is there)
@@ -123,8 +124,9 @@ BUDGET_CALLS: dict[str, float] = {
     # scope (Timing sets no ContextVar; the rate limit, the cache and Queries find it there)
     # -2: Timing's latency sketch written without calls, as above; -1: Server-Timing entries
     # rendered as bytes (a fixed one once), the field value not encoded again; -1: a dedup
-    # leader on the memory store marks a pass itself (49.5)
-    "stack-memory": 49,
+    # leader on the memory store marks a pass itself (49.5); -1: the rate limit's identity of a
+    # scope with no user nor state, as above (48.3)
+    "stack-memory": 48,
     # +52 (issue 16): the cache miss path, as above; +2: the report-path check (issue 19)
     # -36 (issue 17): the cache miss path, as above; -11: timing, queries, compression diets
     # -20: the dedup diet, as above; -7: dedup's look at the response, as above
@@ -152,8 +154,9 @@ BUDGET_CALLS: dict[str, float] = {
     # -3: the cache's fill: Cache-Status memoised, no Actions.fill frame, no for_app call
     # -1: a new resource's entry key written out, as above; -1: a dedup leader on the memory
     # store marks a pass itself (no give-up frame of the middleware's); -1: the cache's
-    # entry policy read without a call, as above (77.3)
-    "stack-memory-paths": 77,
+    # entry policy read without a call, as above (77.3); -1: the rate limit's identity, as
+    # above (76.3)
+    "stack-memory-paths": 76,
 }
 # Redis round trips per request, at most.
 BUDGET_TRIPS: dict[str, float] = {
