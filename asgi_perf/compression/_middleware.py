@@ -68,7 +68,7 @@ Choices where the spec is silent (documented for users):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, ClassVar, Literal
 
 from asgi_perf._core import stats as _stats
@@ -204,6 +204,22 @@ def _gzip_backend(value: object, name: str) -> str:
     return to_choice(value, name, GZIP_BACKENDS)
 
 
+class _Planned:
+    """The responder of a response on a dictionary rule's path while its plan is made (the
+    plan may read the store): the rest of the response goes to the responder the plan began,
+    or unchanged to ``send`` when it began none."""
+
+    __slots__ = ("send_next", "target")
+
+    def __init__(self, send: Send) -> None:
+        self.send_next = send
+        self.target: Responder | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        target = self.target
+        return self.send_next(message) if target is None else target.send(message)
+
+
 class CompressionMiddleware(EnvConfigurable):
     """Encode responses with the best coding the client accepts (RFC 9110 §12.5.3)."""
 
@@ -323,29 +339,27 @@ class CompressionMiddleware(EnvConfigurable):
                 scope = {**scope, "extensions": extensions}
         # Before the start message: None; then False (passing through) or the responder
         # that owns the rest of an eligible response. No object is made for the common case.
-        responder: Responder | Literal[False] | None = None
+        responder: Responder | _Planned | Literal[False] | None = None
         rule = self.dictionaries.rule_for(scope["path"]) if self.dictionaries else None
 
-        async def send_wrapper(message: Message) -> None:
+        def send_wrapper(message: Message) -> Awaitable[None]:
             # Long on purpose: the pass over the response fields, inlined (calls counted;
-            # ``in`` and subscripts rather than ``get``: they make no call).
+            # ``in`` and subscripts rather than ``get``: they make no call). A plain function
+            # handing back the awaitable of what it forwards: no coroutine per message (a
+            # coroutine budget holds it: ``tests/unit/package/test_budgets.py``).
             nonlocal responder
             if responder is False:
-                await send(message)
-                return
+                return send(message)
             if responder is not None:
-                await responder.send(message)
-                return
+                return responder.send(message)
             if message["type"] != "http.response.start":  # extensions before it (early hints)
-                await send(message)
-                return
+                return send(message)
             responder = False
             # The pass over the response fields, inline: for a small body it settles the
             # request (Content-Length below minimum_size: unchanged, whatever else is there).
             status = message["status"]
             if status in _UNCHANGED_STATUS:
-                await send(message)
-                return
+                return send(message)
             content_type = None
             length = -1
             has_vary = False
@@ -364,47 +378,88 @@ class CompressionMiddleware(EnvConfigurable):
                     except KeyError:
                         length = self._parse_length(value)
                     if 0 <= length < self.minimum_size:
-                        await send(message)  # too small: nothing else matters, no Vary
-                        return
+                        return send(message)  # too small: nothing else matters, no Vary
                 elif field == _TYPE:
                     content_type = value
                 elif field == _VARY:
                     has_vary = True
                 elif field != _CACHE_CONTROL or b"no-transform" in value.lower():
-                    await send(message)  # Content-Encoding, Content-Range, no-transform
-                    return
+                    return send(message)  # Content-Encoding, Content-Range, no-transform
             if content_type is None:
-                await send(message)
-                return
+                return send(message)
             try:
                 verdict = self._types[content_type]
             except KeyError:
                 verdict = self._classify(content_type)
             if verdict == _NO:
-                await send(message)
-                return
+                return send(message)
             chosen = self._codec_for(scope) if codec is _UNSEEN else codec
-            vary: tuple[bytes, ...] = VARY_TOKENS
-            offer = None
-            if rule is not None:
-                vary = rule.vary
-                chosen, offer = await self._dictionary_plan(scope, rule, chosen, message)
-            if chosen is None and (length >= 0 or verdict == _SSE or scope["method"] == "HEAD"):
-                # Not encoded for this client, but it would be for another: say so, send at
-                # once (a new header list: the app's is left as it was).
-                if has_vary:
-                    message["headers"] = with_vary(list(headers), True, vary)
-                else:
-                    vary_item = VARY_FIELD if rule is None else vary_field(vary)
-                    message["headers"] = [*headers, vary_item]
-                await send(message)
-                return
-            responder = Responder(
-                self.shared, scope, chosen, send, has_vary, verdict == _SSE, vary, offer
+            sse = verdict == _SSE
+            if rule is not None:  # the plan may await the store: a coroutine of its own
+                responder = planned = _Planned(send)
+                return self._planned_start(
+                    planned, scope, message, headers, length, sse, has_vary, rule, chosen
+                )
+            responder = self._begin(
+                scope, send, message, headers, length, sse, has_vary, chosen, VARY_TOKENS, None
             )
-            await responder.on_start(message)
+            return send(message) if responder is False else responder.on_start(message)
 
         await self.app(scope, receive, send_wrapper)
+
+    def _begin(
+        self,
+        scope: Scope,
+        send: Send,
+        start: Message,
+        headers: Iterable[tuple[bytes, bytes]],
+        length: int,
+        sse: bool,
+        has_vary: bool,
+        chosen: Codec | None,
+        vary: tuple[bytes, ...],
+        offer: Offer | None,
+    ) -> Responder | Literal[False]:
+        """An eligible response's start, as the pass over its fields found it: the responder
+        that owns the rest of it, or ``False`` when ``start`` (given its ``Vary``) is all
+        there is to send."""
+        if chosen is None and (length >= 0 or sse or scope["method"] == "HEAD"):
+            # Not encoded for this client, but it would be for another: say so, send at
+            # once (a new header list: the app's is left as it was).
+            if has_vary:
+                start["headers"] = with_vary(list(headers), True, vary)
+            else:
+                start["headers"] = [
+                    *headers,
+                    VARY_FIELD if vary is VARY_TOKENS else vary_field(vary),
+                ]
+            return False
+        return Responder(self.shared, scope, chosen, send, has_vary, sse, vary, offer)
+
+    async def _planned_start(
+        self,
+        planned: _Planned,
+        scope: Scope,
+        start: Message,
+        headers: Iterable[tuple[bytes, bytes]],
+        length: int,
+        sse: bool,
+        has_vary: bool,
+        rule: Rule,
+        chosen: Codec | None,
+    ) -> None:
+        """The start of a response on a dictionary rule's path: its plan made (it may read
+        the store), then begun as any other; the rest goes to what began it."""
+        chosen, offer = await self._dictionary_plan(scope, rule, chosen, start)
+        send = planned.send_next
+        responder = self._begin(
+            scope, send, start, headers, length, sse, has_vary, chosen, rule.vary, offer
+        )
+        if responder is False:
+            await send(start)
+        else:
+            planned.target = responder
+            await responder.on_start(start)
 
     def _codec_for(self, scope: Scope) -> Codec | None:
         """The codec to encode this request's response with, or None (identity, HEAD)."""
