@@ -195,7 +195,7 @@ async def _count(lives: list[_Live], scenario: Scenario, counted: int) -> None:
         if live.count_trips:
             await _segment(live, scenario.request, {id(live): TRIP_REQUESTS}, False)
             continue
-        if live.result.role == "peer":  # the budgets are ours; a peer's calls are not needed
+        if live.result.role in ("peer", "reference"):  # the budgets are ours alone
             continue
         try:
             calls = await calls_per_request(

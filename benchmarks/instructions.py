@@ -40,7 +40,9 @@ from .scenarios import Context, build_scenarios
 
 __all__ = ["Counted", "floors", "main", "parts", "run_child"]
 
-ROLES = ("bare", "floor", "ours")  # measured in this order: the first variant of each role
+#: measured in this order: the first variant of each role (a reference: the work no middleware
+#: can skip, such as the codec's own call; what ours costs beyond it is printed too)
+ROLES = ("bare", "floor", "ours", "reference")
 MARKER = "os_getppid"  # the C function whose calls delimit what is counted
 _SUMMARY = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
@@ -141,7 +143,8 @@ def count(sid: str, requests: int, valgrind: str) -> list[Counted]:
 
 
 def floors(rows: list[Counted]) -> list[tuple[Counted, float | None, float | None]]:
-    """Each row with its overhead over the bare app of its scenario and that in floors."""
+    """Each row with its overhead over the bare app of its scenario and that in floors (the
+    floor of its scenario, else the ``floor`` scenario's when it was counted too)."""
     bare = {r.scenario: r.per_request for r in rows if r.role == "bare"}
     floor = {
         r.scenario: r.per_request - bare[r.scenario]
@@ -151,7 +154,7 @@ def floors(rows: list[Counted]) -> list[tuple[Counted, float | None, float | Non
     out: list[tuple[Counted, float | None, float | None]] = []
     for row in rows:
         over = row.per_request - bare[row.scenario] if row.scenario in bare else None
-        unit = floor.get(row.scenario)
+        unit = floor.get(row.scenario, floor.get("floor"))
         out.append((row, over, over / unit if over is not None and unit else None))
     return out
 
@@ -184,6 +187,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{row.scenario:22s} {row.variant:30s} {row.per_request:10.0f} {shown} "
             + (f"{in_floors:7.2f}" if in_floors is not None and row.role != "bare" else "      -")
         )
+    for row, over, in_floors in floors(rows):
+        reference = next(
+            (r for r in rows if r.scenario == row.scenario and r.role == "reference"), None
+        )
+        if row.role == "ours" and reference is not None and over is not None:
+            beyond = row.per_request - reference.per_request
+            unit = in_floors / over if in_floors is not None and over else None
+            print(
+                f"{row.scenario:22s} {row.variant} beyond the {reference.variant}: {beyond:.0f}"
+                + (f" ({beyond * unit:.2f} floors)" if unit is not None else "")
+            )
     print(f"(callgrind, {args.requests} requests per variant; overhead over the bare app)")
     return 0
 

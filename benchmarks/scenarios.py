@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import inspect
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -73,7 +74,7 @@ class Context:
 @dataclass
 class Variant:
     name: str
-    role: str  # bare | floor | ping | ours | peer
+    role: str  # bare | floor | ping | ours | peer | reference (the irreducible work alone)
     build: Builder
     check: Check | None = None
     prime: int = 0  # requests sent before the check (fill a cache, use up a limit)
@@ -144,6 +145,20 @@ def peer(factory: Callable[[Context], Any], requirement: str) -> Builder:
 
 def raw(body: str = "200B", extra: tuple[tuple[bytes, bytes], ...] = ()) -> Builder:
     return lambda ctx: apps.bytes_app(BODIES[body], extra=extra)
+
+
+def codec_alone(coding: str, options: dict[str, Any], body: str = "12KB") -> Builder:
+    """The bare app sending its body encoded, per request, by the codec CompressionMiddleware
+    makes for ``coding`` with the same ``options`` (one call on the same bytes): the codec's
+    own time, which no middleware can spend less than."""
+
+    def build(ctx: Context) -> Any:
+        from asgi_perf.compression._codecs import make_codec
+
+        codec = make_codec(coding, **options)
+        return apps.encoded_app(BODIES[body], codec.compress, coding.encode("ascii"))
+
+    return build
 
 
 def stream() -> Builder:
@@ -419,6 +434,10 @@ def fastapi_cache(ctx: Context, redis: bool) -> Any:
     return apps.fastapi_app(cache(expire=300))
 
 
+#: The instrumentation scope of :meth:`Otel.sdk_alone`'s spans and records.
+REFERENCE_TRACER = "asgi_perf.benchmarks.sdk_alone"
+
+
 class Otel:
     """One SDK tracer and meter provider shared by both OpenTelemetry variants."""
 
@@ -438,7 +457,13 @@ class Otel:
                 def on_end(self, span: Any) -> None:
                     scope = span.instrumentation_scope
                     name = scope.name if scope is not None else "?"
-                    key = "theirs" if "instrumentation" in name else "ours"
+                    key = (
+                        "theirs"
+                        if "instrumentation" in name
+                        else "reference"
+                        if name == REFERENCE_TRACER
+                        else "ours"
+                    )
                     spans[key] = spans.get(key, 0) + 1
 
             tracer_provider = TracerProvider()
@@ -472,6 +497,58 @@ class Otel:
             )
 
         return peer(factory, "opentelemetry-instrumentation-asgi")
+
+    def sdk_alone(self, app: Builder) -> Builder:
+        """The SDK calls any middleware meeting timing.md must make, and nothing else: a SERVER
+        span with the request's attributes, current while the app runs, then its status code
+        and its end; one ``http.server.request.duration`` record. No Server-Timing, no route,
+        no propagation lookup: what it costs over the bare app is the SDK's own share."""
+
+        def build(ctx: Context) -> Any:
+            from opentelemetry import context, trace
+            from opentelemetry.trace import SpanKind
+
+            tracer_provider, meter_provider = self.providers()
+            tracer = tracer_provider.get_tracer(REFERENCE_TRACER)
+            duration = meter_provider.get_meter(REFERENCE_TRACER).create_histogram(
+                "http.server.request.duration", unit="s"
+            )
+            inner = app(ctx)
+
+            async def sdk_alone(scope: Any, receive: Any, send: Any) -> None:
+                start = time.time_ns()
+                server, client = scope["server"], scope["client"]
+                attributes = {
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    "url.scheme": scope["scheme"],
+                    "network.protocol.version": scope["http_version"],
+                    "server.address": server[0],
+                    "server.port": server[1],
+                    "client.address": client[0],
+                }
+                span = tracer.start_span(
+                    scope["method"], kind=SpanKind.SERVER, attributes=attributes, start_time=start
+                )
+                token = context.attach(trace.set_span_in_context(span))
+                try:
+                    await inner(scope, receive, send)
+                finally:
+                    context.detach(token)
+                span.set_attributes({"http.response.status_code": 200})
+                end = time.time_ns()
+                span.end(end_time=end)
+                measured = {
+                    "http.request.method": scope["method"],
+                    "url.scheme": scope["scheme"],
+                    "http.response.status_code": 200,
+                    "network.protocol.version": scope["http_version"],
+                }
+                duration.record((end - start) / 1e9, measured)
+
+            return sdk_alone
+
+        return build
 
 
 # -- the scenarios --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from .scenarios import (
     asgi_ratelimit,
     asgi_ratelimit_in_starlette,
     brotli_asgi,
+    codec_alone,
     encoded,
     fastapi_cache,
     floor,
@@ -95,6 +96,9 @@ def _compressed(sid: str, title: str, coding: str, body: str, peers: bool) -> Sc
             check,
         ),
     ]
+    if body == "12KB":  # the codec's own call on the same bytes, for "time beyond the codec"
+        alone = codec_alone(coding, {option: level})
+        variants.append(Variant(f"{coding} codec alone", "reference", alone, check))
     if peers and coding == "gzip":
         variants.append(Variant("Starlette GZipMiddleware(6)", "peer", starlette_gzip(app), check))
     if peers:
@@ -308,6 +312,14 @@ def timing_scenarios(peers: bool) -> list[Scenario]:
             span_recorded(otel.spans, "ours"),
         ),
     ]
+    traced.append(
+        Variant(
+            "OpenTelemetry SDK calls alone",
+            "reference",
+            otel.sdk_alone(raw()),
+            span_recorded(otel.spans, "reference"),
+        )
+    )
     if peers:
         theirs = otel.theirs(raw())
         check = span_recorded(otel.spans, "theirs")

@@ -72,6 +72,15 @@ def test_smoke_run_reports_every_goal_and_scenario(tmp_path, redis_url):
         assert by_name[("compress-12k-gzip", peer)]["status"] == "ok"
     assert by_name[("ratelimit-allow-memory", "asgi-ratelimit")]["status"] == "ok"
     assert by_name[("timing-otel", "opentelemetry-instrumentation-asgi")]["status"] == "ok"
+    for scenario, reference in (
+        ("compress-12k-gzip", "gzip codec alone"),
+        ("compress-12k-zstd", "zstd codec alone"),
+        ("compress-12k-br", "br codec alone"),
+        ("timing-otel", "OpenTelemetry SDK calls alone"),
+    ):  # the work no middleware can skip, measured beside it (its check passed)
+        assert by_name[(scenario, reference)]["status"] == "ok"
+    otel_row = next(g for g in doc["goals"] if g["id"] == "timing-otel")
+    assert "so at least" in otel_row["detail"]
     for scenario in ("dict-poll-new", "dict-poll-shared"):  # the dcz check decoded its body
         assert by_name[(scenario, "asgi_perf dcz")]["status"] == "ok"
         assert by_name[(scenario, "asgi_perf zstd")]["status"] == "ok"
@@ -157,6 +166,8 @@ def test_goal_evaluation():
         Goal("d", "s", "g", "rps_ratio", 0.95, False, "http", "cache"),
         Goal("e", "s", "g", "size_ratio", 1.03, True, "x", "gone", "peer"),
         Goal("f", "s", "g", "rps_vs", 3.0, False, "http", "stack", "peers", "plain"),
+        Goal("g", "s", "g", "overhead_ratio", 0.5, True, "x", "ours", "peer", reference="alone"),
+        Goal("h", "s", "g", "beyond_floors", 3.0, True, "x", "ours", "alone"),
     ]
     variants = [
         _variant(
@@ -171,6 +182,7 @@ def test_goal_evaluation():
         ),
         _variant("x", "peer", role="peer", overhead_us=5.0, us=6.0, body_bytes=100),
         _variant("x", "gone", status="not available", reason="no module"),
+        _variant("x", "alone", role="reference", overhead_us=1.5, us=2.5),
     ]
     http = [
         HTTPResult("uvicorn", "cache", rps=960.0, bare_rps=1000.0, ratio=0.96),
@@ -188,12 +200,19 @@ def test_goal_evaluation():
     assert results["f"].detail == (
         "1500 vs 600 req/s; the app with no middleware 1650 req/s, so at most 2.75 x for any stack"
     )
+    # the work no middleware can skip (a codec's call, the SDK's): the least ratio any reaches
+    assert (results["g"].measured, results["g"].met) == (0.6, False)
+    assert results["g"].detail == "overhead 3.0 µs vs 5.0 µs; alone 1.5 µs, so at least 0.30 x"
+    # the time beyond that work, in floors
+    assert (results["h"].measured, results["h"].met) == (1.5, True)
+    assert results["h"].detail == "overhead 3.0 µs, alone 1.5 µs, floor 1.00 µs"
 
 
 def test_every_spec_goal_row_has_a_goal():
     rows = {g.scenario.split(",")[0].split(" (")[0] for g in GOALS}
     assert {
         "compression",
+        "compression applied",
         "rate limit",
         "cache hit",
         "dedup",
@@ -247,7 +266,9 @@ def test_progress_writes_lines_when_not_a_terminal():
 
 def test_scenarios_without_peers_or_redis_have_no_peer_rows():
     scenarios = build_scenarios(peers=False, redis=False)
-    assert all(v.role in ("bare", "floor", "ours") for s in scenarios for v in s.variants)
+    assert all(
+        v.role in ("bare", "floor", "ours", "reference") for s in scenarios for v in s.variants
+    )
     assert not any(s.needs_redis for s in scenarios)
     assert all(s.variants[0].role == "bare" for s in scenarios)
 
