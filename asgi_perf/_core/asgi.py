@@ -10,13 +10,14 @@ compared case-insensitively, since ASGI only *recommends* lowercase names.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
 from typing import Any
 
 import orjson
 
 __all__ = [
     "LOWER",
+    "READY",
     "ASGIApp",
     "FieldIndex",
     "Fields",
@@ -47,6 +48,27 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 FieldIndex = dict[bytes, list[bytes]]  # every value of a response's fields by lowercase name
+
+
+def _spent() -> Generator[Any, None, None]:
+    return
+    yield  # (a generator function)
+
+
+class _Ready:
+    """An awaitable that is already done: what a ``send`` wrapper hands back for a message it
+    holds (nothing to wait for), instead of a coroutine made only to return. Awaiting it
+    steps a spent generator, which stops at once, however often it is stepped."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _SPENT
+
+
+_SPENT = _spent()
+next(_SPENT, None)
+READY: Awaitable[None] = _Ready()
 
 
 class Fields(list[tuple[bytes, bytes]]):

@@ -400,10 +400,13 @@ class CompressionMiddleware(EnvConfigurable):
                 return self._planned_start(
                     planned, scope, message, headers, length, sse, has_vary, rule, chosen
                 )
-            responder = self._begin(
-                scope, send, message, headers, length, sse, has_vary, chosen, VARY_TOKENS, None
-            )
-            return send(message) if responder is False else responder.on_start(message)
+            if chosen is None:
+                responder = self._begin(
+                    scope, send, message, headers, length, sse, has_vary, None, VARY_TOKENS, None
+                )
+                return send(message) if responder is False else responder.on_start(message)
+            responder = Responder(self.shared, scope, chosen, send, has_vary, sse)  # (_begin's)
+            return responder.on_start(message)
 
         await self.app(scope, receive, send_wrapper)
 
@@ -471,7 +474,8 @@ class CompressionMiddleware(EnvConfigurable):
                 accept = value if accept is None else accept + b"," + value
         if accept is None:
             return None
-        coding = self._choices.get(accept)
+        choices = self._choices
+        coding = choices[accept] if accept in choices else None  # (no get call)
         if coding is None:
             coding = choose_encoding(accept, self.encodings)
             if len(self._choices) < _CHOICE_CACHE_SIZE and len(accept) <= _CHOICE_KEY_SIZE:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
-from asgi_perf._core.asgi import Headers, Message, Scope, Send, merge_vary
-from asgi_perf._core.context import add_timing
+from asgi_perf._core.asgi import READY, Headers, Message, Scope, Send, merge_vary
+from asgi_perf._core.context import SCOPE_KEY, add_timing
 from asgi_perf._core.outage import Outage
 from asgi_perf.compression._codecs import Codec
 from asgi_perf.compression._dictionaries import Offer
@@ -22,6 +23,7 @@ from asgi_perf.compression._dictionaries import Offer
 __all__ = ["VARY_FIELD", "VARY_TOKENS", "Responder", "Shared", "vary_field", "with_vary"]
 
 VARY_TOKENS = (b"Accept-Encoding",)
+
 
 # Responder states.
 _HOLD, _STREAM, _PASS = 0, 1, 2
@@ -63,14 +65,17 @@ def _encoded_start(
 ) -> Message:
     """The start message of the encoded representation (RFC 9110 §8.4, §8.6, §8.8.3)."""
     headers: Headers = []
-    for key, value in start.get("headers", ()):
+    for key, value in start["headers"] if "headers" in start else ():
         name = key.lower()
         if name == b"content-length":
             continue
         if name == b"etag" and not value.startswith(b"W/"):
             value = b"W/" + value
         headers.append((key, value))
-    headers = with_vary(headers, has_vary, vary)
+    if has_vary:
+        headers = with_vary(headers, True, vary)
+    else:  # (the usual field, made once: no call)
+        headers.append(VARY_FIELD if vary is VARY_TOKENS else vary_field(vary))
     headers.append((b"content-encoding", token))
     if length is not None:
         headers.append((b"content-length", b"%d" % length))
@@ -152,8 +157,9 @@ class Responder:
         self.offer = offer
         self.state = _HOLD
 
-    async def on_start(self, message: Message) -> None:
-        """Hold the start message for the first body, or open an event stream at once."""
+    def on_start(self, message: Message) -> Awaitable[None]:
+        """Hold the start message for the first body (nothing to wait for: no coroutine), or
+        open an event stream at once."""
         if self.offer is not None:  # offered as a dictionary, whatever coding it gets
             headers = message.get("headers", ())
             offered = (b"use-as-dictionary", self.offer.rule.header)
@@ -161,34 +167,55 @@ class Responder:
         self.start = message
         if self.event_stream:  # headers now (EventSource waits for them), events flushed
             start, _ = self._open_stream(b"")
-            await self.send_next(start)
+            return self.send_next(start)
+        return READY
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        """A plain function handing back the awaitable of what the message leads to: no
+        coroutine of its own per message (a coroutine budget holds it:
+        ``tests/unit/package/test_budgets.py``)."""
+        if self.offer is not None:
+            return self._offered(message)
+        if self.state == _HOLD and message["type"] == "http.response.body":
+            return self._on_first_body(message)  # (the usual second message: no dispatch call)
+        return self._dispatch(message, None)
+
+    async def _offered(self, message: Message) -> None:
+        """A body offered as a dictionary is fed to it first (and stored before its end
+        leaves: the next request may use it)."""
         offer = self.offer
-        if offer is not None and message["type"] == "http.response.body":
+        assert offer is not None
+        if message["type"] == "http.response.body":
             offer.feed(message.get("body", b""))
             if not message.get("more_body", False):
                 self.offer = None
-                await offer.finish()  # before the end leaves: the next request may use it
+                await offer.finish()
+        await self._dispatch(message, offer)
+
+    def _dispatch(self, message: Message, offer: Offer | None) -> Awaitable[None]:
         state = self.state
         if state == _PASS:
-            await self.send_next(message)
-        elif message["type"] != "http.response.body":
+            return self.send_next(message)
+        if message["type"] != "http.response.body":
             if state == _HOLD:  # pathsend or another extension: the app's response, intact
                 self.state = _PASS
                 self.start = offer.start if offer is not None else self.start
                 self.offer = None
-                await self.send_next(self.start)
-            await self.send_next(message)
-        elif state == _HOLD:
-            await self._on_first_body(message)
-        else:
-            await self._on_stream_body(message)
+                return self._both(self.start, message)
+            return self.send_next(message)
+        if state == _HOLD:
+            return self._on_first_body(message)
+        return self._on_stream_body(message)
+
+    async def _both(self, start: Message, message: Message) -> None:
+        await self.send_next(start)
+        await self.send_next(message)
 
     async def _on_first_body(self, message: Message) -> None:
         mw = self.shared
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
+        # (``in`` and subscripts rather than ``get``: no call per field)
+        body: bytes = message["body"] if "body" in message else b""
+        more: bool = "more_body" in message and message["more_body"]
         self.state = _PASS
         if not more and len(body) < mw.minimum_size:
             await self.send_next(self.start)
@@ -207,7 +234,10 @@ class Responder:
                     {"type": "http.response.body", "body": encoded, "more_body": True}
                 )
             return
-        began = time.perf_counter()
+        # The clock is read only for a reader outside (Timing's compress entry).
+        scope = self.scope
+        reader = scope[SCOPE_KEY] if SCOPE_KEY in scope else None
+        began = time.perf_counter() if reader is not None else 0.0
         try:
             if len(body) >= mw.thread_minimum_size:
                 mw.threaded += 1
@@ -221,15 +251,20 @@ class Responder:
             await self.send_next(_vary_start(self.start, self.has_vary, self.vary))
             await self.send_next(message)
             return
-        _recovered(mw.outages[codec.name])
-        add_timing(self.scope, "compress", (time.perf_counter() - began) * 1000.0, codec.name)
-        mw.compressed[codec.name] += 1
+        name = codec.name
+        outage = mw.outages[name]
+        if outage.down:
+            outage.ok()
+        if reader is not None:
+            reader.add("compress", (time.perf_counter() - began) * 1000.0, name)
+        mw.compressed[name] += 1
         mw.bytes_in += len(body)
         mw.bytes_out += len(encoded)
         # With trailers coming, the body is framed as chunks: no Content-Length (as Starlette).
-        length = None if self.start.get("trailers") else len(encoded)
+        start = self.start
+        length = None if "trailers" in start and start["trailers"] else len(encoded)
         await self.send_next(
-            _encoded_start(self.start, mw.tokens[codec.name], length, self.has_vary, self.vary)
+            _encoded_start(start, mw.tokens[name], length, self.has_vary, self.vary)
         )
         await self.send_next({"type": "http.response.body", "body": encoded, "more_body": False})
 
@@ -260,27 +295,42 @@ class Responder:
             self.start, mw.tokens[codec.name], None, self.has_vary, self.vary
         ), encoded
 
-    async def _on_stream_body(self, message: Message) -> None:
+    def _on_stream_body(self, message: Message) -> Awaitable[None]:
+        """A body message of an encoded stream, encoded and handed on: a plain function (no
+        coroutine per chunk), but for a chunk large enough to be encoded in a thread."""
         mw = self.shared
         stream = self.stream
         assert stream is not None and self.codec is not None
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
+        body: bytes = message["body"] if "body" in message else b""
+        more: bool = "more_body" in message and message["more_body"]
         if more and not body:
-            return
+            return READY
         encode = stream.compress if more else stream.finish
+        if len(body) >= mw.thread_minimum_size:
+            return self._stream_in_thread(encode, body, more)
         try:
-            if len(body) >= mw.thread_minimum_size:
-                mw.threaded += 1
-                encoded = await _in_thread(encode, body)
-            else:
-                encoded = encode(body)
+            encoded = encode(body)
         except Exception as exc:
             mw.outages[self.codec.name].failed(exc)
             raise
+        return self._stream_on(body, encoded, more)
+
+    async def _stream_in_thread(self, encode: Any, body: bytes, more: bool) -> None:
+        mw = self.shared
+        mw.threaded += 1
+        try:
+            encoded = await _in_thread(encode, body)
+        except Exception as exc:
+            assert self.codec is not None
+            mw.outages[self.codec.name].failed(exc)
+            raise
+        await self._stream_on(body, encoded, more)
+
+    def _stream_on(self, body: bytes, encoded: bytes, more: bool) -> Awaitable[None]:
+        mw = self.shared
         mw.bytes_in += len(body)
         mw.bytes_out += len(encoded)
         if not more:
             self.state = _PASS
             self.stream = None  # type: ignore[assignment]
-        await self.send_next({"type": "http.response.body", "body": encoded, "more_body": more})
+        return self.send_next({"type": "http.response.body", "body": encoded, "more_body": more})

@@ -9,6 +9,7 @@ import pytest
 
 from asgi_perf._core import context
 from asgi_perf._core.asgi import (
+    READY,
     get_header,
     get_header_values,
     header_tokens,
@@ -67,6 +68,22 @@ def test_set_and_remove() -> None:
 def test_merge_vary(headers: list[tuple[bytes, bytes]], expected: bytes) -> None:
     merged = merge_vary(headers, b"Accept-Encoding")
     assert get_header_values(merged, b"vary") == [expected]
+
+
+def test_ready_is_done_every_time_it_is_awaited() -> None:
+    """A wrapper hands back READY for a message it holds: awaiting it never suspends the
+    awaiting coroutine and never wears out, however many requests share it."""
+
+    async def hold(times: int) -> int:
+        for _ in range(times):
+            assert await READY is None
+        return times
+
+    for times in (1, 3, 1000):
+        coro = hold(times)
+        with pytest.raises(StopIteration) as done:
+            coro.send(None)  # one step runs it to its end: no await suspended it
+        assert done.value.value == times
 
 
 async def test_send_response_and_problem() -> None:
