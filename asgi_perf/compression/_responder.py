@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgi_perf._core.asgi import READY, Headers, Message, Scope, Send, merge_vary
@@ -23,7 +23,6 @@ from asgi_perf.compression._dictionaries import Offer
 __all__ = ["VARY_FIELD", "VARY_TOKENS", "Responder", "Shared", "vary_field", "with_vary"]
 
 VARY_TOKENS = (b"Accept-Encoding",)
-
 
 # Responder states.
 _HOLD, _STREAM, _PASS = 0, 1, 2
@@ -253,7 +252,7 @@ class Responder:
             return
         name = codec.name
         outage = mw.outages[name]
-        if outage.down:
+        if outage.down:  # (_recovered, inline)
             outage.ok()
         if reader is not None:
             reader.add("compress", (time.perf_counter() - began) * 1000.0, name)
@@ -315,7 +314,9 @@ class Responder:
             raise
         return self._stream_on(body, encoded, more)
 
-    async def _stream_in_thread(self, encode: Any, body: bytes, more: bool) -> None:
+    async def _stream_in_thread(
+        self, encode: Callable[[bytes], bytes], body: bytes, more: bool
+    ) -> None:
         mw = self.shared
         mw.threaded += 1
         try:
