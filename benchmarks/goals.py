@@ -572,9 +572,9 @@ def _measure(
     ours: VariantResult = _get(index, (goal.where, goal.ours), goal.ours)
     fns: dict[str, Callable[[], tuple[float, str]]] = {
         "overhead_ratio": lambda: _bounded(
-            _ratio(ours, _get(index, (goal.where, goal.other), goal.other), True),
+            ours,
+            _get(index, (goal.where, goal.other), goal.other),
             index.get((goal.where, goal.reference)) if goal.reference else None,
-            index.get((goal.where, goal.other)),
         ),
         "time_ratio": lambda: _ratio(
             ours, _get(index, (goal.where, goal.other), goal.other), False
@@ -601,17 +601,16 @@ def _ratio(ours: VariantResult, other: VariantResult, overhead: bool) -> tuple[f
 
 
 def _bounded(
-    measured: tuple[float, str], reference: VariantResult | None, other: VariantResult | None
+    ours: VariantResult, other: VariantResult, reference: VariantResult | None
 ) -> tuple[float, str]:
-    """``measured`` with, when the reference variant was timed, the least ratio any
-    middleware could reach: the reference's overhead (the work none can skip) over the
-    peer's."""
-    value, detail = measured
-    if reference is None or other is None or reference.status != "ok":
+    """:func:`_ratio` of the overheads with, when the reference variant was timed, the least
+    ratio any middleware could reach: the reference's overhead (the work none can skip) over
+    the peer's."""
+    value, detail = _ratio(ours, other, True)  # (the peer's overhead is > 0 past this)
+    if reference is None or reference.status != "ok" or reference.overhead_us is None:
         return value, detail
     a, b = reference.overhead_us, other.overhead_us
-    if a is None or not b or b <= 0:
-        return value, detail
+    assert b is not None
     return value, f"{detail}; {reference.name} {a:.1f} µs, so at least {a / b:.2f} x"
 
 

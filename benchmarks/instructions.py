@@ -180,23 +180,27 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda sid: count(sid, args.requests, valgrind), ids))
     rows = [row for result in results for row in result]
+    table = floors(rows)
     print(f"{'scenario':22s} {'variant':30s} {'instr/req':>10s} {'overhead':>10s} {'floors':>7s}")
-    for row, over, in_floors in floors(rows):
+    for row, over, in_floors in table:
         shown = f"{over:10.0f}" if over is not None and row.role != "bare" else "         -"
         print(
             f"{row.scenario:22s} {row.variant:30s} {row.per_request:10.0f} {shown} "
             + (f"{in_floors:7.2f}" if in_floors is not None and row.role != "bare" else "      -")
         )
-    for row, over, in_floors in floors(rows):
-        reference = next(
-            (r for r in rows if r.scenario == row.scenario and r.role == "reference"), None
-        )
+    references = {r.scenario: r for r in rows if r.role == "reference"}
+    for row, over, in_floors in table:
+        reference = references.get(row.scenario)
         if row.role == "ours" and reference is not None and over is not None:
             beyond = row.per_request - reference.per_request
-            unit = in_floors / over if in_floors is not None and over else None
             print(
                 f"{row.scenario:22s} {row.variant} beyond the {reference.variant}: {beyond:.0f}"
-                + (f" ({beyond * unit:.2f} floors)" if unit is not None else "")
+                # (its floors: the overhead's floors scaled to what lies beyond the reference)
+                + (
+                    f" ({beyond * in_floors / over:.2f} floors)"
+                    if in_floors is not None and over
+                    else ""
+                )
             )
     print(f"(callgrind, {args.requests} requests per variant; overhead over the bare app)")
     return 0
